@@ -1,0 +1,112 @@
+"""The ``camn`` command: parses arguments and calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from camn import __version__
+from camn.data.raw import DataError
+
+# command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
+# "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
+DELEGATED: dict[str, tuple[str, str]] = {
+}
+
+
+def _delegate(target: str):
+    module_name, _, prefix = target.partition(":")
+    module = importlib.import_module(module_name)
+    add = getattr(module, f"add_{prefix}_arguments" if prefix else "add_arguments")
+    run = getattr(module, f"run_{prefix}" if prefix else "run")
+    return add, run
+
+
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
+    from camn.data.protocols import PROTOCOLS
+    from camn.data.sources import available_sources
+
+    prepare = commands.add_parser("prepare", help="read a dataset into a prepared store")
+    sources = prepare.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name, module in available_sources().items():
+        parser = sources.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(parser)
+        parser.add_argument("--out", required=True, help="directory of the prepared store")
+        parser.add_argument("--protocol", choices=PROTOCOLS, default="last")
+        parser.add_argument("--max-len", type=int, default=20, help="history length L")
+        parser.add_argument("--seed", type=int, default=2022)
+        parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
+        parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
+        parser.set_defaults(handler=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from camn.data.prepare import prepare
+    from camn.data.raw import BadInputReport
+    from camn.data.sources import available_sources
+    from camn.data.store import table1_line
+
+    report = BadInputReport(strict=args.strict)
+    raw = available_sources()[args.source].read(args, report)
+    schema = prepare(
+        raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
+        report=report, force=args.force,
+    )
+    print(table1_line(schema))
+    for note in raw.notes:
+        print(note)
+    print(report.summary())
+    print(f"prepared store written to {args.out}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from camn.data.store import PreparedStore, table1_line
+
+    store = PreparedStore(args.store)
+    print(table1_line(store.schema))
+    print("attributes: " + ", ".join(
+        f"{a} ({n - 2:,} values)" for a, n in zip(store.attributes, store.vocab_sizes, strict=True)
+    ))
+    bad = store.schema.get("bad_input") or {}
+    print("bad input: " + (", ".join(f"{n:,} x {r}" for r, n in bad.items()) or "none"))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from camn.models.registry import model_entries
+
+    for name, entry in model_entries().items():
+        print(f"{name:<12} {entry.summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"camn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(commands)
+    stats = commands.add_parser("stats", help="print a prepared store's Table 1 line")
+    stats.add_argument("store", help="directory of a prepared store")
+    stats.set_defaults(handler=run_stats)
+    commands.add_parser("models", help="list registered models").set_defaults(handler=run_models)
+    for name, (target, help_text) in DELEGATED.items():
+        add, run = _delegate(target)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add(sub)
+        sub.set_defaults(handler=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except DataError as error:
+        print(f"camn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camn: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Data: sources (one reader a format), protocols, and the prepared store."""

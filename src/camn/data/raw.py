@@ -1,0 +1,78 @@
+"""What every source returns, and how bad input is reported.
+
+A source (one file under ``camn/data/sources/``) reads a format into a :class:`RawData`:
+string-keyed interactions and item attributes. :mod:`camn.data.prepare` encodes that into
+integer vocabularies, applies a protocol and writes the prepared store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+UNKNOWN = None  # a missing attribute value is a null in RawData.items; it becomes id 1
+
+
+class DataError(Exception):
+    """Input that cannot be read; the message names the file and the line or column."""
+
+
+@dataclass
+class RawData:
+    """A source's output, before any encoding.
+
+    interactions: columns ``user`` (str), ``item`` (str), ``time`` (i64 or f64); optional
+        planted-truth columns ``driver`` (i8, the attribute slot that drove the click) and
+        ``driver_kind`` (i8, 0 = item-level salience, 1 = user-level emphasis).
+    items: column ``item`` (str), then one str column per attribute after the item id, named as
+        in ``attributes[1:]``; nulls mean "unknown". Interactions on an item missing here get
+        "unknown" for every attribute but the id.
+    attributes: attribute names, the item id first.
+    origin: where the data came from (source name, files, options), stored in the schema.
+    """
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame
+    attributes: list[str]
+    origin: dict
+    notes: list[str] = field(default_factory=list)
+
+
+class BadInputReport:
+    """Collects bad input: stops at the first case when strict, otherwise counts them.
+
+    Nothing is dropped silently: every case (a skipped line, a duplicate, an item without
+    metadata) is counted under its reason, and the first few are kept verbatim (file and line)
+    for the summary printed at the end of ``camn prepare``. Reasons say what was done, e.g.
+    "broken JSON (line skipped)" or "item has no metadata (attributes set to unknown)".
+    """
+
+    max_examples = 5
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.counts: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def bad(self, path: str | Path, line: int | None, reason: str, count: int = 1) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        message = f"{where}: {reason}"
+        if self.strict:
+            raise DataError(message)
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        if len(self.examples) < self.max_examples:
+            self.examples.append(message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no bad input"
+        lines = [f"bad input: {self.total:,} case(s) (use --strict to stop at the first):"]
+        lines += [f"  {n:,} x {reason}" for reason, n in sorted(self.counts.items())]
+        lines += ["  e.g. " + example for example in self.examples]
+        return "\n".join(lines)

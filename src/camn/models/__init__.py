@@ -1,0 +1,6 @@
+"""Models: one file a model, shared layers in layers.py, names in registry.py."""
+
+from camn.models.base import CTRModel, FeatureSpec, ModelOutput
+from camn.models.registry import build_model, model_names, register
+
+__all__ = ["CTRModel", "FeatureSpec", "ModelOutput", "build_model", "model_names", "register"]

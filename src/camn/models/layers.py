@@ -1,0 +1,202 @@
+"""Layers shared by CAMN and the baselines.
+
+Shapes: B batch, L history length, k attribute slots, d embedding size, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class AttributeEmbedding(nn.Module):
+    """The k attribute tables as one lookup (SPEC 1: one table per slot, id 0 pad, id 1 unknown).
+
+    The tables are stacked into one ``nn.Embedding`` with per-slot offsets, so the k slots are
+    embedded by a single gather. Padding (id 0) always embeds to zeros.
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.vocab_sizes = list(vocab_sizes)
+        self.dim = dim
+        offsets = torch.tensor([0, *self.vocab_sizes[:-1]]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.table = nn.Embedding(sum(self.vocab_sizes), dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.table.weight, std=1e-2)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.vocab_sizes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., k) attribute ids -> (..., k, d) embeddings."""
+        vectors = self.table(ids + self.offsets)
+        return vectors * (ids != 0).unsqueeze(-1).to(vectors.dtype)
+
+    def extra_repr(self) -> str:
+        return f"vocab_sizes={self.vocab_sizes}, dim={self.dim}"
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the positions where ``mask`` is True; all-masked rows give zeros, not NaN."""
+    logits = logits.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(logits, dim=dim)
+    return torch.nan_to_num(weights, nan=0.0)
+
+
+def sum_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) -> (B, D): sum over the real positions."""
+    return (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(dim=1)
+
+
+class Dice(nn.Module):
+    """Dice activation (Zhou et al., DIN, KDD 2018): p(x) * x + (1 - p(x)) * alpha * x,
+    p = sigmoid(batch-normalised x)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(num_features, eps=eps, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        p = torch.sigmoid(self.norm(x.reshape(-1, shape[-1]))).reshape(shape)
+        return p * x + (1 - p) * self.alpha * x
+
+
+def make_activation(name: str, num_features: int) -> nn.Module:
+    if name == "dice":
+        return Dice(num_features)
+    if name == "prelu":
+        return nn.PReLU(num_features)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    raise ValueError(f"unknown activation {name!r}; choose dice, prelu, relu or sigmoid")
+
+
+class MLP(nn.Module):
+    """Linear layers with an activation between them, ending in ``out_dim`` outputs.
+
+    ``input_norm`` puts a BatchNorm on the input, as DMIN's and DIEN's output networks do.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int] = (200, 80),
+        out_dim: int = 1,
+        activation: str = "dice",
+        input_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim)] if input_norm else []
+        width = in_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), make_activation(activation, size)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class HeadwiseLinear(nn.Module):
+    """H independent linear maps applied at once: (..., H, in) -> (..., H, out)."""
+
+    def __init__(self, num_heads: int, in_dim: int, out_dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_heads, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(num_heads, out_dim)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.weight.shape[1])
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("...hi,hio->...ho", x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        h, i, o = self.weight.shape
+        return f"heads={h}, in_dim={i}, out_dim={o}, bias={self.bias is not None}"
+
+
+class TargetAttention(nn.Module):
+    """DIN-style target attention, H heads with separate weights, computed as one tensor op.
+
+    For head h and position j (SPEC 1, "interest extractor", from DMIN):
+        query_j = Linear_h([target || pos_emb_j])            (only with ``positional``)
+        score_j = MLP_h([query_j, x_j, query_j - x_j, query_j * x_j])  -> hidden -> 1
+        a = masked softmax of the scores over the real positions (DIN: no softmax, raw scores
+            zeroed at padding, when ``softmax=False``)
+        pooled_h = sum_j a_j x_j
+    Without ``positional`` the query is Linear_h(target) (identity when the target already has
+    the item's width and ``project_target=False``, as in DIN).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        dim: int,
+        target_dim: int,
+        max_len: int,
+        hidden: Sequence[int] = (80, 40),
+        positional: bool = True,
+        softmax: bool = True,
+        project_target: bool = True,
+    ) -> None:
+        super().__init__()
+        if not project_target and (positional or target_dim != dim):
+            raise ValueError("project_target=False needs positional=False and target_dim == dim")
+        self.num_heads, self.dim, self.softmax = num_heads, dim, softmax
+        self.position = nn.Parameter(torch.zeros(num_heads, max_len, dim)) if positional else None
+        query_in = target_dim + (dim if positional else 0)
+        self.query = HeadwiseLinear(num_heads, query_in, dim) if project_target else None
+        widths = [4 * dim, *hidden]
+        self.hidden = nn.ModuleList(
+            HeadwiseLinear(num_heads, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.score = HeadwiseLinear(num_heads, widths[-1], 1)
+        if self.position is not None:
+            nn.init.normal_(self.position, std=1e-2)
+
+    def forward(
+        self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sequences (B, H, L, d), target (B, target_dim), mask (B, L) -> pooled (B, H, d),
+        weights (B, H, L)."""
+        batch, heads, length, _ = sequences.shape
+        query_in = target[:, None, None, :].expand(batch, heads, length, target.shape[-1])
+        if self.position is not None:
+            position = self.position[None, :, :length].expand(batch, -1, -1, -1)
+            query_in = torch.cat([query_in, position], dim=-1)  # (B, H, L, target_dim + d)
+        query_in = query_in.transpose(1, 2)  # (B, L, H, .)
+        query = self.query(query_in) if self.query is not None else query_in  # (B, L, H, d)
+        keys = sequences.transpose(1, 2)  # (B, L, H, d)
+        hidden = torch.cat([query, keys, query - keys, query * keys], dim=-1)  # (B, L, H, 4d)
+        for layer in self.hidden:
+            hidden = torch.sigmoid(layer(hidden))
+        scores = self.score(hidden).squeeze(-1).transpose(1, 2)  # (B, H, L)
+        real = mask[:, None, :]
+        if self.softmax:
+            weights = masked_softmax(scores, real)
+        else:
+            weights = scores * real.to(scores.dtype)
+        pooled = torch.einsum("bhl,bhld->bhd", weights, sequences)
+        return pooled, weights
