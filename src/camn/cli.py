@@ -13,6 +13,11 @@ from camn.data.raw import DataError
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
 # "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
 DELEGATED: dict[str, tuple[str, str]] = {
+    "train": ("camn.train.commands:train", "train a model on a prepared store over seeds"),
+    "evaluate": ("camn.train.commands:evaluate", "re-score a trained run's saved weights"),
+    "explain": ("camn.train.commands:explain", "show which attribute drove each history click"),
+    "benchmark": ("camn.experiments.benchmark", "the paper's Tables 2 and 3 over seeds, with paired tests"),
+    "demo": ("camn.experiments.demo", "the whole story on built-in synthetic data, in minutes"),
 }
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # training needs DataError but not polars
+    import polars as pl
 
 UNKNOWN = None  # a missing attribute value is a null in RawData.items; it becomes id 1
 

@@ -56,7 +56,8 @@ def write_store(
         for name, array in arrays.items():
             np.save(tmp / "arrays" / f"{name}.npy", np.ascontiguousarray(array))
         for name, values in vocabularies.items():
-            lines = (v.replace("\n", " ") for v in [PAD, UNK, *values])
+            # one value a line, as PreparedStore.vocab reads it back with str.splitlines
+            lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
             (tmp / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         schema = {"schema_version": SCHEMA_VERSION, **schema}
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
@@ -94,7 +95,7 @@ class PreparedStore:
 
     @property
     def has_drivers(self) -> bool:
-        return (self.root / "arrays" / "history_drivers.npy").is_file()
+        return (self.root / "arrays" / "history_driver.npy").is_file()
 
     def array(self, name: str) -> np.ndarray:
         """A stored array, memory-mapped (read-only)."""

@@ -1,0 +1,226 @@
+"""McAuley's Amazon review data, 2014 and 2018 releases, plain or gzip (SPEC section 4).
+
+Reviews: one JSON object a line (``reviewerID``, ``asin``, ``unixReviewTime``, other fields
+ignored), in both releases. Metadata: one Python-literal dict a line in 2014 (``categories`` a list
+of category paths), JSON in 2018 (``category`` one flat path, ``price`` a string like "$12.99").
+The release is recognised from the metadata's content, not from the file names.
+
+Reviews are read streaming, in blocks of lines parsed at once by polars; a block with a bad line is
+parsed again line by line so the line can be reported. Only the user, item and time of each review
+are kept (Books 2014: 22.5 M reviews, about 9 GB of text). The metadata is read line by line and a
+line is parsed only when its asin occurs in the reviews (lines of other items are not checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import polars as pl
+
+from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources._common import (
+    AMAZON_ATTRIBUTES,
+    AMAZON_META_SCHEMA,
+    amazon_items,
+    first_lines,
+    iter_blocks,
+    iter_lines,
+    parse_price,
+)
+
+NAME = "amazon"
+HELP = "McAuley's Amazon reviews + metadata (2014 or 2018 release, .json or .json.gz)"
+
+REVIEW_FIELDS = {"reviewerID": "user", "asin": "item", "unixReviewTime": "time"}
+REVIEW_SCHEMA = {"reviewerID": pl.String, "asin": pl.String, "unixReviewTime": pl.Int64}
+LAYOUTS = {"literal": "mcauley2014", "json": "mcauley2018"}
+ASIN_PATTERNS = {  # the asin of a metadata line without parsing the whole line
+    "literal": re.compile(rb"'asin': '([^'\\]*)'"),
+    "json": re.compile(rb'"asin":\s*"([^"\\]*)"'),
+}
+DETECT_LINES = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reviews", required=True, help="reviews file (.json or .json.gz)")
+    parser.add_argument("--meta", required=True, help="metadata file (meta_<Category>.json[.gz])")
+
+
+def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
+    """Read the reviews and the metadata of their items into :class:`RawData` (k = 6)."""
+    reviews, meta_path = Path(args.reviews), Path(args.meta)
+    check_reviews_layout(reviews)
+    layout = detect_meta_layout(meta_path)
+    interactions = read_reviews(reviews, report)
+    used = interactions["item"].unique()
+    meta = read_meta(meta_path, layout, set(used.to_list()), report)
+    items, notes = amazon_items(meta, used)
+    origin = {"source": NAME, "layout": LAYOUTS[layout], "reviews": str(reviews),
+              "meta": str(meta_path)}
+    return RawData(interactions, items, list(AMAZON_ATTRIBUTES), origin, notes)
+
+
+def _as_dict(line: bytes, parse) -> dict | None:
+    try:
+        record = parse(line)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _literal(line: bytes) -> object:
+    return ast.literal_eval(line.decode("utf-8", errors="replace"))
+
+
+def _literal_fields(line: bytes) -> object:
+    """A 2014 metadata line with only the fields the recipe needs, each parsed from its own text.
+
+    Parsing a whole line (with its long ``related`` and ``description``) is most of the cost of
+    reading the metadata; a line that does not look like a complete dict, or whose field is
+    written in an unexpected way, is parsed whole instead.
+    """
+    if not (line.startswith(b"{") and line.endswith(b"}")):
+        return _literal(line)
+    record = {}
+    for key, pattern in LITERAL_FIELDS.items():
+        match = pattern.search(line)
+        if match is None:
+            if b"'%s': " % key.encode() in line:
+                return _literal(line)
+            continue
+        try:
+            record[key] = ast.literal_eval(match.group(1).decode("utf-8", errors="replace"))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return _literal(line)
+    return record
+
+
+_STRING = rb"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+LITERAL_FIELDS = {  # each field's value, after "{" or ", " and up to the next "," or "}"
+    "asin": re.compile(rb"[{,] ?'asin': " + _STRING + rb"[,}]"),
+    "price": re.compile(rb"[{,] ?'price': ([-+0-9.eE]+)[,}]"),
+    "brand": re.compile(rb"[{,] ?'brand': " + _STRING + rb"[,}]"),
+    "categories": re.compile(rb"[{,] ?'categories': (\[\[.*?\]\])[,}]"),
+}
+PARSERS = {"json": json.loads, "literal": _literal}  # whole lines, to recognise the layout
+FAST_PARSERS = {"json": json.loads, "literal": _literal_fields}
+
+
+def check_reviews_layout(path: Path) -> None:
+    """Raise a :class:`DataError` unless the first lines hold a JSON review with its fields."""
+    lines = first_lines(path, DETECT_LINES)
+    for _, line in lines:
+        record = _as_dict(line, json.loads)
+        if record is not None and "reviewerID" in record and "asin" in record:
+            return
+    raise DataError(
+        f"{path}:{lines[0][0]}: unknown layout: expected McAuley's reviews, one JSON object a line"
+        f" with {', '.join(REVIEW_FIELDS)}"
+    )
+
+
+def detect_meta_layout(path: Path) -> str:
+    """``"json"`` (2018) or ``"literal"`` (2014, Python-literal dicts), from the first lines."""
+    lines = first_lines(path, DETECT_LINES)
+    for _, line in lines:
+        for layout, parse in PARSERS.items():
+            record = _as_dict(line, parse)
+            if record is not None and "asin" in record:
+                return layout
+    raise DataError(
+        f"{path}:{lines[0][0]}: unknown layout: expected McAuley's metadata, one JSON object or"
+        " Python-literal dict with an 'asin' a line"
+    )
+
+
+def read_reviews(path: Path, report: BadInputReport) -> pl.DataFrame:
+    """Columns user (str), item (str), time (i64) of every review, in file order."""
+    frames = [_parse_block(path, first, block, report) for first, block in iter_blocks(path)]
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        raise DataError(f"{path}: no readable review")
+    return pl.concat(frames, rechunk=False)
+
+
+def _parse_block(path: Path, first: int, block: bytes, report: BadInputReport) -> pl.DataFrame:
+    try:
+        frame = pl.read_ndjson(io.BytesIO(block), schema=REVIEW_SCHEMA)
+    except pl.exceptions.PolarsError:
+        frame = None
+    if frame is None or len(frame) != block.count(b"\n") or frame.null_count().sum_horizontal()[0]:
+        frame = _parse_lines(path, first, block, report)
+    return frame.rename(REVIEW_FIELDS)
+
+
+def _parse_lines(path: Path, first: int, block: bytes, report: BadInputReport) -> pl.DataFrame:
+    """The slow path for a block with a bad line: json.loads line by line, reporting each."""
+    rows: dict[str, list] = {field: [] for field in REVIEW_FIELDS}
+    for offset, line in enumerate(block.split(b"\n")[:-1]):
+        if not line.strip():
+            continue
+        record = _as_dict(line, json.loads)
+        problem = "broken JSON review (line skipped)" if record is None else _review_problem(record)
+        if problem:
+            report.bad(path, first + offset, problem)
+            continue
+        for field, values in rows.items():
+            values.append(record[field])
+    rows["unixReviewTime"] = [int(t) for t in rows["unixReviewTime"]]
+    return pl.DataFrame(rows, schema=REVIEW_SCHEMA)
+
+
+def _review_problem(record: dict) -> str | None:
+    for field in REVIEW_FIELDS:
+        if record.get(field) is None:
+            return f"review without {field} (line skipped)"
+    if not isinstance(record["reviewerID"], str) or not isinstance(record["asin"], str):
+        return "reviewerID or asin is not a string (line skipped)"
+    time = record["unixReviewTime"]
+    if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
+        return "unixReviewTime is not a number (line skipped)"
+    return None
+
+
+def read_meta(path: Path, layout: str, needed: set[str], report: BadInputReport) -> pl.DataFrame:
+    """The first category path, brand and price of the ``needed`` items (AMAZON_META_SCHEMA)."""
+    parse, pattern = FAST_PARSERS[layout], ASIN_PATTERNS[layout]
+    kind = "JSON" if layout == "json" else "Python literal"
+    rows: dict[str, list] = {column: [] for column in AMAZON_META_SCHEMA}
+    for number, line in iter_lines(path):
+        quick = pattern.search(line)
+        if quick is not None and quick.group(1).decode("utf-8", errors="replace") not in needed:
+            continue
+        record = _as_dict(line, parse)
+        if record is None:
+            report.bad(path, number, f"broken {kind} metadata (line skipped)")
+            continue
+        asin = record.get("asin")
+        if not isinstance(asin, str):
+            report.bad(path, number, "metadata without asin (line skipped)")
+            continue
+        if asin not in needed:
+            continue
+        rows["item"].append(asin)
+        rows["path"].append(category_path(record))
+        brand = record.get("brand")
+        rows["brand"].append(brand if isinstance(brand, str) else None)
+        rows["price"].append(parse_price(record.get("price")))
+    return pl.DataFrame(rows, schema=AMAZON_META_SCHEMA)
+
+
+def category_path(record: dict) -> list[str] | None:
+    """The first category path: 2014 ``categories[0]``, 2018 ``category``; None when absent."""
+    path = record.get("categories")
+    if isinstance(path, list) and path:
+        path = path[0]
+    elif path is None or path == []:
+        path = record.get("category")
+    if not isinstance(path, list) or not path:
+        return None
+    return [str(level) for level in path]

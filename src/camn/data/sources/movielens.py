@@ -1,0 +1,255 @@
+"""MovieLens, the stand-in for the paper's movie-play data (SPEC section 4), k = 5 attributes.
+
+Three layouts, told apart by the files in ``--path``:
+
+- 100K: ``u.data`` (tab-separated user, item, rating, timestamp) and ``u.item`` (``|``-separated,
+  latin-1: id, title, release date, video release date, URL, one 0/1 flag a genre; genre names
+  from ``u.genre`` if present, else the standard 19).
+- 1M (and 10M): ``ratings.dat`` (``user::movie::rating::timestamp``) and ``movies.dat``
+  (``id::Title (Year)::Genre1|Genre2``, latin-1).
+- later (ml-latest, 20M, 25M, 32M): ``ratings.csv`` (``userId,movieId,rating,timestamp``) and
+  ``movies.csv`` (``movieId,title,genres``, titles quoted where they hold commas, UTF-8).
+
+Attributes: item_id, genre_1, genre_2, genre_3 (the item's genres in the file's order, "none"
+where it has fewer), release_decade ("1990s", from the release date, else from the "(1995)" in
+the title, else unknown). The genre markers "unknown" (100K) and "(no genres listed)" (later
+layouts) say the genres are not known: they are not genres, and an item with no other genre
+gets unknown genres rather than "none". Every rating counts as a click (implicit feedback).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources._common import first_lines, iter_blocks
+from camn.data.sources.table import report_rows
+
+NAME = "movielens"
+HELP = "MovieLens ratings and movies: 100K (u.data/u.item), 1M (.dat) or later (.csv) layout"
+
+ATTRIBUTES = ["item_id", "genre_1", "genre_2", "genre_3", "release_decade"]
+NO_GENRE = "none"
+UNKNOWN_GENRES = ("unknown", "(no genres listed)")
+STANDARD_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+)
+LAYOUTS = {  # layout -> (ratings file, movies file)
+    "100k": ("u.data", "u.item"),
+    "1m": ("ratings.dat", "movies.dat"),
+    "csv": ("ratings.csv", "movies.csv"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--path", required=True, type=Path, help="folder of the MovieLens files")
+
+
+def detect_layout(folder: Path) -> str:
+    """The first layout whose ratings file is in ``folder``; its movies file must be there too."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    for layout, (ratings, movies) in LAYOUTS.items():
+        if (folder / ratings).is_file():
+            if not (folder / movies).is_file():
+                raise DataError(f"{folder} has {ratings} but not {movies}")
+            return layout
+    expected = "; ".join(f"{r} + {m}" for r, m in LAYOUTS.values())
+    raise DataError(f"{folder} holds no MovieLens files; expected one of: {expected}")
+
+
+def line_blocks(path: Path, encoding: str) -> Iterator[pl.DataFrame]:
+    """Non-blank lines of a file in large blocks: ``line`` (1-based number) and ``text``."""
+    for first, block in iter_blocks(path):
+        text = pl.Series("text", [block.decode(encoding, errors="replace")])
+        lines = text.str.split("\n").explode().head(-1).str.strip_suffix("\r")
+        numbers = np.arange(first, first + len(lines), dtype=np.int64)
+        frame = pl.DataFrame({"line": numbers, "text": lines})
+        yield frame.filter(pl.col("text").str.strip_chars() != "")
+
+
+def read_lines(path: Path, encoding: str) -> pl.DataFrame:
+    """Every non-blank line of a (small) file; an empty file is a :class:`DataError`."""
+    frame = pl.concat(list(line_blocks(path, encoding)), how="vertical")
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file is empty")
+    return frame
+
+
+def split_fields(
+    lines: pl.DataFrame, separator: str, names: list[str], path: Path, report: BadInputReport
+) -> pl.DataFrame:
+    """One string column a field; lines with another number of fields are skipped and counted."""
+    parts = lines["text"].str.split(separator)
+    good = parts.list.len() == len(names)
+    report_rows(
+        report, path, lines.filter(~good)["line"].to_numpy(),
+        f"line does not have {len(names)} {separator!r}-separated fields (line skipped)",
+    )
+    fields = parts.filter(good).list.to_struct(fields=names).struct.unnest()
+    return fields.with_columns(line=lines.filter(good)["line"])
+
+
+def parse_ratings(
+    path: Path, separator: str, names: list[str], report: BadInputReport, skip_to: int = 0
+) -> pl.DataFrame:
+    """user, item, time of every rating line after line ``skip_to``, parsed block by block.
+
+    ``names`` names the fields and must include user, item and time.
+    """
+    parsed = []
+    for block in line_blocks(path, "utf-8"):
+        lines = block.filter(pl.col("line") > skip_to)
+        fields = split_fields(lines, separator, names, path, report)
+        time = fields["time"].str.strip_chars().cast(pl.Int64, strict=False)
+        report_rows(
+            report, path, fields.filter(time.is_null())["line"].to_numpy(),
+            "timestamp is not an integer (line skipped)",
+        )
+        parsed.append(
+            fields.select(
+                pl.col("user").str.strip_chars(), pl.col("item").str.strip_chars(), time=time
+            ).filter(pl.col("time").is_not_null())
+        )
+    ratings = pl.concat(parsed, how="vertical") if parsed else pl.DataFrame()
+    if len(ratings) == 0:
+        raise DataError(f"{path}: no rating could be read")
+    return ratings
+
+
+def csv_rating_names(path: Path) -> tuple[list[str], int]:
+    """Field names of ratings.csv from its header (userId, movieId, timestamp renamed), and
+    the header's line number."""
+    number, header = first_lines(path, 1)[0]
+    columns = [c.strip() for c in header.decode("utf-8", errors="replace").split(",")]
+    rename = {"userId": "user", "movieId": "item", "timestamp": "time"}
+    for column in rename:
+        if column not in columns:
+            raise DataError(
+                f"{path}: no column {column!r} in the header; "
+                f"available columns: {', '.join(columns)}"
+            )
+    return [rename.get(c, f"_{i}") for i, c in enumerate(columns)], number
+
+
+def genre_slots(genres: pl.Expr) -> list[pl.Expr]:
+    """genre_1..3 from a list of genre names in file order (unknown markers dropped)."""
+    known = genres.list.eval(pl.element().filter(~pl.element().is_in(UNKNOWN_GENRES)))
+    unknown = genres.list.eval(pl.element().is_in(UNKNOWN_GENRES).any()).list.first()
+    return [
+        pl.when(unknown & (known.list.len() == 0))
+        .then(None)
+        .otherwise(known.list.get(i, null_on_oob=True).fill_null(NO_GENRE))
+        .alias(f"genre_{i + 1}")
+        for i in range(3)
+    ]
+
+
+def decade(*texts: pl.Expr) -> pl.Expr:
+    """'1990s' from the first of ``texts`` that holds a year (texts already reduced to a year)."""
+    year = pl.coalesce([t.cast(pl.Int32, strict=False) for t in texts])
+    return pl.when(year.is_not_null()).then(
+        ((year // 10) * 10).cast(pl.String) + pl.lit("s")
+    ).alias("release_decade")
+
+
+def title_year(title: pl.Expr) -> pl.Expr:
+    """The year of 'Toy Story (1995)' (also '(2006-2007)' ranges: the first year)."""
+    return title.str.strip_chars().str.extract(r"\((\d{4})(?:[-–]\d{4})?\)$")
+
+
+def read_genre_names(folder: Path) -> list[str]:
+    path = folder / "u.genre"
+    if not path.is_file():
+        return list(STANDARD_GENRES)
+    fields = read_lines(path, "latin-1")["text"].str.split("|")
+    names = fields.list.get(0).to_list()
+    order = fields.list.get(1, null_on_oob=True).cast(pl.Int64, strict=False)
+    if order.null_count():
+        raise DataError(f"{path}: every line must be 'name|index'")
+    return [names[i] for i in np.argsort(order.to_numpy(), kind="stable")]
+
+
+def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
+    path = folder / "u.item"
+    genres = read_genre_names(folder)
+    flags = [f"_g{i}" for i in range(len(genres))]
+    names = ["item", "title", "release", "video_release", "url", *flags]
+    fields = split_fields(read_lines(path, "latin-1"), "|", names, path, report)
+    flagged = (
+        pl.when(pl.col(f).str.strip_chars() == "1").then(pl.lit(g))
+        for f, g in zip(flags, genres, strict=True)
+    )
+    genre_list = pl.concat_list(list(flagged)).list.drop_nulls()
+    return fields.select(
+        pl.col("item").str.strip_chars(),
+        *genre_slots(genre_list),
+        decade(pl.col("release").str.extract(r"(\d{4})\s*$"), title_year(pl.col("title"))),
+    )
+
+
+def items_1m(folder: Path, report: BadInputReport) -> pl.DataFrame:
+    path = folder / "movies.dat"
+    names = ["item", "title", "genres"]
+    fields = split_fields(read_lines(path, "latin-1"), "::", names, path, report)
+    return fields.select(
+        pl.col("item").str.strip_chars(),
+        *genre_slots(pl.col("genres").str.strip_chars().str.split("|")),
+        decade(title_year(pl.col("title"))),
+    )
+
+
+def items_csv(folder: Path) -> pl.DataFrame:
+    path = folder / "movies.csv"
+    try:
+        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.NoDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except pl.exceptions.PolarsError as error:
+        raise DataError(f"{path}: cannot read it as CSV ({str(error).strip()[:200]})") from None
+    for column in ("movieId", "title", "genres"):
+        if column not in frame.columns:
+            raise DataError(
+                f"{path}: no column {column!r}; available columns: {', '.join(frame.columns)}"
+            )
+    return frame.select(
+        pl.col("movieId").str.strip_chars().alias("item"),
+        *genre_slots(pl.col("genres").str.split("|")),
+        decade(title_year(pl.col("title"))),
+    )
+
+
+def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
+    """Read a MovieLens folder (any of the three layouts) into interactions and item attributes."""
+    folder = Path(args.path)
+    layout = detect_layout(folder)
+    ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
+    fields = ["user", "item", "_rating", "time"]
+    if layout == "100k":
+        interactions = parse_ratings(ratings_file, "\t", fields, report)
+        items = items_100k(folder, report)
+    elif layout == "1m":
+        interactions = parse_ratings(ratings_file, "::", fields, report)
+        items = items_1m(folder, report)
+    else:
+        names, header_line = csv_rating_names(ratings_file)
+        interactions = parse_ratings(ratings_file, ",", names, report, skip_to=header_line)
+        items = items_csv(folder)
+    return RawData(
+        interactions=interactions,
+        items=items.select("item", *ATTRIBUTES[1:]),
+        attributes=list(ATTRIBUTES),
+        origin={
+            "source": NAME,
+            "layout": layout,
+            "files": [str(ratings_file), str(movies_file)],
+        },
+        notes=[f"implicit feedback: all {len(interactions):,} ratings count as clicks"],
+    )

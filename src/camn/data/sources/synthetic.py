@@ -1,0 +1,291 @@
+"""Synthetic clicks with a planted truth: which attribute drove every click.
+
+The paper's premise (Sec. 1, Figure 1) is that one attribute of an item drives each click, and
+that the router (Eq. 1-3) can recover which. Real data never says; this source does. Every click
+is one of two kinds, and the driving slot of every click is kept (``driver``, ``driver_kind``):
+
+- **item-level salience** (kind 0, probability ``item_share``): a few values of each non-id slot
+  are *salient* (a famous brand, a cheap price band). A ``salient_share`` of the items carry
+  exactly one salient value, in one slot, so the driver of a salience click on an item is a
+  property of the item, the same for every user (as Eq. 2 assumes). A salience click picks a
+  salient item uniformly; its driver is that item's salient slot. Salient items are therefore
+  popular, which helps a model, but is not the only signal.
+- **user-level emphasis** (kind 1): each user has an emphasis over the k slots drawn from
+  Dirichlet(``skew``) (small = one or two slots dominate) and ``liked`` values in every slot,
+  drawn in proportion to how many items carry them. A click draws a slot from the user's
+  emphasis, one of the user's liked values of that slot, then an item uniformly among those that
+  carry it; its driver is that slot.
+
+The item id slot can be a driver: each user also likes ``liked_items`` specific items, and a
+user-level click whose drawn slot is 0 re-clicks one of them (a repeat purchase). It is never
+salient. Each user makes ``3 + Poisson(clicks_per_user - 3)`` clicks at increasing times.
+
+Everything is vectorised with numpy: no loop over users or clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from camn.data.raw import BadInputReport, DataError, RawData
+
+NAME = "synthetic"
+HELP = "generate clicks with a planted truth (the attribute that drove each click)"
+
+SLOT_NAMES = ("category", "brand", "style", "price_band")
+VOCAB_SIZES = (12, 40, 20, 8)  # values of each non-id slot, cycled when k > 5
+MIN_CLICKS = 3
+START_TIME = 1_400_000_000  # seconds; an arbitrary epoch in 2014
+ITEM_LEVEL, USER_LEVEL = 0, 1
+
+
+@dataclass
+class Truth:
+    """The planted truth behind a :func:`generate` run, as integer codes.
+
+    Value codes of slot r index ``value_names[r]``; for slot 0 the value code is the item index.
+    Rows of the per-click arrays are aligned with ``RawData.interactions``.
+
+    user, item: (n,) user and item index of every click (names ``user_names``, ``item_names``).
+    driver, driver_kind: (n,) the planted truth (also in the interactions).
+    item_values: (num_items, k) value code of every item in every slot.
+    salient_slot: (num_items,) the slot holding the item's salient value, -1 if none.
+    salient: (k, salient) salient value codes of every slot, -1 in slot 0.
+    emphasis: (num_users, k) each user's emphasis over the slots (rows sum to 1).
+    liked: (num_users, k, m) each user's liked value codes of every slot, -1 padded.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    driver: np.ndarray
+    driver_kind: np.ndarray
+    item_values: np.ndarray
+    salient_slot: np.ndarray
+    salient: np.ndarray
+    emphasis: np.ndarray
+    liked: np.ndarray
+    user_names: list[str]
+    item_names: list[str]
+    value_names: list[list[str]]
+
+
+def attribute_names(k: int) -> list[str]:
+    """``item_id``, then category, brand, style, price_band, then attr_5 .. attr_{k-1}."""
+    return ["item_id", *[SLOT_NAMES[r - 1] if r <= len(SLOT_NAMES) else f"attr_{r}"
+                         for r in range(1, k)]]
+
+
+def _check(users: int, items: int, attributes: int, clicks_per_user: float, item_share: float,
+           skew: float, liked: int, liked_items: int, salient: int, salient_share: float) -> None:
+    vocab = min(VOCAB_SIZES[: attributes - 1], default=0)
+    least_items = 2 * (MIN_CLICKS + liked_items)
+    problems = [
+        (users < 1, f"users must be at least 1, got {users}"),
+        (attributes < 2, f"attributes must be at least 2 (item id and one more), got {attributes}"),
+        (clicks_per_user < MIN_CLICKS,
+         f"clicks per user must be at least {MIN_CLICKS}, got {clicks_per_user}"),
+        (not 0 <= item_share <= 1, f"item share must be in [0, 1], got {item_share}"),
+        (not 0 <= salient_share <= 1, f"salient share must be in [0, 1], got {salient_share}"),
+        (item_share > 0 and salient_share == 0, "item-level clicks need a salient share above 0"),
+        (skew <= 0, f"skew must be positive, got {skew}"),
+        (liked < 1, f"liked must be at least 1, got {liked}"),
+        (not 1 <= liked_items <= items, f"liked items must be in [1, items], got {liked_items}"),
+        (not 1 <= salient < vocab, f"salient must be in [1, {vocab - 1}], got {salient}"),
+        (items < least_items, f"items must be at least {least_items}, got {items}"),
+    ]
+    messages = [message for failed, message in problems if failed]
+    if messages:
+        raise ValueError("; ".join(messages))
+
+
+def _make_items(rng: np.random.Generator, items: int, vocab: np.ndarray, salient: int,
+                salient_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Value codes (items, k) and salient slot (items,) of every item.
+
+    Codes 0 .. salient-1 of a slot are its salient values; the others are drawn with a Zipf-like
+    popularity (weight 1 / rank). A salient item gets one salient value in one random slot.
+    """
+    k = len(vocab) + 1
+    values = np.empty((items, k), dtype=np.int64)
+    values[:, 0] = np.arange(items)
+    for r, size in enumerate(vocab, start=1):  # k - 1 draws, not a hot path
+        weights = 1.0 / np.arange(1, size - salient + 1)
+        values[:, r] = salient + rng.choice(size - salient, size=items, p=weights / weights.sum())
+    is_salient = rng.random(items) < salient_share
+    slot = np.where(is_salient, rng.integers(1, k, size=items), -1)
+    rows = np.flatnonzero(is_salient)
+    values[rows, slot[rows]] = rng.integers(0, salient, size=len(rows))
+    return values, slot
+
+
+def _value_index(values: np.ndarray, vocab_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items grouped by (slot, value) of the non-id slots: order (k, items), start and count
+    (k, vocab_max); row 0 (the item id, its own value) is left empty."""
+    values = values.copy()
+    values[:, 0] = 0
+    order = np.argsort(values.T, axis=1, kind="stable")  # (k, items)
+    counts = np.stack([np.bincount(column, minlength=vocab_max) for column in values.T])
+    counts[0] = 0
+    starts = np.cumsum(counts, axis=1) - counts
+    return order, starts, counts
+
+
+def _liked_values(rng: np.random.Generator, users: int, items: int, counts: np.ndarray,
+                  liked: int, liked_items: int) -> np.ndarray:
+    """(users, k, m) liked value codes, -1 padded: values weighted by their item counts.
+
+    Weighted sampling without replacement with the Gumbel top-m trick; values no item carries
+    are never liked (a slot with fewer carried values than ``liked`` gets them all).
+    """
+    k, vocab_max = counts.shape
+    m = max(liked, liked_items)
+    with np.errstate(divide="ignore"):
+        log_w = np.log((counts[1:] > 0).astype(float))  # (k - 1, vocab_max)
+    keys = log_w[None] + rng.gumbel(size=(users, k - 1, vocab_max))
+    top = np.argsort(-keys, axis=2)[:, :, :m]  # (users, k - 1, m)
+    keep = (np.arange(m) < liked) & np.isfinite(np.take_along_axis(keys, top, axis=2))
+    out = np.full((users, k, m), -1, dtype=np.int64)
+    out[:, 1:] = np.where(keep, top, -1)
+    draws = rng.random((users, items))
+    out[:, 0, :liked_items] = np.argpartition(draws, liked_items - 1, axis=1)[:, :liked_items]
+    return out
+
+
+def _user_level_clicks(rng: np.random.Generator, user: np.ndarray, emphasis: np.ndarray,
+                       liked: np.ndarray, index: tuple[np.ndarray, np.ndarray, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Slot drawn from the user's emphasis, then a liked value, then an item carrying it."""
+    order, starts, counts = index
+    cum = np.cumsum(emphasis[user], axis=1)  # (n, k)
+    slot = np.minimum((rng.random((len(user), 1)) > cum).sum(axis=1), emphasis.shape[1] - 1)
+    choices = liked[user, slot]  # (n, m)
+    num_liked = (choices >= 0).sum(axis=1)
+    value = choices[np.arange(len(user)), (rng.random(len(user)) * num_liked).astype(np.int64)]
+    code = np.where(slot == 0, 0, value)  # slot 0: the liked value is the item itself
+    offset = (rng.random(len(user)) * counts[slot, code]).astype(np.int64)
+    item = np.where(slot == 0, value, order[slot, starts[slot, code] + offset])
+    return item, slot
+
+
+def generate(
+    *,
+    users: int = 3000,
+    items: int = 1000,
+    attributes: int = 5,
+    clicks_per_user: float = 12.0,
+    item_share: float = 0.5,
+    skew: float = 0.3,
+    liked: int = 2,
+    liked_items: int = 3,
+    salient: int = 2,
+    salient_share: float = 0.3,
+    seed: int = 2022,
+    return_truth: bool = False,
+) -> RawData | tuple[RawData, Truth]:
+    """Generate a data set whose every click has a known driving attribute (module docstring).
+
+    Returns the :class:`RawData` (interactions with ``driver`` and ``driver_kind``), and with
+    ``return_truth`` also the :class:`Truth` (the planted preferences, for tests and plots).
+    Raises ValueError on impossible parameters.
+    """
+    _check(users, items, attributes, clicks_per_user, item_share, skew, liked, liked_items,
+           salient, salient_share)
+    rng = np.random.default_rng(seed)
+    k = attributes
+    vocab = np.resize(np.array(VOCAB_SIZES), k - 1)
+    item_values, salient_slot = _make_items(rng, items, vocab, salient, salient_share)
+    index = _value_index(item_values, int(vocab.max()))
+    emphasis = rng.dirichlet(np.full(k, skew), size=users)  # (users, k)
+    liked_codes = _liked_values(rng, users, items, index[2], liked, liked_items)
+
+    per_user = MIN_CLICKS + rng.poisson(clicks_per_user - MIN_CLICKS, size=users)
+    user = np.repeat(np.arange(users), per_user)  # (n,), grouped by user
+    kind = np.where(rng.random(len(user)) < item_share, ITEM_LEVEL, USER_LEVEL)
+    salient_items = np.flatnonzero(salient_slot >= 0)
+    if len(salient_items) == 0:  # no salient item at all: every click is user-level
+        kind[:] = USER_LEVEL
+        salient_items = np.zeros(1, dtype=np.int64)
+    item_click = salient_items[rng.integers(0, len(salient_items), size=len(user))]
+    user_item, user_slot = _user_level_clicks(rng, user, emphasis, liked_codes, index)
+    item = np.where(kind == ITEM_LEVEL, item_click, user_item)
+    driver = np.where(kind == ITEM_LEVEL, salient_slot[item_click], user_slot)
+
+    gaps = rng.integers(60, 3 * 86_400, size=len(user))
+    start = START_TIME + rng.integers(0, 365 * 86_400, size=users)
+    first = np.cumsum(per_user) - per_user
+    time = start[user] + np.cumsum(gaps) - np.cumsum(gaps)[first][user]
+
+    names = attribute_names(k)
+    user_names = _names("u", users)
+    item_names = _names("i", items)
+    value_names = [item_names] + [[f"{names[r]}_{v:02d}" for v in range(vocab[r - 1])]
+                                  for r in range(1, k)]
+    interactions = pl.DataFrame({
+        "user": pl.Series(user_names).gather(user),
+        "item": pl.Series(item_names).gather(item),
+        "time": time.astype(np.int64),
+        "driver": driver.astype(np.int8),
+        "driver_kind": kind.astype(np.int8),
+    })
+    items_table = pl.DataFrame({"item": item_names} | {
+        names[r]: pl.Series(value_names[r]).gather(item_values[:, r]) for r in range(1, k)
+    })
+    params = {"users": users, "items": items, "attributes": k, "clicks_per_user": clicks_per_user,
+              "item_share": item_share, "skew": skew, "liked": liked, "liked_items": liked_items,
+              "salient": salient, "salient_share": salient_share, "seed": seed}
+    origin = {"source": NAME, **params, "vocab_sizes": [items, *vocab.tolist()],
+              "salient_values": {names[r]: value_names[r][:salient] for r in range(1, k)}}
+    share = float(np.mean(kind == ITEM_LEVEL))
+    notes = [f"synthetic: {len(user):,} clicks, {share:.0%} item-level (a salient value), the rest "
+             f"user-level (Dirichlet({skew}) emphasis); drivers in history_/target_driver"]
+    raw = RawData(interactions, items_table, names, origin, notes)
+    if not return_truth:
+        return raw
+    salient_codes = np.full((k, salient), -1, dtype=np.int64)
+    salient_codes[1:] = np.arange(salient)
+    truth = Truth(user, item, driver.astype(np.int8), kind.astype(np.int8), item_values,
+                  salient_slot, salient_codes, emphasis, liked_codes, user_names, item_names,
+                  value_names)
+    return raw, truth
+
+
+def _names(prefix: str, n: int) -> list[str]:
+    """Zero-padded names, so that sorted order is numeric order: u0000 .. u2999."""
+    width = len(str(n - 1))
+    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=3000, help="number of users")
+    parser.add_argument("--items", type=int, default=1000, help="number of items")
+    parser.add_argument("--attributes", type=int, default=5, metavar="K",
+                        help="attributes k, the item id included")
+    parser.add_argument("--clicks-per-user", type=float, default=12.0,
+                        help=f"mean clicks per user ({MIN_CLICKS} + Poisson)")
+    parser.add_argument("--item-share", type=float, default=0.5,
+                        help="probability that a click is item-level (driven by a salient value)")
+    parser.add_argument("--skew", type=float, default=0.3,
+                        help="Dirichlet concentration of each user's emphasis (small = skewed)")
+    parser.add_argument("--liked", type=int, default=2, help="liked values per user and slot")
+    parser.add_argument("--liked-items", type=int, default=3,
+                        help="liked items per user (the item id slot as a driver)")
+    parser.add_argument("--salient", type=int, default=2, help="salient values per non-id slot")
+    parser.add_argument("--salient-share", type=float, default=0.3,
+                        help="fraction of items carrying a salient value")
+
+
+def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
+    """The ``camn prepare synthetic`` reader: :func:`generate` with the command's options."""
+    try:
+        return generate(
+            users=args.users, items=args.items, attributes=args.attributes,
+            clicks_per_user=args.clicks_per_user, item_share=args.item_share, skew=args.skew,
+            liked=args.liked, liked_items=args.liked_items, salient=args.salient,
+            salient_share=args.salient_share, seed=args.seed,
+        )
+    except ValueError as error:
+        raise DataError(f"synthetic: {error}") from None

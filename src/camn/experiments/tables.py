@@ -1,0 +1,376 @@
+"""The paper's Table 2 (models x datasets, test AUC) and Table 3 (ablations), with statistics.
+
+Every cell is the mean ± sample standard deviation (ddof = 1) over seeds, as in the paper
+(Sec. 3.2: five seeds, mean and std of test AUC). The paper does not say whether its lead is
+larger than chance; here CAMN and DMIN are compared *paired* over seeds (same seed, same data
+split, same batches order where the trainer seeds them): on one split the per-seed differences
+are far less noisy than the two models' own spreads (SPEC section 5), and a paired t-test
+(``scipy.stats.ttest_rel``) over them says whether the lead is more than seed noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05  # significance level of the paired t-test
+ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
+# the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
+PAPER_ORDER = (
+    "wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
+    "camn-loss", "camn-route", "camn",
+)
+DISPLAY = {
+    "wide-deep": "Wide&Deep", "pnn": "PNN", "din": "DIN", "dien": "DIEN", "dhan": "DHAN",
+    "mind": "MIND", "comirec-sa": "ComiRec-SA", "dmin": "DMIN", "camn": "CAMN",
+    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss",
+}
+ROUTING = ("routing_overall", "routing_item", "routing_user")
+
+Row = dict[str, object]
+
+
+def display(model: str) -> str:
+    return DISPLAY.get(model, model)
+
+
+def paper_order(models: Iterable[str]) -> list[str]:
+    """Models in the paper's row order; unknown models after, in their given order."""
+    models = list(dict.fromkeys(models))
+    rank = {name: i for i, name in enumerate(PAPER_ORDER)}
+    return sorted(models, key=lambda m: (rank.get(m, len(rank)), models.index(m)))
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof = 1; NaN under 2 values) of the finite values of a metric."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        mean = float(finite.mean()) if len(finite) else math.nan
+        std = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        return cls(mean, std, len(finite))
+
+    def cell(self, digits: int = 4, seeds: int | None = None) -> str:
+        """``0.7138 ± 0.0004``; ``(n=3)`` appended when fewer than ``seeds`` values."""
+        if self.n == 0:
+            return "–"
+        text = f"{self.mean:.{digits}f}"
+        text += f" ± {self.std:.{digits}f}" if self.n > 1 else " (1 seed)"
+        if seeds is not None and 1 < self.n < seeds:
+            text += f" (n={self.n})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"mean": _finite(self.mean), "std": _finite(self.std), "n": self.n}
+
+
+def metric_values(rows: Sequence[Row], dataset: str, model: str, metric: str) -> dict[int, float]:
+    """seed -> value of one metric for one (dataset, model)."""
+    values = {
+        int(r["seed"]): float(r[metric])  # type: ignore[arg-type]
+        for r in rows
+        if r["dataset"] == dataset and r["model"] == model and r.get(metric) is not None
+    }
+    return {seed: v for seed, v in values.items() if math.isfinite(v)}
+
+
+def summarize(rows: Sequence[Row], metrics: Sequence[str]) -> dict[str, dict[str, dict[str, Stat]]]:
+    """dataset -> model -> metric -> :class:`Stat` over seeds."""
+    out: dict[str, dict[str, dict[str, Stat]]] = {}
+    for dataset, model in dict.fromkeys((str(r["dataset"]), str(r["model"])) for r in rows):
+        out.setdefault(dataset, {})[model] = {
+            m: Stat.of(metric_values(rows, dataset, model, m).values()) for m in metrics
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Model ``a`` minus model ``b`` on the seeds both have: a paired t-test over seeds.
+
+    ``spread`` is the larger of the two models' own seed stds: the lead "exceeds the spread of
+    seeds" when the mean difference is larger than it.
+    """
+
+    a: str
+    b: str
+    seeds: tuple[int, ...]
+    mean: float
+    std: float
+    t: float
+    p: float
+    spread: float
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def significant(self) -> bool:
+        return self.n > 1 and math.isfinite(self.p) and self.p < ALPHA
+
+    @property
+    def exceeds_spread(self) -> bool:
+        return self.n > 1 and abs(self.mean) > self.spread
+
+    def verdict(self) -> str:
+        """A plain sentence, e.g. "CAMN > DMIN by 0.0040 ± 0.0020 (paired t-test over 5 seeds,
+        p = 0.03)"."""
+        a, b = display(self.a), display(self.b)
+        if self.n < 2:
+            return f"too few paired seeds for a test ({self.n}; need 2)"
+        if self.std == 0:
+            if self.mean == 0:
+                return f"no difference: {a} and {b} give identical results on every seed"
+            hi, lo = (a, b) if self.mean > 0 else (b, a)
+            return (f"{hi} > {lo} by exactly {abs(self.mean):.4f} on all {self.n} seeds "
+                    "(zero spread: the t-test is undefined)")
+        test = f"paired t-test over {self.n} seeds, {format_p(self.p)}"
+        if not self.significant:
+            difference = f"{a} − {b} = {self.mean:+.4f} ± {self.std:.4f}"
+            return f"no significant difference ({difference}, {test})"
+        hi, lo = (a, b) if self.mean > 0 else (b, a)
+        return f"{hi} > {lo} by {abs(self.mean):.4f} ± {self.std:.4f} ({test})"
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a, "b": self.b, "seeds": list(self.seeds), "mean_difference": self.mean,
+            "std_difference": _finite(self.std), "t": _finite(self.t), "p": _finite(self.p),
+            "seed_spread": _finite(self.spread), "exceeds_spread": self.exceeds_spread,
+            "significant": self.significant, "alpha": ALPHA, "verdict": self.verdict(),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "–"
+
+
+def format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def paired_test(
+    rows: Sequence[Row], dataset: str, a: str, b: str, metric: str = "test_auc"
+) -> PairedTest | None:
+    """Paired comparison of ``a`` and ``b`` over their common seeds; None if one is missing."""
+    va, vb = metric_values(rows, dataset, a, metric), metric_values(rows, dataset, b, metric)
+    if not va or not vb:
+        return None
+    seeds = tuple(sorted(set(va) & set(vb)))
+    x, y = np.array([va[s] for s in seeds]), np.array([vb[s] for s in seeds])
+    diff = x - y
+    n = len(seeds)
+    mean = float(diff.mean()) if n else math.nan
+    std = float(diff.std(ddof=1)) if n > 1 else math.nan
+    t = p = math.nan
+    if n > 1 and std > 0:
+        result = stats.ttest_rel(x, y)
+        t, p = float(result.statistic), float(result.pvalue)
+    spread = max(Stat.of(va.values()).std, Stat.of(vb.values()).std)
+    return PairedTest(a, b, seeds, mean, std, t, p, spread)
+
+
+def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in body]
+
+
+def auc_table(
+    summary: dict[str, dict[str, dict[str, Stat]]],
+    datasets: Sequence[str],
+    models: Sequence[str],
+    seeds: int,
+) -> list[str]:
+    """Models x datasets, test AUC mean ± std, the best mean of each dataset in bold."""
+    best = {
+        ds: max((summary[ds][m]["test_auc"].mean for m in models if m in summary.get(ds, {})
+                 and summary[ds][m]["test_auc"].n), default=math.nan)
+        for ds in datasets
+    }
+
+    def cell(ds: str, m: str) -> str:
+        stat = summary.get(ds, {}).get(m, {}).get("test_auc")
+        if stat is None or stat.n == 0:
+            return "–"
+        text = stat.cell(seeds=seeds)
+        return f"**{text}**" if stat.mean == best[ds] else text
+
+    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+                                         for m in models))
+
+
+def metrics_table(
+    summary: dict[str, dict[str, dict[str, Stat]]], datasets: Sequence[str], models: Sequence[str]
+) -> list[str]:
+    """gAUC and log loss, mean ± std, one column pair per dataset."""
+    header = ["model"] + [f"{ds} {what}" for ds in datasets for what in ("gAUC", "log loss")]
+
+    def cells(m: str) -> list[str]:
+        out = []
+        for ds in datasets:
+            stats_ = summary.get(ds, {}).get(m)
+            out += [stats_[k].cell() if stats_ else "–" for k in ("test_gauc", "test_logloss")]
+        return out
+
+    return _table(header, ([display(m), *cells(m)] for m in models))
+
+
+def speed_table(
+    summary: dict[str, dict[str, dict[str, Stat]]], datasets: Sequence[str], models: Sequence[str]
+) -> list[str]:
+    """Training samples/s (mean over seeds), epochs run and training time, per model."""
+
+    def cell(ds: str, m: str) -> str:
+        s = summary.get(ds, {}).get(m)
+        if not s or s["samples_per_second"].n == 0:
+            return "–"
+        return (f"{s['samples_per_second'].mean:,.0f}/s, {s['epochs'].mean:.1f} epochs, "
+                f"{s['train_seconds'].mean:,.0f} s")
+
+    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+                                         for m in models))
+
+
+def routing_table(
+    summary: dict[str, dict[str, dict[str, Stat]]],
+    datasets: Sequence[str],
+    models: Sequence[str],
+    num_slots: dict[str, int],
+) -> list[str]:
+    """Routing recovery (overall / item-level / user-level) against chance 1/k."""
+    header = ["model"] + [f"{ds} (chance 1/{num_slots[ds]} = {1 / num_slots[ds]:.2f})"
+                          for ds in datasets]
+
+    def cell(ds: str, m: str) -> str:
+        s = summary.get(ds, {}).get(m)
+        if not s or s["routing_overall"].n == 0:
+            return "–"
+        return " / ".join(f"{s[k].mean:.3f}" for k in ROUTING)
+
+    return _table(header, ([display(m), *(cell(ds, m) for ds in datasets)] for m in models))
+
+
+def comparison_lines(
+    rows: Sequence[Row], datasets: Sequence[str], pairs: Sequence[tuple[str, str]]
+) -> list[str]:
+    """One line per dataset and pair: difference, spread, t-test and verdict."""
+    body = []
+    for ds in datasets:
+        for a, b in pairs:
+            test = paired_test(rows, ds, a, b)
+            if test is None:
+                continue
+            lead = ("yes" if test.exceeds_spread else "no") if test.n > 1 else "–"
+            body.append([
+                ds, f"{display(a)} − {display(b)}", str(test.n),
+                f"{test.mean:+.4f} ± {fmt(test.std)}", fmt(test.spread), lead,
+                "–" if not math.isfinite(test.t) else f"{test.t:.2f}",
+                "–" if not math.isfinite(test.p) else format_p(test.p).removeprefix("p = "),
+                test.verdict(),
+            ])
+    if not body:
+        return []
+    header = ["dataset", "difference", "seeds", "mean ± std", "seed spread", "lead > spread",
+              "t", "p", "verdict"]
+    return _table(header, body)
+
+
+def render_markdown(
+    rows: Sequence[Row],
+    *,
+    datasets: Sequence[str],
+    models: Sequence[str],
+    seeds: Sequence[int],
+    meta: dict[str, dict],
+    command: str,
+    settings: dict,
+) -> str:
+    """The whole ``table.md``: Tables 2 and 3, paired tests, gAUC/log loss, speed, routing.
+
+    meta: dataset -> {"num_slots", "train", "valid", "test"} (from the store schema).
+    """
+    metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "epochs",
+               "train_seconds", "samples_per_second", *ROUTING]
+    summary = summarize(rows, metrics)
+    models = paper_order(models)
+    main = [m for m in models if m not in ABLATIONS[:2]]
+    ablations = [m for m in ABLATIONS if m in models]
+    n = len(seeds)
+    lines = [
+        "# Benchmark results", "",
+        "Produced by:", "", "```", command, "```", "",
+        f"Seeds: {', '.join(map(str, seeds))} ({n} per cell; cells with fewer finished runs "
+        "say so). Cells: test AUC, mean ± sample std (ddof = 1) over seeds; the best mean of "
+        "each dataset in bold. Training settings: "
+        + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", "",
+    ]
+    lines += [f"- {ds}: k = {meta[ds]['num_slots']} attributes, train / valid / test samples "
+              f"{meta[ds]['train']:,} / {meta[ds]['valid']:,} / {meta[ds]['test']:,}"
+              for ds in datasets]
+    lines += ["", "## Table 2: comparison with baselines (test AUC)", ""]
+    lines += auc_table(summary, datasets, main, n)
+    if ablations:
+        lines += ["", "## Table 3: ablation study (test AUC)", ""]
+        lines += auc_table(summary, datasets, ablations, n)
+    pairs = [("camn", "dmin"), ("camn", "camn-route"), ("camn", "camn-loss")]
+    comparison = comparison_lines(rows, datasets, pairs)
+    if comparison:
+        lines += [
+            "", "## Is CAMN's lead more than seed noise?", "",
+            "Per-seed differences of test AUC (same seed = same split and initialisation "
+            "seed), their mean ± std, the larger of the two models' own seed std (\"seed "
+            f"spread\"), and a paired t-test over seeds (scipy.stats.ttest_rel, α = {ALPHA}).",
+            "",
+        ]
+        lines += comparison
+    lines += ["", "## gAUC and log loss (test, mean ± std over seeds)", ""]
+    lines += metrics_table(summary, datasets, models)
+    lines += ["", "## Training speed (mean over seeds)", ""]
+    lines += speed_table(summary, datasets, models)
+    routed = [m for m in models if any(
+        summary.get(ds, {}).get(m, {}).get("routing_overall", Stat.of([])).n for ds in datasets)]
+    if routed:
+        lines += [
+            "", "## Routing recovery (planted drivers: overall / item-level / user-level)", "",
+            "Share of history clicks whose highest routing score P falls on the attribute that "
+            "drove the click, against chance 1/k.", "",
+        ]
+        lines += routing_table(summary, datasets, routed, {ds: meta[ds]["num_slots"]
+                                                           for ds in datasets})
+    return "\n".join(lines) + "\n"
+
+
+def summary_dict(
+    rows: Sequence[Row], *, datasets: Sequence[str], models: Sequence[str], meta: dict[str, dict],
+    command: str, settings: dict, seeds: Sequence[int],
+) -> dict:
+    """``summary.json``: means/stds per dataset x model x metric, and the paired tests."""
+    metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch", "epochs",
+               "train_seconds", "samples_per_second", *ROUTING]
+    summary = summarize(rows, metrics)
+    out: dict = {"command": command, "settings": settings, "seeds": list(seeds), "datasets": {}}
+    for ds in datasets:
+        entry: dict = {"meta": meta[ds], "models": {}, "paired_tests": {}}
+        for m in paper_order(models):
+            if m in summary.get(ds, {}):
+                entry["models"][m] = {k: s.to_dict() for k, s in summary[ds][m].items() if s.n}
+        for a, b in [("camn", "dmin"), ("camn", "camn-route"), ("camn", "camn-loss")]:
+            test = paired_test(rows, ds, a, b)
+            if test is not None:
+                entry["paired_tests"][f"{a} vs {b}"] = test.to_dict()
+        out["datasets"][ds] = entry
+    return out

@@ -1,0 +1,196 @@
+"""CAMN: Collaborative Attributes based Multi-interest Network.
+
+Zhou, Fan, Huang, Li, Tang, Yu. "Multi-Interest Refinement by Collaborative Attributes Modeling
+for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3557652.
+
+Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
+from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, masked_softmax
+from camn.models.registry import register
+
+
+def keep_top_q(logits: torch.Tensor, q: int) -> torch.Tensor:
+    """Eq. 3: keep the q largest entries of the last axis, set the others to -inf.
+
+    ``masked_fill`` passes no gradient to the filled entries, so only the kept logits (and
+    through them W_h) receive gradient, as the paper states under Eq. 3.
+    """
+    if q >= logits.shape[-1]:
+        return logits
+    kept = torch.zeros_like(logits, dtype=torch.bool)
+    kept.scatter_(-1, logits.topk(q, dim=-1).indices, True)
+    return logits.masked_fill(~kept, float("-inf"))
+
+
+def diversity_loss(
+    attention: torch.Tensor, mask: torch.Tensor, distinct: bool = False
+) -> torch.Tensor:
+    """Eq. 7: L_d = (1/k^2) sum_i sum_j ||A_i * A_j||_1, averaged over the batch.
+
+    attention (B, k, L, L) holds the k heads' weights A_r (rows = queries, columns = keys);
+    mask (B, L) is True at real items. For each sample the entries of A_i * A_j are summed over
+    the rows of real query items only (padding queries are excluded; padding key columns are
+    already 0) and over all pairs (i, j), or over i != j with ``distinct``; the result is divided
+    by k^2 and then averaged over the B samples. The entries are non-negative, so the sum is the
+    L1 norm of the element-wise product.
+
+    The pair sum is computed without forming the (k, k) Gram matrix of the heads:
+    sum_{i,j} <A_i, A_j> = ||sum_i A_i||^2, and the distinct pairs drop sum_i ||A_i||^2.
+    """
+    heads = attention.shape[1]
+    rows = attention * mask[:, None, :, None].to(attention.dtype)  # (B, k, L, L)
+    all_pairs = rows.sum(dim=1).square().sum(dim=(1, 2))  # (B,)
+    if distinct:
+        all_pairs = all_pairs - rows.square().sum(dim=(1, 2, 3))
+    return (all_pairs / heads**2).mean()
+
+
+class CollaborativeRouting(nn.Module):
+    """Eq. 1-3: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), one score per attribute of each item.
+
+    X is an item's k attribute embeddings concatenated (k*d); LayerNorm is over those k*d
+    features; W_h (k*d, k) has no bias. Each row of P sums to 1 and has exactly k - q zeros.
+    The scores depend only on the item itself (SPEC 1), never on the user or the sequence.
+    """
+
+    def __init__(self, num_slots: int, dim: int, q: int) -> None:
+        super().__init__()
+        if not 1 <= q <= num_slots:
+            raise ValueError(f"q must be in [1, k={num_slots}], got {q}")
+        self.q = q
+        self.norm = nn.LayerNorm(num_slots * dim)
+        self.weight = nn.Linear(num_slots * dim, num_slots, bias=False)
+
+    def logits(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, k, d) -> (B, L, k) routing logits X~ W_h before keepTopq (Eq. 1-2)."""
+        return self.weight(self.norm(items.flatten(-2)))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, k, d) -> P (B, L, k)."""
+        return torch.softmax(keep_top_q(self.logits(items), self.q), dim=-1)
+
+
+@register("camn")
+@register("camn-route", summary="CAMN without the diversity loss (Table 3)", alpha=0.0)
+@register("camn-loss", summary="CAMN without the routing module (Table 3)", routing=False)
+class CAMN(CTRModel):
+    """CAMN (Zhou et al., CIKM 2022): attribute routing scores rescale per-attribute attention.
+
+    Equations (paper Sec. 2), with the readings of SPEC section 1:
+
+    - Routing, Eq. 1-3 (``CollaborativeRouting``): P = Softmax(keepTopq(LayerNorm(X) W_h, q)),
+      P (B, L, k); q defaults to ceil(k / 2) (the paper gives none).
+    - Scaled attention, Eq. 4. The paper's ``P ⊙ (l x l logits)`` does not type-check; the SPEC's
+      reading scales column j of head r by the key item's score (``scale_side="key"``):
+      logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
+      ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to -inf
+      after the scaling; there is no causal mask. A_r = softmax over j.
+    - Eq. 5: X^_r = A_r (X_r W_r^V). Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, with one
+      FFN (W_1, W_2 of d x d) shared by the k heads. ``residual_norm=True`` wraps both steps in a
+      residual connection and LayerNorm as DMIN does (off by default: the equations have none).
+    - Interest extractor (DMIN's): per head a target attention with a learned positional
+      embedding pools X~_r into interest_r (B, d).
+    - Output: MLP([interest_1 .. interest_k, target embedding]) with batch norm on its input,
+      hidden ``mlp_hidden`` (200, 80), -> one logit. Dice by default, as in the DMIN baseline,
+      so that the two models differ only in how they refine the history.
+    - Diversity loss, Eq. 7 (``diversity_loss``); the model returns aux_loss = alpha * L_d
+      (Eq. 8; the trainer adds the BCE of Eq. 9).
+
+    Ablations (Table 3): ``camn-route`` is alpha = 0; ``camn-loss`` has no routing module
+    (P = 1 everywhere, ``routing=False``) but keeps the diversity loss.
+
+    Explanations: ``ModelOutput.routing`` (and ``attribute_scores``) is P, (B, L, k), zero at
+    padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embed_dim: int = 18,
+        q: int | None = None,
+        alpha: float = 1e-4,
+        scale_side: str = "key",
+        diversity_pairs: str = "all",
+        residual_norm: bool = False,
+        routing: bool = True,
+        mlp_hidden: Sequence[int] = (200, 80),
+        activation: str = "dice",
+    ) -> None:
+        super().__init__(spec, embed_dim)
+        if scale_side not in {"key", "query"}:
+            raise ValueError(f"scale_side must be 'key' or 'query', got {scale_side!r}")
+        if diversity_pairs not in {"all", "distinct"}:
+            raise ValueError(f"diversity_pairs must be 'all' or 'distinct': {diversity_pairs!r}")
+        k, d = self.num_slots, embed_dim
+        self.alpha, self.scale_side = alpha, scale_side
+        self.distinct_pairs = diversity_pairs == "distinct"
+        q = math.ceil(k / 2) if q is None else q
+        self.router = CollaborativeRouting(k, d, q) if routing else None
+        self.query = HeadwiseLinear(k, d, d, bias=False)
+        self.key = HeadwiseLinear(k, d, d, bias=False)
+        self.value = HeadwiseLinear(k, d, d, bias=False)
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+        self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(d)]) if residual_norm else None
+        self.extractor = TargetAttention(
+            num_heads=k, dim=d, target_dim=k * d, max_len=spec.max_len, positional=True
+        )
+        self.mlp = MLP(2 * k * d, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+
+    def route(self, items: torch.Tensor) -> torch.Tensor:
+        """Eq. 1-3: (B, L, k, d) -> P (B, L, k); all ones without the routing module."""
+        if self.router is None:
+            return items.new_ones(items.shape[:-1])
+        return self.router(items)
+
+    def attention_logits(
+        self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Eq. 4 inside the softmax: items (B, L, k, d), P (B, L, k), mask (B, L) ->
+        scaled logits (B, k, L, L), -inf at padding keys."""
+        queries = self.query(items).transpose(1, 2)  # (B, k, L, d)
+        keys = self.key(items).transpose(1, 2)  # (B, k, L, d)
+        logits = torch.einsum("brid,brjd->brij", queries, keys) / math.sqrt(self.embed_dim)
+        per_head = scores.transpose(1, 2)  # (B, k, L)
+        scale = per_head[:, :, None, :] if self.scale_side == "key" else per_head[:, :, :, None]
+        return (logits * scale).masked_fill(~mask[:, None, None, :], float("-inf"))
+
+    def refine(
+        self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d) and attention A (B, k, L, L)."""
+        logits = self.attention_logits(items, scores, mask)
+        attention = masked_softmax(logits, mask[:, None, None, :])  # (B, k, L, L)
+        values = self.value(items).transpose(1, 2)  # (B, k, L, d)
+        refined = attention @ values  # Eq. 5, (B, k, L, d)
+        if self.norms is None:
+            return self.ffn(refined), attention  # Eq. 6
+        refined = self.norms[0](refined + items.transpose(1, 2))
+        return self.norms[1](refined + self.ffn(refined)), attention
+
+    def attribute_scores(self, batch: Batch) -> torch.Tensor:
+        """P (B, L, k) of every history click (zero at padding): the model's explanation."""
+        history, _ = self.embed(batch)
+        return self.route(history) * batch["mask"][..., None].to(history.dtype)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        mask = batch["mask"]
+        history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
+        scores = self.route(history)  # (B, L, k)
+        refined, attention = self.refine(history, scores, mask)
+        target = target.flatten(1)  # (B, k*d)
+        interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
+        logits = self.mlp(torch.cat([interests.flatten(1), target], dim=-1)).squeeze(-1)
+        diversity = diversity_loss(attention, mask, self.distinct_pairs)
+        aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
+        routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
+        return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)

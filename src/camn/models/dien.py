@@ -1,0 +1,152 @@
+"""DIEN: Deep Interest Evolution Network.
+
+Zhou, Mou, Fan, Pi, Bian, Zhou, Zhu, Gai. "Deep Interest Evolution Network for Click-Through
+Rate Prediction", AAAI 2019, https://doi.org/10.1609/aaai.v33i01.33015941. Official code:
+github.com/mouna99/dien (Model_DIN_V2_Gru_Vec_attGru_Neg).
+
+Shapes: B batch, L history length, k attribute slots, d embedding size, D = k*d item width,
+H GRU state size (= D, as the official code's HIDDEN_SIZE equals its item width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
+from camn.models.din import base_features, item_vectors
+from camn.models.layers import MLP, TargetAttention
+from camn.models.registry import register
+
+
+class NextClickLoss(nn.Module):
+    """DIEN's auxiliary loss (paper Eq. 5), also used by DMIN on its refined states.
+
+    For every t with a real next item, the state h_t must score the next clicked item e_{t+1}
+    as a click and the drawn item e'_{t+1} as a non-click:
+        L_aux = mean over real pairs of -[log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))]
+    with s = sigmoid(MLP([h, e])), the MLP being the official auxiliary_net: batch norm on the
+    input, 100 -> 50 sigmoid layers (its 2-way softmax output is the 1-logit sigmoid here).
+    Only real pairs are fed to the network (so padding neither enters the loss nor the batch
+    norm statistics), and positives and negatives share one batch-norm batch. The official code
+    averages over all B * (L - 1) slots, padding counted as zero; the mean over real pairs
+    here does not shrink the loss of short histories.
+    """
+
+    def __init__(self, state_dim: int, item_dim: int, hidden: Sequence[int] = (100, 50)) -> None:
+        super().__init__()
+        self.net = MLP(state_dim + item_dim, tuple(hidden), 1, "sigmoid", input_norm=True)
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        items: torch.Tensor,
+        negatives: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """states (B, L, H), items and negatives (B, L, D), mask (B, L) -> scalar loss."""
+        pairs = mask[:, 1:]  # (B, L-1): item t+1 is real (so item t is too, left-aligned)
+        count = int(pairs.sum())
+        if count == 0:
+            return states.new_zeros(())
+        h = states[:, :-1][pairs]  # (N, H)
+        clicked, drawn = items[:, 1:][pairs], negatives[:, 1:][pairs]  # (N, D)
+        inputs = torch.cat([torch.cat([h, clicked], -1), torch.cat([h, drawn], -1)], dim=0)
+        logits = self.net(inputs).squeeze(-1)  # (2N,)
+        labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
+        return 2 * F.binary_cross_entropy_with_logits(logits, labels)
+
+
+class AUGRU(nn.Module):
+    """GRU with attentional update gate (DIEN Eq. 6-7), the interest evolving layer.
+
+    With the GRU of DIEN Eq. 1-4 (the form nn.GRU computes):
+        u_t = sigmoid(W_u i_t + U_u h_{t-1} + b_u),  r_t = sigmoid(W_r i_t + U_r h_{t-1} + b_r)
+        h~_t = tanh(W_h i_t + r_t * (U_h h_{t-1} + b_hh) + b_h)
+        u'_t = a_t * u_t                               (Eq. 6)
+        h_t = (1 - u'_t) * h_{t-1} + u'_t * h~_t       (Eq. 7)
+    The paper's equations are followed; the official VecAttGRUCell instead scales the TF
+    keep-gate, h_t = (1 - a_t) u_t h_{t-1} + (1 - (1 - a_t) u_t) h~_t, which overwrites the state
+    when a_t = 0. Here a_t = 0 (every padding step) leaves the state exactly unchanged.
+    The input projections of all steps are one matrix product; only the recurrence loops over t.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.input_map = nn.Linear(input_dim, 3 * hidden_dim)
+        self.state_map = nn.Linear(hidden_dim, 3 * hidden_dim)
+
+    def forward(self, inputs: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """inputs (B, L, I), attention (B, L) in [0, 1] -> final state (B, H)."""
+        projected = self.input_map(inputs)  # (B, L, 3H)
+        state = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
+        for t in range(inputs.shape[1]):
+            x_u, x_r, x_h = projected[:, t].chunk(3, dim=-1)
+            h_u, h_r, h_h = self.state_map(state).chunk(3, dim=-1)
+            update = torch.sigmoid(x_u + h_u) * attention[:, t, None]  # (B, H), Eq. 6
+            reset = torch.sigmoid(x_r + h_r)
+            candidate = torch.tanh(x_h + reset * h_h)
+            state = state + update * (candidate - state)  # Eq. 7
+        return state
+
+
+@register("dien")
+class DIEN(CTRModel):
+    """DIEN (Zhou et al., AAAI 2019): GRU interest extractor + auxiliary loss, AUGRU evolution.
+
+    1. Interest extractor: a GRU (state size H = D) over the history item vectors (Eq. 1-4).
+       Histories are left-aligned, so the states at real positions never see padding; padding
+       states are masked everywhere after.
+    2. Auxiliary loss (Eq. 5, ``NextClickLoss``): h_t scores the next click e_{t+1} above the
+       drawn ``history_negative`` at t+1; weight ``aux_weight`` (official: 1).
+    3. Attention (Eq. 6 a_t): a_t = masked softmax over real positions of
+       MLP([q, h_t, q - h_t, q * h_t]) (80 -> 40, sigmoid, as din_fcn_attention) with q a linear
+       projection of the target to H (the official code adds a PReLU after this projection).
+    4. Interest evolution: AUGRU driven by a_t; its final state (the state after the last real
+       item: padding steps have a_t = 0 and keep it).
+    5. Output network: [target, final state, sum-pooled history, target * sum-pooled history]
+       (official input, less the user-id embedding), batch norm, 200 -> 80 -> 1 with Dice
+       (official ``use_dice=True``). No per-model tuning was done.
+    """
+
+    needs_history_negatives = True
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embed_dim: int = 18,
+        aux_weight: float = 1.0,
+        attention_hidden: Sequence[int] = (80, 40),
+        aux_hidden: Sequence[int] = (100, 50),
+        mlp_hidden: Sequence[int] = (200, 80),
+        activation: str = "dice",
+    ) -> None:
+        super().__init__(spec, embed_dim)
+        width = self.num_slots * embed_dim
+        self.aux_weight = aux_weight
+        self.extractor = nn.GRU(width, width, batch_first=True)
+        self.next_click = NextClickLoss(width, width, aux_hidden)
+        self.attention = TargetAttention(
+            1, width, width, spec.max_len, hidden=tuple(attention_hidden), positional=False
+        )
+        self.evolution = AUGRU(width, width)
+        self.mlp = MLP(4 * width, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        history, target = self.embed(batch)
+        items, target = item_vectors(history, target)  # (B, L, D), (B, D)
+        mask = batch["mask"]
+        states, _ = self.extractor(items)  # (B, L, H)
+        _, weights = self.attention(states[:, None], target, mask)  # (B, 1, L)
+        final = self.evolution(states, weights[:, 0])  # (B, H)
+        features = torch.cat([base_features(items, target, mask), final], dim=-1)
+        logits = self.mlp(features).squeeze(-1)
+        if self.aux_weight == 0 or "history_negative" not in batch:
+            return ModelOutput(logits, self.no_aux_loss(logits))
+        negatives = self.embedding(batch["history_negative"]).flatten(-2)  # (B, L, D)
+        aux = self.next_click(states, items, negatives, mask)
+        return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})

@@ -1,0 +1,174 @@
+"""DMIN: Deep Multi-Interest Network.
+
+Xiao, Yang, Yang, Zhang, Wu, Zhang, Kang, Wang, Liu. "Deep Multi-Interest Network for
+Click-through Rate Prediction", CIKM 2020, https://doi.org/10.1145/3340531.3412092.
+Official TF code: github.com/mengxiaozhibo/DMIN (built on DIEN's), functions
+``self_multi_head_attn``, ``self_multi_head_attn_v2`` and ``din_attention_new``.
+
+Shapes: B batch, L history length, k attribute slots (= interests), d embedding size,
+D = k*d item width, H heads, e per-head width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
+from camn.models.dien import NextClickLoss
+from camn.models.din import base_features, item_vectors
+from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, masked_softmax
+from camn.models.registry import register
+
+
+def causal_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) real-item mask -> (B, L, L) bool: query i may attend key j iff j <= i and j is real.
+
+    Boolean, used with ``masked_fill(-inf)``: blocked entries get exactly zero weight (FuxiCTR's
+    DMIN added a float 0/1 mask to the logits instead, SPEC 5). The official code masks only
+    the future; with left-aligned histories the padding mask changes nothing for real queries
+    and keeps padding keys out of the padding rows too.
+    """
+    length = mask.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return lower[None] & mask[:, None, :]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, as DMIN's ``self_multi_head_attn`` (``_v2`` with
+    ``split_heads``).
+
+    Q, K, V = X W_QKV (one dense to 3 * H * e), logits_h = Q_h K_h^T / sqrt(D) (the official code
+    divides by sqrt of the full width, 36 = its D, not of the head width), masked softmax with
+    ``causal_mask``, O_h = A_h V_h. Merged (``split_heads=False``): Y = LayerNorm(X + [O_1..O_H]
+    W_O), one (B, L, D) output. Kept apart (``split_heads=True``): Y_h = LayerNorm_h(X + O_h W_O,h)
+    with a per-head output projection e -> D and per-head LayerNorm, (B, H, L, D) outputs.
+    e = ceil(D / H) (the code has e = D / H; rounding up lets any H divide any D).
+    """
+
+    def __init__(self, width: int, num_heads: int, split_heads: bool = False) -> None:
+        super().__init__()
+        self.width, self.num_heads, self.split_heads = width, num_heads, split_heads
+        self.head_dim = math.ceil(width / num_heads)
+        self.qkv = nn.Linear(width, 3 * num_heads * self.head_dim)
+        if split_heads:
+            self.out = HeadwiseLinear(num_heads, self.head_dim, width)
+            self.norm_weight = nn.Parameter(torch.ones(num_heads, width))
+            self.norm_bias = nn.Parameter(torch.zeros(num_heads, width))
+        else:
+            self.out = nn.Linear(num_heads * self.head_dim, width)
+            self.norm = nn.LayerNorm(width)
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D), mask (B, L) -> attention (B, H, L, L), values (B, H, L, e)."""
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, e)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.width)  # (B, H, L, L)
+        return masked_softmax(logits, causal_mask(mask)[:, None]), v
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> outputs ((B, L, D), or (B, H, L, D) with split_heads), weights."""
+        attention, values = self.weights(x, mask)
+        heads = attention @ values  # (B, H, L, e)
+        if not self.split_heads:
+            merged = heads.transpose(1, 2).flatten(-2)  # (B, L, H*e)
+            return self.norm(x + self.out(merged)), attention
+        projected = self.out(heads.transpose(1, 2)).transpose(1, 2)  # (B, H, L, D)
+        normed = F.layer_norm(x[:, None] + projected, (self.width,))
+        return normed * self.norm_weight[:, None] + self.norm_bias[:, None], attention
+
+
+class HeadwiseFeedForward(nn.Module):
+    """y = x + W_2 ReLU(W_1 x + b_1) + b_2 for each head separately, D -> 2D -> D (the dense
+    layers after each attention block of DMIN's code; H = 1 for the merged refiner)."""
+
+    def __init__(self, num_heads: int, width: int) -> None:
+        super().__init__()
+        self.inner = HeadwiseLinear(num_heads, width, 2 * width)
+        self.outer = HeadwiseLinear(num_heads, 2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, D) -> (B, H, L, D)."""
+        x = x.transpose(1, 2)  # (B, L, H, D)
+        return (x + self.outer(torch.relu(self.inner(x)))).transpose(1, 2)
+
+
+@register("dmin")
+class DMIN(CTRModel):
+    """DMIN (Xiao et al., CIKM 2020): behaviour refiner + multi-interest extractor.
+
+    1. Behaviour refiner: ``CausalSelfAttention`` (``refiner_heads`` = 4 merged heads over the
+       item vector, logits / sqrt(D), causal) + residual + LayerNorm, then FFN (D -> 2D ReLU ->
+       D) + residual: refined states z_t (B, L, D).
+    2. Auxiliary loss (paper Sec. 3.2, DIEN's, ``NextClickLoss``): z_t scores the next click
+       e_{t+1} above the drawn ``history_negative`` at t+1, padding excluded; weight
+       ``aux_weight`` (official: 1). The refiner is causal, so z_t never sees e_{t+1}.
+    3. Multi-interest extractor: ``CausalSelfAttention`` with k heads kept apart (per-head
+       output projection to D, residual, per-head LayerNorm), per-head FFN + residual, then for
+       each head a DIN-style target attention with a learned positional embedding
+       (``din_attention_new``: query = Linear([target, pos_j]), MLP([q, x, q - x, q * x])
+       80 -> 40 -> 1 sigmoid, masked softmax) -> k interests of width D. The number of heads and
+       interests is k ("aligned with the attribute number"; the official code used 4).
+    4. Output network: [target, sum-pooled history, target * sum-pooled history, interest_1..k],
+       batch norm on the input, 200 -> 80 -> 1 with Dice (official ``build_fcn_net``, less the
+       user-id embedding). No per-model tuning was done.
+    All heads run as batched tensor operations.
+    """
+
+    needs_history_negatives = True
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embed_dim: int = 18,
+        refiner_heads: int = 4,
+        aux_weight: float = 1.0,
+        attention_hidden: Sequence[int] = (80, 40),
+        aux_hidden: Sequence[int] = (100, 50),
+        mlp_hidden: Sequence[int] = (200, 80),
+        activation: str = "dice",
+    ) -> None:
+        super().__init__(spec, embed_dim)
+        width, k = self.num_slots * embed_dim, self.num_slots
+        self.aux_weight = aux_weight
+        self.refiner = CausalSelfAttention(width, refiner_heads)
+        self.refiner_ffn = HeadwiseFeedForward(1, width)
+        self.next_click = NextClickLoss(width, width, aux_hidden)
+        self.extractor = CausalSelfAttention(width, k, split_heads=True)
+        self.extractor_ffn = HeadwiseFeedForward(k, width)
+        self.interests = TargetAttention(
+            k, width, width, spec.max_len, hidden=tuple(attention_hidden), positional=True
+        )
+        self.mlp = MLP((3 + k) * width, tuple(mlp_hidden), 1, activation, input_norm=True)
+
+    def refine(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Behaviour refiner: items (B, L, D) -> refined states (B, L, D)."""
+        attended, _ = self.refiner(items, mask)
+        return self.refiner_ffn(attended[:, None])[:, 0]
+
+    def extract(
+        self, refined: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-interest extractor -> interests (B, k, D), target weights (B, k, L)."""
+        heads, _ = self.extractor(refined, mask)  # (B, k, L, D)
+        return self.interests(self.extractor_ffn(heads), target, mask)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
+        mask = batch["mask"]
+        refined = self.refine(items, mask)
+        interests, _ = self.extract(refined, target, mask)  # (B, k, D)
+        features = torch.cat([base_features(items, target, mask), interests.flatten(1)], dim=-1)
+        logits = self.mlp(features).squeeze(-1)
+        if self.aux_weight == 0 or "history_negative" not in batch:
+            return ModelOutput(logits, self.no_aux_loss(logits))
+        negatives = self.embedding(batch["history_negative"]).flatten(-2)  # (B, L, D)
+        aux = self.next_click(refined, items, negatives, mask)
+        return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})

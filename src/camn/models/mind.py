@@ -1,0 +1,200 @@
+"""MIND: Multi-Interest Network with Dynamic routing, as a pointwise CTR baseline (SPEC 3).
+
+Li, Liu, Wu, Xu, Zhao, Huang, Kang, Chen, Li, Lee. "Multi-Interest Network with Dynamic Routing
+for Recommendation at Tmall", CIKM 2019, https://doi.org/10.1145/3357384.3357814.
+
+MIND has no official code; the reference re-implementation is the ``CapsuleNetwork`` of
+ComiRec's official code (github THUDM/ComiRec, ``Model_MIND``), whose choices are followed where
+the paper is silent. Shapes: B batch, L history length, k attribute slots, d embedding size,
+K interest capsules, D item width (k*d), D' interest width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
+from camn.models.layers import MLP, masked_softmax
+from camn.models.registry import register
+
+
+def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """MIND Eq. 8 (Sabour et al.'s squash): ||z||^2 / (1 + ||z||^2) * z / ||z||, norm < 1.
+
+    ``eps`` keeps the gradient finite at z = 0 (a capsule that received no behaviour).
+    """
+    norm_sq = vectors.square().sum(dim=-1, keepdim=True)
+    return norm_sq / (1 + norm_sq) * vectors / torch.sqrt(norm_sq + eps)
+
+
+def label_aware_attention(
+    interests: torch.Tensor,
+    target: torch.Tensor,
+    pow_p: float = 1.0,
+    hard: bool = False,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MIND Eq. 10: v_u = V_u softmax(pow(V_u^T e_i, p)); interests (B, K, D'), target (B, D')
+    -> read-out (B, D'), weights (B, K).
+
+    ``hard`` is the limit p -> inf (the interest closest to the target, one-hot weights, as
+    ComiRec's training read-out). ``valid`` (B, K) masks interests a user does not have.
+    ComiRec-SA reuses this read-out with p = 1.
+    """
+    scores = torch.einsum("bkd,bd->bk", interests, target)  # (B, K)
+    if valid is None:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+    if hard:
+        best = scores.masked_fill(~valid, float("-inf")).argmax(dim=-1)
+        weights = nn.functional.one_hot(best, scores.shape[-1]).to(scores.dtype)
+    else:
+        weights = masked_softmax(scores if pow_p == 1 else scores.pow(pow_p), valid)
+    return torch.einsum("bk,bkd->bd", weights, interests), weights
+
+
+def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.Tensor:
+    """MIND Eq. 9: K'_u = max(1, min(K, log2 |I_u|)), with log2 rounded down to an integer."""
+    counts = torch.log2(lengths.clamp(min=1).to(torch.float32)).floor().long()
+    return counts.clamp(1, max_interests)
+
+
+@register("mind")
+class MIND(CTRModel):
+    """MIND (Li et al., CIKM 2019): B2I dynamic routing into K interest capsules, then
+    label-aware attention with the target; [user vector, target] -> MLP -> logit.
+
+    Behaviour-to-interest (B2I) dynamic routing (paper Sec. 4.2, Algorithm 1), over the history
+    items c_i (the k attribute embeddings concatenated, width D = k*d):
+
+    - one bilinear map S (D -> D', no bias) shared by every behaviour and capsule (B2I's change
+      to CapsNet, which has one map per pair); D' = ``interest_dim`` (default D);
+    - routing logits b_ij (i behaviour, j capsule) start random (the paper draws them from a
+      normal distribution because with a shared S equal starts would give K identical
+      capsules); for ``iterations`` rounds (3):
+      w_ij = softmax_j(b_ij) (over the capsules, per behaviour), z_j = sum_i w_ij S c_i,
+      u_j = squash(z_j) (Eq. 8), b_ij += u_j^T S c_i. Padded behaviours get w_ij = 0, so they
+      contribute nothing and each real behaviour's w_i. sums to 1.
+    - Initial logits (a choice the paper leaves open): ``routing_init="fixed"`` (default) draws
+      b (K, L) once at construction (truncated normal, std ``init_std``, stored as a buffer and
+      saved with the weights), so training and inference are deterministic given the model;
+      ``"random"`` redraws b (B, L, K) at every training forward as the paper and ComiRec's code
+      do, and uses the fixed buffer in eval mode.
+    - ``detach_routing`` (default True, ComiRec's ``stop_grad``): the rounds that only update
+      b see S c_i without gradient; the last round's capsules carry the gradient to S and the
+      embeddings.
+    - ``adaptive_interests`` (off: SPEC 3 fixes K = k): K'_u = max(1, min(K, floor(log2 l_u)))
+      capsules per user (Eq. 9), the others masked in the routing softmax and the read-out.
+
+    After routing, ``capsule_relu`` (default True) applies one shared Linear(D', D') + ReLU to
+    every capsule: the paper's ReLU layers between capsules and label-aware attention (Fig. 2),
+    without user-profile features (there are none here), one layer as in ComiRec's Model_MIND.
+
+    Label-aware attention (Eq. 10): v_u = V_u softmax(pow(V_u^T e_t, p)), p = ``pow_p`` (1; a
+    non-negative integer, since the dot products can be negative), ``readout="hard"`` for
+    p -> inf. The target e_t is projected to D' by a linear map when D' != D.
+
+    Output (a CTR head, the paper's retrieval loss replaced as SPEC 3 says):
+    MLP([v_u, e_t (D)]) -> ``mlp_hidden`` (200, 80) -> 1, PReLU with batch norm on the input,
+    the output network of DIEN's code, which DMIN's and CAMN's comparisons build on.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embed_dim: int = 18,
+        num_interests: int | None = None,
+        interest_dim: int | None = None,
+        iterations: int = 3,
+        routing_init: str = "fixed",
+        init_std: float = 1.0,
+        detach_routing: bool = True,
+        adaptive_interests: bool = False,
+        capsule_relu: bool = True,
+        pow_p: float = 1.0,
+        readout: str = "soft",
+        mlp_hidden: Sequence[int] = (200, 80),
+        activation: str = "prelu",
+        input_norm: bool = True,
+    ) -> None:
+        super().__init__(spec, embed_dim)
+        if routing_init not in {"fixed", "random"}:
+            raise ValueError(f"routing_init must be 'fixed' or 'random', got {routing_init!r}")
+        if readout not in {"soft", "hard"}:
+            raise ValueError(f"readout must be 'soft' or 'hard', got {readout!r}")
+        if pow_p < 0 or pow_p != int(pow_p):
+            raise ValueError(f"pow_p must be a non-negative integer, got {pow_p}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        item_dim = self.num_slots * embed_dim
+        self.num_interests = num_interests or self.num_slots
+        self.interest_dim = interest_dim or item_dim
+        self.iterations, self.init_std = iterations, init_std
+        self.random_init = routing_init == "random"
+        self.detach_routing, self.adaptive = detach_routing, adaptive_interests
+        self.pow_p, self.hard = pow_p, readout == "hard"
+        self.bilinear = nn.Linear(item_dim, self.interest_dim, bias=False)  # S
+        initial = torch.empty(spec.max_len, self.num_interests)
+        self.register_buffer("initial_logits", nn.init.trunc_normal_(initial, std=init_std))
+        self.capsule_layer = (
+            nn.Sequential(nn.Linear(self.interest_dim, self.interest_dim), nn.ReLU())
+            if capsule_relu
+            else None
+        )
+        self.target_projection = (
+            nn.Linear(item_dim, self.interest_dim, bias=False)
+            if self.interest_dim != item_dim
+            else None
+        )
+        self.mlp = MLP(
+            self.interest_dim + item_dim, tuple(mlp_hidden), 1, activation, input_norm=input_norm
+        )
+
+    def capsule_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, K): the capsules each user has (all K unless ``adaptive_interests``)."""
+        slots = torch.arange(self.num_interests, device=mask.device)
+        if not self.adaptive:
+            return slots.expand(mask.shape[0], -1) >= 0
+        counts = adaptive_interest_count(mask.sum(dim=1), self.num_interests)
+        return slots[None, :] < counts[:, None]
+
+    def start_logits(self, batch: int, length: int) -> torch.Tensor:
+        """Initial routing logits b (B, L, K)."""
+        if self.random_init and self.training:
+            shape = (batch, length, self.num_interests)
+            fresh = torch.empty(shape, device=self.initial_logits.device)
+            return nn.init.trunc_normal_(fresh, std=self.init_std)
+        return self.initial_logits[:length].expand(batch, -1, -1)
+
+    def route(
+        self, items: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B2I dynamic routing (Algorithm 1): items (B, L, D), mask (B, L) -> capsules u
+        (B, K, D') after squash, coupling coefficients w (B, L, K) of the last round (rows sum
+        to 1 at real behaviours, 0 at padding), and the capsule mask (B, K)."""
+        mapped = self.bilinear(items)  # S c_i, (B, L, D')
+        mapped_iter = mapped.detach() if self.detach_routing else mapped
+        capsules_valid = self.capsule_mask(mask)  # (B, K)
+        logits = self.start_logits(*mask.shape)  # (B, L, K)
+        real = mask[..., None].to(mapped.dtype)
+        for step in range(self.iterations):
+            last = step == self.iterations - 1
+            coupling = masked_softmax(logits, capsules_valid[:, None, :]) * real  # (B, L, K)
+            source = mapped if last else mapped_iter
+            capsules = squash(torch.einsum("blk,bld->bkd", coupling, source))  # (B, K, D')
+            if not last:
+                logits = logits + torch.einsum("bld,bkd->blk", mapped_iter, capsules)
+        return capsules, coupling, capsules_valid
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
+        items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
+        capsules, _, valid = self.route(items, batch["mask"])
+        if self.capsule_layer is not None:
+            capsules = self.capsule_layer(capsules)
+        query = target if self.target_projection is None else self.target_projection(target)
+        user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
+        logits = self.mlp(torch.cat([user, target], dim=-1)).squeeze(-1)
+        return ModelOutput(logits, self.no_aux_loss(logits))

@@ -1,0 +1,295 @@
+"""``camn train``, ``camn evaluate`` and ``camn explain``: argument parsing and printing.
+
+``camn train`` may run under ``torchrun --nproc_per_node N`` for data-parallel training; see
+:mod:`camn.train.distributed` (``--batch-size`` is then per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from camn.data.raw import DataError
+from camn.data.store import PreparedStore
+from camn.models.base import CTRModel, FeatureSpec
+from camn.models.registry import build_model, get_entry
+from camn.train import distributed
+from camn.train.checkpoints import load_model
+from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
+from camn.train.metrics import evaluate
+
+RESULTS = "results.json"
+
+
+# ---------------------------------------------------------------- helpers shared by the commands
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``["q=2", "scale_side=query"]`` -> ``{"q": 2, "scale_side": "query"}`` (JSON values
+    where they parse, strings otherwise)."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise DataError(f"--option {pair!r}: expected key=value")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def check_model(name: str, options: dict, spec: FeatureSpec) -> None:
+    """Build the model once so that an unknown name or a bad option fails before training."""
+    try:
+        get_entry(name)
+    except KeyError as error:
+        raise DataError(error.args[0]) from None
+    try:
+        build_model(name, spec, **options)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"bad option for model {name!r}: {error}") from None
+
+
+def resolve_device(requested: str) -> torch.device:
+    try:
+        return distributed.resolve_device(requested)
+    except (RuntimeError, ValueError) as error:
+        raise DataError(str(error)) from None
+
+
+def load_results(run: Path) -> dict:
+    path = Path(run) / RESULTS
+    if not path.is_file():
+        raise DataError(f"{path} is missing: not a finished camn train run")
+    return json.loads(path.read_text())
+
+
+def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.device):
+    """The saved model of one seed, checked against the store it is applied to."""
+    model, config = load_model(Path(run) / f"seed_{seed}", device=str(device))
+    if config["spec"] != FeatureSpec.from_schema(store.schema).to_dict():
+        raise DataError(
+            f"{store.root} does not match the store the run was trained on "
+            f"(attributes, vocabulary sizes or history length differ)"
+        )
+    return model, config
+
+
+def format_spread(name: str, values: dict) -> str:
+    return f"{name} {values['mean']:.4f} ± {values['std']:.4f}"
+
+
+# ------------------------------------------------------------------------------------ camn train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(model="")
+    parser.add_argument("--data", required=True, help="directory of a prepared store")
+    parser.add_argument("--model", required=True, help="registered model name (camn models)")
+    parser.add_argument("--out", required=True, help="run directory for results and weights")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (the paper: 5)")
+    parser.add_argument("--seed", type=int, default=1, help="first seed")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size,
+        help="training batch size (per process under torchrun)",
+    )
+    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    parser.add_argument(
+        "--patience", type=int, default=defaults.patience,
+        help="stop after this many epochs without a better validation AUC",
+    )
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument(
+        "--option", action="append", metavar="KEY=VALUE",
+        help="model option, repeatable; values are parsed as JSON where possible",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing run")
+
+
+def train_summary(results: dict) -> str:
+    lines = [
+        f"{results['model']} on {results['data']['path']} ({results['data']['protocol']}), "
+        f"seeds {', '.join(map(str, results['seeds']))}",
+        " | ".join(
+            format_spread(label, results[key])
+            for label, key in (("test AUC", "test_auc"), ("logloss", "test_logloss"),
+                               ("gAUC", "test_gauc"))
+        ),
+        f"best epochs {results['best_epoch']}, "
+        f"{results['samples_per_second']['mean']:,.0f} training samples/s",
+    ]
+    if "routing_recovery" in results:
+        recovery = results["routing_recovery"]
+        lines.append(
+            "routing recovery: " + ", ".join(f"{k} {v:.3f}" for k, v in recovery.items())
+        )
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    store = PreparedStore(args.data)
+    options = parse_options(args.option)
+    check_model(args.model, options, FeatureSpec.from_schema(store.schema))
+    out = Path(args.out)
+    if (out / RESULTS).exists() and not args.force:
+        raise DataError(f"{out} already holds a run ({RESULTS}); pass --force to overwrite it")
+    if args.seeds < 1:
+        raise DataError(f"--seeds must be at least 1, got {args.seeds}")
+    try:
+        config = TrainConfig(
+            model=args.model, options=options, epochs=args.epochs, batch_size=args.batch_size,
+            eval_batch_size=args.eval_batch_size, lr=args.lr, patience=args.patience,
+            device=args.device, bf16=args.bf16, progress=not args.no_progress,
+        )
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    with distributed.session(resolve_device(args.device)) as context:
+        results = train_seeds(store, config, seeds, out)
+    if context.is_main:
+        print(train_summary(results))
+        print(f"results written to {out / RESULTS}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- camn evaluate
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by camn train")
+    parser.add_argument("--data", required=True, help="directory of a prepared store")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def evaluate_run(run: Path, store: PreparedStore, split: str, device: torch.device) -> dict:
+    """Re-score every seed's saved weights of ``run`` on ``split``: per-seed and aggregated."""
+    results = load_results(run)
+    per_seed = {}
+    for seed in results["seeds"]:
+        model, config = load_seed_model(run, seed, store, device)
+        per_seed[seed] = evaluate(model, store, split, config["train"]["eval_batch_size"], device)
+    summary: dict = {"model": results["model"], "split": split, "seeds": per_seed}
+    for key in ("auc", "logloss", "gauc"):
+        summary[key] = spread([metrics[key] for metrics in per_seed.values()])
+    return summary
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    store = PreparedStore(args.data)
+    summary = evaluate_run(Path(args.run), store, args.split, resolve_device(args.device))
+    for seed, metrics in summary["seeds"].items():
+        line = f"seed {seed}: AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f}, " \
+               f"gAUC {metrics['gauc']:.4f}"
+        if "routing_recovery" in metrics:
+            line += f", routing recovery {metrics['routing_recovery']['overall']:.3f}"
+        print(line)
+    print(f"{summary['model']} on {args.split}: " + " | ".join(
+        format_spread(label, summary[key])
+        for label, key in (("AUC", "auc"), ("logloss", "logloss"), ("gAUC", "gauc"))
+    ))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- camn explain
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by camn train")
+    parser.add_argument("--data", required=True, help="directory of a prepared store")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--seed", type=int, help="which seed's model (default: the run's first)")
+    parser.add_argument("--limit", type=int, default=5, help="number of clicked samples to show")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+
+
+@torch.no_grad()
+def explain_samples(
+    model: CTRModel, store: PreparedStore, split: str, limit: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The first ``limit`` clicks (label 1 with a history) of ``split``: their batch, the routing
+    scores P (n, L, k) (Eq. 3) and the click probabilities (n,)."""
+    data = ResidentSplit(store, split, device)
+    chosen = torch.nonzero((data.labels == 1) & (data.lengths > 0)).flatten()[:limit]
+    batch = data.gather(chosen)
+    model.eval()
+    output = model(batch)
+    if output.routing is None:
+        raise DataError(
+            f"model {type(model).__name__} returns no routing scores, so there is nothing to "
+            "explain; only models with a routing module (camn, camn-route) do"
+        )
+    return batch, output.routing.float().cpu(), torch.sigmoid(output.logits.float()).cpu()
+
+
+def describe_sample(
+    store: PreparedStore,
+    vocabularies: list[list[str]],
+    batch: dict[str, torch.Tensor],
+    routing: torch.Tensor,
+    probability: float,
+    row: int,
+) -> str:
+    """One sample as the paper's Figure 1: every history click, its attribute values with their
+    routing scores, the top attribute marked with *."""
+    attributes = store.attributes
+    width = 18
+
+    def value(slot: int, code: int) -> str:
+        return vocabularies[slot][code][: width - 7]
+
+    target = ", ".join(
+        f"{a}={value(s, int(c))}" for s, (a, c) in enumerate(zip(attributes, batch["target"][row],
+                                                                strict=True))
+    )
+    index = int(batch["index"][row])
+    drivers = store.array("history_driver")[index] if store.has_drivers else None
+    lines = [
+        f"store row {index}, user {int(batch['user'][row])}: clicked {target} "
+        f"(predicted p = {probability:.3f})",
+        "  click  " + "".join(f"{a[:width - 1]:<{width}}" for a in attributes) + "top"
+        + ("  planted" if drivers is not None else ""),
+    ]
+    length = int(batch["mask"][row].sum())
+    for position in range(length):
+        scores = routing[row, position]  # (k,)
+        top = int(scores.argmax())
+        cells = "".join(
+            f"{value(s, int(c)) + f' {float(p):.2f}' + ('*' if s == top else ''):<{width}}"
+            for s, (c, p) in enumerate(zip(batch["history"][row, position], scores, strict=True))
+        )
+        line = f"  {position + 1:>5}  {cells}{attributes[top]}"
+        if drivers is not None:
+            line += f"  {attributes[drivers[position]]}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    store = PreparedStore(args.data)
+    results = load_results(Path(args.run))
+    seed = results["seeds"][0] if args.seed is None else args.seed
+    if seed not in results["seeds"]:
+        raise DataError(f"seed {seed} is not in the run; it has seeds {results['seeds']}")
+    device = resolve_device(args.device)
+    model, _ = load_seed_model(Path(args.run), seed, store, device)
+    batch, routing, probabilities = explain_samples(model, store, args.split, args.limit, device)
+    batch = {key: value.cpu() for key, value in batch.items()}
+    vocabularies = [store.vocab(attribute) for attribute in store.attributes]
+    print(f"{results['model']} (seed {seed}): routing scores P of every history click (Eq. 3); "
+          "* marks the attribute that drove the click in the model's view")
+    for row in range(len(probabilities)):
+        print()
+        print(describe_sample(store, vocabularies, batch, routing, float(probabilities[row]), row))
+    if not len(probabilities):
+        print(f"no clicked sample with a history in the {args.split} split")
+    return 0
+

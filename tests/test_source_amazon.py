@@ -1,0 +1,224 @@
+"""The ``amazon`` source: both McAuley layouts, gzip or plain, the attribute recipe, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from camn.cli import main
+from camn.data.raw import BadInputReport, DataError
+from camn.data.sources import _common, amazon
+
+BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_beauty_5core"
+BEAUTY_REVIEWS = BEAUTY / "mcauley2014" / "reviews_Beauty_5.json.gz"
+BEAUTY_META = BEAUTY / "mcauley2014" / "meta_Beauty.json.gz"
+
+REVIEWS = [  # (user, item, time)
+    ("U1", "A1", 100), ("U1", "A2", 200), ("U1", "A3", 300),
+    ("U2", "A2", 150), ("U2", "A4", 250),
+]
+META_2014 = [
+    {"asin": "A1", "title": "one", "price": 5.0, "salesRank": {"Beauty": 3},
+     "categories": [["Beauty", "Makeup", "Face", "Concealers"], ["Beauty", "Other"]],
+     "brand": "COKA"},
+    {"asin": "A2", "price": 20.0, "categories": [["Beauty", "Fragrance", "Women's"]],
+     "brand": ""},
+    {"asin": "A3", "categories": [["Beauty", "Skin Care"]], "brand": " Nivea "},
+    {"asin": "A4", "price": 12.5, "categories": [["Beauty"]]},
+    {"asin": "Z9", "price": 1000.0, "categories": [["Beauty", "Unused"]]},  # in no review
+]
+META_2018 = [
+    {"asin": "A1", "category": ["Beauty", "Makeup", "Face", "Concealers"], "brand": "COKA",
+     "price": "$5.00", "also_buy": ["A2"], "main_cat": "Beauty"},
+    {"asin": "A2", "category": ["Beauty", "Fragrance", "Women's"], "brand": "", "price": "$20.00"},
+    {"asin": "A3", "category": ["Beauty", "Skin Care"], "brand": " Nivea ", "price": ""},
+    {"asin": "A4", "category": ["Beauty"], "price": "$12.50"},
+    {"asin": "Z9", "category": ["Beauty", "Unused"], "price": "$1,000.00"},
+]
+
+
+def review_line(user: str, item: str, time: int) -> str:
+    return json.dumps({"reviewerID": user, "asin": item, "reviewerName": "J. Doe",
+                       "helpful": [0, 1], "reviewText": "nice", "overall": 5.0,
+                       "unixReviewTime": time})
+
+
+def write(path: Path, lines: list[str], gz: bool = False) -> Path:
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_dataset(tmp_path: Path, layout: str = "2014", gz: bool = True) -> tuple[Path, Path]:
+    suffix = ".json.gz" if gz else ".json"
+    reviews = write(tmp_path / f"reviews{suffix}", [review_line(*r) for r in REVIEWS], gz)
+    meta = [repr(m) for m in META_2014] if layout == "2014" else [json.dumps(m) for m in META_2018]
+    return reviews, write(tmp_path / f"meta{suffix}", meta, gz)
+
+
+def read(reviews: Path, meta: Path, strict: bool = False):
+    report = BadInputReport(strict=strict)
+    raw = amazon.read(argparse.Namespace(reviews=str(reviews), meta=str(meta)), report)
+    return raw, report
+
+
+EXPECTED_ITEMS = {  # the recipe by hand; prices of A1, A2, A4 give the deciles (Z9 is unused)
+    "A1": ("Makeup", "Makeup/Face", "Beauty/Makeup/Face/Concealers", "COKA"),
+    "A2": ("Fragrance", "Fragrance/Women's", "Beauty/Fragrance/Women's", None),
+    "A3": ("Skin Care", None, "Beauty/Skin Care", "Nivea"),
+    "A4": (None, None, None, None),
+}
+
+
+@pytest.mark.parametrize(("layout", "gz"), [("2014", True), ("2014", False), ("2018", True),
+                                           ("2018", False)])
+def test_both_layouts_give_the_recipe(tmp_path, layout, gz):
+    raw, report = read(*write_dataset(tmp_path, layout, gz))
+    assert report.total == 0
+    assert raw.origin["layout"] == {"2014": "mcauley2014", "2018": "mcauley2018"}[layout]
+    assert raw.attributes == ["item_id", "category_l2", "category_l3", "category_leaf", "brand",
+                              "price_bucket"]
+    assert raw.items.columns == ["item", *raw.attributes[1:]]
+    assert raw.interactions.rows() == REVIEWS
+    assert raw.interactions.schema == {"user": pl.String, "item": pl.String, "time": pl.Int64}
+    rows = {r[0]: r[1:] for r in raw.items.rows()}
+    assert set(rows) == {"A1", "A2", "A3", "A4"}  # Z9 occurs in no review
+    for item, expected in EXPECTED_ITEMS.items():
+        assert rows[item][:4] == expected
+    edges = np.quantile([5.0, 20.0, 12.5], np.arange(1, 10) / 10)
+    for item, price in (("A1", 5.0), ("A2", 20.0), ("A4", 12.5)):
+        assert rows[item][4] == f"q{np.searchsorted(edges, price, side='right')}"
+    assert rows["A3"][4] is None
+    assert rows["A1"][4] == "q0" and rows["A2"][4] == "q9"
+
+
+def test_gzip_is_detected_from_content_not_name(tmp_path):
+    reviews, meta = write_dataset(tmp_path, "2014", gz=True)
+    plain_named = reviews.rename(tmp_path / "reviews.json")
+    gz_named = write(tmp_path / "meta_plain.json.gz", [repr(m) for m in META_2014])
+    raw, _ = read(plain_named, gz_named)
+    assert len(raw.interactions) == len(REVIEWS) and len(raw.items) == 4
+    del meta
+
+
+def test_price_deciles_over_used_items(tmp_path):
+    prices = [float(p) for p in range(1, 41)]  # 40 priced items, each reviewed twice
+    rows = [review_line(f"U{i}", f"I{i}", t) for i in range(40) for t in (1, 2)]
+    meta = [repr({"asin": f"I{i}", "price": p, "categories": [["R", "C"]]})
+            for i, p in enumerate(prices)]
+    raw, _ = read(write(tmp_path / "r.json", rows), write(tmp_path / "m.json", meta))
+    buckets = dict(raw.items.select("item", "price_bucket").rows())
+    got = [int(buckets[f"I{i}"][1:]) for i in range(40)]
+    assert got == [i // 4 for i in range(40)]  # 4 items a decile
+
+
+@pytest.mark.parametrize("value", [12.99, "$12.99", " $12.99 ", "12.99"])
+def test_parse_price_accepts_numbers_and_dollar_strings(value):
+    assert _common.parse_price(value) == 12.99
+
+
+@pytest.mark.parametrize("value", [None, "", "$5.00 - $9.00", "free", -1.0, float("nan"), True])
+def test_parse_price_rejects_the_rest(value):
+    assert _common.parse_price(value) is None
+
+
+def test_blocks_cover_the_file_with_line_numbers(tmp_path):
+    lines = [f"line {i} " + "x" * (i % 7) for i in range(50)]
+    path = write(tmp_path / "f.txt", lines, gz=True)
+    seen = []
+    for first, block in _common.iter_blocks(path, block_bytes=17):
+        assert block.endswith(b"\n")
+        seen += [(first + k, text) for k, text in enumerate(block.decode().splitlines())]
+    assert seen == [(i + 1, text) for i, text in enumerate(lines)]
+
+
+def test_bad_review_lines_are_reported_with_their_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(amazon, "iter_blocks", functools.partial(_common.iter_blocks,
+                                                                 block_bytes=200))
+    lines = [review_line(*r) for r in REVIEWS]
+    lines.insert(2, '{"reviewerID": "U1", "asin": ')  # line 3: broken JSON
+    lines.insert(4, json.dumps({"reviewerID": "U3", "unixReviewTime": 5}))  # line 5: no asin
+    lines.insert(5, "")  # a blank line is not bad input
+    reviews = write(tmp_path / "r.json", lines)
+    meta = write(tmp_path / "m.json", [repr(m) for m in META_2014])
+    raw, report = read(reviews, meta)
+    assert raw.interactions.rows() == REVIEWS
+    assert report.counts == {"broken JSON review (line skipped)": 1,
+                             "review without asin (line skipped)": 1}
+    assert report.examples == [f"{reviews}:3: broken JSON review (line skipped)",
+                               f"{reviews}:5: review without asin (line skipped)"]
+
+
+def test_bad_meta_lines_are_reported(tmp_path):
+    reviews, _ = write_dataset(tmp_path, gz=False)
+    lines = [repr(m) for m in META_2014]
+    lines[1] = lines[1][:-5]  # A2's line is broken
+    lines.append("{'title': 'no asin'}")
+    meta = write(tmp_path / "m.json", lines)
+    raw, report = read(reviews, meta)
+    assert "A2" not in raw.items["item"].to_list()
+    assert report.counts == {"broken Python literal metadata (line skipped)": 1,
+                             "metadata without asin (line skipped)": 1}
+    assert report.examples[0].startswith(f"{meta}:2: ")
+
+
+@pytest.mark.parametrize(("which", "content", "message"), [
+    ("reviews", b"", "empty file"),
+    ("meta", b"\n \n", "empty file"),
+    ("reviews", b"user,item,rating,time\nU1,A1,5,100\n", "unknown layout"),
+    ("meta", b"asin\tprice\nA1\t5\n", "unknown layout"),
+    ("reviews", gzip.compress(b"x" * 1000)[:15], "cannot read"),
+    ("meta", None, "cannot read"),
+])
+def test_unreadable_input_raises_naming_the_file(tmp_path, which, content, message):
+    files = dict(zip(("reviews", "meta"), write_dataset(tmp_path, gz=False), strict=True))
+    files[which] = tmp_path / f"bad_{which}"
+    if content is not None:
+        files[which].write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        read(files["reviews"], files["meta"])
+    assert str(files[which]) in str(error.value)
+
+
+def test_strict_stops_at_the_first_bad_line_with_exit_code_2(tmp_path, capsys):
+    lines = [review_line(*r) for r in REVIEWS] + ["{broken"]
+    reviews = write(tmp_path / "r.json", lines)
+    meta = write(tmp_path / "m.json", [repr(m) for m in META_2014])
+    args = ["prepare", "amazon", "--reviews", str(reviews), "--meta", str(meta),
+            "--out", str(tmp_path / "store")]
+    assert main([*args, "--strict"]) == 2
+    assert f"{reviews}:6: broken JSON review" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+    assert main(args) == 0
+    assert "1 x broken JSON review (line skipped)" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def beauty_store(tmp_path_factory):
+    if not (BEAUTY_REVIEWS.exists() and BEAUTY_META.exists()):
+        pytest.skip(f"real Amazon Beauty files not found under {BEAUTY}")
+    out = tmp_path_factory.mktemp("beauty") / "store"
+    code = main(["prepare", "amazon", "--reviews", str(BEAUTY_REVIEWS), "--meta",
+                 str(BEAUTY_META), "--protocol", "last", "--out", str(out)])
+    assert code == 0
+    return json.loads((out / "schema.json").read_text())
+
+
+def test_real_beauty_matches_the_published_counts(beauty_store):
+    schema = beauty_store
+    assert (schema["num_users"], schema["num_items"]) == (22_363, 12_101)
+    assert len(schema["attributes"]) == 6
+    assert schema["splits"] == {"train": 35_780, "valid": 4_472, "test": 4_474}
+    assert sum(schema["splits"].values()) == 44_726
+    assert schema["bad_input"] == {}
+    # (+ pad and unknown) 6 level-2 categories; 46 level-2/3 paths of which 6 stop at level 2
+    # (their level 3 is unknown); 2,076 brands; 10 deciles
+    assert schema["vocab_sizes"][1:3] == [6 + 2, 40 + 2]
+    assert schema["vocab_sizes"][4:] == [2_076 + 2, 10 + 2]

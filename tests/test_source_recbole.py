@@ -1,0 +1,181 @@
+"""The ``recbole`` source: typed headers, attribute columns, the Amazon recipe, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from camn.cli import main
+from camn.data.raw import BadInputReport, DataError
+from camn.data.sources import amazon, recbole
+
+BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_beauty_5core"
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+    f"{u}\t{i}\t5\t{t}\n"
+    for u, i, t in [("U1", "A1", 100), ("U1", "A2", 200), ("U2", "A2", 150), ("U2", "A3", 250)]
+)
+ITEM = (
+    "item_id:token\ttitle:token\tcategories:token_seq\tprice:float\tbrand:token\ttags:token_seq\n"
+    "A1\tTab\t'Beauty', 'Makeup', 'Face'\t5.0\tCOKA\tred blue\n"
+    'A2\t"a\ttitle with a tab"\t"\'Beauty\', ""Women\'s"""\t\t\tgreen\n'
+    "A3\tplain\t'Beauty'\t7.5\t Nivea \t\n"
+)
+
+
+def write_files(tmp_path: Path, inter: str = INTER, item: str = ITEM) -> tuple[Path, Path]:
+    (tmp_path / "d.inter").write_text(inter)
+    (tmp_path / "d.item").write_text(item)
+    return tmp_path / "d.inter", tmp_path / "d.item"
+
+
+def read(inter: Path, item: Path, strict: bool = False, **options):
+    args = {"attributes": None, "recipe": None, "user_col": "user_id", "item_col": "item_id",
+            "time_col": "timestamp"} | options
+    report = BadInputReport(strict=strict)
+    raw = recbole.read(argparse.Namespace(inter=str(inter), item=str(item), **args), report)
+    return raw, report
+
+
+def test_attribute_columns_first_token_and_empty_is_unknown(tmp_path):
+    raw, report = read(*write_files(tmp_path), attributes=["brand", "tags", "categories"])
+    assert report.total == 0
+    assert raw.attributes == ["item_id", "brand", "tags", "categories"]
+    assert raw.items.columns == ["item", "brand", "tags", "categories"]
+    assert raw.items.rows() == [
+        ("A1", "COKA", "red", "Beauty"),
+        ("A2", None, "green", "Beauty"),
+        ("A3", " Nivea ", None, "Beauty"),
+    ]
+    assert raw.interactions.rows() == [("U1", "A1", 100.0), ("U1", "A2", 200.0),
+                                       ("U2", "A2", 150.0), ("U2", "A3", 250.0)]
+
+
+def test_amazon_recipe_parses_the_category_literal(tmp_path):
+    raw, _ = read(*write_files(tmp_path), recipe="amazon")
+    assert raw.attributes == amazon.AMAZON_ATTRIBUTES
+    rows = {r[0]: r[1:] for r in raw.items.rows()}
+    assert rows["A1"] == ("Makeup", "Makeup/Face", "Beauty/Makeup/Face", "COKA", "q0")
+    assert rows["A2"] == ("Women's", None, "Beauty/Women's", None, None)
+    assert rows["A3"] == (None, None, None, "Nivea", "q9")
+
+
+def test_amazon_recipe_equals_the_amazon_source_on_the_same_data(tmp_path):
+    raw_recbole, _ = read(*write_files(tmp_path), recipe="amazon")
+    reviews = tmp_path / "reviews.json"
+    reviews.write_text("".join(
+        json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": int(t)}) + "\n"
+        for u, i, t in raw_recbole.interactions.rows()
+    ))
+    meta = tmp_path / "meta.json"
+    meta.write_text(
+        "{'asin': 'A1', 'price': 5.0, 'categories': [['Beauty', 'Makeup', 'Face']], "
+        "'brand': 'COKA'}\n{'asin': 'A2', 'categories': [['Beauty', \"Women's\"]]}\n"
+        "{'asin': 'A3', 'price': 7.5, 'categories': [['Beauty']], 'brand': ' Nivea '}\n"
+    )
+    raw_amazon = amazon.read(argparse.Namespace(reviews=str(reviews), meta=str(meta)),
+                             BadInputReport())
+    assert raw_amazon.items.sort("item").equals(raw_recbole.items.sort("item"))
+    assert raw_amazon.notes == raw_recbole.notes
+
+
+def test_custom_column_names(tmp_path):
+    inter = "uid:token\tiid:token\tts:float\nU1\tX\t1\nU1\tY\t2\n"
+    item = "iid:token\tgenre:token\nX\tjazz\nY\tpop\n"
+    raw, _ = read(*write_files(tmp_path, inter, item), attributes=["genre"], user_col="uid",
+                  item_col="iid", time_col="ts")
+    assert raw.attributes == ["iid", "genre"]
+    assert raw.items.rows() == [("X", "jazz"), ("Y", "pop")]
+    assert raw.interactions["user"].to_list() == ["U1", "U1"]
+
+
+@pytest.mark.parametrize(("options", "which", "column"), [
+    ({"attributes": ["colour"]}, "d.item", "colour"),
+    ({"recipe": "amazon", "item_col": "asin"}, "d.inter", "asin"),
+    ({"attributes": [], "time_col": "when"}, "d.inter", "when"),
+])
+def test_unknown_column_names_the_column_and_the_file(tmp_path, options, which, column):
+    with pytest.raises(DataError, match=f"{tmp_path / which}: no column '{column}'"):
+        read(*write_files(tmp_path), **options)
+
+
+def test_missing_recipe_column_is_an_error(tmp_path):
+    item = "item_id:token\tbrand:token\nA1\tCOKA\n"
+    with pytest.raises(DataError, match="no column 'categories', 'price'"):
+        read(*write_files(tmp_path, item=item), recipe="amazon")
+
+
+@pytest.mark.parametrize("which", ["inter", "item"])
+def test_empty_file(tmp_path, which):
+    files = dict(zip(("inter", "item"), write_files(tmp_path), strict=True))
+    files[which].write_text("")
+    with pytest.raises(DataError, match=f"{files[which]}: empty file"):
+        read(files["inter"], files["item"], attributes=["brand"])
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    inter = INTER + "U3\tA1\t5\tyesterday\n\tA2\t5\t9\n"
+    raw, report = read(*write_files(tmp_path, inter), attributes=["brand"])
+    assert len(raw.interactions) == 4
+    assert report.counts == {"empty or non-numeric time (row skipped)": 1,
+                             "empty or non-numeric user (row skipped)": 1}
+    where = tmp_path / "d.inter"
+    assert report.examples[0] == f"{where}:6: empty or non-numeric time (row skipped)"
+
+
+def test_cli_strict_exits_2_and_lenient_prepares(tmp_path, capsys):
+    inter, item = write_files(tmp_path, INTER + "U3\tA1\t5\tyesterday\n")
+    args = ["prepare", "recbole", "--inter", str(inter), "--item", str(item),
+            "--attributes", "brand,tags", "--out", str(tmp_path / "store")]
+    assert main([*args, "--strict"]) == 2
+    assert f"{inter}:6: empty or non-numeric time" in capsys.readouterr().err
+    assert main(args) == 0
+    schema = json.loads((tmp_path / "store" / "schema.json").read_text())
+    assert schema["attributes"] == ["item_id", "brand", "tags"]
+    assert (schema["num_users"], schema["num_items"]) == (2, 3)
+
+
+@pytest.fixture(scope="module")
+def beauty_stores(tmp_path_factory):
+    files = [BEAUTY / "mcauley2014" / "reviews_Beauty_5.json.gz",
+             BEAUTY / "mcauley2014" / "meta_Beauty.json.gz",
+             BEAUTY / "recbole" / "amazon_beauty.inter", BEAUTY / "recbole" / "amazon_beauty.item"]
+    if not all(f.exists() for f in files):
+        pytest.skip(f"real Amazon Beauty files not found under {BEAUTY}")
+    root = tmp_path_factory.mktemp("beauty")
+    common = ["--protocol", "last"]
+    assert main(["prepare", "amazon", "--reviews", str(files[0]), "--meta", str(files[1]),
+                 "--out", str(root / "amazon"), *common]) == 0
+    assert main(["prepare", "recbole", "--inter", str(files[2]), "--item", str(files[3]),
+                 "--recipe", "amazon", "--out", str(root / "recbole"), *common]) == 0
+    return root / "amazon", root / "recbole"
+
+
+def test_real_beauty_recbole_is_byte_identical_to_amazon(beauty_stores):
+    amazon_store, recbole_store = beauty_stores
+    names = sorted(p.relative_to(amazon_store).as_posix()
+                   for p in amazon_store.glob("*/*") if p.suffix in (".npy", ".txt"))
+    assert names == sorted(p.relative_to(recbole_store).as_posix()
+                           for p in recbole_store.glob("*/*") if p.suffix in (".npy", ".txt"))
+    assert {name.split("/")[0] for name in names} == {"arrays", "vocab"}
+    for name in names:
+        assert (amazon_store / name).read_bytes() == (recbole_store / name).read_bytes(), name
+    schemas = [json.loads((s / "schema.json").read_text()) for s in beauty_stores]
+    assert [s["origin"]["source"] for s in schemas] == ["amazon", "recbole"]
+    assert {k: v for k, v in schemas[0].items() if k != "origin"} == {
+        k: v for k, v in schemas[1].items() if k != "origin"}
+    assert schemas[1]["splits"] == {"train": 35_780, "valid": 4_472, "test": 4_474}
+
+
+def test_real_beauty_item_file_reads_every_row(tmp_path):
+    path = BEAUTY / "recbole" / "amazon_beauty.item"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    table, types = recbole.read_columns(path, ["item_id", "title", "categories"], quoted=True)
+    assert len(table) == 12_101 and table["item_id"].n_unique() == 12_101
+    assert types == {"item_id": "token", "title": "token", "categories": "token_seq"}
+    paths = recbole.map_unique(table["categories"], recbole.parse_token_seq, pl.List(pl.String))
+    assert paths.list.len().min() >= 2 and (paths.list.first() == "Beauty").all()
