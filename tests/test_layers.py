@@ -72,9 +72,7 @@ def test_headwise_linear_equals_one_linear_map_per_head() -> None:
     out = layer(x)
     assert out.shape == (2, 6, 3, 5)
     for head in range(3):
-        expected = nn.functional.linear(
-            x[:, :, head], layer.weight[head].T, layer.bias[head]
-        )
+        expected = nn.functional.linear(x[:, :, head], layer.weight[head].T, layer.bias[head])
         torch.testing.assert_close(out[:, :, head], expected)
     no_bias = HeadwiseLinear(3, 4, 5, bias=False)
     torch.testing.assert_close(no_bias(x)[:, :, 1], x[:, :, 1] @ no_bias.weight[1])
@@ -146,8 +144,14 @@ def test_target_attention_equals_naive_loop(
 ) -> None:
     torch.manual_seed(0)
     layer = TargetAttention(
-        num_heads=3, dim=4, target_dim=target_dim, max_len=6, hidden=(5, 3),
-        positional=positional, softmax=softmax, project_target=project_target,
+        num_heads=3,
+        dim=4,
+        target_dim=target_dim,
+        max_len=6,
+        hidden=(5, 3),
+        positional=positional,
+        softmax=softmax,
+        project_target=project_target,
     )
     if layer.position is not None:
         nn.init.normal_(layer.position)

@@ -200,25 +200,46 @@ def test_strict_stops_at_the_first_bad_line_with_exit_code_2(tmp_path, capsys):
     assert "1 x broken JSON review (line skipped)" in capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def beauty_store(tmp_path_factory):
+def test_real_beauty_reads_every_review_and_item():
+    """The prepared-store counts (22,363 users ...) are checked in test_source_recbole.py."""
     if not (BEAUTY_REVIEWS.exists() and BEAUTY_META.exists()):
         pytest.skip(f"real Amazon Beauty files not found under {BEAUTY}")
-    out = tmp_path_factory.mktemp("beauty") / "store"
-    code = main(["prepare", "amazon", "--reviews", str(BEAUTY_REVIEWS), "--meta",
-                 str(BEAUTY_META), "--protocol", "last", "--out", str(out)])
-    assert code == 0
-    return json.loads((out / "schema.json").read_text())
+    raw, report = read(BEAUTY_REVIEWS, BEAUTY_META)
+    assert report.total == 0 and raw.origin["layout"] == "mcauley2014"
+    assert len(raw.interactions) == 198_502
+    assert raw.interactions["user"].n_unique() == 22_363
+    assert len(raw.items) == raw.interactions["item"].n_unique() == 12_101
+    # 6 level-2 categories; 46 level-2/3 paths of which 6 stop at level 2 (level 3 unknown);
+    # 2,076 brands; 10 deciles
+    assert [raw.items[a].drop_nulls().n_unique() for a in raw.attributes[1:]] == [
+        6, 40, 245, 2_076, 10]
 
 
-def test_real_beauty_matches_the_published_counts(beauty_store):
-    schema = beauty_store
-    assert (schema["num_users"], schema["num_items"]) == (22_363, 12_101)
-    assert len(schema["attributes"]) == 6
-    assert schema["splits"] == {"train": 35_780, "valid": 4_472, "test": 4_474}
-    assert sum(schema["splits"].values()) == 44_726
-    assert schema["bad_input"] == {}
-    # (+ pad and unknown) 6 level-2 categories; 46 level-2/3 paths of which 6 stop at level 2
-    # (their level 3 is unknown); 2,076 brands; 10 deciles
-    assert schema["vocab_sizes"][1:3] == [6 + 2, 40 + 2]
-    assert schema["vocab_sizes"][4:] == [2_076 + 2, 10 + 2]
+TRICKY_2014_LINES = [
+    rb"""{'asin': 'X', 'title': "x', 'brand': 'fake","""
+    rb""" 'categories': [['A', 'B\'s', "C's"], ['D']], 'brand': 'it\'s', 'price': 1e3}""",
+    rb"""{'asin': 'Y', 'categories': [], 'related': {'also_bought': ['Z', 'W']}}""",
+    rb"""{'asin': 'Z', 'categories': [[]], 'brand': '', 'salesRank': {'Books': 5}}""",
+    rb"""{'asin': 'W', 'categories': [['A', 'B]]', 'C']], 'price': 2}""",
+    rb"""{'asin': 'V', 'price': 'odd', 'categories': [['A', 1]]}""",
+]
+
+
+@pytest.mark.parametrize("line", TRICKY_2014_LINES)
+def test_fast_2014_field_parse_equals_the_whole_line_parse(line):
+    whole, fast = amazon._literal(line), amazon._literal_fields(line)
+    for key in ("asin", "price", "brand"):
+        assert fast.get(key) == whole.get(key)
+    assert amazon.category_path(fast) == amazon.category_path(whole)
+
+
+def test_fast_2014_field_parse_on_the_real_beauty_meta():
+    if not BEAUTY_META.exists():
+        pytest.skip(f"{BEAUTY_META} not found")
+    lines = [line for _, line in _common.iter_lines(BEAUTY_META)]
+    assert len(lines) == 12_101
+    for line in lines[::7]:
+        whole, fast = amazon._literal(line), amazon._literal_fields(line)
+        assert {k: whole.get(k) for k in ("asin", "price", "brand")} == {
+            k: fast.get(k) for k in ("asin", "price", "brand")}
+        assert amazon.category_path(fast) == amazon.category_path(whole)

@@ -72,6 +72,9 @@ def test_100k_genre_names_from_u_genre(ml100k: Path) -> None:
     assert data["items"]["10"] == ("Alpha", "Zeta", "none", "1990s")
     assert data["items"]["11"] == ("Beta", "Zeta", "none", "1990s")
     assert report.total == 0
+    write(ml100k, "u.genre", ["Alpha|0", "Beta|1"])
+    with pytest.raises(DataError, match=r"u\.item: no line has the 7 fields.*2 genres"):
+        read(ml100k)
 
 
 def test_1m_layout(tmp_path: Path) -> None:
@@ -130,6 +133,12 @@ def test_missing_files(tmp_path: Path) -> None:
         read(tmp_path / "absent")
     write(tmp_path, "u.data", ["1\t1\t1\t1"])
     with pytest.raises(DataError, match=r"has u\.data but not u\.item"):
+        read(tmp_path)
+    (tmp_path / "u.item").write_text("\n")
+    with pytest.raises(DataError, match=r"u\.item: the file is empty"):
+        read(tmp_path)
+    (tmp_path / "u.data").write_text("")
+    with pytest.raises(DataError, match=r"u\.data: no rating could be read"):
         read(tmp_path)
 
 

@@ -167,7 +167,11 @@ def test_real_beauty_recbole_is_byte_identical_to_amazon(beauty_stores):
     assert [s["origin"]["source"] for s in schemas] == ["amazon", "recbole"]
     assert {k: v for k, v in schemas[0].items() if k != "origin"} == {
         k: v for k, v in schemas[1].items() if k != "origin"}
-    assert schemas[1]["splits"] == {"train": 35_780, "valid": 4_472, "test": 4_474}
+    schema = schemas[1]
+    assert (schema["num_users"], schema["num_items"], len(schema["attributes"])) == (
+        22_363, 12_101, 6)
+    assert schema["splits"] == {"train": 35_780, "valid": 4_472, "test": 4_474}
+    assert sum(schema["splits"].values()) == 44_726 and schema["bad_input"] == {}
 
 
 def test_real_beauty_item_file_reads_every_row(tmp_path):

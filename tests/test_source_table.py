@@ -142,6 +142,11 @@ def test_broken_json_line_is_counted(tmp_path: Path) -> None:
     assert raw.interactions.rows() == EXPECTED_INTERACTIONS
     assert report.counts == {"broken JSON (line skipped)": 1}
     assert "inter.jsonl:3:" in report.examples[0]
+    inter.write_text("\n".join([*lines[:2], "", " ", '{"uid": null, "sku": "a", "ts": 1}']))
+    raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert raw.interactions.rows() == EXPECTED_INTERACTIONS[:2]
+    assert report.counts == {"no user value (row skipped)": 1}
+    assert "inter.jsonl:5:" in report.examples[0]  # blank lines counted in the numbering
 
 
 def test_times_as_dates_and_floats(tmp_path: Path) -> None:
@@ -188,3 +193,11 @@ def test_prepares_end_to_end(tmp_path: Path, capsys) -> None:
     argv[argv.index("uid")] = "user_id"
     assert main(argv) == 2
     assert "no column 'user_id'" in capsys.readouterr().err
+
+
+def test_tsv_fields_may_start_with_a_quote(tmp_path: Path) -> None:
+    items = tmp_path / "items.tsv"
+    items.write_text('sku\tbrand\tprice\na\t"Best" Co\t1\nb\t\t2\nc\ty\t\n')
+    raw, report = read(*standard(save(INTERACTIONS, tmp_path / "inter.tsv"), items))
+    assert raw.items.rows() == [("a", '"Best" Co', "1"), ("b", None, "2"), ("c", "y", None)]
+    assert report.total == 0

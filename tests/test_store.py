@@ -88,8 +88,14 @@ def test_failed_runs_leave_nothing_behind(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "out" / "store"
     bad = raw_data()
     bad.items = bad.items.rename({"colour": "size"})  # not the declared attributes
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="expected item"):
         prepare(bad, out, report=BadInputReport())
+    everything = RawData(  # the one user touched every item: build_samples refuses
+        interactions=pl.DataFrame({"user": ["u", "u"], "item": ["a", "b"], "time": [1, 2]}),
+        items=pl.DataFrame({"item": ["a", "b"]}), attributes=["item_id"], origin={},
+    )
+    with pytest.raises(DataError, match="every item"):
+        prepare(everything, out, report=BadInputReport())
     assert not out.exists()
     real_save, calls = np.save, []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,14 +14,13 @@ from torch import nn
 
 from camn.cli import main
 from camn.data.prepare import prepare
-from camn.data.raw import RawData
+from camn.data.raw import DataError, RawData
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, register
 from camn.train import loop
 from camn.train.checkpoints import load_model, save_checkpoint
-from camn.train.loop import ResidentSplit, StreamedSplit, TrainConfig, train_one, train_seeds
-from camn.train.metrics import evaluate
+from camn.train.loop import ResidentSplit, StreamedSplit, TrainConfig, train_one
 
 TINY = "tiny-train"
 FAST = {"epochs": 3, "batch_size": 256, "lr": 0.01, "device": "cpu", "progress": False}
@@ -34,37 +34,38 @@ class TinyModel(CTRModel):
                  route: bool = True) -> None:
         super().__init__(spec, embed_dim)
         width = spec.num_slots * embed_dim
-        self.aux_weight, self.route = aux_weight, route
-        self.router = nn.Linear(width, spec.num_slots, bias=False)
+        self.aux_weight = aux_weight
+        self.router = nn.Linear(width, spec.num_slots, bias=False) if route else None
         self.norm = nn.BatchNorm1d(3 * width)  # buffers must survive checkpoints
         self.out = nn.Linear(3 * width, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         mask = batch["mask"].unsqueeze(-1).float()  # (B, L, 1)
+        routing = None
+        if self.router is not None:  # each slot scaled by (1 + its routing score)
+            routing = torch.softmax(self.router(history.flatten(2)), -1) * mask  # (B, L, k)
+            history = history * (1 + routing.unsqueeze(-1))
         items = history.flatten(2)  # (B, L, k*d)
         pooled = (items * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, k*d)
         flat = target.flatten(1)  # (B, k*d)
         logits = self.out(self.norm(torch.cat([pooled, flat, pooled * flat], -1))).squeeze(-1)
         l2 = (pooled**2).mean()
-        routing = torch.softmax(self.router(items), -1) * mask if self.route else None
         return ModelOutput(logits, self.aux_weight * l2, {"l2": l2.detach()}, routing)
 
 
-try:
+with contextlib.suppress(ValueError):  # already registered when imported twice
     register(TINY)(TinyModel)
-except ValueError:  # already registered (module imported by test_distributed too)
-    pass
 
 
-def make_raw(users: int = 200, items: int = 80, seed: int = 0) -> RawData:
+def make_raw(users: int = 400, items: int = 80, seed: int = 0) -> RawData:
     """Users stick to a favourite category (an easy signal); every click has a planted driver."""
     rng = np.random.default_rng(seed)
     category = rng.integers(0, 6, items)
     favourite = rng.integers(0, 6, users)
-    counts = rng.integers(4, 12, users)
+    counts = rng.integers(3, 7, users)
     user = np.repeat(np.arange(users), counts)
-    liked = rng.random(len(user)) < 0.85
+    liked = rng.random(len(user)) < 0.95
     by_category = [np.flatnonzero(category == c) for c in range(6)]
     item = np.where(
         liked,
@@ -111,8 +112,8 @@ def test_resident_batches_equal_store_batches(store: PreparedStore) -> None:
     streamed = StreamedSplit(store, "train", torch.device("cpu"))
     options = {"shuffle": True, "seed": 5, "epoch": 2, "history_negatives": True,
                "rank": 1, "world_size": 2}
-    for ours, theirs in zip(resident.batches(100, **options), store.batches("train", 100, **options),
-                            strict=True):
+    ours_all = resident.batches(100, **options)
+    for ours, theirs in zip(ours_all, store.batches("train", 100, **options), strict=True):
         assert ours.keys() == theirs.keys()
         for key in theirs:
             assert ours[key].dtype == theirs[key].dtype
@@ -165,7 +166,9 @@ def test_early_stopping_stops_and_restores_best(
     assert not torch.equal(states[1]["out.weight"], states[3]["out.weight"])
 
 
-def test_checkpoint_round_trip_gives_identical_outputs(store: PreparedStore, tmp_path: Path) -> None:
+def test_checkpoint_round_trip_gives_identical_outputs(
+    store: PreparedStore, tmp_path: Path
+) -> None:
     spec = FeatureSpec.from_schema(store.schema)
     torch.manual_seed(0)
     model = build_model(TINY, spec, embed_dim=5)
@@ -276,11 +279,25 @@ def test_evaluate_on_a_mismatched_store_is_a_clear_error(
     assert "does not match" in capsys.readouterr().err
 
 
-def test_camn_model_trains_if_present(store: PreparedStore) -> None:
+def test_camn_model_trains_if_present(tmp_path: Path) -> None:
     from camn.models.registry import model_names
 
     if "camn" not in model_names():
         pytest.skip("camn model not registered yet")
-    metrics = train_one(store, TrainConfig("camn", **{**FAST, "epochs": 1}), seed=1)
+    prepare(make_raw(users=150), tmp_path / "small", max_len=8)
+    small = PreparedStore(tmp_path / "small")
+    metrics = train_one(small, TrainConfig("camn", **{**FAST, "epochs": 1}), seed=1)
     assert 0 <= metrics["test_auc"] <= 1
     assert set(metrics["routing_recovery"]) == {"overall", "item", "user"}
+
+
+def test_saved_model_of_an_unregistered_name_is_a_clear_error(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    copy = tmp_path / "seed_1"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes((run / "seed_1" / "model.safetensors").read_bytes())
+    config = json.loads((run / "seed_1" / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model": "gone-model"}))
+    with pytest.raises(DataError, match="unknown model 'gone-model'"):
+        load_model(copy)

@@ -21,6 +21,7 @@ from pathlib import Path
 from camn.experiments.benchmark import (
     Outcome,
     add_training_arguments,
+    available_cores,
     command_line,
     resolve_models,
     run_benchmark,
@@ -36,7 +37,8 @@ from camn.experiments.tables import (
     summarize,
 )
 
-DEMO_DEFAULTS = {"epochs": 4, "batch_size": 256, "patience": 2, "seeds": 2}
+DEMO_DEFAULTS = {"epochs": 4, "batch_size": 256, "patience": 2, "seeds": 2,
+                 "jobs": min(2, available_cores())}
 PROTOCOL = "last"
 
 

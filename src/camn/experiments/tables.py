@@ -121,7 +121,8 @@ class PairedTest:
 
     @property
     def exceeds_spread(self) -> bool:
-        return self.n > 1 and abs(self.mean) > self.spread
+        """``a`` leads ``b`` by more than either model's own seed std."""
+        return self.n > 1 and self.mean > self.spread
 
     def verdict(self) -> str:
         """A plain sentence, e.g. "CAMN > DMIN by 0.0040 ± 0.0020 (paired t-test over 5 seeds,

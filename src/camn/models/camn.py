@@ -157,12 +157,17 @@ class CAMN(CTRModel):
     ) -> torch.Tensor:
         """Eq. 4 inside the softmax: items (B, L, k, d), P (B, L, k), mask (B, L) ->
         scaled logits (B, k, L, L), -inf at padding keys."""
-        queries = self.query(items).transpose(1, 2)  # (B, k, L, d)
-        keys = self.key(items).transpose(1, 2)  # (B, k, L, d)
-        logits = torch.einsum("brid,brjd->brij", queries, keys) / math.sqrt(self.embed_dim)
-        per_head = scores.transpose(1, 2)  # (B, k, L)
-        scale = per_head[:, :, None, :] if self.scale_side == "key" else per_head[:, :, :, None]
-        return (logits * scale).masked_fill(~mask[:, None, None, :], float("-inf"))
+        queries = self.query(items)  # (B, L, k, d)
+        keys = self.key(items)  # (B, L, k, d)
+        # Scaling logit column j (row i) by P[j, r] / sqrt(d) equals scaling key j (query i)
+        # before the product, which is cheaper than scaling the (L, L) matrix.
+        scale = (scores / math.sqrt(self.embed_dim))[..., None]  # (B, L, k, 1)
+        if self.scale_side == "key":
+            keys = keys * scale
+        else:
+            queries = queries * scale
+        logits = torch.einsum("bird,bjrd->brij", queries, keys)  # (B, k, L, L)
+        return logits.masked_fill(~mask[:, None, None, :], float("-inf"))
 
     def refine(
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor

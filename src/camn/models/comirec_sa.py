@@ -22,10 +22,12 @@ from camn.models.registry import register
 
 @register("comirec-sa")
 class ComiRecSA(CTRModel):
-    """ComiRec-SA (Cen et al., KDD 2020): K self-attention heads over the history give K
-    interests; a target-aware read-out picks among them; [read-out, target] -> MLP -> logit.
+    """ComiRec-SA (Cen et al., KDD 2020): self-attentive interests, target-aware read-out.
 
-    Multi-interest extraction (paper Sec. 3.2, "self-attentive method"), with H (B, L, D) the
+    K self-attention heads over the history give K interests; a target-aware read-out mixes
+    them; [read-out, target] -> MLP -> logit.
+
+    Multi-interest extraction (the paper's "self-attentive method"), with H (B, L, D) the
     history items (k attribute embeddings concatenated):
 
     - A = softmax(W_2 tanh(W_1 (H + P)^T)) (the paper's a = softmax(w_2^T tanh(W_1 H^T)) with

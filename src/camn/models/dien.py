@@ -82,12 +82,13 @@ class AUGRU(nn.Module):
 
     def forward(self, inputs: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """inputs (B, L, I), attention (B, L) in [0, 1] -> final state (B, H)."""
-        projected = self.input_map(inputs)  # (B, L, 3H)
+        projected = self.input_map(inputs).unbind(1)  # L x (B, 3H)
+        weights = attention.unsqueeze(-1).unbind(1)  # L x (B, 1)
         state = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
-        for t in range(inputs.shape[1]):
-            x_u, x_r, x_h = projected[:, t].chunk(3, dim=-1)
+        for step, weight in zip(projected, weights, strict=True):
+            x_u, x_r, x_h = step.chunk(3, dim=-1)
             h_u, h_r, h_h = self.state_map(state).chunk(3, dim=-1)
-            update = torch.sigmoid(x_u + h_u) * attention[:, t, None]  # (B, H), Eq. 6
+            update = torch.sigmoid(x_u + h_u) * weight  # (B, H), Eq. 6
             reset = torch.sigmoid(x_r + h_r)
             candidate = torch.tanh(x_h + reset * h_h)
             state = state + update * (candidate - state)  # Eq. 7
@@ -102,7 +103,8 @@ class DIEN(CTRModel):
        Histories are left-aligned, so the states at real positions never see padding; padding
        states are masked everywhere after.
     2. Auxiliary loss (Eq. 5, ``NextClickLoss``): h_t scores the next click e_{t+1} above the
-       drawn ``history_negative`` at t+1; weight ``aux_weight`` (official: 1).
+       drawn ``history_negative`` at t+1; weight ``aux_weight`` (official: 1). Batches without
+       ``history_negative`` (evaluation) get no auxiliary loss.
     3. Attention (Eq. 6 a_t): a_t = masked softmax over real positions of
        MLP([q, h_t, q - h_t, q * h_t]) (80 -> 40, sigmoid, as din_fcn_attention) with q a linear
        projection of the target to H (the official code adds a PReLU after this projection).

@@ -45,7 +45,8 @@ class DIN(CTRModel):
     draws PReLU/Dice; the code uses sigmoid). The target t is used as the query unprojected.
     As the paper states ("normalization with softmax on the output of a(.) is abandoned"),
     the weights are the raw scores, zeroed at padding, not softmax-normalised
-    (``softmax=False``; ``softmax=True`` gives the masked softmax of the later official code).
+    (``softmax=False``; ``softmax=True`` gives the masked softmax that the official code
+    applies, there after a 1/sqrt(D) scaling that is not reproduced here).
     User interest v_U = sum_j w_j x_j (paper Eq. 3).
 
     Output network: input [target, v_U, sum-pooled history, target * sum-pooled history]

@@ -176,23 +176,45 @@ class TargetAttention(nn.Module):
         if self.position is not None:
             nn.init.normal_(self.position, std=1e-2)
 
+    def _query(self, target: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, target_dim) -> query (B, H, 1, d), or (B, H, L, d) with positions.
+
+        Linear([target || pos_j]) = target W_t + pos_j W_p + b: the target part is computed once
+        per sample, not once per position (the same maths, L times fewer multiplications).
+        """
+        if self.query is None:
+            return target[:, None, None, :]
+        weight, bias = self.query.weight, self.query.bias  # (H, in, d), (H, d)
+        target_dim = target.shape[-1]
+        query = torch.einsum("bt,hto->bho", target, weight[:, :target_dim]) + bias
+        query = query[:, :, None, :]  # (B, H, 1, d)
+        if self.position is not None:
+            position = self.position[:, :length]  # (H, L, d)
+            query = query + torch.einsum("hld,hdo->hlo", position, weight[:, target_dim:])
+        return query
+
     def forward(
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (B, H, L, d), target (B, target_dim), mask (B, L) -> pooled (B, H, d),
-        weights (B, H, L)."""
-        batch, heads, length, _ = sequences.shape
-        query_in = target[:, None, None, :].expand(batch, heads, length, target.shape[-1])
-        if self.position is not None:
-            position = self.position[None, :, :length].expand(batch, -1, -1, -1)
-            query_in = torch.cat([query_in, position], dim=-1)  # (B, H, L, target_dim + d)
-        query_in = query_in.transpose(1, 2)  # (B, L, H, .)
-        query = self.query(query_in) if self.query is not None else query_in  # (B, L, H, d)
-        keys = sequences.transpose(1, 2)  # (B, L, H, d)
-        hidden = torch.cat([query, keys, query - keys, query * keys], dim=-1)  # (B, L, H, 4d)
-        for layer in self.hidden:
-            hidden = torch.sigmoid(layer(hidden))
-        scores = self.score(hidden).squeeze(-1).transpose(1, 2)  # (B, H, L)
+        weights (B, H, L).
+
+        The first scoring layer on [q, x, q - x, q * x] is split into its four weight blocks,
+        q (W_q + W_diff) + x (W_x - W_diff) + (q * x) W_prod, so the concatenation is never built.
+        """
+        query = self._query(target, sequences.shape[2])  # (B, H, 1 or L, d)
+        layers = [*self.hidden, self.score]
+        w_q, w_x, w_diff, w_prod = layers[0].weight.split(self.dim, dim=1)  # (H, d, h1) each
+        hidden = (
+            torch.einsum("bhld,hdo->bhlo", query, w_q + w_diff)
+            + torch.einsum("bhld,hdo->bhlo", sequences, w_x - w_diff)
+            + torch.einsum("bhld,hdo->bhlo", query * sequences, w_prod)
+            + layers[0].bias[:, None, :]
+        )  # (B, H, L, h1)
+        for layer in layers[1:]:
+            hidden = torch.einsum("bhli,hio->bhlo", torch.sigmoid(hidden), layer.weight)
+            hidden = hidden + layer.bias[:, None, :]
+        scores = hidden.squeeze(-1)  # (B, H, L)
         real = mask[:, None, :]
         if self.softmax:
             weights = masked_softmax(scores, real)

@@ -22,7 +22,7 @@ from camn.models.registry import register
 
 
 def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """MIND Eq. 8 (Sabour et al.'s squash): ||z||^2 / (1 + ||z||^2) * z / ||z||, norm < 1.
+    """MIND's (and Sabour et al.'s) squash: ||z||^2 / (1 + ||z||^2) * z / ||z||, norm < 1.
 
     ``eps`` keeps the gradient finite at z = 0 (a capsule that received no behaviour).
     """
@@ -37,8 +37,8 @@ def label_aware_attention(
     hard: bool = False,
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MIND Eq. 10: v_u = V_u softmax(pow(V_u^T e_i, p)); interests (B, K, D'), target (B, D')
-    -> read-out (B, D'), weights (B, K).
+    """MIND's label-aware attention: v_u = V_u softmax(pow(V_u^T e_i, p));
+    interests (B, K, D'), target (B, D') -> read-out (B, D'), weights (B, K).
 
     ``hard`` is the limit p -> inf (the interest closest to the target, one-hot weights, as
     ComiRec's training read-out). ``valid`` (B, K) masks interests a user does not have.
@@ -56,18 +56,23 @@ def label_aware_attention(
 
 
 def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.Tensor:
-    """MIND Eq. 9: K'_u = max(1, min(K, log2 |I_u|)), with log2 rounded down to an integer."""
+    """MIND's adaptive number of interests: K'_u = max(1, min(K, log2 |I_u|)), log2 rounded
+    down to an integer (the paper leaves the rounding open)."""
     counts = torch.log2(lengths.clamp(min=1).to(torch.float32)).floor().long()
     return counts.clamp(1, max_interests)
 
 
 @register("mind")
 class MIND(CTRModel):
-    """MIND (Li et al., CIKM 2019): B2I dynamic routing into K interest capsules, then
-    label-aware attention with the target; [user vector, target] -> MLP -> logit.
+    """MIND (Li et al., CIKM 2019): dynamic-routing interest capsules, label-aware read-out.
 
-    Behaviour-to-interest (B2I) dynamic routing (paper Sec. 4.2, Algorithm 1), over the history
-    items c_i (the k attribute embeddings concatenated, width D = k*d):
+    K interest capsules by B2I dynamic routing, then label-aware attention with the target;
+    [user vector, target] -> MLP -> logit.
+
+    Behaviour-to-interest (B2I) dynamic routing (the paper's multi-interest extractor layer,
+    Algorithm 1), over the history items c_i (the k attribute embeddings concatenated, width
+    D = k*d, the project's item vector for every model; MIND itself averages an item's id
+    embeddings):
 
     - one bilinear map S (D -> D', no bias) shared by every behaviour and capsule (B2I's change
       to CapsNet, which has one map per pair); D' = ``interest_dim`` (default D);
@@ -75,7 +80,7 @@ class MIND(CTRModel):
       normal distribution because with a shared S equal starts would give K identical
       capsules); for ``iterations`` rounds (3):
       w_ij = softmax_j(b_ij) (over the capsules, per behaviour), z_j = sum_i w_ij S c_i,
-      u_j = squash(z_j) (Eq. 8), b_ij += u_j^T S c_i. Padded behaviours get w_ij = 0, so they
+      u_j = squash(z_j), b_ij += u_j^T S c_i. Padded behaviours get w_ij = 0, so they
       contribute nothing and each real behaviour's w_i. sums to 1.
     - Initial logits (a choice the paper leaves open): ``routing_init="fixed"`` (default) draws
       b (K, L) once at construction (truncated normal, std ``init_std``, stored as a buffer and
@@ -86,13 +91,14 @@ class MIND(CTRModel):
       b see S c_i without gradient; the last round's capsules carry the gradient to S and the
       embeddings.
     - ``adaptive_interests`` (off: SPEC 3 fixes K = k): K'_u = max(1, min(K, floor(log2 l_u)))
-      capsules per user (Eq. 9), the others masked in the routing softmax and the read-out.
+      capsules per user (the paper's adaptive K), the others masked in the routing softmax
+      and the read-out.
 
     After routing, ``capsule_relu`` (default True) applies one shared Linear(D', D') + ReLU to
     every capsule: the paper's ReLU layers between capsules and label-aware attention (Fig. 2),
     without user-profile features (there are none here), one layer as in ComiRec's Model_MIND.
 
-    Label-aware attention (Eq. 10): v_u = V_u softmax(pow(V_u^T e_t, p)), p = ``pow_p`` (1; a
+    Label-aware attention: v_u = V_u softmax(pow(V_u^T e_t, p)), p = ``pow_p`` (1; a
     non-negative integer, since the dot products can be negative), ``readout="hard"`` for
     p -> inf. The target e_t is projected to D' by a linear map when D' != D.
 
@@ -154,9 +160,9 @@ class MIND(CTRModel):
 
     def capsule_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, K): the capsules each user has (all K unless ``adaptive_interests``)."""
-        slots = torch.arange(self.num_interests, device=mask.device)
         if not self.adaptive:
-            return slots.expand(mask.shape[0], -1) >= 0
+            return mask.new_ones((mask.shape[0], self.num_interests))
+        slots = torch.arange(self.num_interests, device=mask.device)
         counts = adaptive_interest_count(mask.sum(dim=1), self.num_interests)
         return slots[None, :] < counts[:, None]
 

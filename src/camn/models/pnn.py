@@ -29,8 +29,9 @@ def pairwise_inner_products(
 
 @register("pnn")
 class PNN(CTRModel):
-    """IPNN (Qu et al., ICDM 2016): field embeddings and all their pairwise inner products
-    feed an MLP; no sequence model.
+    """IPNN (Qu et al., ICDM 2016): field embeddings and their pairwise inner products, MLP.
+
+    No sequence model.
 
     Fields (SPEC 3): the target's k attribute embeddings and the history's k attribute
     embeddings pooled over the real positions (``history_pool``: "sum" by default, or "mean"),

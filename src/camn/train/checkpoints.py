@@ -46,6 +46,9 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[CTRModel, di
     if not weights.is_file():
         raise DataError(f"{weights} is missing: not a saved model")
     spec = FeatureSpec.from_schema(config["spec"])
-    model = build_model(config["model"], spec, **config["options"])
+    try:
+        model = build_model(config["model"], spec, **config["options"])
+    except KeyError as error:  # a model that is no longer (or not yet) registered
+        raise DataError(f"{directory}: {error.args[0]}") from None
     safetensors.torch.load_model(model, str(weights), strict=True, device=device)
     return model.to(device).eval(), config

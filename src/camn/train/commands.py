@@ -22,6 +22,7 @@ from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
 from camn.train.metrics import evaluate
 
 RESULTS = "results.json"
+MAX_VALUE = 24  # characters of an attribute value shown by camn explain
 
 
 # ---------------------------------------------------------------- helpers shared by the commands
@@ -239,37 +240,36 @@ def describe_sample(
     row: int,
 ) -> str:
     """One sample as the paper's Figure 1: every history click, its attribute values with their
-    routing scores, the top attribute marked with *."""
+    routing scores, the top attribute marked with * (and the planted driver where known)."""
     attributes = store.attributes
-    width = 18
-
-    def value(slot: int, code: int) -> str:
-        return vocabularies[slot][code][: width - 7]
-
-    target = ", ".join(
-        f"{a}={value(s, int(c))}" for s, (a, c) in enumerate(zip(attributes, batch["target"][row],
-                                                                strict=True))
-    )
     index = int(batch["index"][row])
-    drivers = store.array("history_driver")[index] if store.has_drivers else None
-    lines = [
-        f"store row {index}, user {int(batch['user'][row])}: clicked {target} "
-        f"(predicted p = {probability:.3f})",
-        "  click  " + "".join(f"{a[:width - 1]:<{width}}" for a in attributes) + "top"
-        + ("  planted" if drivers is not None else ""),
-    ]
-    length = int(batch["mask"][row].sum())
-    for position in range(length):
+    target = ", ".join(
+        f"{name}={vocabularies[slot][int(code)][:MAX_VALUE]}"
+        for slot, (name, code) in enumerate(zip(attributes, batch["target"][row], strict=True))
+    )
+    header = ["click", *attributes, "top"]
+    table = []
+    for position in range(int(batch["mask"][row].sum())):
         scores = routing[row, position]  # (k,)
         top = int(scores.argmax())
-        cells = "".join(
-            f"{value(s, int(c)) + f' {float(p):.2f}' + ('*' if s == top else ''):<{width}}"
-            for s, (c, p) in enumerate(zip(batch["history"][row, position], scores, strict=True))
-        )
-        line = f"  {position + 1:>5}  {cells}{attributes[top]}"
-        if drivers is not None:
-            line += f"  {attributes[drivers[position]]}"
-        lines.append(line)
+        cells = [
+            f"{vocabularies[slot][int(code)][:MAX_VALUE]} {float(p):.2f}" + "*" * (slot == top)
+            for slot, (code, p) in enumerate(zip(batch["history"][row, position], scores,
+                                                 strict=True))
+        ]
+        table.append([str(position + 1), *cells, attributes[top]])
+    if store.has_drivers:
+        header.append("planted")
+        drivers = store.array("history_driver")[index]
+        for position, cells in enumerate(table):
+            cells.append(attributes[drivers[position]])
+    widths = [max(len(cells[c]) for cells in [header, *table]) for c in range(len(header))]
+    lines = [
+        f"store row {index}, user {int(batch['user'][row])}: clicked {target} "
+        f"(predicted p = {probability:.3f})"
+    ]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+              for cells in [header, *table]]
     return "\n".join(lines)
 
 

@@ -273,10 +273,10 @@ def train_one(
         seconds = time.perf_counter() - start
         train_seconds += seconds
         samples += int(total[1])
-        valid = evaluate(model, store, "valid", config.eval_batch_size, device) if (
-            context.is_main
-        ) else {"auc": float("nan")}
-        valid_auc = distributed.broadcast_float(valid["auc"], context, device)
+        valid_auc = float("nan")
+        if context.is_main:
+            valid_auc = evaluate(model, store, "valid", config.eval_batch_size, device)["auc"]
+        valid_auc = distributed.broadcast_float(valid_auc, context, device)
         history.append({"epoch": epoch, "loss": loss, "valid_auc": valid_auc, "seconds": seconds})
         if context.is_main:
             log(f"seed {seed} epoch {epoch}: loss {loss:.4f}, valid AUC {valid_auc:.4f}, "

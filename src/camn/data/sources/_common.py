@@ -21,7 +21,7 @@ import polars as pl
 from camn.data.raw import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
-BLOCK_BYTES = 1 << 26  # 64 MiB of text per block: bounded memory, few Python-level steps
+BLOCK_BYTES = 1 << 24  # 16 MiB of text per block: bounded memory, few Python-level steps
 
 AMAZON_ATTRIBUTES = [
     "item_id", "category_l2", "category_l3", "category_leaf", "brand", "price_bucket",

@@ -82,31 +82,47 @@ def _literal_fields(line: bytes) -> object:
     """A 2014 metadata line with only the fields the recipe needs, each parsed from its own text.
 
     Parsing a whole line (with its long ``related`` and ``description``) is most of the cost of
-    reading the metadata; a line that does not look like a complete dict, or whose field is
-    written in an unexpected way, is parsed whole instead.
+    reading the metadata. Only the first category path is kept. A line that does not look like a
+    complete dict, or whose field is written in an unexpected way, is parsed whole instead.
     """
     if not (line.startswith(b"{") and line.endswith(b"}")):
         return _literal(line)
-    record = {}
+    record: dict = {}
     for key, pattern in LITERAL_FIELDS.items():
         match = pattern.search(line)
         if match is None:
             if b"'%s': " % key.encode() in line:
                 return _literal(line)
             continue
+        value = match.group(1)
         try:
-            record[key] = ast.literal_eval(match.group(1).decode("utf-8", errors="replace"))
+            if key == "price":
+                record[key] = float(value)
+            elif key == "categories":
+                record[key] = [[_unquote(s) for s in STRING.findall(value)]]
+            else:
+                record[key] = _unquote(value)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return _literal(line)
     return record
 
 
-_STRING = rb"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+def _unquote(token: bytes) -> str:
+    if b"\\" in token:
+        return ast.literal_eval(token.decode("utf-8", errors="replace"))
+    return token[1:-1].decode("utf-8", errors="replace")
+
+
+_STRING = rb"'(?:[^'\\]|\\.)*'" + rb'|"(?:[^"\\]|\\.)*"'
+STRING = re.compile(_STRING)
 LITERAL_FIELDS = {  # each field's value, after "{" or ", " and up to the next "," or "}"
-    "asin": re.compile(rb"[{,] ?'asin': " + _STRING + rb"[,}]"),
+    "asin": re.compile(rb"[{,] ?'asin': (" + _STRING + rb")[,}]"),
     "price": re.compile(rb"[{,] ?'price': ([-+0-9.eE]+)[,}]"),
-    "brand": re.compile(rb"[{,] ?'brand': " + _STRING + rb"[,}]"),
-    "categories": re.compile(rb"[{,] ?'categories': (\[\[.*?\]\])[,}]"),
+    "brand": re.compile(rb"[{,] ?'brand': (" + _STRING + rb")[,}]"),
+    # the first path of the list of paths: strings separated by ", " only
+    "categories": re.compile(
+        rb"[{,] ?'categories': \[\[((?:(?:" + _STRING + rb")(?:, )?)*)\][,\]]"
+    ),
 }
 PARSERS = {"json": json.loads, "literal": _literal}  # whole lines, to recognise the layout
 FAST_PARSERS = {"json": json.loads, "literal": _literal_fields}

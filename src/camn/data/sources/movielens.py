@@ -20,15 +20,14 @@ gets unknown genres rather than "none". Every rating counts as a click (implicit
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import first_lines, iter_blocks
-from camn.data.sources.table import report_rows
+from camn.data.sources._common import first_lines
+from camn.data.sources.table import line_blocks, report_rows
 
 NAME = "movielens"
 HELP = "MovieLens ratings and movies: 100K (u.data/u.item), 1M (.dat) or later (.csv) layout"
@@ -65,22 +64,12 @@ def detect_layout(folder: Path) -> str:
     raise DataError(f"{folder} holds no MovieLens files; expected one of: {expected}")
 
 
-def line_blocks(path: Path, encoding: str) -> Iterator[pl.DataFrame]:
-    """Non-blank lines of a file in large blocks: ``line`` (1-based number) and ``text``."""
-    for first, block in iter_blocks(path):
-        text = pl.Series("text", [block.decode(encoding, errors="replace")])
-        lines = text.str.split("\n").explode().head(-1).str.strip_suffix("\r")
-        numbers = np.arange(first, first + len(lines), dtype=np.int64)
-        frame = pl.DataFrame({"line": numbers, "text": lines})
-        yield frame.filter(pl.col("text").str.strip_chars() != "")
-
-
 def read_lines(path: Path, encoding: str) -> pl.DataFrame:
     """Every non-blank line of a (small) file; an empty file is a :class:`DataError`."""
-    frame = pl.concat(list(line_blocks(path, encoding)), how="vertical")
-    if len(frame) == 0:
+    blocks = list(line_blocks(path, encoding))
+    if not blocks or sum(len(block) for block in blocks) == 0:
         raise DataError(f"{path}: the file is empty")
-    return frame
+    return pl.concat(blocks, how="vertical")
 
 
 def split_fields(
@@ -128,7 +117,7 @@ def csv_rating_names(path: Path) -> tuple[list[str], int]:
     """Field names of ratings.csv from its header (userId, movieId, timestamp renamed), and
     the header's line number."""
     number, header = first_lines(path, 1)[0]
-    columns = [c.strip() for c in header.decode("utf-8", errors="replace").split(",")]
+    columns = [c.strip() for c in header.decode("utf-8-sig", errors="replace").split(",")]
     rename = {"userId": "user", "movieId": "item", "timestamp": "time"}
     for column in rename:
         if column not in columns:
@@ -183,6 +172,11 @@ def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
     flags = [f"_g{i}" for i in range(len(genres))]
     names = ["item", "title", "release", "video_release", "url", *flags]
     fields = split_fields(read_lines(path, "latin-1"), "|", names, path, report)
+    if len(fields) == 0:
+        raise DataError(
+            f"{path}: no line has the {len(names)} fields expected "
+            f"(5, then a flag for each of the {len(genres)} genres)"
+        )
     flagged = (
         pl.when(pl.col(f).str.strip_chars() == "1").then(pl.lit(g))
         for f, g in zip(flags, genres, strict=True)

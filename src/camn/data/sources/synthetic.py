@@ -12,7 +12,7 @@ is one of two kinds, and the driving slot of every click is kept (``driver``, ``
   popular, which helps a model, but is not the only signal.
 - **user-level emphasis** (kind 1): each user has an emphasis over the k slots drawn from
   Dirichlet(``skew``) (small = one or two slots dominate) and ``liked`` values in every slot,
-  drawn in proportion to how many items carry them. A click draws a slot from the user's
+  drawn uniformly among the values some item carries. A click draws a slot from the user's
   emphasis, one of the user's liked values of that slot, then an item uniformly among those that
   carry it; its driver is that slot.
 
@@ -136,10 +136,11 @@ def _value_index(values: np.ndarray, vocab_max: int) -> tuple[np.ndarray, np.nda
 
 def _liked_values(rng: np.random.Generator, users: int, items: int, counts: np.ndarray,
                   liked: int, liked_items: int) -> np.ndarray:
-    """(users, k, m) liked value codes, -1 padded: values weighted by their item counts.
+    """(users, k, m) liked value codes, -1 padded; slot 0 holds ``liked_items`` item indices.
 
-    Weighted sampling without replacement with the Gumbel top-m trick; values no item carries
-    are never liked (a slot with fewer carried values than ``liked`` gets them all).
+    Uniform sampling without replacement among the values some item carries (Gumbel top-m; an
+    uncarried value has weight 0), so liked values are not merely the popular ones; a slot with
+    fewer carried values than ``liked`` gives them all.
     """
     k, vocab_max = counts.shape
     m = max(liked, liked_items)

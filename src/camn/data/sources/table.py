@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources._common import first_lines, iter_blocks
 
 NAME = "table"
 HELP = (
@@ -65,6 +67,16 @@ def report_rows(report: BadInputReport, path: str | Path, rows: np.ndarray, reas
         report.bad(path, int(rows[len(head)]), reason, count=len(rows) - len(head))
 
 
+def line_blocks(path: Path, encoding: str) -> Iterator[pl.DataFrame]:
+    """Non-blank lines of a file in large blocks: ``line`` (1-based number) and ``text``."""
+    for first, block in iter_blocks(path):
+        text = pl.Series("text", [block.decode(encoding, errors="replace")])
+        lines = text.str.split("\n").explode().head(-1).str.strip_suffix("\r")
+        numbers = np.arange(first, first + len(lines), dtype=np.int64)
+        frame = pl.DataFrame({"line": numbers, "text": lines})
+        yield frame.filter(pl.col("text").str.strip_chars() != "")
+
+
 def file_format(path: Path, override: str | None) -> str:
     if override:
         return override
@@ -107,21 +119,23 @@ def read_table(path: Path, fmt: str, report: BadInputReport) -> pl.DataFrame:
         raise DataError(f"{path}: no such file")
     try:
         if fmt in ("csv", "tsv"):
-            frame = pl.read_csv(
+            frame = pl.read_csv(  # TSV has no quoting: a field may start with a quote
                 path, separator="," if fmt == "csv" else "\t", infer_schema=False,
-                encoding="utf8-lossy",
+                encoding="utf8-lossy", quote_char='"' if fmt == "csv" else None,
             )
             first_line = 2  # after the header; quoted multi-line fields shift this
         elif fmt == "parquet":
             frame, first_line = pl.read_parquet(path), 1
-        elif path.read_bytes().lstrip()[:1] == b"[":
+        elif first_lines(path, 1)[0][1][:1] == b"[":
             frame, first_line = pl.read_json(path), 1
         else:
+            first_line = None
             try:
-                frame, first_line = pl.read_ndjson(path), 1
+                frame = pl.read_ndjson(path)  # skips blank lines: number the others
+                lines = [block["line"] for block in line_blocks(path, "utf-8")]
+                frame = frame.with_columns(__line=pl.concat(lines))
             except pl.exceptions.ComputeError:
                 frame = _read_jsonl_lines(path, report)
-                first_line = None
     except pl.exceptions.NoDataError:
         raise DataError(f"{path}: the file is empty") from None
     except (pl.exceptions.PolarsError, OSError) as error:

@@ -1,0 +1,233 @@
+"""camn benchmark: results.csv, resume, Tables 2/3 with paired tests, plot, parallel runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from camn.cli import build_parser, main
+from camn.data.prepare import prepare
+from camn.data.raw import DataError
+from camn.data.sources.synthetic import generate
+from camn.experiments import benchmark
+from camn.experiments.benchmark import (
+    RESULT_COLUMNS,
+    ResultsFile,
+    Run,
+    Settings,
+    parse_options,
+    run_benchmark,
+)
+from camn.experiments.tables import paired_test
+
+# test AUC of each (model, seed): CAMN leads DMIN by about 0.0037 on every seed (significant);
+# CAMN vs CAMN-route flips sign (not significant)
+AUC = {
+    ("camn", 1): 0.7380, ("camn", 2): 0.7372, ("camn", 3): 0.7385,
+    ("dmin", 1): 0.7340, ("dmin", 2): 0.7338, ("dmin", 3): 0.7349,
+    ("camn-route", 1): 0.7360, ("camn-route", 2): 0.7402, ("camn-route", 3): 0.7380,
+}
+MODELS = ["dmin", "camn-route", "camn"]
+CALLS: list[tuple[str, int]] = []
+
+
+def fake_train(run: Run, settings: Settings) -> dict:
+    """A trainer stand-in: fixed numbers per (model, seed), routing recovery for routed models."""
+    CALLS.append((run.model, run.seed))
+    result = {
+        "test_auc": AUC[(run.model, run.seed)], "test_logloss": 0.6 - run.seed / 100,
+        "test_gauc": 0.7 + run.seed / 1000, "valid_auc": 0.74, "best_epoch": run.seed,
+        "epochs": run.seed + settings.patience, "train_seconds": 2.0 * run.seed,
+        "samples_per_second": 1000.0 * run.seed, "history": [{"ignored": True}],
+    }
+    if run.model.startswith("camn"):
+        result["routing_recovery"] = {"overall": 0.5, "item": 0.6, "user": 0.4}
+    return result
+
+
+def failing_train(run: Run, settings: Settings) -> dict:
+    if run.model == "dmin" and run.seed == 2:
+        raise RuntimeError("out of memory")
+    return fake_train(run, settings)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny"
+    prepare(generate(users=80, items=40, seed=3), path, protocol="last", seed=3)
+    return path
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    CALLS.clear()
+    monkeypatch.setattr(benchmark, "train_run", fake_train)
+    return CALLS
+
+
+def quick(store, out, seeds=(1, 2, 3), models=MODELS, **kwargs):
+    return run_benchmark([store], models, list(seeds), out, Settings(epochs=2, patience=1),
+                         command="camn benchmark --test", log=lambda _: None, **kwargs)
+
+
+def test_results_csv_has_one_row_per_run(store, tmp_path, stub):
+    outcome = quick(store, tmp_path / "out")
+    assert len(stub) == 9 and not outcome.failures
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert [(r["model"], int(r["seed"])) for r in rows] == [
+        (m, s) for s in (1, 2, 3) for m in ("dmin", "camn-route", "camn")
+    ]  # dataset, seed, model order: complete seeds first
+    first = rows[0]
+    assert first["dataset"] == "tiny (last)"
+    assert float(first["test_auc"]) == AUC[("dmin", 1)]
+    assert first["routing_overall"] == ""  # DMIN has no router
+    camn = next(r for r in rows if r["model"] == "camn")
+    assert (camn["routing_overall"], camn["routing_item"], camn["routing_user"]) == (
+        "0.5", "0.6", "0.4")
+    assert int(camn["epochs"]) == 1 + 1  # seed 1 + patience 1
+
+
+def test_resume_skips_finished_runs_and_drops_a_half_written_line(store, tmp_path, stub):
+    out = tmp_path / "out"
+    quick(store, out, seeds=(1, 2))
+    assert len(stub) == 6
+    with (out / "results.csv").open("a") as handle:
+        handle.write("tiny (last),camn,3,0.73")  # killed mid-write
+    stub.clear()
+    outcome = quick(store, out, seeds=(1, 2, 3))
+    assert stub == [("dmin", 3), ("camn-route", 3), ("camn", 3)]
+    assert len(outcome.rows) == 9
+    stub.clear()
+    quick(store, out, seeds=(1, 2, 3))
+    assert stub == []
+    lines = (out / "results.csv").read_text().splitlines()
+    assert len(lines) == 10 and all(line.count(",") == len(RESULT_COLUMNS) - 1 for line in lines)
+
+
+def test_resume_refuses_other_training_settings(store, tmp_path, stub):
+    quick(store, tmp_path / "out", seeds=(1,))
+    with pytest.raises(DataError, match="epochs 2 -> 3"):
+        run_benchmark([store], MODELS, [1], tmp_path / "out", Settings(epochs=3, patience=1),
+                      log=lambda _: None)
+
+
+def test_a_failed_run_is_reported_and_retried_later(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "train_run", failing_train)
+    outcome = quick(store, tmp_path / "out")
+    assert [(r.model, r.seed) for r, _ in outcome.failures] == [("dmin", 2)]
+    assert "out of memory" in outcome.failures[0][1]
+    assert len(outcome.rows) == 8
+    CALLS.clear()
+    monkeypatch.setattr(benchmark, "train_run", fake_train)
+    quick(store, tmp_path / "out")
+    assert CALLS == [("dmin", 2)]
+
+
+def test_table_md_has_tables_bold_best_and_hand_checked_paired_test(store, tmp_path, stub):
+    outcome = quick(store, tmp_path / "out")
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert "camn benchmark --test" in text
+    assert "## Table 2" in text and "## Table 3" in text
+    table2 = text.split("## Table 2")[1].split("##")[0]
+    table3 = text.split("## Table 3")[1].split("##")[0]
+    camn_mean = statistics.mean(AUC[("camn", s)] for s in (1, 2, 3))
+    camn_std = statistics.stdev(AUC[("camn", s)] for s in (1, 2, 3))
+    assert f"| CAMN | **{camn_mean:.4f} ± {camn_std:.4f}** |" in table2
+    assert "CAMN-route" not in table2 and "| DMIN | 0.7342" in table2
+    route_mean = statistics.mean(AUC[("camn-route", s)] for s in (1, 2, 3))
+    assert f"| CAMN-route | **{route_mean:.4f}" in table3  # CAMN-route is best in Table 3
+
+    diffs = [AUC[("camn", s)] - AUC[("dmin", s)] for s in (1, 2, 3)]
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    t = mean / (std / math.sqrt(3))
+    p = 2 * stats.t.sf(abs(t), df=2)
+    verdict = f"CAMN > DMIN by {mean:.4f} ± {std:.4f} (paired t-test over 3 seeds, p = {p:.2g})"
+    assert verdict in text
+    assert f"| {t:.2f} |" in text
+    test = paired_test(outcome.rows, "tiny (last)", "camn", "dmin")
+    assert test is not None and test.significant and test.exceeds_spread
+    assert test.p == pytest.approx(p) and test.t == pytest.approx(t)
+    route = paired_test(outcome.rows, "tiny (last)", "camn", "camn-route")
+    assert route is not None and not route.significant
+    assert "no significant difference (CAMN − CAMN-route" in text
+    assert "## gAUC and log loss" in text and "## Training speed" in text
+    assert "2,000/s" in text  # DMIN's mean samples/s: (1000 + 2000 + 3000) / 3
+    assert "0.500 / 0.600 / 0.400" in text and "chance 1/5 = 0.20" in text
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    cell = summary["datasets"]["tiny (last)"]["models"]["camn"]["test_auc"]
+    assert cell["mean"] == pytest.approx(camn_mean) and cell["n"] == 3
+    assert summary["datasets"]["tiny (last)"]["paired_tests"]["camn vs dmin"]["p"] == (
+        pytest.approx(p))
+    assert (tmp_path / "out" / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_verdicts_for_degenerate_cases():
+    rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": v}
+            for m, s, v in [("camn", 1, 0.70), ("dmin", 1, 0.69), ("camn", 2, 0.71),
+                            ("dmin", 2, 0.70)]]
+    assert "zero spread" in paired_test(rows, "d", "camn", "dmin").verdict()
+    assert "too few" in paired_test(rows[:2], "d", "camn", "dmin").verdict()
+    assert paired_test(rows, "d", "camn", "mind") is None
+
+
+def test_results_file_rejects_a_broken_middle_row(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(RESULT_COLUMNS) + "\nd,camn,1,not-a-number" + ",," * 5 + ",\n")
+    with pytest.raises(DataError, match=r"results.csv:2"):
+        ResultsFile(path).load()
+
+
+def test_options_are_parsed_and_checked():
+    assert parse_options(["camn:q=2", "camn:alpha=0.5", "camn:scale_side=query"], ["camn"]) == {
+        "camn": {"q": 2, "alpha": 0.5, "scale_side": "query"}
+    }
+    with pytest.raises(DataError, match="MODEL:KEY=VALUE"):
+        parse_options(["q=2"], ["camn"])
+    with pytest.raises(DataError, match="no option"):
+        parse_options(["camn:no_such_option=1"], ["camn"])
+    with pytest.raises(DataError, match="not benchmarked"):
+        parse_options(["dmin:x=1"], ["camn"])
+
+
+def test_cli_arguments_parse():
+    args = build_parser().parse_args(
+        ["benchmark", "--data", "a", "b", "--models", "camn,dmin", "--seeds", "3", "--out", "o",
+         "--option", "camn:q=2", "--jobs", "2"])
+    assert args.data == ["a", "b"] and args.seeds == 3 and args.seed == 1 and args.epochs == 30
+    assert args.batch_size == 2048 and args.lr == 0.002 and args.patience == 3
+    assert args.option == ["camn:q=2"] and args.jobs == 2
+
+
+def test_unknown_model_is_refused(store, tmp_path):
+    assert main(["benchmark", "--data", str(store), "--models", "camn,nope", "--out",
+                 str(tmp_path / "o")]) == 2
+
+
+def test_real_trainer_end_to_end_and_parallel_identical(store, tmp_path, capsys):
+    pytest.importorskip("camn.train.loop")
+    common = ["--data", str(store), "--seeds", "1", "--epochs", "1", "--batch-size", "64",
+              "--threads", "1"]
+    assert main(["benchmark", *common, "--models", "din", "--out", str(tmp_path / "seq"),
+                 "--keep-runs"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Table 2" in printed and "--threads 1" in printed
+    assert (tmp_path / "seq" / "auc.png").is_file()
+    assert any((tmp_path / "seq" / "runs" / "tiny.last" / "din" / "seed1").iterdir())
+    # DIN again, next to CAMN, in two spawned processes: the same numbers as sequentially
+    assert main(["benchmark", *common, "--models", "din,camn", "--jobs", "2",
+                 "--out", str(tmp_path / "par")]) == 0
+    seq = ResultsFile(tmp_path / "seq" / "results.csv").load()
+    par = {r["model"]: r for r in ResultsFile(tmp_path / "par" / "results.csv").load()}
+    assert len(seq) == 1 and set(par) == {"din", "camn"}
+    assert all(0 <= r["test_auc"] <= 1 for r in par.values())
+    assert par["camn"]["routing_overall"] is not None and par["din"]["routing_overall"] is None
+    keys = ("test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch")
+    assert [seq[0][k] for k in keys] == [par["din"][k] for k in keys]
