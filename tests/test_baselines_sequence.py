@@ -66,6 +66,16 @@ def test_output_shape_and_finite(name: str, k: int) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_empty_history_gives_finite_logits_and_gradients(name: str) -> None:
+    spec = make_spec(k=3)
+    model = build_model(name, spec, embed_dim=6).train()
+    out = model(make_batch(spec, [0, 3, 8, 0, 1]))
+    (out.logits.sum() + out.aux_loss).backward()
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("train", [False, True])
 def test_padding_invariance(name: str, train: bool) -> None:
     torch.manual_seed(0)

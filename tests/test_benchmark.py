@@ -198,7 +198,7 @@ def test_options_are_parsed_and_checked():
 
 
 def test_cli_arguments_parse():
-    args = build_parser().parse_args(
+    args = build_parser("benchmark").parse_args(
         ["benchmark", "--data", "a", "b", "--models", "camn,dmin", "--seeds", "3", "--out", "o",
          "--option", "camn:q=2", "--jobs", "2"])
     assert args.data == ["a", "b"] and args.seeds == 3 and args.seed == 1 and args.epochs == 30

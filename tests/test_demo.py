@@ -33,12 +33,12 @@ def fake_train(run: Run, settings: Settings) -> dict:
 
 
 def test_demo_arguments_parse_with_time_saving_defaults():
-    args = build_parser().parse_args(["demo"])
+    args = build_parser("demo").parse_args(["demo"])
     assert args.out == "camn-demo" and args.seeds == 2 and args.models == "all"
     assert (args.epochs, args.batch_size, args.patience) == (
         demo.DEMO_DEFAULTS["epochs"], demo.DEMO_DEFAULTS["batch_size"],
         demo.DEMO_DEFAULTS["patience"])
-    assert build_parser().parse_args(["demo", "--seeds", "3", "--models", "camn"]).seeds == 3
+    assert build_parser("demo").parse_args(["demo", "--seeds", "3", "--models", "camn"]).seeds == 3
 
 
 def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from camn import __version__
 from camn.data.raw import DataError
@@ -16,7 +17,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("camn.train.commands:train", "train a model on a prepared store over seeds"),
     "evaluate": ("camn.train.commands:evaluate", "re-score a trained run's saved weights"),
     "explain": ("camn.train.commands:explain", "show which attribute drove each history click"),
-    "benchmark": ("camn.experiments.benchmark", "the paper's Tables 2 and 3 over seeds, with paired tests"),
+    "benchmark": ("camn.experiments.benchmark", "the paper's Tables 2 and 3 over seeds"),
     "demo": ("camn.experiments.demo", "the whole story on built-in synthetic data, in minutes"),
 }
 
@@ -53,6 +54,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     from camn.data.sources import available_sources
     from camn.data.store import table1_line
 
+    if Path(args.out).exists() and not args.force:  # fail before reading a large input
+        raise DataError(f"{args.out} already exists; pass --force to overwrite it")
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
     schema = prepare(
@@ -88,25 +91,32 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (torch is not needed to prepare data)."""
     parser = argparse.ArgumentParser(prog="camn", description=__doc__)
     parser.add_argument("--version", action="version", version=f"camn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_prepare(commands)
+    if command in {"prepare", None}:
+        _add_prepare(commands)
+    else:
+        commands.add_parser("prepare", help="read a dataset into a prepared store")
     stats = commands.add_parser("stats", help="print a prepared store's Table 1 line")
     stats.add_argument("store", help="directory of a prepared store")
     stats.set_defaults(handler=run_stats)
     commands.add_parser("models", help="list registered models").set_defaults(handler=run_models)
     for name, (target, help_text) in DELEGATED.items():
-        add, run = _delegate(target)
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        add(sub)
-        sub.set_defaults(handler=run)
+        if name == command:
+            add, run = _delegate(target)
+            add(sub)
+            sub.set_defaults(handler=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.handler(args)
     except DataError as error:

@@ -121,16 +121,16 @@ def build_samples(
     slots = np.arange(max_len)
     valid = slots[None, :] < lengths[:, None]  # (S, L)
     source = np.where(valid, pos[:, None] - lengths[:, None] + slots[None, :], 0)
-    history_items = np.where(valid, item[source], 0)  # (S, L); id 0 = padding row
+    history_items = np.where(valid, item[source], 0).astype(np.int32)  # (S, L); 0 = padding row
 
     def twice(a: np.ndarray) -> np.ndarray:  # each positive is followed by its negative
         return np.repeat(a, 2, axis=0)
 
     target_items = np.stack([item[pos], negatives], axis=1).reshape(-1)
     out = {
-        "histories": twice(item_attributes[history_items].astype(np.int32)),
+        "histories": item_attributes[twice(history_items)].astype(np.int32, copy=False),
         "lengths": twice(lengths),
-        "targets": item_attributes[target_items].astype(np.int32),
+        "targets": item_attributes[target_items].astype(np.int32, copy=False),
         "labels": np.tile(np.array([1, 0], dtype=np.int8), len(pos)),
         "users": twice(sample_user.astype(np.int32)),
         "splits": twice(user_split[sample_user]),

@@ -85,13 +85,13 @@ class AUGRU(nn.Module):
         projected = self.input_map(inputs).unbind(1)  # L x (B, 3H)
         weights = attention.unsqueeze(-1).unbind(1)  # L x (B, 1)
         state = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
+        gates = [2 * self.hidden_dim, self.hidden_dim]
         for step, weight in zip(projected, weights, strict=True):
-            x_u, x_r, x_h = step.chunk(3, dim=-1)
-            h_u, h_r, h_h = self.state_map(state).chunk(3, dim=-1)
-            update = torch.sigmoid(x_u + h_u) * weight  # (B, H), Eq. 6
-            reset = torch.sigmoid(x_r + h_r)
-            candidate = torch.tanh(x_h + reset * h_h)
-            state = state + update * (candidate - state)  # Eq. 7
+            x_ur, x_h = step.split(gates, dim=-1)
+            h_ur, h_h = self.state_map(state).split(gates, dim=-1)
+            update, reset = torch.sigmoid(x_ur + h_ur).chunk(2, dim=-1)  # (B, H) each
+            candidate = torch.tanh(torch.addcmul(x_h, reset, h_h))
+            state = torch.addcmul(state, update * weight, candidate - state)  # Eq. 6-7
         return state
 
 

@@ -81,9 +81,15 @@ class CausalSelfAttention(nn.Module):
         if not self.split_heads:
             merged = heads.permute(1, 2, 0, 3).flatten(-2)  # (B, L, H*e)
             return self.norm(x + self.out(merged)), attention
-        projected = headwise(self.out, heads[:, mask])  # (H, N, D)
-        normed = F.layer_norm(x[mask] + projected, (self.width,))
+        rows = real_rows(mask)
+        projected = headwise(self.out, heads.flatten(1, 2).index_select(1, rows))  # (H, N, D)
+        normed = F.layer_norm(x.flatten(0, 1).index_select(0, rows) + projected, (self.width,))
         return normed * self.norm_weight + self.norm_bias, attention
+
+
+def real_rows(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) mask -> (N,) flat indices b * L + j of the real positions, in ``mask`` order."""
+    return mask.reshape(-1).nonzero().squeeze(-1)
 
 
 def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
@@ -122,27 +128,32 @@ def packed_target_attention(
     query input is formed; padding positions cost nothing.
     """
     heads, _, dim = sequences.shape
-    sample, position = mask.nonzero(as_tuple=True)  # (N,), (N,)
+    batch, length = mask.shape
+    rows = real_rows(mask)
+    sample, position = rows // length, rows % length  # (N,), (N,)
     w_query = layer.query.weight  # (H, T + D, D)
     t_dim = w_query.shape[1] - dim
     query_t = torch.einsum("bt,htd->hbd", target, w_query[:, :t_dim]) + layer.query.bias[:, None]
-    query_p = torch.bmm(layer.position[:, : mask.shape[1]], w_query[:, t_dim:])  # (H, L, D)
-    query = query_t[:, sample] + query_p[:, position]  # (H, N, D)
+    query_p = torch.bmm(layer.position[:, :length], w_query[:, t_dim:])  # (H, L, D)
+    query = query_t.index_select(1, sample) + query_p.index_select(1, position)  # (H, N, D)
     first = layer.hidden[0] if layer.hidden else layer.score
     w_q, w_x, w_d, w_p = first.weight.split(dim, dim=1)  # each (H, D, hidden)
     w_shared, w_item = w_q + w_d, torch.cat([w_x - w_d, w_p], dim=1)
     hidden = torch.baddbmm(
-        (query_t @ w_shared)[:, sample] + (query_p @ w_shared)[:, position] + first.bias[:, None],
+        (query_t @ w_shared).index_select(1, sample)
+        + (query_p @ w_shared).index_select(1, position)
+        + first.bias[:, None],
         torch.cat([sequences, query * sequences], dim=-1),
         w_item,
     )  # (H, N, hidden)
     for module in [*layer.hidden[1:], layer.score] if layer.hidden else []:
         hidden = headwise(module, torch.sigmoid(hidden))
-    scores = hidden.new_full((heads, *mask.shape), float("-inf"))
-    scores[:, mask] = hidden.squeeze(-1)
+    scores = hidden.new_full((heads, batch * length), float("-inf"))
+    scores = scores.index_copy(1, rows, hidden.squeeze(-1)).view(heads, batch, length)
     weights = masked_softmax(scores, mask[None])  # (H, B, L)
-    contributions = weights[:, mask, None] * sequences  # (H, N, D)
-    pooled = sequences.new_zeros(heads, mask.shape[0], dim).index_add(1, sample, contributions)
+    kept = weights.flatten(1).index_select(1, rows)  # (H, N)
+    contributions = kept.unsqueeze(-1) * sequences  # (H, N, D)
+    pooled = sequences.new_zeros(heads, batch, dim).index_add(1, sample, contributions)
     return pooled.transpose(0, 1), weights.transpose(0, 1)
 
 
@@ -202,9 +213,9 @@ class DMIN(CTRModel):
     def refine(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Behaviour refiner: items (B, L, D) -> refined states (B, L, D)."""
         attended, _ = self.refiner(items, mask)
-        refined = torch.zeros_like(attended)
-        refined[mask] = self.refiner_ffn(attended[mask][None])[0]  # padding rows stay 0
-        return refined
+        rows, flat = real_rows(mask), attended.flatten(0, 1)  # (N,), (B*L, D)
+        refined = self.refiner_ffn(flat.index_select(0, rows)[None])[0]  # (N, D)
+        return torch.zeros_like(flat).index_copy(0, rows, refined).view_as(attended)
 
     def extract(
         self, refined: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
