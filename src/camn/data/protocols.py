@@ -71,7 +71,8 @@ def build_samples(
         user: (n,) user index in [0, num_users); every user has at least 2 interactions.
         item: (n,) item id in [2, num_items + 2).
         time: (n,) timestamps; ties keep the input order.
-        item_attributes: (num_items + 2, k) attribute ids of every item id (rows 0, 1: pad, unknown).
+        item_attributes: (num_items + 2, k) attribute ids of every item id (rows 0, 1: pad,
+            unknown).
         annotations: optional per-interaction int arrays (e.g. ``driver``) carried into
             ``history_<name>`` (N, L) and ``target_<name>`` (N,), -1 where there is no click.
 

@@ -77,7 +77,7 @@ class PreparedStore:
         self.root = Path(root)
         schema_path = self.root / "schema.json"
         if not schema_path.is_file():
-            raise DataError(f"{self.root} is not a prepared store (no schema.json); run camn prepare")
+            raise DataError(f"{self.root} is not a prepared store (no schema.json): camn prepare")
         self.schema: dict = json.loads(schema_path.read_text())
         self._arrays: dict[str, np.ndarray] = {}
 

@@ -5,6 +5,7 @@ Shapes: B batch, L history length, k attribute slots, d embedding size, H heads.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -170,7 +171,7 @@ class TargetAttention(nn.Module):
         self.query = HeadwiseLinear(num_heads, query_in, dim) if project_target else None
         widths = [4 * dim, *hidden]
         self.hidden = nn.ModuleList(
-            HeadwiseLinear(num_heads, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+            HeadwiseLinear(num_heads, a, b) for a, b in itertools.pairwise(widths)
         )
         self.score = HeadwiseLinear(num_heads, widths[-1], 1)
         if self.position is not None:
@@ -216,9 +217,6 @@ class TargetAttention(nn.Module):
             hidden = hidden + layer.bias[:, None, :]
         scores = hidden.squeeze(-1)  # (B, H, L)
         real = mask[:, None, :]
-        if self.softmax:
-            weights = masked_softmax(scores, real)
-        else:
-            weights = scores * real.to(scores.dtype)
+        weights = masked_softmax(scores, real) if self.softmax else scores * real.to(scores.dtype)
         pooled = torch.einsum("bhl,bhld->bhd", weights, sequences)
         return pooled, weights
