@@ -46,7 +46,8 @@ def fake_train(run: Run, settings: Settings) -> dict:
         "samples_per_second": 1000.0 * run.seed, "history": [{"ignored": True}],
     }
     if run.model.startswith("camn"):
-        result["routing_recovery"] = {"overall": 0.5, "item": 0.6, "user": 0.4}
+        result["routing_recovery"] = {"overall": 0.5, "item": 0.6, "user": 0.4,
+                                      "item_matched": 0.7, "user_matched": 0.45}
     return result
 
 
@@ -231,3 +232,14 @@ def test_real_trainer_end_to_end_and_parallel_identical(store, tmp_path, capsys)
     assert par["camn"]["routing_overall"] is not None and par["din"]["routing_overall"] is None
     keys = ("test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch")
     assert [seq[0][k] for k in keys] == [par["din"][k] for k in keys]
+
+
+def test_results_of_an_older_version_load_with_the_new_columns_empty(tmp_path) -> None:
+    old_columns = RESULT_COLUMNS[: RESULT_COLUMNS.index("routing_item_matched")]
+    path = tmp_path / "results.csv"
+    values = ["beauty (last)", "camn", "1", "0.8", "0.5", "0.79", "0.81", "2", "4", "3.0", "900",
+              "", "", ""]
+    path.write_text(",".join(old_columns) + "\n" + ",".join(values) + "\n")
+    (row,) = ResultsFile(path).load()
+    assert row["test_auc"] == 0.8 and row["seed"] == 1
+    assert row["routing_item_matched"] is None and row["routing_user_matched"] is None

@@ -14,8 +14,10 @@ from camn.experiments.benchmark import Run, Settings
 
 CALLS: list[tuple[str, int]] = []
 AUC = {"dmin": 0.70, "camn": 0.72, "camn-route": 0.71, "camn-loss": 0.705}
-ROUTING = {"camn": {"overall": 0.61, "item": 0.72, "user": 0.50},
-           "camn-route": {"overall": 0.41, "item": 0.52, "user": 0.30}}
+ROUTING = {"camn": {"overall": 0.61, "item": 0.72, "user": 0.50, "item_matched": 0.9,
+                    "user_matched": 0.55},
+           "camn-route": {"overall": 0.41, "item": 0.52, "user": 0.30, "item_matched": 0.8,
+                          "user_matched": 0.35}}
 
 
 def fake_auc(model: str, seed: int) -> float:
@@ -56,7 +58,8 @@ def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monk
     assert f"CAMN        AUC {statistics.mean(camn):.4f} ± {statistics.stdev(camn):.4f}" in printed
     assert "CAMN vs DMIN: CAMN > DMIN by" in printed and "paired t-test over 2 seeds" in printed
     assert "chance 1/k = 1/5 = 0.20" in printed
-    assert "CAMN        overall 0.610   item-level 0.720   user-level 0.500" in printed
+    assert ("CAMN        overall 0.610   item-level 0.720   user-level 0.500   "
+            "(best relabelling: item 0.900, user 0.550)") in printed
     assert "CAMN-route  overall 0.410" in printed
     assert "CAMN-loss   no router" in printed
     assert (tmp_path / "demo" / "benchmark" / "table.md").is_file()

@@ -66,5 +66,16 @@ def test_routing_recovery_hand_example() -> None:
     kind = np.array([[0, 1, -1, -1], [1, 1, 0, -1]])
     # driven: (0,0) hit item, (0,1) miss user, (1,0) hit user, (1,1) miss user, (1,2) hit item
     recovery = routing_recovery(top, driver, kind)
-    assert recovery == pytest.approx({"overall": 3 / 5, "item": 1.0, "user": 1 / 3})
+    assert recovery == pytest.approx(
+        {"overall": 3 / 5, "item": 1.0, "user": 1 / 3, "item_matched": 1.0, "user_matched": 2 / 3}
+    )
     assert math.isnan(routing_recovery(top, np.full_like(driver, -1), kind)["overall"])
+
+
+def test_matched_recovery_sees_through_a_relabelling() -> None:
+    driver = np.array([[0, 1, 2, 2, 1, -1]])
+    kind = np.zeros_like(driver)
+    top = np.array([[2, 0, 1, 1, 0, 0]])  # the driver, always, under the labels 0->2, 1->0, 2->1
+    recovery = routing_recovery(top, driver, kind)
+    assert recovery["item"] == 0.0
+    assert recovery["item_matched"] == 1.0

@@ -37,8 +37,10 @@ from camn.experiments.tables import paper_order, render_markdown, summarize, sum
 RESULT_COLUMNS = (
     "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
     "best_epoch", "epochs", "train_seconds", "samples_per_second",
-    "routing_overall", "routing_item", "routing_user",
+    "routing_overall", "routing_item", "routing_user", "routing_item_matched",
+    "routing_user_matched",
 )
+ROUTING_START = RESULT_COLUMNS.index("routing_overall")
 INT_COLUMNS = frozenset({"seed", "best_epoch", "epochs"})
 TEXT_COLUMNS = frozenset({"dataset", "model"})
 Row = dict[str, object]
@@ -148,11 +150,12 @@ class ResultsFile:
         if not lines:
             return []
         header = next(csv.reader(lines[:1]))
-        if header != list(RESULT_COLUMNS):
+        if header != list(RESULT_COLUMNS[: len(header)]) or len(header) < ROUTING_START:
             raise DataError(f"{self.path} has columns {header}; expected {list(RESULT_COLUMNS)}")
         rows: dict[Key, Row] = {}
+        missing = [""] * (len(RESULT_COLUMNS) - len(header))  # files of older versions
         for number, fields in enumerate(csv.reader(lines[1:]), start=2):
-            row = self._parse(fields, number)
+            row = self._parse(fields + missing if len(fields) == len(header) else fields, number)
             rows.setdefault((str(row["dataset"]), str(row["model"]), int(row["seed"])), row)
         return list(rows.values())
 

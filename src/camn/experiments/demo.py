@@ -73,7 +73,9 @@ def report(outcome: Outcome) -> str:
                       f"on the planted driver (chance 1/k = 1/{k} = {1 / k:.2f}):", ""]
         lines += [f"  {display(m):<11} overall {_mean(summary[m]['routing_overall'])}   "
                   f"item-level {_mean(summary[m]['routing_item'])}   "
-                  f"user-level {_mean(summary[m]['routing_user'])}" for m in routed]
+                  f"user-level {_mean(summary[m]['routing_user'])}   (best relabelling: "
+                  f"item {_mean(summary[m]['routing_item_matched'])}, "
+                  f"user {_mean(summary[m]['routing_user_matched'])})" for m in routed]
         if "camn-loss" in summary and "camn-loss" not in routed:
             lines.append(f"  {display('camn-loss'):<11} no router (P = 1): nothing to recover")
     lines += ["", f"Full tables: {outcome.out / 'table.md'} (plot: auc.png, rows: results.csv)"]

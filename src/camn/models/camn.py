@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, masked_softmax
+from camn.models.layers import (
+    MLP,
+    HeadwiseLinear,
+    TargetAttention,
+    base_features,
+    masked_softmax,
+)
 from camn.models.registry import register
 
 
@@ -103,6 +109,9 @@ class CAMN(CTRModel):
     - Output: MLP([interest_1 .. interest_k, target embedding]) with batch norm on its input,
       hidden ``mlp_hidden`` (200, 80), -> one logit. Dice by default, as in the DMIN baseline,
       so that the two models differ only in how they refine the history.
+      ``pooled_history=True`` (an extension, off by default) also feeds the MLP what DMIN's
+      output network has and the paper's CAMN does not: the sum-pooled history and its product
+      with the target (``layers.base_features``); see docs/results.md for why it matters.
     - Diversity loss, Eq. 7 (``diversity_loss``); the model returns aux_loss = alpha * L_d
       (Eq. 8; the trainer adds the BCE of Eq. 9).
 
@@ -125,6 +134,7 @@ class CAMN(CTRModel):
         routing: bool = True,
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
+        pooled_history: bool = False,
     ) -> None:
         super().__init__(spec, embed_dim)
         if scale_side not in {"key", "query"}:
@@ -144,7 +154,9 @@ class CAMN(CTRModel):
         self.extractor = TargetAttention(
             num_heads=k, dim=d, target_dim=k * d, max_len=spec.max_len, positional=True
         )
-        self.mlp = MLP(2 * k * d, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        self.pooled_history = pooled_history
+        mlp_in = (4 if pooled_history else 2) * k * d
+        self.mlp = MLP(mlp_in, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
 
     def route(self, items: torch.Tensor) -> torch.Tensor:
         """Eq. 1-3: (B, L, k, d) -> P (B, L, k); all ones without the routing module."""
@@ -194,7 +206,11 @@ class CAMN(CTRModel):
         refined, attention = self.refine(history, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
-        logits = self.mlp(torch.cat([interests.flatten(1), target], dim=-1)).squeeze(-1)
+        if self.pooled_history:
+            features = base_features(history.flatten(-2), target, mask)  # (B, 3*k*d)
+        else:
+            features = target
+        logits = self.mlp(torch.cat([interests.flatten(1), features], dim=-1)).squeeze(-1)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
         routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)

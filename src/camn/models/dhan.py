@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.din import base_features, item_vectors
-from camn.models.layers import MLP, TargetAttention, masked_softmax
+from camn.models.din import item_vectors
+from camn.models.layers import MLP, TargetAttention, base_features, masked_softmax
 from camn.models.registry import register
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.din import base_features, item_vectors
-from camn.models.layers import MLP, TargetAttention
+from camn.models.din import item_vectors
+from camn.models.layers import MLP, TargetAttention, base_features
 from camn.models.registry import register
 
 

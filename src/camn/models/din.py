@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, TargetAttention, sum_pool
+from camn.models.layers import MLP, TargetAttention, base_features
 from camn.models.registry import register
 
 
@@ -22,18 +22,6 @@ def item_vectors(history: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     """(B, L, k, d), (B, k, d) -> history items (B, L, D), target item (B, D): the k attribute
     embeddings concatenated, as every baseline's item vector (SPEC 3)."""
     return history.flatten(-2), target.flatten(-2)
-
-
-def base_features(items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[target, sum-pooled history, target * sum-pooled history] (B, 3D).
-
-    The common part of the output network's input in the DIEN code base (``build_fcn_net``
-    input of Model_DIN / Model_DIN_V2_Gru_Vec_attGru_Neg: item_eb, item_his_eb_sum,
-    item_eb * item_his_eb_sum), which DMIN's code inherits. The user-id embedding of that code
-    is left out: no model here embeds user ids (users of the test split are unseen).
-    """
-    pooled = sum_pool(items, mask)  # (B, D)
-    return torch.cat([target, pooled, target * pooled], dim=-1)
 
 
 @register("din")

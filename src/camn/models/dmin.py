@@ -20,8 +20,8 @@ from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.dien import NextClickLoss
-from camn.models.din import base_features, item_vectors
-from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, masked_softmax
+from camn.models.din import item_vectors
+from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, base_features, masked_softmax
 from camn.models.registry import register
 
 

@@ -57,6 +57,18 @@ def sum_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(dim=1)
 
 
+def base_features(items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[target, sum-pooled history, target * sum-pooled history] (B, 3D).
+
+    The common part of the output network's input in the DIEN code base (``build_fcn_net``
+    input of Model_DIN / Model_DIN_V2_Gru_Vec_attGru_Neg: item_eb, item_his_eb_sum,
+    item_eb * item_his_eb_sum), which DMIN's code inherits. The user-id embedding of that code
+    is left out: no model here embeds user ids (users of the test split are unseen).
+    """
+    pooled = sum_pool(items, mask)  # (B, D)
+    return torch.cat([target, pooled, target * pooled], dim=-1)
+
+
 class Dice(nn.Module):
     """Dice activation (Zhou et al., DIN, KDD 2018): p(x) * x + (1 - p(x)) * alpha * x,
     p = sigmoid(batch-normalised x)."""

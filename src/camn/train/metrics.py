@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import roc_auc_score
 
 from camn.data.store import PreparedStore
@@ -73,7 +74,10 @@ def routing_recovery(top: np.ndarray, driver: np.ndarray, kind: np.ndarray) -> d
 
     top, driver, kind: (N, L); driver is -1 where there is no click (padding). Returns
     ``overall``, ``item`` (item-level salience clicks) and ``user`` (user-level emphasis clicks);
-    NaN where a group is empty.
+    NaN where a group is empty. ``item_matched`` and ``user_matched`` give the same share after
+    the best one-to-one relabelling of the k routing columns (Hungarian matching on the
+    driver x top-attribute counts): nothing in Eq. 2-4 ties routing column r to a meaning other
+    than "scales head r", so the router can carry the driver under another label.
     """
     driven = driver >= 0
     hit = top == driver
@@ -81,10 +85,22 @@ def routing_recovery(top: np.ndarray, driver: np.ndarray, kind: np.ndarray) -> d
     def share(where: np.ndarray) -> float:
         return float(hit[where].mean()) if where.any() else float("nan")
 
+    def matched_share(where: np.ndarray) -> float:
+        if not where.any():
+            return float("nan")
+        k = int(max(top.max(), driver.max())) + 1
+        counts = np.zeros((k, k), dtype=np.int64)
+        np.add.at(counts, (driver[where], top[where]), 1)
+        rows, cols = linear_sum_assignment(counts, maximize=True)
+        return float(counts[rows, cols].sum() / where.sum())
+
+    item, user = driven & (kind == ITEM_LEVEL), driven & (kind == USER_LEVEL)
     return {
         "overall": share(driven),
-        "item": share(driven & (kind == ITEM_LEVEL)),
-        "user": share(driven & (kind == USER_LEVEL)),
+        "item": share(item),
+        "user": share(user),
+        "item_matched": matched_share(item),
+        "user_matched": matched_share(user),
     }
 
 
