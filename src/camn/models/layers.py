@@ -189,22 +189,26 @@ class TargetAttention(nn.Module):
         if self.position is not None:
             nn.init.normal_(self.position, std=1e-2)
 
-    def _query(self, target: torch.Tensor, length: int) -> torch.Tensor:
-        """(B, target_dim) -> query (B, H, 1, d), or (B, H, L, d) with positions.
+    def _query_parts(
+        self, target: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, target_dim) -> the query's per-sample part (B, H, 1, d) and per-position part
+        (H, L, d) (None without positions); the query is their sum.
 
         Linear([target || pos_j]) = target W_t + pos_j W_p + b: the target part is computed once
-        per sample, not once per position (the same maths, L times fewer multiplications).
+        per sample and the position part once per position, not once per (sample, position).
         """
         if self.query is None:
-            return target[:, None, None, :]
+            return target[:, None, None, :], None
         weight, bias = self.query.weight, self.query.bias  # (H, in, d), (H, d)
         target_dim = target.shape[-1]
-        query = torch.einsum("bt,hto->bho", target, weight[:, :target_dim]) + bias
-        query = query[:, :, None, :]  # (B, H, 1, d)
-        if self.position is not None:
-            position = self.position[:, :length]  # (H, L, d)
-            query = query + torch.einsum("hld,hdo->hlo", position, weight[:, target_dim:])
-        return query
+        per_sample = torch.einsum("bt,hto->bho", target, weight[:, :target_dim]) + bias
+        if self.position is None:
+            return per_sample[:, :, None, :], None
+        per_position = torch.einsum(
+            "hld,hdo->hlo", self.position[:, :length], weight[:, target_dim:]
+        )
+        return per_sample[:, :, None, :], per_position
 
     def forward(
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
@@ -212,18 +216,21 @@ class TargetAttention(nn.Module):
         """sequences (B, H, L, d), target (B, target_dim), mask (B, L) -> pooled (B, H, d),
         weights (B, H, L).
 
-        The first scoring layer on [q, x, q - x, q * x] is split into its four weight blocks,
-        q (W_q + W_diff) + x (W_x - W_diff) + (q * x) W_prod, so the concatenation is never built.
+        The first scoring layer on [q, x, q - x, q * x] is split into its weight blocks,
+        q (W_q + W_diff) + [x, q * x] [W_x - W_diff; W_prod]: the q term is computed from the
+        query's per-sample and per-position parts, so only [x, q * x] is multiplied per position.
         """
-        query = self._query(target, sequences.shape[2])  # (B, H, 1 or L, d)
+        per_sample, per_position = self._query_parts(target, sequences.shape[2])
+        query = per_sample if per_position is None else per_sample + per_position  # (B, H, ., d)
         layers = [*self.hidden, self.score]
         w_q, w_x, w_diff, w_prod = layers[0].weight.split(self.dim, dim=1)  # (H, d, h1) each
-        hidden = (
-            torch.einsum("bhld,hdo->bhlo", query, w_q + w_diff)
-            + torch.einsum("bhld,hdo->bhlo", sequences, w_x - w_diff)
-            + torch.einsum("bhld,hdo->bhlo", query * sequences, w_prod)
-            + layers[0].bias[:, None, :]
-        )  # (B, H, L, h1)
+        w_query = w_q + w_diff
+        item_terms = torch.cat([sequences, query * sequences], dim=-1)  # (B, H, L, 2d)
+        hidden = torch.einsum("bhli,hio->bhlo", item_terms, torch.cat([w_x - w_diff, w_prod], 1))
+        hidden = hidden + torch.einsum("bhld,hdo->bhlo", per_sample, w_query)
+        if per_position is not None:
+            hidden = hidden + torch.einsum("hld,hdo->hlo", per_position, w_query)
+        hidden = hidden + layers[0].bias[:, None, :]  # (B, H, L, h1)
         for layer in layers[1:]:
             hidden = torch.einsum("bhli,hio->bhlo", torch.sigmoid(hidden), layer.weight)
             hidden = hidden + layer.bias[:, None, :]
