@@ -217,7 +217,7 @@ def explain_samples(
     model: CTRModel, store: PreparedStore, split: str, limit: int, device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The first ``limit`` clicks (label 1 with a history) of ``split``: their batch, the routing
-    scores P (n, L, k) (Eq. 3) and the click probabilities (n,)."""
+    scores P (n, L, k) (Eq. 2) and the click probabilities (n,)."""
     data = ResidentSplit(store, split, device)
     chosen = torch.nonzero((data.labels == 1) & (data.lengths > 0)).flatten()[:limit]
     batch = data.gather(chosen)
@@ -284,8 +284,11 @@ def run_explain(args: argparse.Namespace) -> int:
     batch, routing, probabilities = explain_samples(model, store, args.split, args.limit, device)
     batch = {key: value.cpu() for key, value in batch.items()}
     vocabularies = [store.vocab(attribute) for attribute in store.attributes]
-    print(f"{results['model']} (seed {seed}): routing scores P of every history click (Eq. 3); "
-          "* marks the attribute that drove the click in the model's view")
+    print(f"{results['model']} (seed {seed}): routing scores P of every history click (Eq. 2); "
+          "* marks the attribute that drove the click in the model's view.\n"
+          "Caveat: Eq. 2-4 tie column r to attribute r only through 'P[:, r] scales head r'; on "
+          "planted data the router sorts items by their driving attribute but often under "
+          "another column (docs/results.md).")
     for row in range(len(probabilities)):
         print()
         print(describe_sample(store, vocabularies, batch, routing, float(probabilities[row]), row))
