@@ -131,7 +131,9 @@ def test_training_lowers_loss_and_beats_chance(store: PreparedStore) -> None:
     assert 0 < metrics["test_logloss"] < 0.69
     assert metrics["samples_per_second"] > 0
     assert metrics["train_samples"] == metrics["epochs"] * store.schema["splits"]["train"]
-    assert set(metrics["routing_recovery"]) == {"overall", "item", "user"}
+    assert set(metrics["routing_recovery"]) == {
+        "overall", "item", "user", "item_matched", "user_matched"
+    }
 
 
 def test_same_seed_same_metrics_other_seed_differs(store: PreparedStore) -> None:
@@ -197,7 +199,9 @@ def test_results_json(run: Path, store: PreparedStore) -> None:
         assert results[key]["mean"] == pytest.approx(np.mean(results[key]["runs"]))
     assert results["options"]["embed_dim"] == 6
     assert results["data"]["protocol"] == "sliding"
-    assert set(results["routing_recovery"]) == {"overall", "item", "user"}
+    assert set(results["routing_recovery"]) == {
+        "overall", "item", "user", "item_matched", "user_matched"
+    }
     config = json.loads((run / "seed_2" / "config.json").read_text())
     assert config["seed"] == 2 and config["spec"] == FeatureSpec.from_schema(store.schema).to_dict()
     assert config["train"]["batch_size"] == 256 and config["data"] == str(store.root.resolve())
@@ -288,7 +292,9 @@ def test_camn_model_trains_if_present(tmp_path: Path) -> None:
     small = PreparedStore(tmp_path / "small")
     metrics = train_one(small, TrainConfig("camn", **{**FAST, "epochs": 1}), seed=1)
     assert 0 <= metrics["test_auc"] <= 1
-    assert set(metrics["routing_recovery"]) == {"overall", "item", "user"}
+    assert set(metrics["routing_recovery"]) == {
+        "overall", "item", "user", "item_matched", "user_matched"
+    }
 
 
 def test_saved_model_of_an_unregistered_name_is_a_clear_error(

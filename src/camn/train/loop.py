@@ -348,7 +348,7 @@ def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> di
     if all("routing_recovery" in run for run in runs):
         results["routing_recovery"] = {
             key: float(np.mean([run["routing_recovery"][key] for run in runs]))
-            for key in ("overall", "item", "user")
+            for key in runs[0]["routing_recovery"]
         }
     return results
 
