@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from camn.models import FeatureSpec, build_model
 from camn.models.dhan import group_pool
-from camn.models.dmin import causal_mask, packed_target_attention
+from camn.models.dmin import causal_mask
 from camn.models.layers import TargetAttention
 
 MODELS = ["din", "dien", "dmin", "dhan"]
@@ -181,8 +181,8 @@ def test_dmin_packed_attention_equals_target_attention() -> None:
     target = torch.randn(batch, dim)
     mask = torch.arange(length)[None] < torch.tensor([1, 6, 3, 2, 5])[:, None]
     pooled, weights = layer(sequences, target, mask)
-    fast_pooled, fast_weights = packed_target_attention(
-        layer, sequences.transpose(0, 1)[:, mask], target, mask
+    fast_pooled, fast_weights = layer.forward_packed(
+        sequences.transpose(0, 1)[:, mask], target, mask
     )
     torch.testing.assert_close(fast_pooled, pooled, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_weights, weights, rtol=1e-5, atol=1e-6)

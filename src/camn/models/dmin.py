@@ -21,7 +21,15 @@ from torch import nn
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.dien import NextClickLoss
 from camn.models.din import item_vectors
-from camn.models.layers import MLP, HeadwiseLinear, TargetAttention, base_features, masked_softmax
+from camn.models.layers import (
+    MLP,
+    HeadwiseLinear,
+    TargetAttention,
+    base_features,
+    headwise,
+    masked_softmax,
+    real_rows,
+)
 from camn.models.registry import register
 
 
@@ -87,21 +95,6 @@ class CausalSelfAttention(nn.Module):
         return normed * self.norm_weight + self.norm_bias, attention
 
 
-def real_rows(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) mask -> (N,) flat indices b * L + j of the real positions, in ``mask`` order."""
-    return mask.reshape(-1).nonzero().squeeze(-1)
-
-
-def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
-    """Apply a HeadwiseLinear to head-major input (H, ..., in) -> (H, ..., out) as one bmm."""
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (H, N, in)
-    if layer.bias is None:
-        out = flat @ layer.weight
-    else:
-        out = torch.baddbmm(layer.bias[:, None], flat, layer.weight)
-    return out.view(*x.shape[:-1], -1)
-
-
 class FeedForward(nn.Module):
     """y = x + W_2 ReLU(W_1 x + b_1) + b_2, D -> 2D -> D, separate weights for each of H heads
     (the dense layers after each attention block of DMIN's code); head-major (H, ..., D)."""
@@ -113,48 +106,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + headwise(self.outer, torch.relu(headwise(self.inner, x)))
-
-
-def packed_target_attention(
-    layer: TargetAttention, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``layer(full, target, mask)`` for a positional, softmax ``TargetAttention``, computed
-    from the real positions only: sequences (H, N, D) packed in ``mask`` order. Same
-    parameters and result: pooled (B, H, D), weights (B, H, L).
-
-    The first layer of the score MLP is split by blocks, W [q, x, q - x, q * x] =
-    (W_q + W_d) q + (W_x - W_d) x + W_p (q * x), and the query Linear([t, pos_j]) = A t + P pos_j
-    + b into a per-sample and a per-position part, so neither the 4D-wide score input nor the
-    query input is formed; padding positions cost nothing.
-    """
-    heads, _, dim = sequences.shape
-    batch, length = mask.shape
-    rows = real_rows(mask)
-    sample, position = rows // length, rows % length  # (N,), (N,)
-    w_query = layer.query.weight  # (H, T + D, D)
-    t_dim = w_query.shape[1] - dim
-    query_t = torch.einsum("bt,htd->hbd", target, w_query[:, :t_dim]) + layer.query.bias[:, None]
-    query_p = torch.bmm(layer.position[:, :length], w_query[:, t_dim:])  # (H, L, D)
-    query = query_t.index_select(1, sample) + query_p.index_select(1, position)  # (H, N, D)
-    first = layer.hidden[0] if layer.hidden else layer.score
-    w_q, w_x, w_d, w_p = first.weight.split(dim, dim=1)  # each (H, D, hidden)
-    w_shared, w_item = w_q + w_d, torch.cat([w_x - w_d, w_p], dim=1)
-    hidden = torch.baddbmm(
-        (query_t @ w_shared).index_select(1, sample)
-        + (query_p @ w_shared).index_select(1, position)
-        + first.bias[:, None],
-        torch.cat([sequences, query * sequences], dim=-1),
-        w_item,
-    )  # (H, N, hidden)
-    for module in [*layer.hidden[1:], layer.score] if layer.hidden else []:
-        hidden = headwise(module, torch.sigmoid(hidden))
-    scores = hidden.new_full((heads, batch * length), float("-inf"))
-    scores = scores.index_copy(1, rows, hidden.squeeze(-1)).view(heads, batch, length)
-    weights = masked_softmax(scores, mask[None])  # (H, B, L)
-    kept = weights.flatten(1).index_select(1, rows)  # (H, N)
-    contributions = kept.unsqueeze(-1) * sequences  # (H, N, D)
-    pooled = sequences.new_zeros(heads, batch, dim).index_add(1, sample, contributions)
-    return pooled.transpose(0, 1), weights.transpose(0, 1)
 
 
 @register("dmin")
@@ -222,7 +173,7 @@ class DMIN(CTRModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-interest extractor -> interests (B, k, D), target weights (B, k, L)."""
         heads, _ = self.extractor(refined, mask)  # (k, N, D), real positions only
-        return packed_target_attention(self.interests, self.extractor_ffn(heads), target, mask)
+        return self.interests.forward_packed(self.extractor_ffn(heads), target, mask)
 
     def forward(self, batch: Batch) -> ModelOutput:
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)

@@ -214,28 +214,62 @@ class TargetAttention(nn.Module):
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (B, H, L, d), target (B, target_dim), mask (B, L) -> pooled (B, H, d),
-        weights (B, H, L).
+        weights (B, H, L). Only the real positions are scored (see ``forward_packed``)."""
+        packed = sequences.transpose(0, 1).flatten(1, 2).index_select(1, real_rows(mask))
+        return self.forward_packed(packed, target, mask)
+
+    def forward_packed(
+        self, packed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same from the real positions only: packed (H, N, d) holds the sequences at the
+        N real positions of ``mask``, head-major, in ``mask`` order (``real_rows``).
 
         The first scoring layer on [q, x, q - x, q * x] is split into its weight blocks,
-        q (W_q + W_diff) + [x, q * x] [W_x - W_diff; W_prod]: the q term is computed from the
-        query's per-sample and per-position parts, so only [x, q * x] is multiplied per position.
+        q (W_q + W_diff) + [x, q * x] [W_x - W_diff; W_prod], and the q term is computed from
+        the query's per-sample and per-position parts: only [x, q * x] is multiplied per
+        position, and padding positions cost nothing.
         """
-        per_sample, per_position = self._query_parts(target, sequences.shape[2])
-        query = per_sample if per_position is None else per_sample + per_position  # (B, H, ., d)
+        batch, length = mask.shape
+        rows = real_rows(mask)
+        sample, position = rows // length, rows % length  # (N,), (N,)
+        per_sample, per_position = self._query_parts(target, length)
+        per_sample = per_sample[:, :, 0].transpose(0, 1)  # (H or 1, B, d)
+        query = per_sample.index_select(1, sample)  # (H or 1, N, d)
+        if per_position is not None:
+            query = query + per_position.index_select(1, position)
         layers = [*self.hidden, self.score]
         w_q, w_x, w_diff, w_prod = layers[0].weight.split(self.dim, dim=1)  # (H, d, h1) each
         w_query = w_q + w_diff
-        item_terms = torch.cat([sequences, query * sequences], dim=-1)  # (B, H, L, 2d)
-        hidden = torch.einsum("bhli,hio->bhlo", item_terms, torch.cat([w_x - w_diff, w_prod], 1))
-        hidden = hidden + torch.einsum("bhld,hdo->bhlo", per_sample, w_query)
+        hidden = torch.baddbmm(
+            (per_sample @ w_query).index_select(1, sample) + layers[0].bias[:, None],
+            torch.cat([packed, query * packed], dim=-1),  # (H, N, 2d)
+            torch.cat([w_x - w_diff, w_prod], dim=1),
+        )  # (H, N, h1)
         if per_position is not None:
-            hidden = hidden + torch.einsum("hld,hdo->hlo", per_position, w_query)
-        hidden = hidden + layers[0].bias[:, None, :]  # (B, H, L, h1)
+            hidden = hidden + (per_position @ w_query).index_select(1, position)
         for layer in layers[1:]:
-            hidden = torch.einsum("bhli,hio->bhlo", torch.sigmoid(hidden), layer.weight)
-            hidden = hidden + layer.bias[:, None, :]
-        scores = hidden.squeeze(-1)  # (B, H, L)
-        real = mask[:, None, :]
-        weights = masked_softmax(scores, real) if self.softmax else scores * real.to(scores.dtype)
-        pooled = torch.einsum("bhl,bhld->bhd", weights, sequences)
-        return pooled, weights
+            hidden = headwise(layer, torch.sigmoid(hidden))
+        heads = packed.shape[0]
+        fill = float("-inf") if self.softmax else 0.0
+        scores = hidden.new_full((heads, batch * length), fill)
+        scores = scores.index_copy(1, rows, hidden.squeeze(-1)).view(heads, batch, length)
+        weights = masked_softmax(scores, mask[None]) if self.softmax else scores  # (H, B, L)
+        kept = weights.flatten(1).index_select(1, rows)  # (H, N)
+        pooled = packed.new_zeros(heads, batch, packed.shape[-1])
+        pooled = pooled.index_add(1, sample, kept.unsqueeze(-1) * packed)  # (H, B, d)
+        return pooled.transpose(0, 1), weights.transpose(0, 1)
+
+
+def real_rows(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) mask -> (N,) flat indices b * L + j of the real positions, in ``mask`` order."""
+    return mask.reshape(-1).nonzero().squeeze(-1)
+
+
+def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a HeadwiseLinear to head-major input (H, ..., in) -> (H, ..., out) as one bmm."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (H, N, in)
+    if layer.bias is None:
+        out = flat @ layer.weight
+    else:
+        out = torch.baddbmm(layer.bias[:, None], flat, layer.weight)
+    return out.view(*x.shape[:-1], -1)
