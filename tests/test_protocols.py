@@ -232,3 +232,13 @@ def test_prepare_encodes_in_sorted_order_and_counts_bad_input(tmp_path) -> None:
         prepare(raw_data({"user": ["a", "a"], "item": ["x", "y"], "time": [1, 2]}, {"item": ["x"]}),
                 tmp_path / "t", report=BadInputReport())
     assert not (tmp_path / "t").exists()
+
+
+def test_first_occurrences_keeps_the_first_row_of_each_tuple_in_input_order() -> None:
+    from camn.data.prepare import first_occurrences
+
+    user = np.array([3, 1, 3, 1, 3, 2])
+    item = np.array([5, 5, 5, 5, 6, 5])
+    time = np.array([1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
+    keep = first_occurrences(user, item, time)
+    assert keep.tolist() == [True, True, False, False, True, True]

@@ -7,6 +7,7 @@ sources that read the same data (McAuley's files and RecBole's) give identical a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +20,70 @@ from camn.data.store import write_store
 ANNOTATIONS = ("driver", "driver_kind")
 
 
-def drop_duplicates(interactions: pl.DataFrame, report: BadInputReport) -> pl.DataFrame:
-    """Remove repeated (user, item, time) rows, counting them as bad input."""
-    unique = interactions.unique(subset=["user", "item", "time"], keep="first", maintain_order=True)
-    if len(unique) < len(interactions):
+@dataclass
+class EncodedInteractions:
+    """Interactions as integer arrays: user index (sorted order of the user strings), item id
+    (2 + sorted order of the item strings), time, and the planted-truth annotations."""
+
+    user: np.ndarray  # (n,) int64
+    item: np.ndarray  # (n,) int64
+    time: np.ndarray  # (n,)
+    annotations: dict[str, np.ndarray]
+    items: pl.Series  # (num_items,) the item strings, sorted; id i is items[i - 2]
+    num_users: int
+    dropped_users: int
+
+
+def first_occurrences(*keys: np.ndarray) -> np.ndarray:
+    """(n,) bool: True at the first row (in input order) of every distinct tuple of keys."""
+    order = np.lexsort(keys[::-1])  # stable: equal tuples keep their input order
+    sorted_keys = [key[order] for key in keys]
+    repeat = np.logical_and.reduce([k[1:] == k[:-1] for k in sorted_keys])
+    keep = np.ones(len(order), dtype=bool)
+    keep[order[1:][repeat]] = False
+    return keep
+
+
+def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteractions:
+    """Number users and items, drop repeated (user, item, time) rows (counted as bad input) and
+    users with fewer than 2 interactions (SPEC section 2).
+
+    Works on integer codes (polars dense ranks = positions in sorted order) rather than on the
+    string frame, and empties ``raw.interactions`` once coded: at 20 M reviews the string frame
+    and its copies were most of prepare's peak memory.
+    """
+    frame = raw.interactions
+    user = (frame["user"].rank("dense") - 1).to_numpy().astype(np.int64)
+    item = (frame["item"].rank("dense") - 1).to_numpy().astype(np.int64)
+    item_values = frame["item"].unique().sort()
+    time = frame["time"].to_numpy()
+    annotations = {
+        name: frame[name].to_numpy().astype(np.int8)
+        for name in ANNOTATIONS
+        if name in frame.columns
+    }
+    raw.interactions = frame.clear()
+    del frame
+    keep = first_occurrences(user, item, time)
+    if not keep.all():
         report.bad(
-            "interactions",
-            None,
-            "duplicate interaction, same user, item and time (dropped)",
-            count=len(interactions) - len(unique),
+            "interactions", None, "duplicate interaction, same user, item and time (dropped)",
+            count=int((~keep).sum()),
         )
-    return unique
-
-
-def drop_short_users(interactions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Keep users with at least 2 interactions (SPEC section 2); return how many were dropped."""
-    counts = interactions.group_by("user").len()
-    short = counts.filter(pl.col("len") < 2)["user"]
-    return interactions.filter(~pl.col("user").is_in(short.implode())), len(short)
+    counts = np.bincount(user[keep])
+    keep &= counts[user] >= 2
+    dropped_users = int(np.count_nonzero((counts > 0) & (counts < 2)))
+    kept_users, user = np.unique(user[keep], return_inverse=True)
+    kept_items, item = np.unique(item[keep], return_inverse=True)
+    return EncodedInteractions(
+        user=user.astype(np.int64),
+        item=item.astype(np.int64) + FIRST_ITEM_ID,
+        time=time[keep],
+        annotations={name: values[keep] for name, values in annotations.items()},
+        items=item_values.gather(kept_items),
+        num_users=len(kept_users),
+        dropped_users=dropped_users,
+    )
 
 
 def encode_items(
@@ -79,43 +126,23 @@ def prepare(
 ) -> dict:
     """Encode ``raw``, build the samples of ``protocol`` and write the store; return its schema.
 
-    ``raw.interactions`` is emptied once deduplicated, so that the raw rows do not stay in memory
-    while the samples are built (this keeps a 20 M-review prepare well under 8 GB).
+    ``raw.interactions`` is emptied once coded (see ``encode_interactions``).
     """
     report = report or BadInputReport()
-    interactions = drop_duplicates(raw.interactions, report)
-    raw.interactions = raw.interactions.clear()  # release the raw rows: memory peaks below
-    interactions, dropped_users = drop_short_users(interactions)
-    if len(interactions) == 0:
+    encoded = encode_interactions(raw, report)
+    if len(encoded.user) == 0:
         raise DataError("no user has 2 or more interactions: nothing to prepare")
-    users = interactions["user"].unique().sort()
-    items = interactions["item"].unique().sort()
-    item_attributes, vocabularies = encode_items(raw, items, report)
-    user_index = interactions.join(
-        pl.DataFrame({"user": users, "u": np.arange(len(users), dtype=np.int64)}), on="user",
-        how="left", maintain_order="left",
-    )["u"].to_numpy()
-    item_ids = interactions.join(
-        pl.DataFrame({"item": items, "i": np.arange(len(items), dtype=np.int64) + FIRST_ITEM_ID}),
-        on="item", how="left", maintain_order="left",
-    )["i"].to_numpy()
-    annotations = {
-        name: interactions[name].to_numpy().astype(np.int8)
-        for name in ANNOTATIONS
-        if name in interactions.columns
-    }
-    times, num_interactions = interactions["time"].to_numpy(), len(interactions)
-    del interactions
+    item_attributes, vocabularies = encode_items(raw, encoded.items, report)
     arrays = build_samples(
-        user_index, item_ids, times, item_attributes,
-        protocol=protocol, max_len=max_len, seed=seed, annotations=annotations,
+        encoded.user, encoded.item, encoded.time, item_attributes,
+        protocol=protocol, max_len=max_len, seed=seed, annotations=encoded.annotations,
     )
     arrays["item_attributes"] = item_attributes
     counts = np.bincount(arrays["splits"], minlength=3)
     schema = {
-        "num_users": len(users),
-        "num_items": len(items),
-        "num_interactions": num_interactions,
+        "num_users": encoded.num_users,
+        "num_items": len(encoded.items),
+        "num_interactions": len(encoded.user),
         "attributes": raw.attributes,
         "vocab_sizes": [len(vocabularies[a]) + FIRST_ITEM_ID for a in raw.attributes],
         "protocol": protocol,
@@ -123,7 +150,7 @@ def prepare(
         "max_len": max_len,
         "splits": {"train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2])},
         "origin": raw.origin,
-        "dropped_users_under_2_interactions": dropped_users,
+        "dropped_users_under_2_interactions": encoded.dropped_users,
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
     }
