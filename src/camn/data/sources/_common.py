@@ -17,11 +17,13 @@ from typing import BinaryIO
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from camn.data.raw import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK_BYTES = 1 << 24  # 16 MiB of text per block: bounded memory, few Python-level steps
+PROGRESS_MIN_BYTES = 1 << 26  # a progress bar for files over 64 MiB (on a terminal)
 
 AMAZON_ATTRIBUTES = [
     "item_id", "category_l2", "category_l3", "category_leaf", "brand", "price_bucket",
@@ -58,11 +60,17 @@ def iter_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tu
     """
     path = Path(path)
     line, rest = 1, b""
-    with open_binary(path) as stream:
+    size = path.stat().st_size if path.is_file() else 0
+    with open_binary(path) as stream, tqdm(
+        total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, leave=False,
+        disable=None if size > PROGRESS_MIN_BYTES else True,
+    ) as bar:
+        raw = getattr(stream, "fileobj", stream)  # gzip: progress in compressed bytes
         while data := _read(stream, block_bytes, path):
             data = rest + data
             cut = data.rfind(b"\n") + 1
             block, rest = data[:cut], data[cut:]
+            bar.update(raw.tell() - bar.n)
             if block:
                 yield line, block
                 line += block.count(b"\n")
