@@ -157,11 +157,13 @@ def test_target_attention_equals_naive_loop(
         nn.init.normal_(layer.position)
     sequences, target = torch.randn(2, 3, 5, 4), torch.randn(2, target_dim)
     mask = torch.tensor([[True, True, True, False, False], [True] * 5])
-    pooled, weights = layer(sequences, target, mask)
     expected_pooled, expected_weights = naive_target_attention(layer, sequences, target, mask)
-    torch.testing.assert_close(weights, expected_weights)
-    torch.testing.assert_close(pooled, expected_pooled)
-    assert torch.all(weights[0, :, 3:] == 0)
+    # forward: the packed path on the CPU; forward_dense: the path taken on accelerators
+    for pooled, weights in (layer(sequences, target, mask),
+                            layer.forward_dense(sequences, target, mask)):
+        torch.testing.assert_close(weights, expected_weights)
+        torch.testing.assert_close(pooled, expected_pooled)
+        assert torch.all(weights[0, :, 3:] == 0)
 
 
 def test_target_attention_rejects_identity_query_of_wrong_width() -> None:

@@ -214,9 +214,40 @@ class TargetAttention(nn.Module):
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (B, H, L, d), target (B, target_dim), mask (B, L) -> pooled (B, H, d),
-        weights (B, H, L). Only the real positions are scored (see ``forward_packed``)."""
+        weights (B, H, L).
+
+        On the CPU only the real positions are scored (``forward_packed``): padding is often
+        most of a batch and arithmetic is the cost there. On an accelerator every position is
+        scored (``forward_dense``): packing needs the count of real positions on the host, a
+        synchronisation that costs more there than the padding's arithmetic.
+        """
+        if sequences.device.type != "cpu":
+            return self.forward_dense(sequences, target, mask)
         packed = sequences.transpose(0, 1).flatten(1, 2).index_select(1, real_rows(mask))
         return self.forward_packed(packed, target, mask)
+
+    def forward_dense(
+        self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` scoring every position, padding included (then masked): no host sync."""
+        per_sample, per_position = self._query_parts(target, sequences.shape[2])
+        query = per_sample if per_position is None else per_sample + per_position  # (B, H, ., d)
+        layers = [*self.hidden, self.score]
+        w_q, w_x, w_diff, w_prod = layers[0].weight.split(self.dim, dim=1)  # (H, d, h1) each
+        w_query = w_q + w_diff
+        item_terms = torch.cat([sequences, query * sequences], dim=-1)  # (B, H, L, 2d)
+        hidden = torch.einsum("bhli,hio->bhlo", item_terms, torch.cat([w_x - w_diff, w_prod], 1))
+        hidden = hidden + torch.einsum("bhld,hdo->bhlo", per_sample, w_query)
+        if per_position is not None:
+            hidden = hidden + torch.einsum("hld,hdo->hlo", per_position, w_query)
+        hidden = hidden + layers[0].bias[:, None, :]  # (B, H, L, h1)
+        for layer in layers[1:]:
+            hidden = torch.einsum("bhli,hio->bhlo", torch.sigmoid(hidden), layer.weight)
+            hidden = hidden + layer.bias[:, None, :]
+        scores = hidden.squeeze(-1)  # (B, H, L)
+        real = mask[:, None, :]
+        weights = masked_softmax(scores, real) if self.softmax else scores * real.to(scores.dtype)
+        return torch.einsum("bhl,bhld->bhd", weights, sequences), weights
 
     def forward_packed(
         self, packed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
