@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # One device call: the paper's tables on the three real stores, three benchmarks side by side on
-# one GPU (each with several processes). Stores travel as .gpu/*.tgz (made by `camn prepare`,
-# see benchmarks/paper_tables.sh); each benchmark stops itself after BUDGET seconds and what has
-# finished is in its results.csv (restartable: rerun to complete it).
+# one GPU (each with several processes); each stops itself after BUDGET seconds, and what has
+# finished is in its results.csv (restartable). The stores travel as .gpu/*.tgz (git-ignored),
+# made here first, since the device has neither ../shared nor polars:
+#   for p in last sliding; do camn prepare amazon --reviews ../shared/data/amazon_beauty_5core/mcauley2014/reviews_Beauty_5.json.gz \
+#     --meta ../shared/data/amazon_beauty_5core/mcauley2014/meta_Beauty.json.gz --protocol $p --out /tmp/stores/beauty-$p; done
+#   camn prepare movielens --path ../shared/data/movielens_100k --protocol sliding --out /tmp/stores/ml100k-sliding
+#   mkdir -p .gpu && for s in beauty-last beauty-sliding ml100k-sliding; do tar czf .gpu/$s.tgz -C /tmp/stores $s; done
+# then run `BUDGET=270 bash benchmarks/gpu_paper_tables.sh` on the device with carry [".gpu"].
 set -u
 BUDGET=${BUDGET:-290}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
