@@ -142,33 +142,60 @@ class PreparedStore:
         """
         rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
-        if shuffle:
-            rows = rows[rng.permutation(len(rows))]
-        if world_size > 1:
-            per_rank = -(-len(rows) // world_size)
-            rows = np.resize(rows, per_rank * world_size)[rank::world_size]
-        histories, lengths = self.array("histories"), self.array("lengths")
-        targets, labels, users = self.array("targets"), self.array("labels"), self.array("users")
-        slots = torch.arange(self.max_len)
+        rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+        item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
         for start in range(0, len(rows), batch_size):
             index = rows[start : start + batch_size]
-            batch = {
-                "index": torch.from_numpy(index.astype(np.int64)),
-                "history": torch.from_numpy(histories[index].astype(np.int64)),
-                "mask": slots[None, :] < torch.from_numpy(lengths[index].astype(np.int64))[:, None],
-                "target": torch.from_numpy(targets[index].astype(np.int64)),
-                "label": torch.from_numpy(labels[index].astype(np.float32)),
-                "user": torch.from_numpy(users[index].astype(np.int64)),
-            }
+            fields = (self.array(name)[index] for name in BATCH_ARRAYS)
+            batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
             if history_negatives:
-                batch["history_negative"] = self._random_items(rng, batch["mask"])
+                batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
             yield batch
 
-    def _random_items(self, rng: np.random.Generator, mask: torch.Tensor) -> torch.Tensor:
-        item_attributes = self.array("item_attributes")
-        ids = rng.integers(FIRST_ITEM_ID, len(item_attributes), size=tuple(mask.shape))
-        drawn = torch.from_numpy(item_attributes[ids].astype(np.int64))  # (B, L, k)
-        return drawn * mask[..., None]
+
+BATCH_ARRAYS = ("histories", "lengths", "targets", "labels", "users")
+
+
+def epoch_order(
+    n: int, shuffle: bool, rng: np.random.Generator, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """Positions of one epoch's rows of a split (of n rows): shuffled or not, and this rank's
+    shard, padded by wrapping so that every rank has as many rows (DistributedSampler-like)."""
+    positions = rng.permutation(n) if shuffle else np.arange(n)
+    if world_size > 1:
+        per_rank = -(-n // world_size)
+        positions = np.resize(positions, per_rank * world_size)[rank::world_size]
+    return positions
+
+
+def make_batch(
+    index: torch.Tensor,
+    histories: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    users: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """A batch dict (see ``PreparedStore.batches``) from the gathered rows, on their device."""
+    slots = torch.arange(histories.shape[1], device=histories.device)
+    return {
+        "index": index.long(),
+        "history": histories.long(),
+        "mask": slots[None, :] < lengths.long()[:, None],
+        "target": targets.long(),
+        "label": labels.float(),
+        "user": users.long(),
+    }
+
+
+def draw_items(
+    rng: np.random.Generator, item_attributes: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """A uniformly drawn item for every position of ``mask`` (B, L): (B, L, k) attribute ids,
+    zeros at padding. ``item_attributes`` (num_items + 2, k) is on the batch's device."""
+    ids = rng.integers(FIRST_ITEM_ID, len(item_attributes), size=tuple(mask.shape))
+    drawn = item_attributes[torch.from_numpy(ids).to(item_attributes.device)].long()
+    return drawn * mask[..., None]
 
 
 def table1_line(schema: dict) -> str:

@@ -219,7 +219,8 @@ def explain_samples(
     """The first ``limit`` clicks (label 1 with a history) of ``split``: their batch, the routing
     scores P (n, L, k) (Eq. 2) and the click probabilities (n,)."""
     data = ResidentSplit(store, split, device)
-    chosen = torch.nonzero((data.labels == 1) & (data.lengths > 0)).flatten()[:limit]
+    labels, lengths = data.arrays["labels"], data.arrays["lengths"]
+    chosen = torch.nonzero((labels == 1) & (lengths > 0)).flatten()[:limit]
     batch = data.gather(chosen)
     model.eval()
     output = model(batch)

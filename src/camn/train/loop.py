@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from camn.data.protocols import FIRST_ITEM_ID
-from camn.data.store import PreparedStore
+from camn.data.store import BATCH_ARRAYS, PreparedStore, draw_items, epoch_order, make_batch
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, resolved_options
 from camn.train import distributed
@@ -36,7 +35,6 @@ from camn.train.checkpoints import save_checkpoint
 from camn.train.metrics import evaluate
 
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the device
-SPLIT_ARRAYS = ("histories", "lengths", "targets", "labels", "users")
 METRICS = ("test_auc", "test_logloss", "test_gauc", "valid_auc")
 
 
@@ -76,17 +74,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def row_order(
-    n: int, shuffle: bool, rng: np.random.Generator, rank: int, world_size: int
-) -> np.ndarray:
-    """Positions of one epoch's rows in a split, as :meth:`PreparedStore.batches` orders them."""
-    positions = rng.permutation(n) if shuffle else np.arange(n)
-    if world_size > 1:
-        per_rank = -(-n // world_size)
-        positions = np.resize(positions, per_rank * world_size)[rank::world_size]
-    return positions
-
-
 class ResidentSplit:
     """One split's arrays, gathered once as tensors on ``device``; batches are slices of them."""
 
@@ -98,15 +85,10 @@ class ResidentSplit:
         def load(name: str) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(store.array(name)[rows])).to(device)
 
-        self.histories = load("histories")  # (n, L, k) int32
-        self.lengths = load("lengths").long()  # (n,)
-        self.targets = load("targets")  # (n, k) int32
-        self.labels = load("labels").float()  # (n,)
-        self.users = load("users").long()  # (n,)
+        self.arrays = {name: load(name) for name in BATCH_ARRAYS}  # histories (n, L, k), ...
         self.item_attributes = torch.from_numpy(np.array(store.array("item_attributes"))).to(
             device
         )  # (num_items + 2, k)
-        self.slots = torch.arange(store.max_len, device=device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -114,18 +96,11 @@ class ResidentSplit:
     @staticmethod
     def size_bytes(store: PreparedStore, split: str) -> int:
         n = len(store.split_indices(split))
-        return sum(n * store.array(name)[:1].nbytes for name in SPLIT_ARRAYS)
+        return sum(n * store.array(name)[:1].nbytes for name in BATCH_ARRAYS)
 
     def gather(self, positions: torch.Tensor) -> Batch:
         """The batch of the given split positions (same keys and dtypes as the store's)."""
-        return {
-            "index": self.rows[positions],
-            "history": self.histories[positions].long(),
-            "mask": self.slots[None, :] < self.lengths[positions][:, None],
-            "target": self.targets[positions].long(),
-            "label": self.labels[positions],
-            "user": self.users[positions],
-        }
+        return make_batch(self.rows[positions], *(a[positions] for a in self.arrays.values()))
 
     def batches(
         self,
@@ -139,16 +114,12 @@ class ResidentSplit:
         world_size: int = 1,
     ) -> Iterator[Batch]:
         rng = np.random.default_rng([seed, epoch])
-        order = row_order(len(self), shuffle, rng, rank, world_size)
+        order = epoch_order(len(self), shuffle, rng, rank, world_size)
         positions = torch.from_numpy(order).to(self.device)
         for start in range(0, len(positions), batch_size):
             batch = self.gather(positions[start : start + batch_size])
             if history_negatives:
-                ids = rng.integers(
-                    FIRST_ITEM_ID, len(self.item_attributes), size=tuple(batch["mask"].shape)
-                )
-                drawn = self.item_attributes[torch.from_numpy(ids).to(self.device)].long()
-                batch["history_negative"] = drawn * batch["mask"][..., None]  # (B, L, k)
+                batch["history_negative"] = draw_items(rng, self.item_attributes, batch["mask"])
             yield batch
 
 
