@@ -231,7 +231,12 @@ def test_camn_loss_has_no_router_and_unit_scores() -> None:
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("camn", {}), ("camn", {"scale_side": "query", "residual_norm": True}), ("camn-loss", {})],
+    [
+        ("camn", {}),
+        ("camn", {"scale_side": "query", "residual_norm": True}),
+        ("camn", {"pooled_history": True, "normalize_items": True}),
+        ("camn-loss", {}),
+    ],
 )
 def test_padding_positions_do_not_change_any_output(name: str, options: dict) -> None:
     model = make_model(name, **options)
@@ -275,6 +280,7 @@ def test_output_shapes_ranges_and_attribute_scores() -> None:
     [
         ("camn", {}),
         ("camn", {"residual_norm": True, "scale_side": "query", "activation": "prelu"}),
+        ("camn", {"pooled_history": True, "normalize_items": True}),
         ("camn-loss", {}),
     ],
 )

@@ -112,6 +112,10 @@ class CAMN(CTRModel):
       ``pooled_history=True`` (an extension, off by default) also feeds the MLP what DMIN's
       output network has and the paper's CAMN does not: the sum-pooled history and its product
       with the target (``layers.base_features``); see docs/results.md for why it matters.
+    - ``normalize_items=True`` (an extension, off by default) puts a LayerNorm on each attribute
+      embedding before Eq. 4-6. With small embeddings (norm ~0.1 after training on Beauty) the
+      logits of Eq. 4 stay near 0 (~1e-4), the attention is uniform and the P scaling has no
+      effect; normalised inputs give the attention, and so the routing, something to act on.
     - Diversity loss, Eq. 7 (``diversity_loss``); the model returns aux_loss = alpha * L_d
       (Eq. 8; the trainer adds the BCE of Eq. 9).
 
@@ -135,6 +139,7 @@ class CAMN(CTRModel):
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
         pooled_history: bool = False,
+        normalize_items: bool = False,
     ) -> None:
         super().__init__(spec, embed_dim)
         if scale_side not in {"key", "query"}:
@@ -155,6 +160,7 @@ class CAMN(CTRModel):
             num_heads=k, dim=d, target_dim=k * d, max_len=spec.max_len, positional=True
         )
         self.pooled_history = pooled_history
+        self.item_norm = nn.LayerNorm(d) if normalize_items else None
         mlp_in = (4 if pooled_history else 2) * k * d
         self.mlp = MLP(mlp_in, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
 
@@ -203,7 +209,8 @@ class CAMN(CTRModel):
         mask = batch["mask"]
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         scores = self.route(history)  # (B, L, k)
-        refined, attention = self.refine(history, scores, mask)
+        items = history if self.item_norm is None else self.item_norm(history)  # (B, L, k, d)
+        refined, attention = self.refine(items, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
         if self.pooled_history:
