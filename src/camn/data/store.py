@@ -143,7 +143,8 @@ class PreparedStore:
         rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
         rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
-        item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
+        if history_negatives:  # a copy: torch cannot wrap the read-only memory map
+            item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
         for start in range(0, len(rows), batch_size):
             index = rows[start : start + batch_size]
             fields = (self.array(name)[index] for name in BATCH_ARRAYS)
