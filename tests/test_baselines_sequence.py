@@ -287,3 +287,20 @@ def test_trains_through_the_pipeline(name: str, tmp_path) -> None:
     )
     result = train_one(PreparedStore(tmp_path / "store"), config, seed=0)
     assert 0.0 <= result["test_auc"] <= 1.0
+
+
+def test_din_paper_output_network_reads_only_target_and_interest() -> None:
+    from camn.models.din import item_vectors
+
+    spec = make_spec(k=3)
+    model = build_model("din", spec, embed_dim=6, pooled_history=False, input_norm=False).eval()
+    first = model.mlp.net[0]
+    assert isinstance(first, torch.nn.Linear) and first.in_features == 2 * 3 * 6
+    batch = make_batch(spec, LENGTHS)
+    items, target = item_vectors(*model.embed(batch))
+    interest, _ = model.interest(items, target, batch["mask"])
+    expected = model.mlp(torch.cat([target, interest], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(model(batch).logits, expected)
+    default = build_model("din", spec, embed_dim=6)
+    assert isinstance(default.mlp.net[0], torch.nn.BatchNorm1d)
+    assert default.mlp.net[1].in_features == 4 * 3 * 6
