@@ -289,18 +289,29 @@ def test_trains_through_the_pipeline(name: str, tmp_path) -> None:
     assert 0.0 <= result["test_auc"] <= 1.0
 
 
+
 def test_din_paper_output_network_reads_only_target_and_interest() -> None:
     from camn.models.din import item_vectors
 
     spec = make_spec(k=3)
     model = build_model("din", spec, embed_dim=6, pooled_history=False, input_norm=False).eval()
-    first = model.mlp.net[0]
-    assert isinstance(first, torch.nn.Linear) and first.in_features == 2 * 3 * 6
     batch = make_batch(spec, LENGTHS)
     items, target = item_vectors(*model.embed(batch))
     interest, _ = model.interest(items, target, batch["mask"])
     expected = model.mlp(torch.cat([target, interest], dim=-1)).squeeze(-1)
     torch.testing.assert_close(model(batch).logits, expected)
-    default = build_model("din", spec, embed_dim=6)
-    assert isinstance(default.mlp.net[0], torch.nn.BatchNorm1d)
-    assert default.mlp.net[1].in_features == 4 * 3 * 6
+    assert isinstance(model.mlp.net[0], torch.nn.Linear)  # no input batch norm
+
+
+@pytest.mark.parametrize(("name", "interests"), [("din", 1), ("dien", 1), ("dmin", 3)])
+def test_pooled_history_option_sets_the_output_network_width(name: str, interests: int) -> None:
+    spec, d = make_spec(k=3), 6
+    width = spec.num_slots * d
+    for pooled, base in ((True, 3 * width), (False, width)):
+        model = build_model(name, spec, embed_dim=d, pooled_history=pooled).train()
+        norm = model.mlp.net[0]
+        assert isinstance(norm, torch.nn.BatchNorm1d)
+        assert norm.num_features == base + interests * width
+        out = model(make_batch(spec, LENGTHS))
+        (out.logits.sum() + out.aux_loss).backward()
+        assert all(p.grad is not None for p in model.parameters())

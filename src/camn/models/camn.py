@@ -20,6 +20,7 @@ from camn.models.layers import (
     HeadwiseLinear,
     TargetAttention,
     base_features,
+    base_width,
     masked_softmax,
 )
 from camn.models.registry import register
@@ -161,7 +162,7 @@ class CAMN(CTRModel):
         )
         self.pooled_history = pooled_history
         self.item_norm = nn.LayerNorm(d) if normalize_items else None
-        mlp_in = (4 if pooled_history else 2) * k * d
+        mlp_in = k * d + base_width(k * d, pooled_history)
         self.mlp = MLP(mlp_in, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
 
     def route(self, items: torch.Tensor) -> torch.Tensor:
@@ -213,10 +214,7 @@ class CAMN(CTRModel):
         refined, attention = self.refine(items, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
-        if self.pooled_history:
-            features = base_features(history.flatten(-2), target, mask)  # (B, 3*k*d)
-        else:
-            features = target
+        features = base_features(history.flatten(-2), target, mask, self.pooled_history)
         logits = self.mlp(torch.cat([interests.flatten(1), features], dim=-1)).squeeze(-1)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)

@@ -18,7 +18,7 @@ from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.din import item_vectors
-from camn.models.layers import MLP, TargetAttention, base_features
+from camn.models.layers import MLP, TargetAttention, base_features, base_width
 from camn.models.registry import register
 
 
@@ -112,7 +112,8 @@ class DIEN(CTRModel):
        item: padding steps have a_t = 0 and keep it).
     5. Output network: [target, final state, sum-pooled history, target * sum-pooled history]
        (official input, less the user-id embedding), batch norm, 200 -> 80 -> 1 with Dice
-       (official ``use_dice=True``). No per-model tuning was done.
+       (official ``use_dice=True``). No per-model tuning was done. ``pooled_history=False``
+       leaves [target, final state], FuxiCTR's default (``enable_sum_pooling=False``).
     """
 
     needs_history_negatives = True
@@ -126,17 +127,20 @@ class DIEN(CTRModel):
         aux_hidden: Sequence[int] = (100, 50),
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
+        pooled_history: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         width = self.num_slots * embed_dim
         self.aux_weight = aux_weight
+        self.pooled_history = pooled_history
         self.extractor = nn.GRU(width, width, batch_first=True)
         self.next_click = NextClickLoss(width, width, aux_hidden)
         self.attention = TargetAttention(
             1, width, width, spec.max_len, hidden=tuple(attention_hidden), positional=False
         )
         self.evolution = AUGRU(width, width)
-        self.mlp = MLP(4 * width, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        inputs = base_width(width, pooled_history) + width
+        self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
 
     def forward(self, batch: Batch) -> ModelOutput:
         history, target = self.embed(batch)
@@ -145,7 +149,8 @@ class DIEN(CTRModel):
         states, _ = self.extractor(items)  # (B, L, H)
         _, weights = self.attention(states[:, None], target, mask)  # (B, 1, L)
         final = self.evolution(states, weights[:, 0])  # (B, H)
-        features = torch.cat([base_features(items, target, mask), final], dim=-1)
+        base = base_features(items, target, mask, self.pooled_history)
+        features = torch.cat([base, final], dim=-1)
         logits = self.mlp(features).squeeze(-1)
         if self.aux_weight == 0 or "history_negative" not in batch:
             return ModelOutput(logits, self.no_aux_loss(logits))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, TargetAttention, base_features
+from camn.models.layers import MLP, TargetAttention, base_features, base_width
 from camn.models.registry import register
 
 
@@ -70,7 +70,7 @@ class DIN(CTRModel):
             softmax=softmax,
             project_target=False,
         )
-        inputs = (4 if pooled_history else 2) * width
+        inputs = base_width(width, pooled_history) + width
         self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation=activation, input_norm=input_norm)
 
     def interest(
@@ -84,7 +84,7 @@ class DIN(CTRModel):
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         interest, _ = self.interest(items, target, mask)
-        base = base_features(items, target, mask) if self.pooled_history else target
+        base = base_features(items, target, mask, self.pooled_history)
         features = torch.cat([base, interest], dim=-1)
         logits = self.mlp(features).squeeze(-1)
         return ModelOutput(logits, self.no_aux_loss(logits))

@@ -26,6 +26,7 @@ from camn.models.layers import (
     HeadwiseLinear,
     TargetAttention,
     base_features,
+    base_width,
     headwise,
     masked_softmax,
     real_rows,
@@ -127,7 +128,8 @@ class DMIN(CTRModel):
        interests is k ("aligned with the attribute number"; the official code used 4).
     4. Output network: [target, sum-pooled history, target * sum-pooled history, interest_1..k],
        batch norm on the input, 200 -> 80 -> 1 with Dice (official ``build_fcn_net``, less the
-       user-id embedding). No per-model tuning was done.
+       user-id embedding). No per-model tuning was done. ``pooled_history=False`` leaves
+       [target, interest_1..k], FuxiCTR's default (``enable_sum_pooling=False``).
     All heads run as batched tensor operations; after the extractor's attention only the real
     positions are computed (packed head-major (k, N, D), N = number of real items). Cost:
     the k per-head FFNs (D -> 2D -> D) and target attentions of width D make the extractor
@@ -147,10 +149,12 @@ class DMIN(CTRModel):
         aux_hidden: Sequence[int] = (100, 50),
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
+        pooled_history: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         width, k = self.num_slots * embed_dim, self.num_slots
         self.aux_weight = aux_weight
+        self.pooled_history = pooled_history
         self.refiner = CausalSelfAttention(width, refiner_heads)
         self.refiner_ffn = FeedForward(1, width)
         self.next_click = NextClickLoss(width, width, aux_hidden)
@@ -159,7 +163,8 @@ class DMIN(CTRModel):
         self.interests = TargetAttention(
             k, width, width, spec.max_len, hidden=tuple(attention_hidden), positional=True
         )
-        self.mlp = MLP((3 + k) * width, tuple(mlp_hidden), 1, activation, input_norm=True)
+        inputs = base_width(width, pooled_history) + k * width
+        self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation, input_norm=True)
 
     def refine(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Behaviour refiner: items (B, L, D) -> refined states (B, L, D)."""
@@ -180,7 +185,8 @@ class DMIN(CTRModel):
         mask = batch["mask"]
         refined = self.refine(items, mask)
         interests, _ = self.extract(refined, target, mask)  # (B, k, D)
-        features = torch.cat([base_features(items, target, mask), interests.flatten(1)], dim=-1)
+        base = base_features(items, target, mask, self.pooled_history)
+        features = torch.cat([base, interests.flatten(1)], dim=-1)
         logits = self.mlp(features).squeeze(-1)
         if self.aux_weight == 0 or "history_negative" not in batch:
             return ModelOutput(logits, self.no_aux_loss(logits))

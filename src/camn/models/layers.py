@@ -57,16 +57,28 @@ def sum_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(dim=1)
 
 
-def base_features(items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[target, sum-pooled history, target * sum-pooled history] (B, 3D).
+def base_features(
+    items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pooled: bool = True
+) -> torch.Tensor:
+    """[target, sum-pooled history, target * sum-pooled history] (B, 3D); target alone (B, D)
+    with ``pooled=False``.
 
     The common part of the output network's input in the DIEN code base (``build_fcn_net``
     input of Model_DIN / Model_DIN_V2_Gru_Vec_attGru_Neg: item_eb, item_his_eb_sum,
     item_eb * item_his_eb_sum), which DMIN's code inherits. The user-id embedding of that code
     is left out: no model here embeds user ids (users of the test split are unseen).
+    ``pooled=False`` is FuxiCTR's default for DIN, DIEN and DMIN; on small data the explicit
+    product is worth a lot (docs/results.md, "Faithfulness against FuxiCTR").
     """
-    pooled = sum_pool(items, mask)  # (B, D)
-    return torch.cat([target, pooled, target * pooled], dim=-1)
+    if not pooled:
+        return target
+    summed = sum_pool(items, mask)  # (B, D)
+    return torch.cat([target, summed, target * summed], dim=-1)
+
+
+def base_width(width: int, pooled: bool = True) -> int:
+    """Width of ``base_features`` for items of width D."""
+    return (3 if pooled else 1) * width
 
 
 class Dice(nn.Module):
