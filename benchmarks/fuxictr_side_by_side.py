@@ -54,10 +54,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def feature_map(schema: dict, embed_dim: int) -> FeatureMap:
+def feature_map(store: Path, schema: dict, embed_dim: int) -> FeatureMap:
     """One categorical feature per attribute of the target, one sequence feature per attribute
     of the history sharing its embedding table; id 0 is camn's padding."""
-    fmap = FeatureMap("camn", tempfile.mkdtemp())
+    fmap = FeatureMap("camn", str(store))  # data_dir: read only for pretrained embeddings
     pairs = list(zip(schema["attributes"], schema["vocab_sizes"], strict=True))
     for name, size in pairs:
         fmap.features[name] = {
@@ -146,18 +146,18 @@ class Network(BaseModel):
 
 def run_seed(args, fmap, arrays, attributes, seed: int) -> float:
     seed_everything(seed)
-    model_root = tempfile.mkdtemp()
-    os.makedirs(os.path.join(model_root, fmap.dataset_id))
     monitor = {"AUC": 1, "logloss": -1} if args.monitor == "auc-logloss" else "AUC"
-    model = Network(
-        fmap, attributes, args, gpu=-1, monitor=monitor, early_stop_patience=2, verbose=0,
-        model_root=model_root, metrics=["AUC", "logloss"],
-    )
-    model.fit(
-        SplitBatches(arrays, attributes, "train", args.batch, shuffle=True, seed=seed),
-        epochs=100,
-        validation_data=SplitBatches(arrays, attributes, "valid", 8192, shuffle=False),
-    )
+    with tempfile.TemporaryDirectory() as model_root:  # FuxiCTR's best-epoch checkpoint
+        os.makedirs(os.path.join(model_root, fmap.dataset_id))
+        model = Network(
+            fmap, attributes, args, gpu=-1, monitor=monitor, early_stop_patience=2, verbose=0,
+            model_root=model_root, metrics=["AUC", "logloss"],
+        )
+        model.fit(
+            SplitBatches(arrays, attributes, "train", args.batch, shuffle=True, seed=seed),
+            epochs=100,
+            validation_data=SplitBatches(arrays, attributes, "valid", 8192, shuffle=False),
+        )
     test = SplitBatches(arrays, attributes, "test", 8192, shuffle=False)
     return float(model.evaluate(test, metrics=["AUC"])["AUC"])
 
@@ -168,7 +168,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     schema = json.loads((args.store / "schema.json").read_text())
     arrays = {name: np.load(args.store / "arrays" / f"{name}.npy") for name in ARRAYS}
-    fmap = feature_map(schema, args.embed_dim)
+    fmap = feature_map(args.store, schema, args.embed_dim)
     aucs = [run_seed(args, fmap, arrays, schema["attributes"], s) for s in range(args.seeds)]
     settings = {k: v for k, v in vars(args).items() if k not in ("store", "threads")}
     print(json.dumps({

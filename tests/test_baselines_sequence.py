@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from camn.models import FeatureSpec, build_model
 from camn.models.dhan import group_pool
+from camn.models.din import item_vectors
 from camn.models.dmin import causal_mask
 from camn.models.layers import TargetAttention
 
@@ -289,10 +290,7 @@ def test_trains_through_the_pipeline(name: str, tmp_path) -> None:
     assert 0.0 <= result["test_auc"] <= 1.0
 
 
-
 def test_din_paper_output_network_reads_only_target_and_interest() -> None:
-    from camn.models.din import item_vectors
-
     spec = make_spec(k=3)
     model = build_model("din", spec, embed_dim=6, pooled_history=False, input_norm=False).eval()
     batch = make_batch(spec, LENGTHS)
