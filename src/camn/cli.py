@@ -73,7 +73,14 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from camn.data.store import PreparedStore, table1_line
 
-    store = PreparedStore(args.store)
+    store = PreparedStore(args.store, validate=False)
+    problems = store.problems(training=True)
+    if problems:  # every problem, not only the first that opening or training would name
+        print(f"camn: error: {store.root} is a damaged store or cannot be trained on "
+              f"({len(problems)} problem(s)):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     print(table1_line(store.schema))
     print("attributes: " + ", ".join(
         f"{a} ({n - 2:,} values)" for a, n in zip(store.attributes, store.vocab_sizes, strict=True)

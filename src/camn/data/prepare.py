@@ -7,17 +7,19 @@ sources that read the same data (McAuley's files and RecBole's) give identical a
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from camn.data.protocols import FIRST_ITEM_ID, Protocol, build_samples
+from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.store import write_store
 
 ANNOTATIONS = ("driver", "driver_kind")
+TINY_SPLIT = 100  # samples; a split below this gets a warning: its AUC is mostly noise
 
 
 @dataclass
@@ -126,10 +128,14 @@ def prepare(
 ) -> dict:
     """Encode ``raw``, build the samples of ``protocol`` and write the store; return its schema.
 
-    ``raw.interactions`` is emptied once coded (see ``encode_interactions``).
+    ``raw.interactions`` is emptied once coded (see ``encode_interactions``). A split that
+    comes out empty or tiny gets a warning on stderr (:func:`split_warnings`); the store is
+    written all the same.
     """
     report = report or BadInputReport()
     encoded = encode_interactions(raw, report)
+    if encoded.dropped_users:  # a note: printed by camn prepare and kept in the schema
+        raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")
     if len(encoded.user) == 0:
         raise DataError("no user has 2 or more interactions: nothing to prepare")
     item_attributes, vocabularies = encode_items(raw, encoded.items, report)
@@ -155,4 +161,25 @@ def prepare(
         "notes": raw.notes,
     }
     write_store(out, schema, arrays, vocabularies, force=force)
+    for warning in split_warnings(schema["splits"], encoded.num_users):
+        print(f"camn: warning: {out}: {warning}", file=sys.stderr)
     return schema
+
+
+def split_warnings(splits: dict[str, int], num_users: int) -> list[str]:
+    """Why a store's splits (sample counts) may not serve: empty (``camn train`` refuses it)
+    or tiny (fewer than ``TINY_SPLIT`` samples). Labels need no check here: every protocol
+    gives each click its sampled non-click."""
+    warnings = []
+    for split in SPLITS:
+        if splits[split] == 0:
+            warnings.append(
+                f"the {split} split has no samples ({num_users:,} users in all; valid and test "
+                "each get 10% of them): camn train will refuse this store; prepare more users"
+            )
+        elif splits[split] < TINY_SPLIT:
+            warnings.append(
+                f"the {split} split has only {splits[split]:,} samples (under {TINY_SPLIT}): "
+                "its scores will be mostly noise"
+            )
+    return warnings

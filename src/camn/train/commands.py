@@ -17,7 +17,7 @@ from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model, get_entry
 from camn.train import distributed
-from camn.train.checkpoints import load_model
+from camn.train.checkpoints import CONFIG, DAMAGED, load_model
 from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
 from camn.train.metrics import evaluate
 
@@ -63,20 +63,39 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def load_results(run: Path) -> dict:
+    """A finished run's ``results.json``, checked for the model name and the seeds it lists."""
     path = Path(run) / RESULTS
     if not path.is_file():
         raise DataError(f"{path} is missing: not a finished camn train run")
-    return json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_bytes())
+    except json.JSONDecodeError as error:
+        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
+        raise DataError(f"{path} is not valid JSON ({reason}): {DAMAGED}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not text ({error}): {DAMAGED}") from None
+    if not (isinstance(results, dict) and isinstance(results.get("model"), str)
+            and isinstance(results.get("seeds"), list) and results["seeds"]
+            and all(type(seed) is int for seed in results["seeds"])):
+        raise DataError(f"{path} does not name the model and its seeds: {DAMAGED}")
+    return results
 
 
 def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.device):
-    """The saved model of one seed, checked against the store it is applied to."""
+    """The saved model of one seed, checked against the store it is applied to (whose contents
+    are scanned first: :meth:`PreparedStore.check_contents`)."""
+    store.check_contents()
     model, config = load_model(Path(run) / f"seed_{seed}", device=str(device))
     if config["spec"] != FeatureSpec.from_schema(store.schema).to_dict():
         raise DataError(
             f"{store.root} does not match the store the run was trained on "
             f"(attributes, vocabulary sizes or history length differ)"
         )
+    train = config.get("train")
+    if not (isinstance(train, dict) and type(train.get("eval_batch_size")) is int
+            and train["eval_batch_size"] > 0):
+        path = Path(run) / f"seed_{seed}" / CONFIG
+        raise DataError(f"{path} lacks train.eval_batch_size: {DAMAGED}")
     return model, config
 
 

@@ -209,7 +209,10 @@ def train_one(
     (training samples of all processes / train_seconds), the per-epoch history, and
     routing_recovery where the store has planted drivers and the model routes. Under torchrun
     only rank 0 scores and writes ``out_dir``; the other ranks return an empty dict.
+    A damaged store, or one whose splits would train or score nothing, raises a DataError
+    before any work (:meth:`PreparedStore.check_trainable`, once per store object).
     """
+    store.check_trainable()
     context = distributed.current()
     device = distributed.resolve_device(config.device)
     if device.type == "cuda":
