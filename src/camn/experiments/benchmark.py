@@ -31,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from camn.argtypes import non_negative_int, positive_finite_float, positive_int
 from camn.data.raw import DataError
 from camn.experiments.tables import paper_order, render_markdown, summarize, summary_dict
 
@@ -224,8 +225,9 @@ def resolve_models(spec: str | Sequence[str]) -> list[str]:
 
 def parse_options(items: Sequence[str], models: Sequence[str]) -> dict[str, dict]:
     """``model:key=value`` items -> {model: {key: value}}; values read as JSON when they parse
-    (``2``, ``true``, ``0.5``), else kept as text. Checked against the model's options."""
-    from camn.models.registry import resolved_options
+    (``2``, ``true``, ``0.5``), else kept as text. Checked against the model's signature (names,
+    types, domains); :func:`check_options_on` then checks them against each store."""
+    from camn.models.registry import check_options
 
     options: dict[str, dict] = {}
     for item in items:
@@ -242,11 +244,24 @@ def parse_options(items: Sequence[str], models: Sequence[str]) -> dict[str, dict
         if model not in models:
             raise DataError(f"--option for {model!r}, which is not benchmarked "
                             f"({', '.join(models)})")
-        try:
-            resolved_options(model, **values)
-        except TypeError as error:
-            raise DataError(str(error)) from None
+        check_options(model, values)
     return options
+
+
+def check_options_on(datasets: Sequence[Dataset], options: dict[str, dict]) -> None:
+    """Build each model given options once on each store, so that what a store rules out
+    (``camn:q=9`` with k = 5 attributes) stops the benchmark before its first run."""
+    from camn.data.store import PreparedStore
+    from camn.models.base import FeatureSpec
+    from camn.models.registry import check_options
+
+    for dataset in datasets:
+        spec = FeatureSpec.from_schema(PreparedStore(dataset.path).schema)
+        for model, values in options.items():
+            try:
+                check_options(model, values, spec)
+            except DataError as error:
+                raise DataError(f"store {dataset.path}: {error}") from None
 
 
 def plan_runs(
@@ -397,6 +412,7 @@ def run_benchmark(
     if len(set(names)) < len(names):
         raise DataError(f"two stores share a name and protocol: {names}; rename one directory")
     model_list = resolve_models(models)
+    check_options_on(datasets, settings.options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
@@ -441,21 +457,23 @@ def write_reports(
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """Training options shared by ``camn benchmark`` and ``camn demo``."""
     d = {"epochs": 30, "batch_size": 2048, "patience": 3, "seeds": 5, "jobs": 1} | defaults
-    parser.add_argument("--seeds", type=int, default=d["seeds"], help="number of seeds")
-    parser.add_argument("--seed", type=int, default=1, help="first seed (seeds FIRST, FIRST+1, ..)")
-    parser.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
-    parser.add_argument("--eval-batch-size", type=int, default=8192)
-    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate")
-    parser.add_argument("--patience", type=int, default=d["patience"],
+    parser.add_argument("--seeds", type=positive_int, default=d["seeds"], help="number of seeds")
+    parser.add_argument("--seed", type=non_negative_int, default=1,
+                        help="first seed (seeds FIRST, FIRST+1, ..)")
+    parser.add_argument("--epochs", type=positive_int, default=d["epochs"], help="maximum epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
+    parser.add_argument("--eval-batch-size", type=positive_int, default=8192)
+    parser.add_argument("--lr", type=positive_finite_float, default=0.002,
+                        help="Adam learning rate")
+    parser.add_argument("--patience", type=positive_int, default=d["patience"],
                         help="epochs without a better validation AUC before stopping")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--option", action="append", default=[], metavar="MODEL:KEY=VALUE",
                         help="a model option, e.g. camn:q=2 (repeatable)")
-    parser.add_argument("--jobs", type=int, default=d["jobs"],
+    parser.add_argument("--jobs", type=positive_int, default=d["jobs"],
                         help="runs trained at once, in separate processes")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per run (default: torch's own, or cores / jobs "
                              "with --jobs; the same value gives the same numbers either way)")
 
@@ -471,9 +489,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, models: Sequence[str]) -> Settings:
-    for name in ("seeds", "epochs", "batch_size", "eval_batch_size", "jobs"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1")
+    """The settings of parsed arguments (their ranges checked by the parser's argtypes)."""
     return Settings(
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         lr=args.lr, patience=args.patience, bf16=args.bf16,

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from camn.argtypes import non_negative_int, positive_finite_float, positive_int
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
-from camn.models.registry import build_model, get_entry
+from camn.models.registry import check_options
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model
 from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
@@ -44,15 +45,9 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 
 def check_model(name: str, options: dict, spec: FeatureSpec) -> None:
-    """Build the model once so that an unknown name or a bad option fails before training."""
-    try:
-        get_entry(name)
-    except KeyError as error:
-        raise DataError(error.args[0]) from None
-    try:
-        build_model(name, spec, **options)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"bad option for model {name!r}: {error}") from None
+    """Check the name and every option (type, domain, one build on the store's spec) so that a
+    bad one fails before training; see :func:`camn.models.registry.check_options`."""
+    check_options(name, options, spec)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -111,17 +106,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="directory of a prepared store")
     parser.add_argument("--model", required=True, help="registered model name (camn models)")
     parser.add_argument("--out", required=True, help="run directory for results and weights")
-    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (the paper: 5)")
-    parser.add_argument("--seed", type=int, default=1, help="first seed")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="number of seeds (the paper: 5)")
+    parser.add_argument("--seed", type=non_negative_int, default=1, help="first seed")
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
+                        help="maximum epochs")
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size,
+        "--batch-size", type=positive_int, default=defaults.batch_size,
         help="training batch size (per process under torchrun)",
     )
-    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    parser.add_argument("--eval-batch-size", type=positive_int,
+                        default=defaults.eval_batch_size)
+    parser.add_argument("--lr", type=positive_finite_float, default=defaults.lr,
+                        help="Adam learning rate")
     parser.add_argument(
-        "--patience", type=int, default=defaults.patience,
+        "--patience", type=positive_int, default=defaults.patience,
         help="stop after this many epochs without a better validation AUC",
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
@@ -226,8 +225,10 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by camn train")
     parser.add_argument("--data", required=True, help="directory of a prepared store")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    parser.add_argument("--seed", type=int, help="which seed's model (default: the run's first)")
-    parser.add_argument("--limit", type=int, default=5, help="number of clicked samples to show")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--limit", type=positive_int, default=5,
+                        help="number of clicked samples to show")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
 
 

@@ -31,6 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from camn.argtypes import (
+    float_at_least,
+    fraction,
+    int_at_least,
+    positive_finite_float,
+    positive_int,
+)
 from camn.data.raw import BadInputReport, DataError, RawData
 
 NAME = "synthetic"
@@ -261,21 +268,23 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=int, default=3000, help="number of users")
-    parser.add_argument("--items", type=int, default=1000, help="number of items")
-    parser.add_argument("--attributes", type=int, default=5, metavar="K",
+    parser.add_argument("--users", type=positive_int, default=3000, help="number of users")
+    parser.add_argument("--items", type=positive_int, default=1000, help="number of items")
+    parser.add_argument("--attributes", type=int_at_least(2), default=5, metavar="K",
                         help="attributes k, the item id included")
-    parser.add_argument("--clicks-per-user", type=float, default=12.0,
+    parser.add_argument("--clicks-per-user", type=float_at_least(MIN_CLICKS), default=12.0,
                         help=f"mean clicks per user ({MIN_CLICKS} + Poisson)")
-    parser.add_argument("--item-share", type=float, default=0.5,
+    parser.add_argument("--item-share", type=fraction, default=0.5,
                         help="probability that a click is item-level (driven by a salient value)")
-    parser.add_argument("--skew", type=float, default=0.3,
+    parser.add_argument("--skew", type=positive_finite_float, default=0.3,
                         help="Dirichlet concentration of each user's emphasis (small = skewed)")
-    parser.add_argument("--liked", type=int, default=2, help="liked values per user and slot")
-    parser.add_argument("--liked-items", type=int, default=3,
+    parser.add_argument("--liked", type=positive_int, default=2,
+                        help="liked values per user and slot")
+    parser.add_argument("--liked-items", type=positive_int, default=3,
                         help="liked items per user (the item id slot as a driver)")
-    parser.add_argument("--salient", type=int, default=2, help="salient values per non-id slot")
-    parser.add_argument("--salient-share", type=float, default=0.3,
+    parser.add_argument("--salient", type=positive_int, default=2,
+                        help="salient values per non-id slot")
+    parser.add_argument("--salient-share", type=fraction, default=0.3,
                         help="fraction of items carrying a salient value")
 
 
