@@ -90,7 +90,7 @@ def test_broken_schema_json(store: Path) -> None:
     (store / "schema.json").write_text('{"attributes": ["item_id", "brand"\n')
     assert opening_error(store) == (
         f"{store} is a damaged store: schema.json is not valid JSON "
-        "(Expecting ',' delimiter at line 2, column 1)"
+        "(Expecting ',' delimiter: line 2, column 1)"
     )
 
 
@@ -249,7 +249,7 @@ def test_stats_on_a_broken_schema_exits_2(store: Path, capsys: pytest.CaptureFix
     assert main(["stats", str(store)]) == 2
     assert capsys.readouterr().err == (
         f"camn: error: {store} is a damaged store: schema.json is not valid JSON "
-        "(Expecting value at line 1, column 1)\n"
+        "(Expecting value: line 1, column 1)\n"
     )
 
 

@@ -325,16 +325,19 @@ def read_schema(root: Path) -> dict:
         raise DataError(f"{root} is not a prepared store (no schema.json): camn prepare")
     try:
         schema = json.loads(path.read_bytes())
-    except json.JSONDecodeError as error:
-        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
-        raise DataError(
-            f"{root} is a damaged store: schema.json is not valid JSON ({reason})"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{root} is a damaged store: schema.json is not text ({error})") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{root} is a damaged store: schema.json {json_problem(error)}") from None
     problems = [f"schema.json {problem}" for problem in schema_problems(schema)]
     raise_problems(root, "is a damaged store", problems)
     return schema
+
+
+def json_problem(error: ValueError) -> str:
+    """Why a file did not parse as JSON, to read after its name, e.g. ``is not valid JSON
+    (Expecting value: line 1, column 1)``."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"is not valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
+    return f"is not text ({error})"
 
 
 def _is_int(value: object, minimum: int) -> bool:

@@ -16,6 +16,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 
 from camn.data.raw import DataError
+from camn.data.store import json_problem
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model
 
@@ -42,17 +43,20 @@ def load_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise DataError(f"{path} is missing: not a saved model")
-    try:
-        config = json.loads(path.read_bytes())
-    except json.JSONDecodeError as error:
-        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
-        raise DataError(f"{path} is not valid JSON ({reason}): {DAMAGED}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not text ({error}): {DAMAGED}") from None
+    config = read_run_json(path)
     problem = config_problem(config)
     if problem:
         raise DataError(f"{path} {problem}: {DAMAGED}")
     return config
+
+
+def read_run_json(path: Path) -> object:
+    """A JSON file of a run (``config.json``, ``results.json``), parsed; a DataError naming it
+    where it does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path} {json_problem(error)}: {DAMAGED}") from None
 
 
 def config_problem(config: object) -> str | None:

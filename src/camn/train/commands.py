@@ -18,7 +18,7 @@ from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import check_options
 from camn.train import distributed
-from camn.train.checkpoints import CONFIG, DAMAGED, load_model
+from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
 from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
 from camn.train.metrics import evaluate
 
@@ -62,13 +62,7 @@ def load_results(run: Path) -> dict:
     path = Path(run) / RESULTS
     if not path.is_file():
         raise DataError(f"{path} is missing: not a finished camn train run")
-    try:
-        results = json.loads(path.read_bytes())
-    except json.JSONDecodeError as error:
-        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
-        raise DataError(f"{path} is not valid JSON ({reason}): {DAMAGED}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not text ({error}): {DAMAGED}") from None
+    results = read_run_json(path)
     if not (isinstance(results, dict) and isinstance(results.get("model"), str)
             and isinstance(results.get("seeds"), list) and results["seeds"]
             and all(type(seed) is int for seed in results["seeds"])):

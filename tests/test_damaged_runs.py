@@ -1,0 +1,300 @@
+"""A damaged run is named: weights that are garbage, empty, a pickle (never executed) or of
+another model or store; a missing or broken results.json or config.json; through
+``camn evaluate`` and ``camn explain``, and through :func:`load_model` itself."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from camn.cli import main
+from camn.data.prepare import prepare
+from camn.data.raw import DataError
+from camn.data.sources.synthetic import generate
+from camn.models.base import FeatureSpec
+from camn.models.registry import build_model
+from camn.train.checkpoints import load_model
+
+COMMANDS = ("evaluate", "explain")
+DAMAGED = "the run is damaged; train it again"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "store"
+    prepare(generate(users=200, items=60, attributes=3, seed=1), path, max_len=5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-seed CAMN run (a routing model, so that explain works on it)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    argv = ["train", "--data", str(store), "--model", "camn", "--out", str(out), "--epochs", "1",
+            "--device", "cpu", "--no-progress", "--option", "embed_dim=4"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the finished run, to damage."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def argv(command: str, run: Path, store: Path) -> list[str]:
+    extra = ["--limit", "1"] if command == "explain" else []
+    return [command, "--run", str(run), "--data", str(store), "--device", "cpu", *extra]
+
+
+def fails(command: str, run: Path, store: Path, capsys: pytest.CaptureFixture) -> str:
+    """Run the command; it must exit 2 with one error line, which is returned (unprefixed)."""
+    assert main(argv(command, run, store)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("camn: error: ") and err.endswith("\n") and err.count("\n") == 1
+    return err.removeprefix("camn: error: ").rstrip("\n")
+
+
+def config_of(run: Path) -> dict:
+    return json.loads((run / "seed_1" / "config.json").read_text())
+
+
+def test_an_intact_run_evaluates_and_explains(
+    trained: Path, store: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for command in COMMANDS:
+        assert main(argv(command, trained, store)) == 0
+    out = capsys.readouterr().out
+    assert "camn on test: AUC" in out and "routing scores P" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_weights(run: Path, store: Path, command: str, capsys) -> None:
+    weights = run / "seed_1" / "model.safetensors"
+    weights.write_bytes(b"")
+    assert fails(command, run, store, capsys) == f"{weights} is empty: {DAMAGED}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_garbage_or_truncated_weights(
+    run: Path, store: Path, command: str, damage: str, capsys
+) -> None:
+    weights = run / "seed_1" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(b"these bytes are no safetensors file" if damage == "garbage"
+                        else data[: len(data) // 2])
+    message = fails(command, run, store, capsys)
+    assert message.startswith(f"{weights} is not a safetensors file (")
+    assert message.endswith(f"): {DAMAGED}")
+    reason = "header too large" if damage == "garbage" else "incomplete metadata"
+    assert reason in message
+
+
+class Payload:
+    """Unpickling this creates ``path`` (an empty file): the proof that a pickle ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_the_payload_would_run_if_unpickled(tmp_path: Path) -> None:
+    """The control of the next test: its marker would appear, were the pickle ever loaded."""
+    marker = tmp_path / "control-marker"
+    pickle.loads(pickle.dumps(Payload(marker))).close()
+    assert marker.is_file()
+
+
+PICKLE_REFUSED = (
+    "is a pickle (or torch.save) file, not safetensors; camn never loads a pickle, since "
+    "loading one can run any code"
+)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_pickle_is_refused_and_never_run(
+    run: Path, store: Path, tmp_path: Path, protocol: int, capsys
+) -> None:
+    marker = tmp_path / "marker"
+    weights = run / "seed_1" / "model.safetensors"
+    weights.write_bytes(pickle.dumps(Payload(marker), protocol=protocol))
+    messages = [fails(command, run, store, capsys) for command in COMMANDS]
+    with pytest.raises(DataError) as caught:
+        load_model(run / "seed_1")
+    assert not marker.exists()
+    for message in [*messages, str(caught.value)]:
+        if protocol >= 2:  # protocols 0 and 1 have no magic bytes: refused as not safetensors
+            assert message == f"{weights} {PICKLE_REFUSED}"
+        else:
+            assert message.startswith(f"{weights} is not a safetensors file (")
+
+
+def read_state(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, copied out of its memory map (it is then overwritten)."""
+    return {key: value.clone() for key, value in safetensors.torch.load_file(weights).items()}
+
+
+def test_a_torch_save_file_is_refused(run: Path, store: Path, capsys) -> None:
+    weights = run / "seed_1" / "model.safetensors"
+    torch.save(read_state(weights), weights)
+    for command in COMMANDS:
+        assert fails(command, run, store, capsys) == f"{weights} {PICKLE_REFUSED}"
+
+
+def save_weights_of(run: Path, spec: FeatureSpec, **options) -> tuple[dict, dict]:
+    """Replace the run's weights by those of another camn model; return (file, model) shapes."""
+    other = build_model("camn", spec, **options)
+    weights = run / "seed_1" / "model.safetensors"
+    safetensors.torch.save_model(other, str(weights))
+    config = config_of(run)
+    wanted = build_model("camn", FeatureSpec.from_schema(config["spec"]), **config["options"])
+    return ({k: tuple(v.shape) for k, v in other.state_dict().items()},
+            {k: tuple(v.shape) for k, v in wanted.state_dict().items()})
+
+
+def differing(saved: dict, wanted: dict) -> list[str]:
+    return [key for key in wanted if key in saved and saved[key] != wanted[key]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("other", ["model", "store"])
+def test_weights_of_another_model_or_store(
+    run: Path, store: Path, command: str, other: str, capsys
+) -> None:
+    spec = FeatureSpec.from_schema(config_of(run)["spec"])
+    if other == "model":  # the same model with another embedding width
+        saved, wanted = save_weights_of(run, spec, embed_dim=6)
+    else:  # the same options on a store with more items
+        bigger = FeatureSpec(spec.attributes, (spec.vocab_sizes[0] + 5, *spec.vocab_sizes[1:]),
+                             spec.max_len)
+        saved, wanted = save_weights_of(run, bigger, embed_dim=4)
+    keys = differing(saved, wanted)
+    assert keys and (other == "model" or keys == ["embedding.table.weight"])
+    first = keys[0]
+    more = f" (and {len(keys) - 1} more tensor(s) of another shape)" if len(keys) > 1 else ""
+    assert fails(command, run, store, capsys) == (
+        f"{run / 'seed_1' / 'model.safetensors'} does not hold the weights of the model that "
+        f"{run / 'seed_1' / 'config.json'} describes: {first} has shape {saved[first]} in the "
+        f"file but {wanted[first]} in the model{more}; the weights come from another model or "
+        "store"
+    )
+
+
+def test_weights_missing_a_tensor_or_with_an_extra_one(run: Path) -> None:
+    weights = run / "seed_1" / "model.safetensors"
+    state = read_state(weights)
+    config = run / "seed_1" / "config.json"
+    safetensors.torch.save_file({k: v for k, v in state.items() if k != "query.weight"}, weights)
+    with pytest.raises(DataError) as caught:
+        load_model(run / "seed_1")
+    assert str(caught.value) == (
+        f"{weights} lacks 1 tensor(s) of the model that {config} describes, e.g. query.weight; "
+        "the weights come from another model or store"
+    )
+    safetensors.torch.save_file({**state, "extra.weight": torch.zeros(2)}, weights)
+    with pytest.raises(DataError) as caught:
+        load_model(run / "seed_1")
+    assert str(caught.value) == (
+        f"{weights} does not hold the weights of the model that {config} describes: the file "
+        "holds 1 tensor(s) the model lacks, e.g. extra.weight; the weights come from another "
+        "model or store"
+    )
+
+
+def test_missing_weights(run: Path, store: Path, capsys) -> None:
+    weights = run / "seed_1" / "model.safetensors"
+    weights.unlink()
+    assert fails("evaluate", run, store, capsys) == f"{weights} is missing: not a saved model"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_missing_results_json(run: Path, store: Path, command: str, capsys) -> None:
+    (run / "results.json").unlink()
+    assert fails(command, run, store, capsys) == (
+        f"{run / 'results.json'} is missing: not a finished camn train run"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_broken_results_json(run: Path, store: Path, command: str, capsys) -> None:
+    path = run / "results.json"
+    path.write_text('{"model": "camn", "seeds": [1,')
+    assert fails(command, run, store, capsys) == (
+        f"{path} is not valid JSON (Expecting value: line 1, column 31): {DAMAGED}"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_results_json_without_seeds(run: Path, store: Path, command: str, capsys) -> None:
+    path = run / "results.json"
+    results = json.loads(path.read_text())
+    del results["seeds"]
+    path.write_text(json.dumps(results))
+    assert fails(command, run, store, capsys) == (
+        f"{path} does not name the model and its seeds: {DAMAGED}"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_broken_config_json(run: Path, store: Path, command: str, capsys) -> None:
+    path = run / "seed_1" / "config.json"
+    path.write_text('{"model": "camn", "options": {')
+    assert fails(command, run, store, capsys) == (
+        f"{path} is not valid JSON (Expecting property name enclosed in double quotes: line 1, "
+        f"column 31): {DAMAGED}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda c: c.pop("spec"), "lacks spec"),
+        (lambda c: c.update(spec={"attributes": ["item_id"], "vocab_sizes": [], "max_len": 5}),
+         "has no valid spec (attributes, vocab_sizes and max_len of the store)"),
+        (lambda c: c.update(options=[4]), "needs a model name (a string) and options (an object)"),
+        (lambda c: c["train"].pop("eval_batch_size"), "lacks train.eval_batch_size"),
+    ],
+)
+def test_config_json_without_what_rebuilds_the_model(
+    run: Path, store: Path, change, reason: str, capsys
+) -> None:
+    path = run / "seed_1" / "config.json"
+    config = config_of(run)
+    change(config)
+    path.write_text(json.dumps(config))
+    assert fails("evaluate", run, store, capsys) == f"{path} {reason}: {DAMAGED}"
+
+
+def test_config_json_with_options_the_model_does_not_take(run: Path, store: Path, capsys) -> None:
+    path = run / "seed_1" / "config.json"
+    config = config_of(run)
+    config["options"]["no_such_option"] = 1
+    path.write_text(json.dumps(config))
+    message = fails("evaluate", run, store, capsys)
+    assert message.startswith(f"{path}: its options do not build 'camn': ")
+    assert "no_such_option" in message
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_run_applied_to_a_damaged_store(
+    trained: Path, store: Path, tmp_path: Path, command: str, capsys
+) -> None:
+    damaged = Path(shutil.copytree(store, tmp_path / "store"))
+    path = damaged / "arrays" / "targets.npy"
+    targets = np.load(path)
+    targets[10, 0] = 62  # item ids are 0..61
+    np.save(path, targets)
+    assert fails(command, trained, damaged, capsys) == (
+        f"{damaged} is a damaged store: arrays/targets.npy holds id 62 of attribute 'item_id' at "
+        "row 10, outside its vocabulary of ids 0..61 (vocab_sizes in schema.json)"
+    )
