@@ -30,6 +30,7 @@ from camn.models.registry import (
     resolved_options,
 )
 
+SEED_RANGE = "argument --seed: must be an integer in [0, 9223372036854775807]"
 K = 5  # attributes of the synthetic store (item id + 4)
 SPEC = FeatureSpec(("item_id", "a", "b", "c", "d"), (30, 8, 8, 8, 8), 10)
 
@@ -218,7 +219,8 @@ TRAINING_NUMBERS = [
     (["--eval-batch-size", "0"], "argument --eval-batch-size: must be at least 1, got '0'"),
     (["--patience", "0"], "argument --patience: must be at least 1, got '0'"),
     (["--seeds", "0"], "argument --seeds: must be at least 1, got '0'"),
-    (["--seed", "-1"], "argument --seed: must be at least 0, got '-1'"),
+    (["--seed", "-1"], SEED_RANGE + ", got '-1'"),
+    (["--seed", str(2**64)], SEED_RANGE),
 ]
 
 
@@ -256,7 +258,7 @@ def test_benchmark_and_demo_numbers_are_checked_at_parsing(
     [(["--limit", "0"], "argument --limit: must be at least 1, got '0'"),
      (["--limit", "-3"], "argument --limit: must be at least 1, got '-3'"),
      (["--limit", "all"], "argument --limit: must be an integer, got 'all'"),
-     (["--seed", "-1"], "argument --seed: must be at least 0, got '-1'")],
+     (["--seed", "-1"], SEED_RANGE + ", got '-1'")],
 )
 def test_explain_numbers_are_checked_at_parsing(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
@@ -268,7 +270,7 @@ def test_explain_numbers_are_checked_at_parsing(
 PREPARE_NUMBERS = [
     (["--max-len", "0"], "argument --max-len: must be at least 1, got '0'"),
     (["--max-len", "-5"], "argument --max-len: must be at least 1, got '-5'"),
-    (["--seed", "-1"], "argument --seed: must be at least 0, got '-1'"),
+    (["--seed", "-1"], SEED_RANGE + ", got '-1'"),
 ]
 
 

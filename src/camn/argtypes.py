@@ -13,16 +13,34 @@ import math
 from collections.abc import Callable
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An integer ``>= low``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        value = _integer(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer in [{low}, {high}], got {text!r}"
+            )
         return value
 
     return parse
@@ -77,6 +95,7 @@ def float_between(low: float, high: float) -> Callable[[str], float]:
 
 
 positive_int = int_at_least(1)
-non_negative_int = int_at_least(0)  # seeds: numpy's generators refuse negative ones
+# numpy's generators refuse negative seeds, torch.manual_seed those of 2**64 and more
+seed_int = int_between(0, 2**63 - 1)
 positive_finite_float = float_above(0.0)
 fraction = float_between(0.0, 1.0)

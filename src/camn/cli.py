@@ -31,7 +31,7 @@ def _delegate(target: str):
 
 
 def _add_prepare(commands: argparse._SubParsersAction) -> None:
-    from camn.argtypes import non_negative_int, positive_int
+    from camn.argtypes import positive_int, seed_int
     from camn.data.protocols import PROTOCOLS
     from camn.data.sources import available_sources
 
@@ -43,7 +43,7 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--out", required=True, help="directory of the prepared store")
         parser.add_argument("--protocol", choices=PROTOCOLS, default="last")
         parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
-        parser.add_argument("--seed", type=non_negative_int, default=2022)
+        parser.add_argument("--seed", type=seed_int, default=2022)
         parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
         parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
         parser.set_defaults(handler=run_prepare)

@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from camn.argtypes import non_negative_int, positive_finite_float, positive_int
+from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
 from camn.experiments.tables import paper_order, render_markdown, summarize, summary_dict
 
@@ -458,7 +458,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """Training options shared by ``camn benchmark`` and ``camn demo``."""
     d = {"epochs": 30, "batch_size": 2048, "patience": 3, "seeds": 5, "jobs": 1} | defaults
     parser.add_argument("--seeds", type=positive_int, default=d["seeds"], help="number of seeds")
-    parser.add_argument("--seed", type=non_negative_int, default=1,
+    parser.add_argument("--seed", type=seed_int, default=1,
                         help="first seed (seeds FIRST, FIRST+1, ..)")
     parser.add_argument("--epochs", type=positive_int, default=d["epochs"], help="maximum epochs")
     parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from camn.argtypes import non_negative_int, positive_finite_float, positive_int
+from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
@@ -102,7 +102,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory for results and weights")
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="number of seeds (the paper: 5)")
-    parser.add_argument("--seed", type=non_negative_int, default=1, help="first seed")
+    parser.add_argument("--seed", type=seed_int, default=1, help="first seed")
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                         help="maximum epochs")
     parser.add_argument(
@@ -219,7 +219,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by camn train")
     parser.add_argument("--data", required=True, help="directory of a prepared store")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    parser.add_argument("--seed", type=non_negative_int,
+    parser.add_argument("--seed", type=seed_int,
                         help="which seed's model (default: the run's first)")
     parser.add_argument("--limit", type=positive_int, default=5,
                         help="number of clicked samples to show")
