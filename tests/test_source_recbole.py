@@ -120,10 +120,11 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     inter = INTER + "U3\tA1\t5\tyesterday\n\tA2\t5\t9\n"
     raw, report = read(*write_files(tmp_path, inter), attributes=["brand"])
     assert len(raw.interactions) == 4
-    assert report.counts == {"empty or non-numeric time (row skipped)": 1,
-                             "empty or non-numeric user (row skipped)": 1}
+    assert report.counts == {"time is not a finite number (row skipped)": 1,
+                             "no user value (row skipped)": 1}
     where = tmp_path / "d.inter"
-    assert report.examples[0] == f"{where}:6: empty or non-numeric time (row skipped)"
+    assert report.examples == [f"{where}:6: time is not a finite number (row skipped)",
+                               f"{where}:7: no user value (row skipped)"]
 
 
 def test_cli_strict_exits_2_and_lenient_prepares(tmp_path, capsys):
@@ -131,7 +132,7 @@ def test_cli_strict_exits_2_and_lenient_prepares(tmp_path, capsys):
     args = ["prepare", "recbole", "--inter", str(inter), "--item", str(item),
             "--attributes", "brand,tags", "--out", str(tmp_path / "store")]
     assert main([*args, "--strict"]) == 2
-    assert f"{inter}:6: empty or non-numeric time" in capsys.readouterr().err
+    assert f"{inter}:6: time is not a finite number\n" in capsys.readouterr().err
     assert main(args) == 0
     schema = json.loads((tmp_path / "store" / "schema.json").read_text())
     assert schema["attributes"] == ["item_id", "brand", "tags"]
@@ -178,7 +179,8 @@ def test_real_beauty_item_file_reads_every_row(tmp_path):
     path = BEAUTY / "recbole" / "amazon_beauty.item"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    table, types = recbole.read_columns(path, ["item_id", "title", "categories"], quoted=True)
+    table, types = recbole.read_columns(path, ["item_id", "title", "categories"], quoted=True,
+                                        report=BadInputReport(strict=True))
     assert len(table) == 12_101 and table["item_id"].n_unique() == 12_101
     assert types == {"item_id": "token", "title": "token", "categories": "token_seq"}
     paths = recbole.map_unique(table["categories"], recbole.parse_token_seq, pl.List(pl.String))

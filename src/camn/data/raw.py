@@ -7,6 +7,7 @@ integer vocabularies, applies a protocol and writes the prepared store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # training needs DataError but not polars
     import polars as pl
 
+ACTION = re.compile(r"\s*\([^()]*\)$")  # the "(line skipped)" that ends a reason
 UNKNOWN = None  # a missing attribute value is a null in RawData.items; it becomes id 1
 
 
@@ -47,8 +49,9 @@ class BadInputReport:
 
     Nothing is dropped silently: every case (a skipped line, a duplicate, an item without
     metadata) is counted under its reason, and the first few are kept verbatim (file and line)
-    for the summary printed at the end of ``camn prepare``. Reasons say what was done, e.g.
-    "broken JSON (line skipped)" or "item has no metadata (attributes set to unknown)".
+    for the summary printed at the end of ``camn prepare``. Reasons end with what was done, in
+    parentheses, e.g. "broken JSON (line skipped)" or "item has no metadata (attributes set to
+    unknown)"; when strict nothing is done, so the error says only what is wrong.
     """
 
     max_examples = 5
@@ -62,7 +65,7 @@ class BadInputReport:
         where = f"{path}:{line}" if line is not None else str(path)
         message = f"{where}: {reason}"
         if self.strict:
-            raise DataError(message)
+            raise DataError(f"{where}: {ACTION.sub('', reason)}")
         self.counts[reason] = self.counts.get(reason, 0) + count
         if len(self.examples) < self.max_examples:
             self.examples.append(message)

@@ -9,6 +9,8 @@ Reviews are read streaming, in blocks of lines parsed at once by polars; a block
 parsed again line by line so the line can be reported. Only the user, item and time of each review
 are kept (Books 2014: 22.5 M reviews, about 9 GB of text). The metadata is read line by line and a
 line is parsed only when its asin occurs in the reviews (lines of other items are not checked).
+A review line must be UTF-8 text (JSON is); so must a metadata line, where bytes in a field that
+camn does not read may pass unnoticed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.sources._common import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
+    NOT_UTF8,
     amazon_items,
     first_lines,
     iter_blocks,
@@ -75,7 +78,7 @@ def _as_dict(line: bytes, parse) -> dict | None:
 
 
 def _literal(line: bytes) -> object:
-    return ast.literal_eval(line.decode("utf-8", errors="replace"))
+    return ast.literal_eval(line.decode("utf-8"))
 
 
 def _literal_fields(line: bytes) -> object:
@@ -109,8 +112,8 @@ def _literal_fields(line: bytes) -> object:
 
 def _unquote(token: bytes) -> str:
     if b"\\" in token:
-        return ast.literal_eval(token.decode("utf-8", errors="replace"))
-    return token[1:-1].decode("utf-8", errors="replace")
+        return ast.literal_eval(token.decode("utf-8"))
+    return token[1:-1].decode("utf-8")
 
 
 _STRING = rb"'(?:[^'\\]|\\.)*'" + rb'|"(?:[^"\\]|\\.)*"'
@@ -181,7 +184,7 @@ def _parse_lines(path: Path, first: int, block: bytes, report: BadInputReport) -
         if not line.strip():
             continue
         record = _as_dict(line, json.loads)
-        problem = "broken JSON review (line skipped)" if record is None else _review_problem(record)
+        problem = _broken(line, "JSON review") if record is None else _review_problem(record)
         if problem:
             report.bad(path, first + offset, problem)
             continue
@@ -189,6 +192,15 @@ def _parse_lines(path: Path, first: int, block: bytes, report: BadInputReport) -
             values.append(record[field])
     rows["unixReviewTime"] = [int(t) for t in rows["unixReviewTime"]]
     return pl.DataFrame(rows, schema=REVIEW_SCHEMA)
+
+
+def _broken(line: bytes, what: str) -> str:
+    """The reason a line could not be parsed: bytes that are not UTF-8, or a broken ``what``."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8.format("line")
+    return f"broken {what} (line skipped)"
 
 
 def _review_problem(record: dict) -> str | None:
@@ -214,7 +226,7 @@ def read_meta(path: Path, layout: str, needed: set[str], report: BadInputReport)
             continue
         record = _as_dict(line, parse)
         if record is None:
-            report.bad(path, number, f"broken {kind} metadata (line skipped)")
+            report.bad(path, number, _broken(line, f"{kind} metadata"))
             continue
         asin = record.get("asin")
         if not isinstance(asin, str):

@@ -26,8 +26,15 @@ import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import first_lines
-from camn.data.sources.table import line_blocks, report_rows
+from camn.data.sources._common import (
+    column_list,
+    first_lines,
+    line_blocks,
+    null_reason,
+    read_delimited,
+    report_rows,
+    skip_rows,
+)
 
 NAME = "movielens"
 HELP = "MovieLens ratings and movies: 100K (u.data/u.item), 1M (.dat) or later (.csv) layout"
@@ -64,9 +71,9 @@ def detect_layout(folder: Path) -> str:
     raise DataError(f"{folder} holds no MovieLens files; expected one of: {expected}")
 
 
-def read_lines(path: Path, encoding: str) -> pl.DataFrame:
+def read_lines(path: Path, encoding: str, report: BadInputReport) -> pl.DataFrame:
     """Every non-blank line of a (small) file; an empty file is a :class:`DataError`."""
-    blocks = list(line_blocks(path, encoding))
+    blocks = list(line_blocks(path, encoding, report))
     if not blocks or sum(len(block) for block in blocks) == 0:
         raise DataError(f"{path}: the file is empty")
     return pl.concat(blocks, how="vertical")
@@ -94,7 +101,7 @@ def parse_ratings(
     ``names`` names the fields and must include user, item and time.
     """
     parsed = []
-    for block in line_blocks(path, "utf-8"):
+    for block in line_blocks(path, "utf-8", report):
         lines = block.filter(pl.col("line") > skip_to)
         fields = split_fields(lines, separator, names, path, report)
         time = fields["time"].str.strip_chars().cast(pl.Int64, strict=False)
@@ -123,7 +130,7 @@ def csv_rating_names(path: Path) -> tuple[list[str], int]:
         if column not in columns:
             raise DataError(
                 f"{path}: no column {column!r} in the header; "
-                f"available columns: {', '.join(columns)}"
+                f"available columns: {column_list(columns)}"
             )
     return [rename.get(c, f"_{i}") for i, c in enumerate(columns)], number
 
@@ -154,11 +161,11 @@ def title_year(title: pl.Expr) -> pl.Expr:
     return title.str.strip_chars().str.extract(r"\((\d{4})(?:[-–]\d{4})?\)$")
 
 
-def read_genre_names(folder: Path) -> list[str]:
+def read_genre_names(folder: Path, report: BadInputReport) -> list[str]:
     path = folder / "u.genre"
     if not path.is_file():
         return list(STANDARD_GENRES)
-    fields = read_lines(path, "latin-1")["text"].str.split("|")
+    fields = read_lines(path, "latin-1", report)["text"].str.split("|")
     names = fields.list.get(0).to_list()
     order = fields.list.get(1, null_on_oob=True).cast(pl.Int64, strict=False)
     if order.null_count():
@@ -168,10 +175,10 @@ def read_genre_names(folder: Path) -> list[str]:
 
 def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
     path = folder / "u.item"
-    genres = read_genre_names(folder)
+    genres = read_genre_names(folder, report)
     flags = [f"_g{i}" for i in range(len(genres))]
     names = ["item", "title", "release", "video_release", "url", *flags]
-    fields = split_fields(read_lines(path, "latin-1"), "|", names, path, report)
+    fields = split_fields(read_lines(path, "latin-1", report), "|", names, path, report)
     if len(fields) == 0:
         raise DataError(
             f"{path}: no line has the {len(names)} fields expected "
@@ -192,7 +199,7 @@ def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
 def items_1m(folder: Path, report: BadInputReport) -> pl.DataFrame:
     path = folder / "movies.dat"
     names = ["item", "title", "genres"]
-    fields = split_fields(read_lines(path, "latin-1"), "::", names, path, report)
+    fields = split_fields(read_lines(path, "latin-1", report), "::", names, path, report)
     return fields.select(
         pl.col("item").str.strip_chars(),
         *genre_slots(pl.col("genres").str.strip_chars().str.split("|")),
@@ -200,19 +207,16 @@ def items_1m(folder: Path, report: BadInputReport) -> pl.DataFrame:
     )
 
 
-def items_csv(folder: Path) -> pl.DataFrame:
+def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
     path = folder / "movies.csv"
-    try:
-        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
-    except pl.exceptions.NoDataError:
-        raise DataError(f"{path}: the file is empty") from None
-    except pl.exceptions.PolarsError as error:
-        raise DataError(f"{path}: cannot read it as CSV ({str(error).strip()[:200]})") from None
+    frame = read_delimited(path, ",", '"', report)
+    columns = frame.columns[:-1]  # the last is __line
     for column in ("movieId", "title", "genres"):
-        if column not in frame.columns:
+        if column not in columns:
             raise DataError(
-                f"{path}: no column {column!r}; available columns: {', '.join(frame.columns)}"
+                f"{path}: no column {column!r}; available columns: {column_list(columns)}"
             )
+    frame = skip_rows(frame, null_reason("movieId"), path, report)
     return frame.select(
         pl.col("movieId").str.strip_chars().alias("item"),
         *genre_slots(pl.col("genres").str.split("|")),
@@ -235,7 +239,7 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     else:
         names, header_line = csv_rating_names(ratings_file)
         interactions = parse_ratings(ratings_file, ",", names, report, skip_to=header_line)
-        items = items_csv(folder)
+        items = items_csv(folder, report)
     return RawData(
         interactions=interactions,
         items=items.select("item", *ATTRIBUTES[1:]),

@@ -7,7 +7,10 @@ columns named by ``--attributes`` (a ``token_seq`` column gives its first token)
 ``brand`` and ``price`` columns, so RecBole's Amazon files give the same store as McAuley's.
 
 The ``.item`` file is read with RecBole's quoting (a field may be quoted with ``"``, as when a
-title holds a tab or a newline); the ``.inter`` file is read unquoted.
+title holds a tab or a newline); the ``.inter`` file is read unquoted. Either may be gzip
+compressed. Bad rows are reported with their line and skipped: an empty user, item or time, a
+time that is not a finite number, an item listed twice (the first kept), bytes that are not
+UTF-8, more fields than the header.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from camn.data.sources._common import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
     amazon_items,
+    column_list,
     first_lines,
+    null_reason,
+    read_delimited,
+    skip_rows,
 )
 
 NAME = "recbole"
@@ -56,77 +63,84 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     interactions = read_inter(inter, args.user_col, args.item_col, args.time_col, report)
     origin = {"source": NAME, "inter": str(inter), "item": str(item)}
     if args.recipe == "amazon":
-        table, _ = read_columns(item, [args.item_col, *AMAZON_COLUMNS], quoted=True)
+        table, _ = read_items(item, args.item_col, list(AMAZON_COLUMNS), report)
         price = table["price"].cast(pl.Float64, strict=False)
         meta = pl.DataFrame({
             "item": table[args.item_col],
             "path": map_unique(table["categories"], parse_token_seq, pl.List(pl.String)),
             "brand": table["brand"],
             "price": pl.select(pl.when(price.is_finite() & (price >= 0)).then(price)).to_series(),
-        }, schema=AMAZON_META_SCHEMA).filter(pl.col("item").is_not_null())
+        }, schema=AMAZON_META_SCHEMA)
         items, notes = amazon_items(meta, interactions["item"].unique())
         origin["recipe"] = "amazon"
         return RawData(interactions, items, list(AMAZON_ATTRIBUTES), origin, notes)
     names = args.attributes
-    table, types = read_columns(item, [args.item_col, *names], quoted=True)
+    if len(set(names)) < len(names) or args.item_col in names:
+        raise DataError(
+            f"--attributes {','.join(names)}: names must be distinct and differ from the item"
+            f" column {args.item_col!r} (the item id is always attribute 1)"
+        )
+    table, types = read_items(item, args.item_col, names, report)
     columns = {name: first_token(table[name], types[name]) for name in names}
     items = pl.DataFrame({"item": table[args.item_col]} | columns)
-    items = items.filter(pl.col("item").is_not_null())
     origin["attributes"] = names
     return RawData(interactions, items, [args.item_col, *names], origin)
 
 
-def read_header(path: Path) -> dict[str, tuple[str, str]]:
-    """Bare column name -> (column as written, type) of a RecBole file's header line."""
-    number, line = first_lines(path, 1)[0]
+def read_columns(
+    path: Path, names: list[str], quoted: bool, report: BadInputReport
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The columns ``names`` (bare names) of a RecBole file as strings, with ``__line``, and
+    their types from the header (e.g. ``token``, ``float``, ``token_seq``)."""
+    number, _ = first_lines(path, 1)[0]
     if number != HEADER_LINE:
         raise DataError(f"{path}:1: empty header line")
-    header = {}
-    for column in line.decode("utf-8-sig", errors="replace").strip().split("\t"):
+    table = read_delimited(path, "\t", '"' if quoted else None, report)
+    header: dict[str, tuple[str, str]] = {}  # bare name -> (column as written, type)
+    for column in table.columns[:-1]:  # the last is __line
         name, _, kind = column.partition(":")
-        header[name] = (column, kind or "token")
-    return header
-
-
-def read_columns(
-    path: Path, names: list[str], quoted: bool
-) -> tuple[pl.DataFrame, dict[str, str]]:
-    """The columns ``names`` (bare names) of a RecBole file as strings, and their types."""
-    header = read_header(path)
+        header.setdefault(name.strip(), (column, kind.strip() or "token"))
     unknown = [name for name in names if name not in header]
     if unknown:
         raise DataError(
             f"{path}: no column {', '.join(map(repr, unknown))}; columns are"
-            f" {', '.join(header)}"
+            f" {column_list(list(header))}"
         )
-    try:
-        table = pl.read_csv(
-            path, separator="\t", quote_char='"' if quoted else None, infer_schema=False,
-            columns=[header[name][0] for name in names],
-        )
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise DataError(f"{path}: cannot read the file ({error})") from error
-    table = table.rename({header[name][0]: name for name in names})
     if len(table) == 0:
         raise DataError(f"{path}: no rows after the header")
-    return table, {name: header[name][1] for name in names}
+    columns = [pl.col(header[name][0]).alias(name) for name in names]
+    return table.select(*columns, "__line"), {name: header[name][1] for name in names}
 
 
 def read_inter(
     path: Path, user: str, item: str, time: str, report: BadInputReport
 ) -> pl.DataFrame:
     """Columns user (str), item (str), time (f64); rows with an empty or bad value are skipped."""
-    table, _ = read_columns(path, [user, item, time], quoted=False)
+    table, _ = read_columns(path, [user, item, time], quoted=False, report=report)
+    number = pl.col(time).str.strip_chars().cast(pl.Float64, strict=False)
     frame = table.select(
         pl.col(user).alias("user"), pl.col(item).alias("item"),
-        pl.col(time).str.strip_chars().cast(pl.Float64, strict=False).alias("time"),
+        pl.when(number.is_finite()).then(number).alias("time"), pl.col(time).alias("__text"),
+        "__line",
     )
-    bad = frame.select(pl.any_horizontal(pl.all().is_null())).to_series()
-    for row in bad.arg_true().to_list():
-        column = next(c for c, name in zip(frame.columns, (user, item, time), strict=True)
-                      if frame[c][row] is None)
-        report.bad(path, row + HEADER_LINE + 1, f"empty or non-numeric {column} (row skipped)")
-    return frame.filter(~bad)
+    not_a_number = pl.col("time").is_null() & pl.col("__text").is_not_null()
+    reason = pl.when(not_a_number).then(pl.lit("time is not a finite number (row skipped)"))
+    frame = skip_rows(frame, reason.otherwise(null_reason("user", "item", "time")), path, report)
+    return frame.drop("__text", "__line")
+
+
+def read_items(
+    path: Path, item: str, names: list[str], report: BadInputReport
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The item column and ``names`` of the ``.item`` file, one row an item (the first kept),
+    and the column types; rows without an item id are skipped."""
+    table, types = read_columns(path, [item, *names], quoted=True, report=report)
+    repeated = pl.col(item).is_duplicated() & ~pl.col(item).is_first_distinct()
+    reason = pl.when(repeated & pl.col(item).is_not_null()).then(
+        pl.lit("item listed again in the .item file (first kept)")
+    )
+    table = skip_rows(table, reason.otherwise(null_reason(item)), path, report)
+    return table.drop("__line"), types
 
 
 def parse_token_seq(value: str | None) -> list[str]:
