@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from camn import __version__
 from camn.data.raw import DataError
+from camn.outputs import STORE, check_output, identify
 
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
 # "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
@@ -55,8 +57,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from camn.data.sources import available_sources
     from camn.data.store import table1_line
 
-    if Path(args.out).exists() and not args.force:  # fail before reading a large input
-        raise DataError(f"{args.out} already exists; pass --force to overwrite it")
+    check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
     schema = prepare(
@@ -69,6 +70,16 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"prepared store written to {args.out}")
     return 0
+
+
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    """The source's arguments that name an existing file or folder: its inputs, which --out
+    must never contain (a folder camn wrote is no input: a column named like a store is not)."""
+    common = {"command", "source", "handler", "out", "protocol", "max_len", "seed", "strict",
+              "force"}
+    values = [v for k, v in vars(args).items() if k not in common and isinstance(v, str | Path)]
+    return [str(v) for v in values if str(v) and Path(v).exists()
+            and not (Path(v).is_dir() and identify(Path(v)))]
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -122,10 +133,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 a user error (``camn: error: ...``), 130 Ctrl-C
+    (``camn: interrupted``), 141 stdout closed early (``camn ... | head``: quietly, as a program
+    ended by SIGPIPE), argparse's own 2 for a bad command line."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe then shows here, not as a traceback at exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
     try:
+        args = build_parser(command).parse_args(argv)  # imports torch: Ctrl-C may come here
         return args.handler(args)
     except DataError as error:
         print(f"camn: error: {error}", file=sys.stderr)
@@ -133,3 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camn: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush at exit has nowhere to fail."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured, in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)

@@ -19,8 +19,6 @@ Arrays are ``.npy`` files, opened memory-mapped, so a store larger than memory t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
+from camn.outputs import STORE, check_output, replacing
 
 SCHEMA_VERSION = 1
 PAD, UNK = "<pad>", "<unk>"
@@ -42,16 +41,13 @@ def write_store(
     vocabularies: dict[str, list[str]],
     force: bool = False,
 ) -> Path:
-    """Write a store atomically: into a temporary sibling directory, renamed at the end.
+    """Write a store atomically: into a temporary sibling directory, swapped in at the end.
 
-    A failed run leaves nothing behind; an existing ``out`` is replaced only with ``force``.
+    A failed run leaves nothing behind. An existing ``out`` is replaced only with ``force`` and
+    only when it is a store camn wrote (:func:`camn.outputs.check_output`).
     """
-    out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{out} already exists; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    out = check_output(out, STORE, force=force)
+    with replacing(out, STORE) as tmp:
         (tmp / "arrays").mkdir()
         (tmp / "vocab").mkdir()
         for name, array in arrays.items():
@@ -62,12 +58,6 @@ def write_store(
             (tmp / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         schema = {"schema_version": SCHEMA_VERSION, **schema}
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -24,7 +24,8 @@ import math
 import multiprocessing
 import os
 import shlex
-import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -34,6 +35,7 @@ from pathlib import Path
 from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
 from camn.experiments.tables import paper_order, render_markdown, summarize, summary_dict
+from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
 
 RESULT_COLUMNS = (
     "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
@@ -113,7 +115,7 @@ def train_run(run: Run, settings: Settings) -> dict:
         device=settings.device, bf16=settings.bf16, progress=settings.progress,
     )
     if run.out_dir is not None:
-        shutil.rmtree(run.out_dir, ignore_errors=True)  # left by an interrupted run
+        remove_owned(run.out_dir, SEED)  # left by an interrupted run
     out_dir = None if run.out_dir is None else Path(run.out_dir)
     quiet = contextlib.redirect_stdout(io.StringIO())
     with contextlib.nullcontext() if settings.verbose else quiet:
@@ -307,6 +309,41 @@ def _init_worker(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _start_worker(threads: int | None) -> None:
+    """A --jobs worker. Ctrl-C reaches the whole terminal process group, but only the parent
+    acts on it (it ends the workers), so that no worker prints a traceback of its own. tqdm's
+    default lock is a multiprocessing one, which an ended worker leaves to the resource tracker
+    (a "leaked semaphore" warning); a worker draws no bars, so a thread lock does."""
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+    _init_worker(threads)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while worker processes are spawned: they inherit it from their first
+    instruction on, before Python would install its KeyboardInterrupt handler in them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the runs not started and end those in progress now, instead of letting the pool
+    wait for them (finished runs are already in results.csv; a restart redoes the others)."""
+    processes = list((pool._processes or {}).values())  # no public accessor before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Use ``threads`` torch threads inside the block (the caller's count restored after)."""
@@ -361,9 +398,10 @@ def execute(
         return failures
     threads = threads or max(1, available_cores() // jobs)  # no oversubscription
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                              initargs=(threads,)) as pool:
-        pending: dict[Future, Run] = {pool.submit(train, r, settings): r for r in runs}
+        with _sigint_ignored():  # submit spawns the workers
+            pending: dict[Future, Run] = {pool.submit(train, r, settings): r for r in runs}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -371,8 +409,8 @@ def execute(
                     run = pending.pop(future)
                     error = future.exception()
                     finish(run, None if error else future.result(), error)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C included
+            _stop_workers(pool)
             raise
     return failures
 
@@ -407,13 +445,13 @@ def run_benchmark(
     """Run what results.csv lacks, then write table.md, summary.json and auc.png."""
     if not seeds:
         raise DataError("no seeds to run")
+    out = check_output(out, BENCHMARK, inputs=data)  # before the stores are read
     datasets = [Dataset.open(path) for path in data]
     names = [ds.name for ds in datasets]
     if len(set(names)) < len(names):
         raise DataError(f"two stores share a name and protocol: {names}; rename one directory")
     model_list = resolve_models(models)
     check_options_on(datasets, settings.options)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
     results = ResultsFile(out / "results.csv")

@@ -36,6 +36,7 @@ from camn.experiments.tables import (
     paper_order,
     summarize,
 )
+from camn.outputs import DEMO, check_output
 
 DEMO_DEFAULTS = {"epochs": 4, "batch_size": 256, "patience": 2, "seeds": 2,
                  "jobs": min(2, available_cores())}
@@ -94,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    out = Path(args.out)
+    out = check_output(args.out, DEMO)  # a new, empty or earlier demo folder, nothing else
     models = resolve_models(args.models)
     settings = settings_from_args(args, models)
     settings.progress, settings.verbose = False, False

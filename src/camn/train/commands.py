@@ -17,6 +17,7 @@ from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import check_options
+from camn.outputs import RUN, check_output
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
 from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
@@ -148,12 +149,10 @@ def train_summary(results: dict) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    out = check_output(args.out, RUN, force=args.force, inputs=[args.data])  # before any reading
     store = PreparedStore(args.data)
     options = parse_options(args.option)
     check_model(args.model, options, FeatureSpec.from_schema(store.schema))
-    out = Path(args.out)
-    if (out / RESULTS).exists() and not args.force:
-        raise DataError(f"{out} already holds a run ({RESULTS}); pass --force to overwrite it")
     if args.seeds < 1:
         raise DataError(f"--seeds must be at least 1, got {args.seeds}")
     try:

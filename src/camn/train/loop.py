@@ -30,6 +30,7 @@ from tqdm import tqdm
 from camn.data.store import BATCH_ARRAYS, PreparedStore, draw_items, epoch_order, make_batch
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, resolved_options
+from camn.outputs import RUN, check_output, replacing
 from camn.train import distributed
 from camn.train.checkpoints import save_checkpoint
 from camn.train.metrics import evaluate
@@ -332,12 +333,18 @@ def train_seeds(
 ) -> dict:
     """Train every seed into ``out/seed_<s>/`` and write ``out/results.json``; return it.
 
-    Under torchrun only rank 0 writes and gets the results; the other ranks get an empty dict.
+    The run is written beside ``out`` and swapped in whole at the end: an earlier run there (a
+    camn run folder, else refused before training) is replaced entirely, none of its seeds left
+    behind, and an interrupted run leaves the earlier one as it was. Under torchrun only rank 0
+    writes and gets the results; the other ranks get an empty dict.
     """
-    out = Path(out)
-    runs = [train_one(store, config, seed, out / f"seed_{seed}") for seed in seeds]
     if not distributed.current().is_main:
+        for seed in seeds:
+            train_one(store, config, seed)
         return {}
-    results = summarise(store, config, runs)
-    write_json(out / "results.json", results)
+    check_output(out, RUN, force=True)
+    with replacing(out, RUN) as work:
+        runs = [train_one(store, config, seed, work / f"seed_{seed}") for seed in seeds]
+        results = summarise(store, config, runs)
+        write_json(work / "results.json", results)
     return results
