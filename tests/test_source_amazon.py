@@ -194,10 +194,28 @@ def test_strict_stops_at_the_first_bad_line_with_exit_code_2(tmp_path, capsys):
     args = ["prepare", "amazon", "--reviews", str(reviews), "--meta", str(meta),
             "--out", str(tmp_path / "store")]
     assert main([*args, "--strict"]) == 2
-    assert f"{reviews}:6: broken JSON review" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"camn: error: {reviews}:6: broken JSON review\n"
     assert not (tmp_path / "store").exists()
     assert main(args) == 0
     assert "1 x broken JSON review (line skipped)" in capsys.readouterr().out
+
+
+def test_lines_that_are_not_utf8_are_counted_with_their_line(tmp_path):
+    lines = [review_line(*r).encode() for r in REVIEWS]
+    lines.insert(1, review_line("U_", "A1", 7).encode().replace(b"U_", b"U\xe9"))  # Latin-1
+    reviews = tmp_path / "r.json"
+    reviews.write_bytes(b"\n".join(lines) + b"\n")
+    meta_lines = [repr(m).encode() for m in META_2014]
+    meta_lines[0] = meta_lines[0].replace(b"'COKA'", b"'CO\xffKA'")  # a value camn reads
+    meta_lines[1] = meta_lines[1].replace(b"'asin': 'A2'", b"'asin': 'A2', 'title': '\xff'")
+    meta = tmp_path / "m.json"
+    meta.write_bytes(b"\n".join(meta_lines) + b"\n")
+    raw, report = read(reviews, meta)
+    assert raw.interactions.rows() == REVIEWS
+    assert set(raw.items["item"]) == {"A2", "A3", "A4"}  # A2's unread title may hold anything
+    reason = "bytes that are not UTF-8 text (line skipped)"
+    assert report.counts == {reason: 2}
+    assert report.examples == [f"{reviews}:2: {reason}", f"{meta}:1: {reason}"]
 
 
 def test_real_beauty_reads_every_review_and_item():

@@ -171,6 +171,35 @@ def test_registered_and_prepares_end_to_end(ml100k: Path, tmp_path_factory, caps
     assert store.schema["origin"]["source"] == "movielens"
 
 
+def test_rating_bytes_that_are_not_utf8_are_counted_not_replaced(ml100k: Path) -> None:
+    text = (ml100k / "u.data").read_bytes()
+    (ml100k / "u.data").write_bytes(text + b"J\xf6rg\t10\t3\t7\n4\t11\t3\t8\n")
+    data, report = read(ml100k)
+    users = data["raw"].interactions["user"].to_list()
+    assert len(users) == 7 and not any("\ufffd" in user for user in users)
+    assert report.examples == [f"{ml100k / 'u.data'}:7: bytes that are not UTF-8 text "
+                               "(line skipped)"]
+    with pytest.raises(DataError) as error:
+        read(ml100k, strict=True)
+    assert str(error.value) == f"{ml100k / 'u.data'}:7: bytes that are not UTF-8 text"
+
+
+def test_csv_movies_bad_rows_are_counted_with_their_line(tmp_path: Path) -> None:
+    write(tmp_path, "ratings.csv", ["userId,movieId,rating,timestamp", "1,1,4,5", "1,2,4,6"])
+    (tmp_path / "movies.csv").write_bytes(
+        b"movieId,title,genres\n1,A (1995),Drama\n2,B (1996),Comedy,extra\n"
+        b",C (1997),Drama\n3,D\xe9j\xe0 (1998),Drama\n"
+    )
+    data, report = read(tmp_path)
+    assert data["items"] == {"1": ("Drama", "none", "none", "1990s")}
+    where = tmp_path / "movies.csv"
+    assert report.examples == [
+        f"{where}:3: more fields than the header's 3 columns (row skipped)",
+        f"{where}:5: bytes that are not UTF-8 text (row skipped)",
+        f"{where}:4: no movieId value (row skipped)",
+    ]
+
+
 @pytest.mark.skipif(not ML100K.is_dir(), reason=f"MovieLens 100K not found at {ML100K}")
 def test_real_movielens_100k(tmp_path: Path) -> None:
     stores = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -185,3 +186,41 @@ def test_real_beauty_item_file_reads_every_row(tmp_path):
     assert types == {"item_id": "token", "title": "token", "categories": "token_seq"}
     paths = recbole.map_unique(table["categories"], recbole.parse_token_seq, pl.List(pl.String))
     assert paths.list.len().min() >= 2 and (paths.list.first() == "Beauty").all()
+
+
+def test_gzip_files_read_as_the_plain_ones(tmp_path):
+    plain, _ = read(*write_files(tmp_path), attributes=["brand"])
+    for name in ("d.inter", "d.item"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+    packed, report = read(tmp_path / "d.inter.gz", tmp_path / "d.item.gz", attributes=["brand"])
+    assert packed.interactions.equals(plain.interactions) and packed.items.equals(plain.items)
+    assert report.total == 0
+
+
+def test_too_many_fields_and_bad_bytes_are_counted_per_line(tmp_path):
+    inter = (INTER + "U3\tA1\t5\t7\textra\n").encode() + b"U\xe9\tA2\t5\t8\nU3\tA3\t5\tnan\n"
+    (tmp_path / "d.inter").write_bytes(inter)
+    (tmp_path / "d.item").write_text(ITEM)
+    raw, report = read(tmp_path / "d.inter", tmp_path / "d.item", attributes=["brand"])
+    assert len(raw.interactions) == 4
+    where = tmp_path / "d.inter"
+    assert report.examples == [
+        f"{where}:6: more fields than the header's 4 columns (row skipped)",
+        f"{where}:7: bytes that are not UTF-8 text (row skipped)",
+        f"{where}:8: time is not a finite number (row skipped)",
+    ]
+    assert report.total == 3
+
+
+def test_item_rows_without_an_id_or_repeated_are_counted(tmp_path):
+    item = ITEM + "\tanon\t'Beauty'\t1\tX\t\nA1\tagain\t'Beauty'\t1\tY\t\n"
+    raw, report = read(*write_files(tmp_path, item=item), attributes=["brand"])
+    assert raw.items.rows() == [("A1", "COKA"), ("A2", None), ("A3", " Nivea ")]
+    where = tmp_path / "d.item"
+    assert report.examples == [f"{where}:5: no item_id value (row skipped)",
+                               f"{where}:6: item listed again in the .item file (first kept)"]
+
+
+def test_attributes_must_differ_from_the_item_column(tmp_path):
+    with pytest.raises(DataError, match="--attributes item_id: names must be distinct and differ"):
+        read(*write_files(tmp_path), attributes=["item_id"])

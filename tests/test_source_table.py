@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -201,3 +202,130 @@ def test_tsv_fields_may_start_with_a_quote(tmp_path: Path) -> None:
     raw, report = read(*standard(save(INTERACTIONS, tmp_path / "inter.tsv"), items))
     assert raw.items.rows() == [("a", '"Best" Co', "1"), ("b", None, "2"), ("c", "y", None)]
     assert report.total == 0
+
+
+@pytest.mark.parametrize(("name", "separator"), [("inter.csv", ","), ("inter.tsv", "\t")])
+def test_bytes_that_are_not_utf8_are_counted_per_row(tmp_path: Path, name, separator) -> None:
+    inter = tmp_path / name
+    rows = [b"uid,sku,ts", b"1,a,5", b"Jos\xe9,b,6", b"2,a,1", b"2,\xff\xfe,2", b"3,b,9"]
+    inter.write_bytes(b"\n".join(r.replace(b",", separator.encode()) for r in rows) + b"\n")
+    raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert raw.interactions.rows() == [("1", "a", 5), ("2", "a", 1), ("3", "b", 9)]
+    reason = "bytes that are not UTF-8 text (row skipped)"
+    assert report.counts == {reason: 2}
+    assert report.examples == [f"{inter}:3: {reason}", f"{inter}:5: {reason}"]
+    with pytest.raises(DataError) as error:
+        read(*standard(inter, save(ITEMS, tmp_path / "items.csv")), strict=True)
+    assert str(error.value) == f"{inter}:3: bytes that are not UTF-8 text"
+
+
+def test_rows_with_too_many_fields_are_counted_not_fatal(tmp_path: Path, capsys) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text("uid,sku,ts\n1,a,5\n1,b,6\n2,a,1,oops\n2,c,2\n3,b,9\n3,c,8\n")
+    items = save(ITEMS, tmp_path / "items.csv")
+    raw, report = read(*standard(inter, items))
+    assert len(raw.interactions) == 5
+    reason = "more fields than the header's 3 columns (row skipped)"
+    assert report.counts == {reason: 1} and report.examples == [f"{inter}:4: {reason}"]
+    argv = ["prepare", "table", *standard(inter, items), "--out", str(tmp_path / "store")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"1 x {reason}" in out and f"e.g. {inter}:4: " in out
+    assert "truncate_ragged_lines" not in out and "polars" not in out
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_gzip_files_read_as_the_plain_ones(tmp_path: Path, ext: str) -> None:
+    plain = [save(INTERACTIONS, tmp_path / f"inter{ext}"), save(ITEMS, tmp_path / f"items{ext}")]
+    packed = []
+    for path in plain:
+        packed.append(path.with_name(path.name + ".gz"))
+        packed[-1].write_bytes(gzip.compress(path.read_bytes()))
+    raw, report = read(*standard(*packed))
+    assert raw.interactions.rows() == EXPECTED_INTERACTIONS
+    assert raw.items.rows() == EXPECTED_ITEMS and report.total == 0
+    (tmp_path / "inter.gz").write_bytes(packed[0].read_bytes())
+    with pytest.raises(DataError, match=r"inter\.gz: cannot tell the format from the extension"):
+        read(*standard(tmp_path / "inter.gz", packed[1]))
+
+
+def test_items_without_attributes_is_refused_naming_the_columns(tmp_path: Path) -> None:
+    inter = save(INTERACTIONS, tmp_path / "inter.csv")
+    items = save(ITEMS, tmp_path / "items.csv")
+    argv = standard(inter, items)[:-2]  # no --attributes
+    with pytest.raises(DataError) as error:
+        read(*argv)
+    assert str(error.value) == (
+        f"--items {items} without --attributes: name the columns to use as item attributes, "
+        "e.g. --attributes brand,price (its columns: sku, brand, price); without --items the "
+        "item id is the only attribute"
+    )
+    parser = argparse.ArgumentParser()
+    table.add_arguments(parser)
+    help_text = " ".join(parser.format_help().split())
+    assert "--items ITEMS item table whose --attributes columns become attributes (needs " \
+           "--attributes)" in help_text
+
+
+def test_json_lines_of_the_wrong_shape_are_counted_per_line(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.jsonl"
+    lines = [json.dumps(r) for r in INTERACTIONS.to_dicts()]
+    lines[1] = json.dumps({"uid": 1, "sku": "b", "ts": [6]})  # a list for a time
+    lines.insert(3, "[1, 2]")  # valid JSON, not an object
+    inter.write_bytes("\n".join(lines).encode() + b"\n" + b'{"uid": "\xff"}\n')
+    raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert raw.interactions.rows() == [r for i, r in enumerate(EXPECTED_INTERACTIONS) if i != 1]
+    assert report.counts == {"time is not a number or a date (row skipped)": 1,
+                             "not a JSON object (line skipped)": 1,
+                             "bytes that are not UTF-8 text (line skipped)": 1}
+    assert sorted(report.examples) == [
+        f"{inter}:2: time is not a number or a date (row skipped)",
+        f"{inter}:4: not a JSON object (line skipped)",
+        f"{inter}:8: bytes that are not UTF-8 text (line skipped)",
+    ]
+
+
+def test_times_that_are_not_finite_or_of_another_type(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text("uid,sku,ts\n1,a,5\n1,b,inf\n1,c,-inf\n")
+    raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert raw.interactions.rows() == [("1", "a", 5)]
+    assert report.counts == {"time is not a number or a date (row skipped)": 2}
+    listed = INTERACTIONS.with_columns(pl.col("ts").map_elements(lambda t: [t],
+                                                                 return_dtype=pl.List(pl.Int64)))
+    path = save(listed, tmp_path / "inter.parquet")
+    with pytest.raises(DataError) as error:
+        read(*standard(path, save(ITEMS, tmp_path / "items.csv")))
+    assert str(error.value) == (
+        f"{path}: column 'ts' (List(Int64)) cannot be read as times (numbers, dates or text)"
+    )
+
+
+def test_every_row_bad_names_an_example(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text("uid,sku,ts\n1,a,\n2,b,\n")
+    with pytest.raises(DataError) as error:
+        read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert str(error.value) == (
+        f"{inter}: every row is bad input, e.g. {inter}:2: no time value (row skipped)"
+    )
+
+
+def test_missing_column_message_lists_at_most_20_columns(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text(",".join(f"col{i}" for i in range(30)) + "\n" + ",".join("1" * 30) + "\n")
+    with pytest.raises(DataError) as error:
+        read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
+    assert str(error.value).endswith("col18, col19 and 10 more")
+
+
+def test_users_dropped_for_one_interaction_are_in_the_summary(tmp_path: Path, capsys) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text("uid,sku,ts\n1,a,5\n1,b,6\n2,a,1\n2,c,2\n3,b,9\n4,c,1\n")
+    out = tmp_path / "store"
+    assert main(["prepare", "table", *standard(inter, save(ITEMS, tmp_path / "items.csv")),
+                 "--out", str(out)]) == 0
+    assert "2 user(s) with under 2 interactions dropped\n" in capsys.readouterr().out
+    schema = PreparedStore(out).schema
+    assert schema["dropped_users_under_2_interactions"] == 2
+    assert "2 user(s) with under 2 interactions dropped" in schema["notes"]
