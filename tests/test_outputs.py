@@ -127,6 +127,9 @@ def test_prepare_refuses_a_regular_file(tmp_path, capsys):
     message = refused(prepare_argv(interactions, target, "--force"), tmp_path, capsys)
     assert message == (f"--out {target} is a file, not a folder; camn will not replace it; "
                        f"{CHOOSE}")
+    below = target / "store"  # refused before reading, not when the store is written
+    message = refused(prepare_argv(interactions, below, "--force"), tmp_path, capsys)
+    assert message == f"--out {below}: {target} is a file, not a folder; {CHOOSE}"
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]])
@@ -317,19 +320,27 @@ def test_benchmark_refuses_a_foreign_folder_and_a_store(tmp_path, store, capsys)
                        f"will not write over it; {CHOOSE}")
 
 
-def test_benchmark_deletes_an_interrupted_run_only_when_it_is_camns(tmp_path, store):
+def test_benchmark_deletes_an_interrupted_run_only_when_it_is_camns(tmp_path, store, capsys):
     """A --keep-runs run folder left by an interrupted run is cleared before its rerun; with a
-    foreign file in it, the run fails with the reason and the folder stays as it was."""
-    run_dir = tmp_path / "runs" / "tiny.last" / "wide-deep" / "seed1"
+    foreign file in it, camn benchmark refuses OUT, and the trainer of that run refuses too."""
+    bench = tmp_path / "bench"
+    run_dir = bench / "runs" / "synthetic.last" / "wide-deep" / "seed1"
     run_dir.mkdir(parents=True)
+    (bench / "benchmark.json").write_text(json.dumps({"settings": {}}))
     (run_dir / "model.safetensors").write_bytes(b"half written")
     settings = benchmark.Settings(epochs=1, batch_size=256, device="cpu", verbose=False,
                                   options={"wide-deep": {"embed_dim": 4}})
-    run = benchmark.Run("tiny (last)", str(store), "wide-deep", 1, str(run_dir))
+    run = benchmark.Run("synthetic (last)", str(store), "wide-deep", 1, str(run_dir))
     assert 0 <= benchmark.train_run(run, settings)["test_auc"] <= 1
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.json", "metrics.json", "model.safetensors"]
     (run_dir / "notes.txt").write_text("mine\n")
+    argv = ["benchmark", "--data", str(store), "--models", "wide-deep", "--keep-runs", "--out",
+            str(bench)]
+    message = refused(argv, tmp_path, capsys)
+    assert message == (f"--out {bench} holds files camn did not write (runs/synthetic.last/"
+                       f"wide-deep/seed1/notes.txt); camn will not write into it or delete it; "
+                       f"{CHOOSE}")
     before = snapshot(tmp_path)
     with pytest.raises(DataError) as error:
         benchmark.train_run(run, settings)
@@ -359,6 +370,10 @@ def test_identify_knows_each_output_and_check_output_applies_the_rule(tmp_path, 
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"model": "din", "spec": {}}))
     assert identify(run.parent) == RUN  # seeds without results.json: an interrupted run
+    with pytest.raises(DataError) as error:
+        check_output(run.parent, RUN)
+    assert str(error.value) == f"{run.parent} already holds a run (seed folders); pass --force " \
+                               "to overwrite it"
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "benchmark.json").write_text(json.dumps({"settings": {}}))

@@ -140,8 +140,11 @@ def _refuse_special(where: str, real: Path, inputs: Iterable[str | Path]) -> Non
 
 
 def _refuse_nested(where: str, real: Path) -> None:
-    """An output never goes inside another camn output (it would make that one foreign)."""
+    """An output never goes inside another camn output (it would make that one foreign), nor
+    below a file (found now, not when the work is done)."""
     for folder in real.parents:
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{where}: {folder} is a file, not a folder; {CHOOSE}")
         for kind in (STORE, RUN, BENCHMARK):
             if signed(folder, kind):
                 raise DataError(f"{where} is inside {DESCRIPTION[kind]}, {folder}; "
@@ -186,7 +189,10 @@ def _check_existing(path: Path, where: str, kind: str, force: bool) -> None:
     if found == kind and (force or kind in (BENCHMARK, DEMO)):
         return
     if found == kind:
-        held = "holds a run (results.json)" if kind == RUN else "exists"
+        held = "exists"
+        if kind == RUN:  # seed folders without results.json: an interrupted run
+            marker = "results.json" if (path / "results.json").is_file() else "seed folders"
+            held = f"holds a run ({marker})"
         raise DataError(f"{path} already {held}; pass --force to overwrite it")
     if found is not None:
         raise DataError(f"{where} is {DESCRIPTION[found]}, not {DESCRIPTION[kind]}; camn will "
