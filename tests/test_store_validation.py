@@ -167,6 +167,8 @@ def test_missing_array_and_vocabulary(store: Path) -> None:
          "(199)"),
         ("history_driver", (6, 0), 3, "arrays/history_driver.npy holds 3 at row 6; drivers are "
          "-1 (no click) or an attribute slot 0..2"),
+        ("target_driver_kind", (1,), 2, "arrays/target_driver_kind.npy holds 2 at row 1; driver "
+         "kinds are -1 (no click), 0 or 1"),
     ],
 )
 def test_values_outside_their_range(

@@ -423,24 +423,26 @@ class ContentScan:
 def scan_contents(store: PreparedStore) -> ContentScan:
     """One chunked pass over every array of a store whose layout is sound (class docstring)."""
     k, vocab_top = len(store.attributes), np.asarray(store.vocab_sizes) - 1
+    top_user = store.schema["num_users"] - 1
     rules: dict[str, tuple[int, int | np.ndarray, str]] = {  # name -> lowest, highest, rule
         "histories": (0, vocab_top, ""), "targets": (0, vocab_top, ""),
-        "item_attributes": (0, vocab_top, ""),
+        "item_attributes": (0, vocab_top, ""),  # "": ids, checked per attribute slot
         "lengths": (0, store.max_len, f"lengths are 0..max_len ({store.max_len})"),
-        "users": (0, store.schema["num_users"] - 1,
-                  f"users are 0..num_users - 1 ({store.schema['num_users'] - 1})"),
+        "users": (0, top_user, f"users are 0..num_users - 1 ({top_user})"),
         "labels": (0, 1, "labels are 0 (non-click) or 1 (click)"),
         "splits": (0, len(SPLITS) - 1, "split codes are 0 (train), 1 (valid) or 2 (test)"),
     }
     if store.has_drivers:
-        for name in DRIVER_ARRAYS:
-            rules[name] = (-1, 1, "driver kinds are -1 (no click), 0 or 1") if "kind" in name \
-                else (-1, k - 1, f"drivers are -1 (no click) or an attribute slot 0..{k - 1}")
-    problems = []
+        slots = (-1, k - 1, f"drivers are -1 (no click) or an attribute slot 0..{k - 1}")
+        kinds = (-1, 1, "driver kinds are -1 (no click), 0 or 1")
+        rules |= {name: kinds if name.endswith("kind") else slots for name in DRIVER_ARRAYS}
+    problems: list[str] = []
+    damaged: set[str] = set()  # arrays with a value out of range
     for name, (lowest, highest, rule) in rules.items():
         found = first_outside(store.array(name), lowest, highest)
         if found is None:
             continue
+        damaged.add(name)
         row, slot, value = found
         if rule:
             problems.append(f"arrays/{name}.npy holds {value} at row {row:,}; {rule}")
@@ -452,7 +454,7 @@ def scan_contents(store: PreparedStore) -> ContentScan:
                 "(vocab_sizes in schema.json)"
             )
     labels = np.zeros((len(SPLITS), 2), dtype=np.int64)
-    if not any(p.startswith(("arrays/splits.npy", "arrays/labels.npy")) for p in problems):
+    if not damaged & {"splits", "labels"}:
         labels = count_labels(store.array("splits"), store.array("labels"))
         counts = dict(zip(SPLITS, labels.sum(axis=1).tolist(), strict=True))
         if counts != store.schema["splits"]:
@@ -479,7 +481,7 @@ def first_outside(
 def count_labels(splits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(3, 2) samples of every split code with label 0 and 1, counted in chunks."""
     counts = np.zeros(2 * len(SPLITS), dtype=np.int64)
-    rows = CHUNK_BYTES
+    rows = CHUNK_BYTES // 8  # the codes are int64
     for start in range(0, len(splits), rows):
         code = 2 * splits[start : start + rows].astype(np.int64) + labels[start : start + rows]
         counts += np.bincount(code, minlength=len(counts))
