@@ -32,7 +32,7 @@ FUZZ = settings(
 )
 USERS, ITEMS = ["u1", "u2", "u3"], ["i1", "i2", "i3", "i4"]
 HUGE = "h" * 140_000  # longer than a field of Python's csv module may be by default
-KINDS = ["good"] * 5 + ["random", "cut", "type", "missing", "huge", "blank", "crlf"]
+KINDS = ["good"] * 5 + ["random", "cut", "type", "missing", "huge", "blank", "crlf", "wide"]
 ODD_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
@@ -67,11 +67,23 @@ def broken_lines(draw, record: st.SearchStrategy[dict], render: Render) -> list[
             del fields[key]
         elif kind == "huge":
             fields[key] = HUGE
+        elif kind == "wide":  # many more fields than expected
+            fields.update({f"extra{i}": i for i in range(draw(st.integers(1, 300)))})
         line = render(fields) + (b"\r" if kind == "crlf" else b"")
         if kind == "cut":
             line = line[: draw(st.integers(0, max(len(line) - 1, 0)))]
         lines.append(line)
     return lines
+
+
+def headers(good: bytes, separator: bytes) -> st.SearchStrategy[bytes]:
+    """Mostly ``good``; else none, random bytes, a column named twice or missing, a BOM."""
+    names = good.split(separator)
+    return st.one_of(
+        st.just(good), st.just(good), st.just(good), st.just(b""), st.binary(max_size=30),
+        st.just(separator.join([*names, names[-1]])), st.just(separator.join(names[1:])),
+        st.just(b"\xef\xbb\xbf" + good),
+    )
 
 
 def as_text(value: object) -> str:
@@ -86,9 +98,20 @@ def file_bytes(lines: list[bytes], header: bytes | None = None) -> bytes:
     return b"\n".join(([header] if header is not None else []) + lines) + b"\n"
 
 
-def write(path: Path, data: bytes, gz: bool = False) -> Path:
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+PACKING = st.sampled_from(["plain", "plain", "gzip", "cut gzip"])  # of the first file
+
+
+def write(path: Path, data: bytes, packing: str = "plain") -> Path:
+    """Write ``data`` plain, gzip-compressed, or compressed and cut short (a broken download)."""
+    if packing != "plain":
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data[: len(data) // 2] if packing == "cut gzip" else data)
     return path
+
+
+def second(packing: str) -> str:
+    """The packing of a second file: compressed like the first, never cut."""
+    return "plain" if packing == "plain" else "gzip"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -184,14 +207,16 @@ def literal_line(fields: dict) -> bytes:
     return repr(fields).encode()
 
 
-def fuzz_amazon(reviews: list[bytes], meta: list[bytes], gz: bool, strict: bool) -> None:
+def fuzz_amazon(reviews: list[bytes], meta: list[bytes], packing: str, strict: bool) -> None:
     holder, root = folders()
     with holder:
         data = file_bytes(reviews)
-        review_path = write(root / "in" / "reviews.json", data, gz)
-        meta_path = write(root / "in" / "meta.json", file_bytes(meta), gz)
+        review_path = write(root / "in" / "reviews.json", data, packing)
+        meta_path = write(root / "in" / "meta.json", file_bytes(meta), second(packing))
         argv = ["--reviews", str(review_path), "--meta", str(meta_path)]
         check_prepare(amazon, argv, root, strict)
+        if packing == "cut gzip":
+            return
         report = BadInputReport()
         try:
             read = len(amazon.read_reviews(review_path, report))
@@ -201,17 +226,17 @@ def fuzz_amazon(reviews: list[bytes], meta: list[bytes], gz: bool, strict: bool)
 
 
 @FUZZ
-@given(broken_lines(REVIEW, json_line), broken_lines(META_2014, literal_line), st.booleans(),
+@given(broken_lines(REVIEW, json_line), broken_lines(META_2014, literal_line), PACKING,
        st.booleans())
-def test_fuzz_amazon_2014(reviews, meta, gz, strict):
-    fuzz_amazon(reviews, meta, gz, strict)
+def test_fuzz_amazon_2014(reviews, meta, packing, strict):
+    fuzz_amazon(reviews, meta, packing, strict)
 
 
 @FUZZ
-@given(broken_lines(REVIEW, json_line), broken_lines(META_2018, json_line), st.booleans(),
+@given(broken_lines(REVIEW, json_line), broken_lines(META_2018, json_line), PACKING,
        st.booleans())
-def test_fuzz_amazon_2018(reviews, meta, gz, strict):
-    fuzz_amazon(reviews, meta, gz, strict)
+def test_fuzz_amazon_2018(reviews, meta, packing, strict):
+    fuzz_amazon(reviews, meta, packing, strict)
 
 
 RATING = st.fixed_dictionaries({
@@ -240,21 +265,22 @@ def movielens_files(draw):
     ratings_name, separator, header, movies_name, movie, movie_separator = MOVIELENS[layout]
     ratings = draw(broken_lines(RATING, joined(separator)))
     movies = draw(broken_lines(movie, joined(movie_separator)))
-    movies_header = b"movieId,title,genres" if layout == "csv" else None
+    movies_header = draw(headers(b"movieId,title,genres", b",")) if layout == "csv" else None
+    header = draw(headers(header, b",")) if header else header
     return (layout, (ratings_name, file_bytes(ratings, header)),
             (movies_name, file_bytes(movies, movies_header)))
 
 
 @FUZZ
-@given(movielens_files(), st.booleans())
-def test_fuzz_movielens(files, strict):
+@given(movielens_files(), PACKING, st.booleans())
+def test_fuzz_movielens(files, packing, strict):
     layout, (ratings_name, ratings), (movies_name, movies) = files
     holder, root = folders()
     with holder:
-        write(root / "in" / ratings_name, ratings)
-        write(root / "in" / movies_name, movies)
+        write(root / "in" / ratings_name, ratings, packing)
+        write(root / "in" / movies_name, movies, second(packing))
         check_prepare(movielens, ["--path", str(root / "in")], root, strict)
-        if layout == "csv":
+        if layout == "csv" or packing == "cut gzip":
             return  # a header, checked by name: the line accounting is the other layouts'
         report = BadInputReport()
         names = ["user", "item", "_rating", "time"]
@@ -287,17 +313,20 @@ def tsv_rows(data: bytes) -> int:
 
 
 @FUZZ
-@given(broken_lines(INTER_ROW, joined("\t")), broken_lines(ITEM_ROW, joined("\t")),
-       st.sampled_from(["recipe", "attributes"]), st.booleans(), st.booleans())
-def test_fuzz_recbole(inter, item, attributes, gz, strict):
+@given(broken_lines(INTER_ROW, joined("\t")), headers(INTER_HEADER, b"\t"),
+       broken_lines(ITEM_ROW, joined("\t")), headers(ITEM_HEADER, b"\t"),
+       st.sampled_from(["recipe", "attributes"]), PACKING, st.booleans())
+def test_fuzz_recbole(inter, inter_header, item, item_header, attributes, packing, strict):
     holder, root = folders()
     with holder:
-        inter_data = file_bytes(inter, INTER_HEADER)
-        inter_path = write(root / "in" / "d.inter", inter_data, gz)
-        item_path = write(root / "in" / "d.item", file_bytes(item, ITEM_HEADER), gz)
+        inter_data = file_bytes(inter, inter_header)
+        inter_path = write(root / "in" / "d.inter", inter_data, packing)
+        item_path = write(root / "in" / "d.item", file_bytes(item, item_header), second(packing))
         argv = ["--inter", str(inter_path), "--item", str(item_path)]
         argv += ["--recipe", "amazon"] if attributes == "recipe" else ["--attributes", "brand"]
         check_prepare(recbole, argv, root, strict)
+        if packing == "cut gzip":
+            return
         report = BadInputReport()
         try:
             read = len(recbole.read_inter(inter_path, "user_id", "item_id", "timestamp", report))
@@ -314,19 +343,19 @@ ITEM = st.fixed_dictionaries({
 })
 
 
-def fuzz_table(ext: str, inter: bytes, items: bytes, gz: bool, strict: bool,
+def fuzz_table(ext: str, inter: bytes, items: bytes, packing: str, strict: bool,
                rows: Callable[[bytes], int] | None = None) -> None:
     """Prepare from the table files; with ``rows`` (the data rows of the interactions, by
     hand), check that each is read or counted."""
     holder, root = folders()
     with holder:
-        suffix = ext + (".gz" if gz else "")
-        inter_path = write(root / "in" / f"inter{suffix}", inter, gz)
-        items_path = write(root / "in" / f"items{suffix}", items, gz)
+        suffix = ext + ("" if packing == "plain" else ".gz")
+        inter_path = write(root / "in" / f"inter{suffix}", inter, packing)
+        items_path = write(root / "in" / f"items{suffix}", items, second(packing))
         argv = ["--interactions", str(inter_path), "--items", str(items_path),
                 "--attributes", "brand"]
         check_prepare(table, argv, root, strict)
-        if rows is None:
+        if rows is None or packing == "cut gzip":
             return
         report = BadInputReport()
         try:
@@ -337,26 +366,26 @@ def fuzz_table(ext: str, inter: bytes, items: bytes, gz: bool, strict: bool,
 
 
 @FUZZ
-@given(broken_lines(INTERACTION, joined(",")), broken_lines(ITEM, joined(",")), st.booleans(),
-       st.booleans())
-def test_fuzz_table_csv(inter, items, gz, strict):
-    fuzz_table(".csv", file_bytes(inter, b"user,item,time"), file_bytes(items, b"item,brand"),
-               gz, strict)
+@given(broken_lines(INTERACTION, joined(",")), headers(b"user,item,time", b","),
+       broken_lines(ITEM, joined(",")), PACKING, st.booleans())
+def test_fuzz_table_csv(inter, header, items, packing, strict):
+    fuzz_table(".csv", file_bytes(inter, header), file_bytes(items, b"item,brand"), packing,
+               strict)
 
 
 @FUZZ
-@given(broken_lines(INTERACTION, joined("\t")), broken_lines(ITEM, joined("\t")), st.booleans(),
-       st.booleans())
-def test_fuzz_table_tsv(inter, items, gz, strict):
-    fuzz_table(".tsv", file_bytes(inter, b"user\titem\ttime"), file_bytes(items, b"item\tbrand"),
-               gz, strict, rows=tsv_rows)
+@given(broken_lines(INTERACTION, joined("\t")), headers(b"user\titem\ttime", b"\t"),
+       broken_lines(ITEM, joined("\t")), PACKING, st.booleans())
+def test_fuzz_table_tsv(inter, header, items, packing, strict):
+    fuzz_table(".tsv", file_bytes(inter, header), file_bytes(items, b"item\tbrand"), packing,
+               strict, rows=tsv_rows)
 
 
 @FUZZ
-@given(broken_lines(INTERACTION, json_line), broken_lines(ITEM, json_line), st.booleans(),
+@given(broken_lines(INTERACTION, json_line), broken_lines(ITEM, json_line), PACKING,
        st.booleans())
-def test_fuzz_table_jsonl(inter, items, gz, strict):
-    fuzz_table(".jsonl", file_bytes(inter), file_bytes(items), gz, strict)
+def test_fuzz_table_jsonl(inter, items, packing, strict):
+    fuzz_table(".jsonl", file_bytes(inter), file_bytes(items), packing, strict)
 
 
 COLUMN = st.sampled_from(["text", "int", "float", "null", "list", "absent"])
@@ -389,7 +418,7 @@ def parquet_file(draw, names: list[str]) -> bytes:
 @FUZZ
 @given(parquet_file(["user", "item", "time"]), parquet_file(["item", "brand"]), st.booleans())
 def test_fuzz_table_parquet(inter, items, strict):
-    fuzz_table(".parquet", inter, items, False, strict)
+    fuzz_table(".parquet", inter, items, "plain", strict)
 
 
 def test_accounting_helpers_agree_with_a_hand_count():

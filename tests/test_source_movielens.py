@@ -126,6 +126,16 @@ def test_csv_ratings_missing_column(tmp_path: Path) -> None:
         read(tmp_path)
 
 
+def test_csv_ratings_header_naming_a_column_twice(tmp_path: Path) -> None:
+    write(tmp_path, "ratings.csv", ["userId,movieId,timestamp,timestamp", "1,1,4,5"])
+    write(tmp_path, "movies.csv", ["movieId,title,genres", "1,A (1995),Drama"])
+    with pytest.raises(DataError) as error:  # was a polars panic (duplicate field names)
+        read(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'ratings.csv'}:1: the header names the column 'timestamp' twice"
+    )
+
+
 def test_missing_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=rf"{tmp_path}.*u\.data \+ u\.item.*ratings\.dat"):
         read(tmp_path)

@@ -132,6 +132,8 @@ def csv_rating_names(path: Path) -> tuple[list[str], int]:
                 f"{path}: no column {column!r} in the header; "
                 f"available columns: {column_list(columns)}"
             )
+        if columns.count(column) > 1:
+            raise DataError(f"{path}:{number}: the header names the column {column!r} twice")
     return [rename.get(c, f"_{i}") for i, c in enumerate(columns)], number
 
 
