@@ -200,6 +200,21 @@ def test_strict_stops_at_the_first_bad_line_with_exit_code_2(tmp_path, capsys):
     assert "1 x broken JSON review (line skipped)" in capsys.readouterr().out
 
 
+def test_review_fields_of_the_wrong_type_are_counted(tmp_path):
+    lines = [review_line(*r) for r in REVIEWS]
+    lines.append(json.dumps({"reviewerID": 7, "asin": "A1", "unixReviewTime": 5}))
+    lines.append(json.dumps({"reviewerID": "U3", "asin": "A1", "unixReviewTime": "noon"}))
+    lines.append(json.dumps({"reviewerID": "U3", "asin": "A1", "unixReviewTime": True}))
+    reviews = write(tmp_path / "r.json", lines)
+    raw, report = read(reviews, write(tmp_path / "m.json", [repr(m) for m in META_2014]))
+    assert raw.interactions.rows() == REVIEWS
+    assert report.examples == [
+        f"{reviews}:6: reviewerID or asin is not a string (line skipped)",
+        f"{reviews}:7: unixReviewTime is not a number (line skipped)",
+        f"{reviews}:8: unixReviewTime is not a number (line skipped)",
+    ]
+
+
 def test_lines_that_are_not_utf8_are_counted_with_their_line(tmp_path):
     lines = [review_line(*r).encode() for r in REVIEWS]
     lines.insert(1, review_line("U_", "A1", 7).encode().replace(b"U_", b"U\xe9"))  # Latin-1

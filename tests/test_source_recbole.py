@@ -224,3 +224,10 @@ def test_item_rows_without_an_id_or_repeated_are_counted(tmp_path):
 def test_attributes_must_differ_from_the_item_column(tmp_path):
     with pytest.raises(DataError, match="--attributes item_id: names must be distinct and differ"):
         read(*write_files(tmp_path), attributes=["item_id"])
+
+
+def test_a_blank_first_line_is_no_header(tmp_path):
+    inter, item = write_files(tmp_path, inter="\n" + INTER)
+    with pytest.raises(DataError) as error:
+        read(inter, item, attributes=["brand"])
+    assert str(error.value) == f"{inter}:1: empty header line"

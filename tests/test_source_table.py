@@ -329,3 +329,16 @@ def test_users_dropped_for_one_interaction_are_in_the_summary(tmp_path: Path, ca
     schema = PreparedStore(out).schema
     assert schema["dropped_users_under_2_interactions"] == 2
     assert "2 user(s) with under 2 interactions dropped" in schema["notes"]
+
+
+def test_no_user_with_two_interactions_is_an_error(tmp_path: Path, capsys) -> None:
+    inter = tmp_path / "inter.csv"
+    inter.write_text("uid,sku,ts\n1,a,5\n2,b,6\n")
+    out = tmp_path / "store"
+    argv = ["prepare", "table", *standard(inter, save(ITEMS, tmp_path / "items.csv")),
+            "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "camn: error: no user has 2 or more interactions: nothing to prepare\n"
+    )
+    assert not out.exists()
