@@ -40,7 +40,8 @@ FILE = None
 Layout = dict[str, "Layout | None"]
 SEED_LAYOUT: Layout = {"config.json": FILE, "model.safetensors": FILE, "metrics.json": FILE}
 STORE_LAYOUT: Layout = {
-    "schema.json": FILE, "arrays": {r".+\.npy": FILE}, "vocab": {r".+\.txt": FILE},
+    "schema.json": FILE, "users.txt": FILE, "arrays": {r".+\.npy": FILE},
+    "vocab": {r".+\.txt": FILE},
 }
 RUN_LAYOUT: Layout = {"results.json": FILE, r"seed_-?\d+": SEED_LAYOUT}
 BENCHMARK_LAYOUT: Layout = {

@@ -32,6 +32,7 @@ class EncodedInteractions:
     time: np.ndarray  # (n,)
     annotations: dict[str, np.ndarray]
     items: pl.Series  # (num_items,) the item strings, sorted; id i is items[i - 2]
+    users: pl.Series  # (num_users,) the user strings, sorted; user index i is users[i]
     num_users: int
     dropped_users: int
 
@@ -58,6 +59,7 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     user = (frame["user"].rank("dense") - 1).to_numpy().astype(np.int64)
     item = (frame["item"].rank("dense") - 1).to_numpy().astype(np.int64)
     item_values = frame["item"].unique().sort()
+    user_values = frame["user"].unique().sort()
     time = frame["time"].to_numpy()
     annotations = {
         name: frame[name].to_numpy().astype(np.int8)
@@ -83,6 +85,7 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
         time=time[keep],
         annotations={name: values[keep] for name, values in annotations.items()},
         items=item_values.gather(kept_items),
+        users=user_values.gather(kept_users),
         num_users=len(kept_users),
         dropped_users=dropped_users,
     )
@@ -160,7 +163,7 @@ def prepare(
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
     }
-    write_store(out, schema, arrays, vocabularies, force=force)
+    write_store(out, schema, arrays, vocabularies, force=force, users=encoded.users)
     for warning in split_warnings(schema["splits"], encoded.num_users):
         print(f"camn: warning: {out}: {warning}", file=sys.stderr)
     return schema

@@ -12,6 +12,8 @@ Layout of a store directory::
     arrays/item_attributes.npy (num_items + 2, k) int32  attribute ids of every item id
     arrays/history_driver*.npy, target_driver*.npy   planted truth (synthetic data only)
     vocab/<attribute>.txt    one value a line; line i is id i (0 <pad>, 1 <unk>)
+    users.txt                one user id a line; line i is user index i of users.npy (older
+                             stores lack it: their users cannot be looked up by id)
 
 Arrays are ``.npy`` files, opened memory-mapped, so a store larger than memory trains fine.
 """
@@ -19,7 +21,7 @@ Arrays are ``.npy`` files, opened memory-mapped, so a store larger than memory t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from camn.outputs import STORE, check_output, replacing
 
 SCHEMA_VERSION = 1
 PAD, UNK = "<pad>", "<unk>"
+USERS = "users.txt"
 
 
 def write_store(
@@ -40,8 +43,11 @@ def write_store(
     arrays: dict[str, np.ndarray],
     vocabularies: dict[str, list[str]],
     force: bool = False,
+    users: Sequence[str] | None = None,
 ) -> Path:
     """Write a store atomically: into a temporary sibling directory, swapped in at the end.
+
+    ``users``: the user id strings, user index i at position i (``users.txt``).
 
     A failed run leaves nothing behind. An existing ``out`` is replaced only with ``force`` and
     only when it is a store camn wrote (:func:`camn.outputs.check_output`).
@@ -56,6 +62,9 @@ def write_store(
             # one value a line, as PreparedStore.vocab reads it back with str.splitlines
             lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
             (tmp / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if users is not None:
+            lines = (" ".join(u.splitlines()) for u in users)
+            (tmp / USERS).write_text("".join(f"{u}\n" for u in lines), encoding="utf-8")
         schema = {"schema_version": SCHEMA_VERSION, **schema}
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
     return out
