@@ -13,7 +13,7 @@ from camn.models import FeatureSpec, build_model
 from camn.models.dhan import group_pool
 from camn.models.din import item_vectors
 from camn.models.dmin import causal_mask
-from camn.models.layers import TargetAttention
+from camn.models.layers import Packing, TargetAttention
 
 MODELS = ["din", "dien", "dmin", "dhan"]
 AUX_MODELS = ["dien", "dmin"]
@@ -156,18 +156,21 @@ def test_dmin_masks_block_padding_and_future_exactly() -> None:
     spec = make_spec(k=4, length=7)
     model = build_model("dmin", spec, embed_dim=5).train()
     batch = with_garbage(make_batch(spec, [1, 4, 7, 3], seed=9), "history", 10)
-    items = model.embedding(batch["history"]).flatten(-2)
     mask = batch["mask"]
     allowed = torch.ones(7, 7).tril().bool()[None] & mask[:, None, :]  # (B, L, L)
-    for block in (model.refiner, model.extractor):
-        weights, _ = block.weights(items, mask)  # (H, B, L, L)
-        assert (weights[:, ~allowed] == 0).all()
-        real_rows = weights[:, mask]  # (H, real queries, L)
-        torch.testing.assert_close(real_rows.sum(-1), torch.ones_like(real_rows[..., 0]))
-    refined = model.refine(items, mask)
-    _, interest_weights = model.extract(refined, items[:, 0], mask)  # (B, k, L)
-    assert (interest_weights.transpose(0, 1)[:, ~mask] == 0).all()
-    torch.testing.assert_close(interest_weights.sum(-1), torch.ones(4, 4))
+    for dense in (False, True):  # the CPU's packed rows and the accelerators' every row
+        packing = Packing(mask, dense=dense)
+        items = model.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
+        for block in (model.refiner, model.extractor):
+            weights, _ = block.weights(items, packing)  # (H, B, L, L)
+            assert (weights[:, ~allowed] == 0).all()
+            real_rows = weights[:, mask]  # (H, real queries, L)
+            torch.testing.assert_close(real_rows.sum(-1), torch.ones_like(real_rows[..., 0]))
+        refined = model.refine(items, packing)
+        target = model.embedding(batch["target"]).flatten(-2)
+        _, interest_weights, _ = model.extract(refined, target, packing)  # (B, k, L)
+        assert (interest_weights.transpose(0, 1)[:, ~mask] == 0).all()
+        torch.testing.assert_close(interest_weights.sum(-1), torch.ones(4, 4))
     expected = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
     assert torch.equal(causal_mask(torch.tensor([[True, True, False]]))[0], expected)
 
@@ -182,11 +185,13 @@ def test_dmin_packed_attention_equals_target_attention() -> None:
     target = torch.randn(batch, dim)
     mask = torch.arange(length)[None] < torch.tensor([1, 6, 3, 2, 5])[:, None]
     pooled, weights = layer(sequences, target, mask)
-    fast_pooled, fast_weights = layer.forward_packed(
-        sequences.transpose(0, 1)[:, mask], target, mask
-    )
-    torch.testing.assert_close(fast_pooled, pooled, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fast_weights, weights, rtol=1e-5, atol=1e-6)
+    for dense in (False, True):
+        packing = Packing(mask, dense=dense)
+        fast_pooled, fast_weights = layer.forward_packed(
+            packing.pack_heads(sequences.transpose(0, 1)), target, packing
+        )
+        torch.testing.assert_close(fast_pooled, pooled, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast_weights, weights, rtol=1e-5, atol=1e-6)
 
 
 def test_dhan_group_pool_matches_naive_loop() -> None:

@@ -109,8 +109,11 @@ def test_bad_parameters_raise(bad):
 
 
 def test_bad_option_is_a_cli_error(tmp_path, capsys):
-    assert main(["prepare", "synthetic", "--out", str(tmp_path / "s"), "--skew", "-1"]) == 2
-    assert "skew must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "synthetic", "--out", str(tmp_path / "s"), "--skew", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --skew: must be a number above 0, got '-1'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("protocol", ["last", "sliding"])

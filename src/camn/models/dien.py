@@ -49,12 +49,19 @@ class NextClickLoss(nn.Module):
     ) -> torch.Tensor:
         """states (B, L, H), items and negatives (B, L, D), mask (B, L) -> scalar loss."""
         pairs = mask[:, 1:]  # (B, L-1): item t+1 is real (so item t is too, left-aligned)
-        count = int(pairs.sum())
+        h = states[:, :-1][pairs]  # (N, H)
+        return self.pair_loss(h, items[:, 1:][pairs], negatives[:, 1:][pairs])
+
+    def pair_loss(
+        self, states: torch.Tensor, clicked: torch.Tensor, drawn: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of N real pairs: states (N, H), next clicked and drawn items (N, D)."""
+        count = len(states)
         if count == 0:
             return states.new_zeros(())
-        h = states[:, :-1][pairs]  # (N, H)
-        clicked, drawn = items[:, 1:][pairs], negatives[:, 1:][pairs]  # (N, D)
-        inputs = torch.cat([torch.cat([h, clicked], -1), torch.cat([h, drawn], -1)], dim=0)
+        inputs = torch.cat(
+            [torch.cat([states, clicked], -1), torch.cat([states, drawn], -1)], dim=0
+        )
         logits = self.net(inputs).squeeze(-1)  # (2N,)
         labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
         return 2 * F.binary_cross_entropy_with_logits(logits, labels)

@@ -20,16 +20,15 @@ from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.dien import NextClickLoss
-from camn.models.din import item_vectors
 from camn.models.layers import (
     MLP,
     HeadwiseLinear,
+    Packing,
     TargetAttention,
-    base_features,
     base_width,
     headwise,
     masked_softmax,
-    real_rows,
+    pooled_features,
 )
 from camn.models.registry import register
 
@@ -49,15 +48,16 @@ def causal_mask(mask: torch.Tensor) -> torch.Tensor:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, as DMIN's ``self_multi_head_attn`` (``_v2`` with
-    ``split_heads``).
+    ``split_heads``), on packed rows (``layers.Packing``).
 
-    Q, K, V = X W_QKV (one dense to 3 * H * e), logits_h = Q_h K_h^T / sqrt(D) (the official code
-    divides by sqrt of the full width, 36 = its D, not of the head width), masked softmax with
-    ``causal_mask``, O_h = A_h V_h. Merged (``split_heads=False``): Y = LayerNorm(X + [O_1..O_H]
-    W_O), one (B, L, D) output. Kept apart (``split_heads=True``): Y_h = LayerNorm_h(X + O_h W_O,h)
-    with a per-head output projection e -> D and per-head LayerNorm, computed for the real
-    positions only and returned packed and head-major, (H, N, D) with N = mask.sum() in
-    ``mask`` order, so that every per-head map after it is one batched matmul over real rows.
+    Q, K, V = X W_QKV (one dense to 3 * H * e, computed for the packed rows only), logits_h =
+    Q_h K_h^T / sqrt(D) (the official code divides by sqrt of the full width, 36 = its D, not of
+    the head width), optionally times ``key_scale`` (column j of head h scaled by
+    key_scale[h, b, j]: the hook CAMN's routing uses), masked softmax with ``causal_mask``,
+    O_h = A_h V_h. Merged (``split_heads=False``): Y = LayerNorm(X + [O_1..O_H] W_O), (N, D).
+    Kept apart (``split_heads=True``): Y_h = LayerNorm_h(X + O_h W_O,h) with a per-head output
+    projection e -> D and per-head LayerNorm, head-major (H, N, D), so that every per-head map
+    after it is one batched matmul over the packed rows.
     e = ceil(D / H) (the code has e = D / H; rounding up lets any H divide any D).
     """
 
@@ -74,25 +74,31 @@ class CausalSelfAttention(nn.Module):
             self.out = nn.Linear(num_heads * self.head_dim, width)
             self.norm = nn.LayerNorm(width)
 
-    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, D), mask (B, L) -> attention (H, B, L, L), values (H, B, L, e)."""
-        batch, length, _ = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+    def weights(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed, key_scale (H, B, L) or None -> attention (H, B, L, L), values
+        (H, B, L, e)."""
+        qkv = packing.unpack(self.qkv(x))  # (B, L, 3He), zeros at padding
+        qkv = qkv.view(packing.batch, packing.length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 3, 0, 1, 4).unbind(0)  # each (H, B, L, e)
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.width)  # (H, B, L, L)
-        return masked_softmax(logits, causal_mask(mask)[None]), v
+        if key_scale is not None:
+            logits = logits * key_scale[:, :, None, :]
+        return masked_softmax(logits, causal_mask(packing.mask)[None]), v
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, D) -> outputs ((B, L, D), or packed (H, N, D) with split_heads), attention
+    def forward(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed -> outputs ((N, D), or (H, N, D) with split_heads), attention
         weights (H, B, L, L)."""
-        attention, values = self.weights(x, mask)
+        attention, values = self.weights(x, packing, key_scale)
         heads = attention @ values  # (H, B, L, e)
         if not self.split_heads:
-            merged = heads.permute(1, 2, 0, 3).flatten(-2)  # (B, L, H*e)
+            merged = packing.pack(heads.permute(1, 2, 0, 3).flatten(-2))  # (N, H*e)
             return self.norm(x + self.out(merged)), attention
-        rows = real_rows(mask)
-        projected = headwise(self.out, heads.flatten(1, 2).index_select(1, rows))  # (H, N, D)
-        normed = F.layer_norm(x.flatten(0, 1).index_select(0, rows) + projected, (self.width,))
+        projected = headwise(self.out, packing.pack_heads(heads))  # (H, N, D)
+        normed = F.layer_norm(x + projected, (self.width,))
         return normed * self.norm_weight + self.norm_bias, attention
 
 
@@ -166,30 +172,54 @@ class DMIN(CTRModel):
         inputs = base_width(width, pooled_history) + k * width
         self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation, input_norm=True)
 
-    def refine(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Behaviour refiner: items (B, L, D) -> refined states (B, L, D)."""
-        attended, _ = self.refiner(items, mask)
-        rows, flat = real_rows(mask), attended.flatten(0, 1)  # (N,), (B*L, D)
-        refined = self.refiner_ffn(flat.index_select(0, rows)[None])[0]  # (N, D)
-        return torch.zeros_like(flat).index_copy(0, rows, refined).view_as(attended)
+    def refine(self, items: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Behaviour refiner: packed items (N, D) -> refined states (N, D)."""
+        attended, _ = self.refiner(items, packing)
+        return self.refiner_ffn(attended[None])[0]
 
     def extract(
-        self, refined: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multi-interest extractor -> interests (B, k, D), target weights (B, k, L)."""
-        heads, _ = self.extractor(refined, mask)  # (k, N, D), real positions only
-        return self.interests.forward_packed(self.extractor_ffn(heads), target, mask)
+        self,
+        refined: torch.Tensor,
+        target: torch.Tensor,
+        packing: Packing,
+        key_scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Multi-interest extractor: refined (N, D), target (B, D) -> interests (B, k, D),
+        target-attention weights (B, k, L), self-attention weights (k, B, L, L).
+        ``key_scale`` (k, B, L) scales head h's logit column j (``CausalSelfAttention``)."""
+        heads, attention = self.extractor(refined, packing, key_scale)  # (k, N, D)
+        interests, weights = self.interests.forward_packed(
+            self.extractor_ffn(heads), target, packing
+        )
+        return interests, weights, attention
 
     def forward(self, batch: Batch) -> ModelOutput:
-        items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
-        mask = batch["mask"]
-        refined = self.refine(items, mask)
-        interests, _ = self.extract(refined, target, mask)  # (B, k, D)
-        base = base_features(items, target, mask, self.pooled_history)
-        features = torch.cat([base, interests.flatten(1)], dim=-1)
-        logits = self.mlp(features).squeeze(-1)
+        packing = Packing(batch["mask"])
+        items = self.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
+        target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
+        refined = self.refine(items, packing)
+        interests, _, _ = self.extract(refined, target, packing)  # (B, k, D)
+        return self.output(batch, packing, items, target, refined, interests)
+
+    def output(
+        self,
+        batch: Batch,
+        packing: Packing,
+        items: torch.Tensor,
+        target: torch.Tensor,
+        refined: torch.Tensor,
+        interests: torch.Tensor,
+    ) -> ModelOutput:
+        """The output network's logits and, while training, the weighted auxiliary loss."""
+        base = target
+        if self.pooled_history:
+            base = pooled_features(target, packing.sum_per_sample(items))
+        logits = self.mlp(torch.cat([base, interests.flatten(1)], dim=-1)).squeeze(-1)
         if self.aux_weight == 0 or "history_negative" not in batch:
             return ModelOutput(logits, self.no_aux_loss(logits))
-        negatives = self.embedding(batch["history_negative"]).flatten(-2)  # (B, L, D)
-        aux = self.next_click(refined, items, negatives, mask)
+        negatives = self.embedding(packing.pack(batch["history_negative"])).flatten(-2)
+        pairs = packing.next_pairs()  # rows t whose t + 1 is real
+        aux = self.next_click.pair_loss(
+            refined[pairs], items[pairs + 1], negatives[pairs + 1]
+        )
         return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})

@@ -57,6 +57,71 @@ def sum_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(dim=1)
 
 
+class Packing:
+    """The history positions a model computes, one row each: packed tensors are (N, ...).
+
+    On the CPU the rows are the real items of ``mask`` (B, L), N = mask.sum(), in ``mask``
+    order (sample-major, then position): padding, often most of a batch, costs nothing, and
+    arithmetic is the cost there. On an accelerator (``dense``) the rows are all B * L
+    positions: finding the real ones needs their count on the host, a synchronisation that
+    costs more there than the padding's arithmetic; padding rows are computed and masked.
+    Either way ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows only.
+    """
+
+    def __init__(self, mask: torch.Tensor, dense: bool | None = None) -> None:
+        self.mask = mask
+        self.batch, self.length = mask.shape
+        self.dense = mask.device.type != "cpu" if dense is None else dense
+        flat = mask.reshape(-1)
+        if self.dense:
+            self.rows = torch.arange(flat.numel(), device=mask.device)
+        else:
+            self.rows = flat.nonzero().squeeze(-1)
+        self.sample = self.rows // self.length  # (N,)
+        self.position = self.rows % self.length  # (N,)
+        self.real = flat if self.dense else None  # (N,) bool, where padding rows exist
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) -> (N, ...)."""
+        flat = x.flatten(0, 1)
+        return flat if self.dense else flat.index_select(0, self.rows)
+
+    def pack_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, B, L, ...) -> (H, N, ...)."""
+        flat = x.flatten(1, 2)
+        return flat if self.dense else flat.index_select(1, self.rows)
+
+    def zero_padding(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., N, D) with padding rows set to zero (a no-op without padding rows)."""
+        if self.real is None:
+            return x
+        return x * self.real[:, None].to(x.dtype)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, L, ...), zeros at padding."""
+        shape = (self.batch, self.length, *x.shape[1:])
+        if self.dense:
+            return self.zero_padding(x.flatten(1)).view(shape)
+        return x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(
+            0, self.rows, x
+        ).view(shape)
+
+    def sum_per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, D): the sum over each sample's real rows."""
+        if self.dense:
+            return self.zero_padding(x).view(self.batch, self.length, -1).sum(dim=1)
+        return x.new_zeros(self.batch, x.shape[-1]).index_add(0, self.sample, x)
+
+    def next_pairs(self) -> torch.Tensor:
+        """Rows r whose next row r + 1 is the same sample's next real item, (M,).
+
+        Left-aligned histories make positions t and t + 1 of one sample consecutive rows.
+        """
+        following = (self.position + 1).clamp(max=self.length - 1)
+        has_next = (self.position + 1 < self.length) & self.mask[self.sample, following]
+        return has_next.nonzero().squeeze(-1)
+
+
 def base_features(
     items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pooled: bool = True
 ) -> torch.Tensor:
@@ -72,7 +137,11 @@ def base_features(
     """
     if not pooled:
         return target
-    summed = sum_pool(items, mask)  # (B, D)
+    return pooled_features(target, sum_pool(items, mask))
+
+
+def pooled_features(target: torch.Tensor, summed: torch.Tensor) -> torch.Tensor:
+    """[target, summed history, target * summed history] (B, 3D) from the summed history."""
     return torch.cat([target, summed, target * summed], dim=-1)
 
 
@@ -233,10 +302,10 @@ class TargetAttention(nn.Module):
         scored (``forward_dense``): packing needs the count of real positions on the host, a
         synchronisation that costs more there than the padding's arithmetic.
         """
-        if sequences.device.type != "cpu":
+        packing = Packing(mask)
+        if packing.dense:
             return self.forward_dense(sequences, target, mask)
-        packed = sequences.transpose(0, 1).flatten(1, 2).index_select(1, real_rows(mask))
-        return self.forward_packed(packed, target, mask)
+        return self.forward_packed(packing.pack_heads(sequences.transpose(0, 1)), target, packing)
 
     def forward_dense(
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
@@ -262,19 +331,18 @@ class TargetAttention(nn.Module):
         return torch.einsum("bhl,bhld->bhd", weights, sequences), weights
 
     def forward_packed(
-        self, packed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+        self, packed: torch.Tensor, target: torch.Tensor, packing: Packing
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same from the real positions only: packed (H, N, d) holds the sequences at the
-        N real positions of ``mask``, head-major, in ``mask`` order (``real_rows``).
+        """The same from packed rows: packed (H, N, d) holds the sequences at the N rows of
+        ``packing`` (the real positions on the CPU), head-major.
 
         The first scoring layer on [q, x, q - x, q * x] is split into its weight blocks,
         q (W_q + W_diff) + [x, q * x] [W_x - W_diff; W_prod], and the q term is computed from
         the query's per-sample and per-position parts: only [x, q * x] is multiplied per
         position, and padding positions cost nothing.
         """
-        batch, length = mask.shape
-        rows = real_rows(mask)
-        sample, position = rows // length, rows % length  # (N,), (N,)
+        mask, batch, length = packing.mask, packing.batch, packing.length
+        rows, sample, position = packing.rows, packing.sample, packing.position  # (N,) each
         per_sample, per_position = self._query_parts(target, length)
         per_sample = per_sample[:, :, 0].transpose(0, 1)  # (H or 1, B, d)
         query = per_sample.index_select(1, sample)  # (H or 1, N, d)
@@ -301,11 +369,6 @@ class TargetAttention(nn.Module):
         pooled = packed.new_zeros(heads, batch, packed.shape[-1])
         pooled = pooled.index_add(1, sample, kept.unsqueeze(-1) * packed)  # (H, B, d)
         return pooled.transpose(0, 1), weights.transpose(0, 1)
-
-
-def real_rows(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) mask -> (N,) flat indices b * L + j of the real positions, in ``mask`` order."""
-    return mask.reshape(-1).nonzero().squeeze(-1)
 
 
 def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
