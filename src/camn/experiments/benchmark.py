@@ -36,6 +36,7 @@ from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
 from camn.experiments.tables import paper_order, render_markdown, summarize, summary_dict
 from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
+from camn.train.precision import PRECISIONS
 
 RESULT_COLUMNS = (
     "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
@@ -59,7 +60,7 @@ class Settings:
     eval_batch_size: int = 8192
     lr: float = 0.002
     patience: int = 3
-    bf16: bool = False
+    precision: str = "fp32"
     options: dict[str, dict] = field(default_factory=dict)
     device: str = "auto"
     progress: bool = False
@@ -112,7 +113,7 @@ def train_run(run: Run, settings: Settings) -> dict:
         model=run.model, options=dict(settings.options.get(run.model, {})),
         epochs=settings.epochs, batch_size=settings.batch_size,
         eval_batch_size=settings.eval_batch_size, lr=settings.lr, patience=settings.patience,
-        device=settings.device, bf16=settings.bf16, progress=settings.progress,
+        device=settings.device, precision=settings.precision, progress=settings.progress,
     )
     if run.out_dir is not None:
         remove_owned(run.out_dir, SEED)  # left by an interrupted run
@@ -506,7 +507,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--patience", type=positive_int, default=d["patience"],
                         help="epochs without a better validation AUC before stopping")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: autocast with fp32 master weights, where the device has bf16 "
+                        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--option", action="append", default=[], metavar="MODEL:KEY=VALUE",
                         help="a model option, e.g. camn:q=2 (repeatable)")
     parser.add_argument("--jobs", type=positive_int, default=d["jobs"],
@@ -530,7 +533,7 @@ def settings_from_args(args: argparse.Namespace, models: Sequence[str]) -> Setti
     """The settings of parsed arguments (their ranges checked by the parser's argtypes)."""
     return Settings(
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        lr=args.lr, patience=args.patience, bf16=args.bf16,
+        lr=args.lr, patience=args.patience, precision=args.precision,
         options=parse_options(args.option, models), device=args.device,
         progress=args.jobs == 1 and os.isatty(2),
     )
@@ -542,7 +545,8 @@ def command_line(args: argparse.Namespace, head: Sequence[str]) -> str:
              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
              "--eval-batch-size", str(args.eval_batch_size), "--lr", str(args.lr),
              "--patience", str(args.patience), "--device", args.device]
-    parts += ["--bf16"] * args.bf16
+    if args.precision != "fp32":
+        parts += ["--precision", args.precision]
     for item in args.option:
         parts += ["--option", item]
     if args.jobs > 1:
@@ -553,6 +557,10 @@ def command_line(args: argparse.Namespace, head: Sequence[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from camn.train.commands import resolve_device
+    from camn.train.precision import check_precision
+
+    check_precision(args.precision, resolve_device(args.device))
     models = resolve_models(args.models)
     settings = settings_from_args(args, models)
     head = ["camn", "benchmark", "--data", *args.data, "--models", ",".join(models),

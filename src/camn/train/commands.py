@@ -1,4 +1,5 @@
-"""``camn train``, ``camn evaluate`` and ``camn explain``: argument parsing and printing.
+"""``camn train`` and ``camn evaluate``: argument parsing and printing (``camn explain`` is
+:mod:`camn.explain`).
 
 ``camn train`` may run under ``torchrun --nproc_per_node N`` for data-parallel training; see
 :mod:`camn.train.distributed` (``--batch-size`` is then per process).
@@ -15,16 +16,16 @@ import torch
 from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
-from camn.models.base import CTRModel, FeatureSpec
+from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
 from camn.outputs import RUN, check_output
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
-from camn.train.loop import ResidentSplit, TrainConfig, spread, train_seeds
+from camn.train.loop import TrainConfig, spread, train_seeds
 from camn.train.metrics import evaluate
+from camn.train.precision import PRECISIONS, check_precision
 
 RESULTS = "results.json"
-MAX_VALUE = 24  # characters of an attribute value shown by camn explain
 
 
 # ---------------------------------------------------------------- helpers shared by the commands
@@ -111,7 +112,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="training batch size (per process under torchrun)",
     )
     parser.add_argument("--eval-batch-size", type=positive_int,
-                        default=defaults.eval_batch_size)
+                        default=defaults.eval_batch_size,
+                        help="batch size of the validation and test scoring")
     parser.add_argument("--lr", type=positive_finite_float, default=defaults.lr,
                         help="Adam learning rate")
     parser.add_argument(
@@ -119,11 +121,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation AUC",
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="bf16: autocast with fp32 master weights, where the device has bf16 "
+                        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)")
     parser.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="model option, repeatable; values are parsed as JSON where possible",
     )
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: torch's own; per process under torchrun)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--force", action="store_true", help="overwrite an existing run")
 
@@ -159,12 +165,16 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             model=args.model, options=options, epochs=args.epochs, batch_size=args.batch_size,
             eval_batch_size=args.eval_batch_size, lr=args.lr, patience=args.patience,
-            device=args.device, bf16=args.bf16, progress=not args.no_progress,
+            device=args.device, precision=args.precision, progress=not args.no_progress,
         )
     except ValueError as error:
         raise DataError(str(error)) from None
+    device = resolve_device(args.device)
+    check_precision(config.precision, device)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    with distributed.session(resolve_device(args.device)) as context:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with distributed.session(device) as context:
         results = train_seeds(store, config, seeds, out)
     if context.is_main:
         print(train_summary(results))
@@ -178,7 +188,8 @@ def run_train(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by camn train")
     parser.add_argument("--data", required=True, help="directory of a prepared store")
-    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                        help="split to score")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -209,104 +220,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for label, key in (("AUC", "auc"), ("logloss", "logloss"), ("gAUC", "gauc"))
     ))
     return 0
-
-
-# ---------------------------------------------------------------------------------- camn explain
-
-
-def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by camn train")
-    parser.add_argument("--data", required=True, help="directory of a prepared store")
-    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    parser.add_argument("--seed", type=seed_int,
-                        help="which seed's model (default: the run's first)")
-    parser.add_argument("--limit", type=positive_int, default=5,
-                        help="number of clicked samples to show")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-
-
-@torch.no_grad()
-def explain_samples(
-    model: CTRModel, store: PreparedStore, split: str, limit: int, device: torch.device
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The first ``limit`` clicks (label 1 with a history) of ``split``: their batch, the routing
-    scores P (n, L, k) (Eq. 2) and the click probabilities (n,)."""
-    data = ResidentSplit(store, split, device)
-    labels, lengths = data.arrays["labels"], data.arrays["lengths"]
-    chosen = torch.nonzero((labels == 1) & (lengths > 0)).flatten()[:limit]
-    batch = data.gather(chosen)
-    model.eval()
-    output = model(batch)
-    if output.routing is None:
-        raise DataError(
-            f"model {type(model).__name__} returns no routing scores, so there is nothing to "
-            "explain; only models with a routing module (camn, camn-route) do"
-        )
-    return batch, output.routing.float().cpu(), torch.sigmoid(output.logits.float()).cpu()
-
-
-def describe_sample(
-    store: PreparedStore,
-    vocabularies: list[list[str]],
-    batch: dict[str, torch.Tensor],
-    routing: torch.Tensor,
-    probability: float,
-    row: int,
-) -> str:
-    """One sample as the paper's Figure 1: every history click, its attribute values with their
-    routing scores, the top attribute marked with * (and the planted driver where known)."""
-    attributes = store.attributes
-    index = int(batch["index"][row])
-    target = ", ".join(
-        f"{name}={vocabularies[slot][int(code)][:MAX_VALUE]}"
-        for slot, (name, code) in enumerate(zip(attributes, batch["target"][row], strict=True))
-    )
-    header = ["click", *attributes, "top"]
-    table = []
-    for position in range(int(batch["mask"][row].sum())):
-        scores = routing[row, position]  # (k,)
-        top = int(scores.argmax())
-        cells = [
-            f"{vocabularies[slot][int(code)][:MAX_VALUE]} {float(p):.2f}" + "*" * (slot == top)
-            for slot, (code, p) in enumerate(zip(batch["history"][row, position], scores,
-                                                 strict=True))
-        ]
-        table.append([str(position + 1), *cells, attributes[top]])
-    if store.has_drivers:
-        header.append("planted")
-        drivers = store.array("history_driver")[index]
-        for position, cells in enumerate(table):
-            cells.append(attributes[drivers[position]])
-    widths = [max(len(cells[c]) for cells in [header, *table]) for c in range(len(header))]
-    lines = [
-        f"store row {index}, user {int(batch['user'][row])}: clicked {target} "
-        f"(predicted p = {probability:.3f})"
-    ]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-              for cells in [header, *table]]
-    return "\n".join(lines)
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    store = PreparedStore(args.data)
-    results = load_results(Path(args.run))
-    seed = results["seeds"][0] if args.seed is None else args.seed
-    if seed not in results["seeds"]:
-        raise DataError(f"seed {seed} is not in the run; it has seeds {results['seeds']}")
-    device = resolve_device(args.device)
-    model, _ = load_seed_model(Path(args.run), seed, store, device)
-    batch, routing, probabilities = explain_samples(model, store, args.split, args.limit, device)
-    batch = {key: value.cpu() for key, value in batch.items()}
-    vocabularies = [store.vocab(attribute) for attribute in store.attributes]
-    print(f"{results['model']} (seed {seed}): routing scores P of every history click (Eq. 2); "
-          "* marks the attribute that drove the click in the model's view.\n"
-          "Caveat: Eq. 2-4 tie column r to attribute r only through 'P[:, r] scales head r'; on "
-          "planted data the router sorts items by their driving attribute but often under "
-          "another column (docs/results.md).")
-    for row in range(len(probabilities)):
-        print()
-        print(describe_sample(store, vocabularies, batch, routing, float(probabilities[row]), row))
-    if not len(probabilities):
-        print(f"no clicked sample with a history in the {args.split} split")
-    return 0
-
