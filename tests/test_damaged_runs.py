@@ -13,17 +13,45 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from torch import nn
 
 from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
-from camn.models.base import FeatureSpec
-from camn.models.registry import build_model
+from camn.models.base import CTRModel, FeatureSpec, ModelOutput
+from camn.models.registry import build_model, model_entries, register
 from camn.train.checkpoints import load_model
 
 COMMANDS = ("evaluate", "explain")
 DAMAGED = "the run is damaged; train it again"
+MODEL = "routed-mean-test"
+
+
+class RoutedMean(CTRModel):
+    """Test-only model whose tensors are known by heart (so are the messages about them): the
+    one embedding table (sum of the vocabulary sizes, d), a router (k, k d) whose scores
+    ``camn explain`` shows, and the output layer (1, 2 k d) over the mean-pooled history and
+    the target."""
+
+    def __init__(self, spec: FeatureSpec, embed_dim: int = 4) -> None:
+        super().__init__(spec, embed_dim)
+        width = spec.num_slots * embed_dim
+        self.router = nn.Linear(width, spec.num_slots, bias=False)
+        self.out = nn.Linear(2 * width, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
+        mask = batch["mask"].unsqueeze(-1).float()  # (B, L, 1)
+        items = history.flatten(2)  # (B, L, k d)
+        routing = torch.softmax(self.router(items), -1) * mask  # (B, L, k)
+        pooled = (items * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.out(torch.cat([pooled, target.flatten(1)], -1)).squeeze(-1)
+        return ModelOutput(logits, self.no_aux_loss(logits), {}, routing)
+
+
+if MODEL not in model_entries():  # this module may be imported twice
+    register(MODEL)(RoutedMean)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +63,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-seed CAMN run (a routing model, so that explain works on it)."""
+    """A finished one-seed run of the test model (it routes, so that explain works on it)."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    argv = ["train", "--data", str(store), "--model", "camn", "--out", str(out), "--epochs", "1",
-            "--device", "cpu", "--no-progress", "--option", "embed_dim=4"]
+    argv = ["train", "--data", str(store), "--model", MODEL, "--out", str(out), "--epochs", "1",
+            "--device", "cpu", "--no-progress"]
     assert main(argv) == 0
     return out
 
@@ -72,7 +100,7 @@ def test_an_intact_run_evaluates_and_explains(
     for command in COMMANDS:
         assert main(argv(command, trained, store)) == 0
     out = capsys.readouterr().out
-    assert "camn on test: AUC" in out and "routing scores P" in out
+    assert f"{MODEL} on test: AUC" in out and "routing scores P" in out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -159,9 +187,10 @@ def test_a_torch_save_file_is_refused(run: Path, store: Path, capsys) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(
     ("more_items", "embed_dim", "detail"),
-    [  # the one embedding table holds 62 + 14 + 24 = 100 ids; the run's embed_dim is 4
+    [  # the embedding table holds 62 + 14 + 24 = 100 ids; the run's d is 4, k is 3; with
+        # d = 6 the router (3, 18) and the output layer (1, 36) differ too
         (0, 6, "embedding.table.weight has shape (100, 6) in the file but (100, 4) in the model "
-         "(and 19 more tensor(s) of another shape)"),
+         "(and 2 more tensor(s) of another shape)"),
         (5, 4, "embedding.table.weight has shape (105, 4) in the file but (100, 4) in the model"),
     ],
     ids=["another-model", "another-store"],
@@ -173,7 +202,7 @@ def test_weights_of_another_model_or_store(
     other = FeatureSpec(spec.attributes, (spec.vocab_sizes[0] + more_items, *spec.vocab_sizes[1:]),
                         spec.max_len)
     weights = run / "seed_1" / "model.safetensors"
-    safetensors.torch.save_model(build_model("camn", other, embed_dim=embed_dim), str(weights))
+    safetensors.torch.save_model(build_model(MODEL, other, embed_dim=embed_dim), str(weights))
     assert fails(command, run, store, capsys) == (
         f"{weights} does not hold the weights of the model that {run / 'seed_1' / 'config.json'} "
         f"describes: {detail}; the weights come from another model or store"
@@ -184,11 +213,11 @@ def test_weights_missing_a_tensor_or_with_an_extra_one(run: Path) -> None:
     weights = run / "seed_1" / "model.safetensors"
     state = read_state(weights)
     config = run / "seed_1" / "config.json"
-    safetensors.torch.save_file({k: v for k, v in state.items() if k != "query.weight"}, weights)
+    safetensors.torch.save_file({k: v for k, v in state.items() if k != "router.weight"}, weights)
     with pytest.raises(DataError) as caught:
         load_model(run / "seed_1")
     assert str(caught.value) == (
-        f"{weights} lacks 1 tensor(s) of the model that {config} describes, e.g. query.weight; "
+        f"{weights} lacks 1 tensor(s) of the model that {config} describes, e.g. router.weight; "
         "the weights come from another model or store"
     )
     safetensors.torch.save_file({**state, "extra.weight": torch.zeros(2)}, weights)
@@ -211,9 +240,13 @@ def test_missing_weights(run: Path, store: Path, command: str, capsys) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_missing_results_json(run: Path, store: Path, command: str, capsys) -> None:
     (run / "results.json").unlink()
-    assert fails(command, run, store, capsys) == (
-        f"{run / 'results.json'} is missing: not a finished camn train run"
-    )
+    message = fails(command, run, store, capsys)
+    if command == "evaluate":
+        assert message == f"{run / 'results.json'} is missing: not a finished camn train run"
+    else:  # explain also takes a saved model's folder (config.json), and says so
+        assert message == (
+            f"{run} is not a camn train run (no results.json) nor a saved model (no config.json)"
+        )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -272,7 +305,7 @@ def test_config_json_with_options_the_model_does_not_take(run: Path, store: Path
     config["options"]["no_such_option"] = 1
     path.write_text(json.dumps(config))
     message = fails("evaluate", run, store, capsys)
-    assert message.startswith(f"{path}: its options do not build 'camn': ")
+    assert message.startswith(f"{path}: its options do not build {MODEL!r}: ")
     assert "no_such_option" in message
 
 
