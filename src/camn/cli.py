@@ -18,10 +18,36 @@ from camn.outputs import STORE, check_output, identify
 DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("camn.train.commands:train", "train a model on a prepared store over seeds"),
     "evaluate": ("camn.train.commands:evaluate", "re-score a trained run's saved weights"),
-    "explain": ("camn.train.commands:explain", "show which attribute drove each history click"),
+    "explain": ("camn.explain", "show which attribute drove each history click"),
+    "score": ("camn.score", "click probabilities for a file of candidates, with a trained run"),
+    "export": ("camn.export", "a trained model as ONNX or TorchScript, for serving"),
     "benchmark": ("camn.experiments.benchmark", "the paper's Tables 2 and 3 over seeds"),
     "demo": ("camn.experiments.demo", "the whole story on built-in synthetic data, in minutes"),
 }
+
+
+DESCRIPTION = """\
+Click-through-rate prediction from user behaviour sequences: CAMN (CIKM 2022) and its
+baselines. Prepare a store from your logs (or synthetic data), train models over seeds,
+evaluate and explain them, score new candidates, export a model for serving.
+
+a first run:  camn demo --out camn-demo
+your data:    camn prepare table --interactions log.csv --out store
+              camn train --data store --model camn --out run
+              camn score --run run --candidates candidates.csv --out scored.csv
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written; every option's default in its help line, unless it has none
+    (None, or a flag's False) or its help already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or ""
 
 
 def _delegate(target: str):
@@ -37,15 +63,21 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     from camn.data.protocols import PROTOCOLS
     from camn.data.sources import available_sources
 
-    prepare = commands.add_parser("prepare", help="read a dataset into a prepared store")
+    prepare = commands.add_parser("prepare", help="read a dataset into a prepared store",
+                                  formatter_class=HelpFormatter)
     sources = prepare.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name, module in available_sources().items():
-        parser = sources.add_parser(name, help=module.HELP, description=module.HELP)
+        parser = sources.add_parser(name, help=module.HELP, description=module.HELP,
+                                    formatter_class=HelpFormatter)
         module.add_arguments(parser)
         parser.add_argument("--out", required=True, help="directory of the prepared store")
-        parser.add_argument("--protocol", choices=PROTOCOLS, default="last")
+        parser.add_argument("--protocol", choices=PROTOCOLS, default="last",
+                            help="samples: last (each user's last click and a sampled "
+                            "non-click, as the paper) or sliding (also every earlier click "
+                            "of the train users)")
         parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
-        parser.add_argument("--seed", type=seed_int, default=2022)
+        parser.add_argument("--seed", type=seed_int, default=2022,
+                            help="seed of the user split and the sampled negatives")
         parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
         parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
         parser.set_defaults(handler=run_prepare)
@@ -112,7 +144,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (torch is not needed to prepare data)."""
-    parser = argparse.ArgumentParser(prog="camn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="camn", description=DESCRIPTION,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"camn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if command in {"prepare", None}:
@@ -124,7 +157,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     stats.set_defaults(handler=run_stats)
     commands.add_parser("models", help="list registered models").set_defaults(handler=run_models)
     for name, (target, help_text) in DELEGATED.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=HelpFormatter)
         if name == command:
             add, run = _delegate(target)
             add(sub)

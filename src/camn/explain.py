@@ -1,0 +1,196 @@
+"""``camn explain``: which attribute drove each history click, in the model's view (Figure 1).
+
+For clicked samples of the store (label 1, with a history) the routing scores P (CAMN's
+Eq. 2) of every history item are shown with the item's id and full attribute values, under the
+user's own id (``users.txt`` of the store; a store prepared before camn recorded user ids shows
+the user's number, ``#12``). ``--user ID`` picks that user's clicks (the most recent
+``--limit``, of whatever split the user is in), otherwise the first ``--limit`` clicks of
+``--split``. Formats:
+
+- ``text``: one table a sample; ``*`` marks each item's top attribute, and on synthetic stores
+  a ``planted`` column names the attribute that really drove the click;
+- ``csv``: one line per (sample, history item, attribute): ``sample``, ``store_row``,
+  ``split``, ``user``, ``candidate``, ``probability``, ``position`` (1 = oldest), ``item``,
+  ``attribute``, ``value``, ``score`` (P), ``top`` (the item's top attribute), and ``planted``
+  (this attribute drove the click; synthetic stores only);
+- ``json``: a list of samples, each with its candidate's values and a ``history`` list of items
+  (``values``, ``scores``, ``top``, ``planted``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import polars as pl
+
+from camn.argtypes import positive_int, seed_int
+from camn.data.protocols import SPLITS
+from camn.data.raw import DataError
+from camn.data.store import USERS
+from camn.predict import Encoded, Predictor, load, routing_table
+
+FORMATS = ("text", "csv", "json")
+CAVEAT = (
+    "Caveat: Eq. 2-4 tie column r to attribute r only through 'P[:, r] scales head r'; on "
+    "planted data the router sorts items by their driving attribute but often under another "
+    "column (docs/results.md)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True,
+                        help="run directory written by camn train (or one saved model folder)")
+    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
+    parser.add_argument("--split", default="test", choices=SPLITS,
+                        help="split whose clicks are shown (without --user)")
+    parser.add_argument("--user", help="show this user's clicks (a user id of your data)")
+    parser.add_argument("--seed", type=seed_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--limit", type=positive_int, default=5,
+                        help="number of clicked samples to show")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text tables, or CSV / JSON for other tools")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+
+
+def run(args: argparse.Namespace) -> int:
+    predictor = load(args.run, args.seed, store=args.data, device=args.device)
+    if not predictor.has_routing:
+        raise DataError(predictor.no_routing())
+    rows = chosen_rows(predictor, args.user, args.split, args.limit)
+    samples = explain_rows(predictor, rows)
+    if args.format == "csv":
+        sys.stdout.write(samples.drop("candidate_values").write_csv())
+    elif args.format == "json":
+        print(json.dumps(as_json(samples), indent=2, ensure_ascii=False))
+    else:
+        print(f"{predictor.name} (seed {predictor.seed}): routing scores P of every history "
+              "click (Eq. 2); * marks the attribute that drove the click in the model's view.\n"
+              + CAVEAT)
+        for _, sample in samples.group_by("sample", maintain_order=True):
+            print()
+            print(describe(sample, predictor.attributes))
+        if not len(rows):
+            where = f"user {args.user!r}" if args.user else f"the {args.split} split"
+            print(f"no clicked sample with a history for {where}")
+    return 0
+
+
+def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) -> np.ndarray:
+    """Store rows to explain: clicks (label 1) with a history; ``user``'s latest ``limit``
+    ones (in time order), else the first ``limit`` of ``split``."""
+    store = predictor.store
+    if user is None:
+        rows = store.split_indices(split)
+    else:
+        users = predictor.user_ids()
+        try:
+            index = users.index(user)
+        except ValueError:
+            raise DataError(f"user {user!r} is not in the store {store.root} "
+                            f"({USERS}; e.g. {users[0]!r})") from None
+        rows = np.flatnonzero(np.asarray(store.array("users")) == index)
+    clicks = (np.asarray(store.array("labels")[rows]) == 1) & (
+        np.asarray(store.array("lengths")[rows]) > 0)
+    rows = rows[clicks]
+    return rows[-limit:] if user is not None else rows[:limit]
+
+
+def user_names(predictor: Predictor) -> list[str] | None:
+    """The store's user ids, or None for a store prepared before they were recorded."""
+    return predictor.user_ids() if (predictor.store.root / USERS).is_file() else None
+
+
+def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
+    """The long table of the module docstring (plus ``candidate_values``, the candidate's
+    attribute values, for the text and JSON formats) for store ``rows``."""
+    store, attributes = predictor.store, predictor.attributes
+    vocabularies = [predictor.vocabulary(a) for a in attributes]
+    history = np.asarray(store.array("histories")[rows]).astype(np.int64)  # (n, L, k)
+    lengths = np.asarray(store.array("lengths")[rows]).astype(np.int64)
+    targets = np.asarray(store.array("targets")[rows]).astype(np.int64)  # (n, k)
+    encoded = Encoded(history[:, :, 0], lengths, targets[:, 0])
+    probabilities, routing = predictor.run(encoded, routing=True)
+    table = routing_table(history, lengths, routing, attributes, vocabularies)
+    users = np.asarray(store.array("users")[rows])
+    names = user_names(predictor)
+    user = [names[u] for u in users] if names is not None else [f"#{u}" for u in users]
+    splits = np.asarray(SPLITS, dtype=object)[np.asarray(store.array("splits")[rows])]
+    per_sample = pl.DataFrame({
+        "sample": np.arange(len(rows)),
+        "store_row": rows.astype(np.int64),
+        "split": splits.tolist(),
+        "user": user,
+        "candidate": [vocabularies[0][i] for i in targets[:, 0]],
+        "probability": probabilities,
+        "candidate_values": [
+            [vocabularies[slot][target[slot]] for slot in range(len(attributes))]
+            for target in targets
+        ],
+    }, schema_overrides={"candidate_values": pl.List(pl.String), "user": pl.String,
+                         "split": pl.String, "candidate": pl.String})
+    if store.has_drivers:
+        drivers = np.asarray(store.array("history_driver")[rows])  # (n, L) slot or -1
+        planted = drivers[table["sample"].to_numpy(), table["position"].to_numpy() - 1]
+        slot = np.tile(np.arange(len(attributes)), len(table) // max(1, len(attributes)))
+        table = table.with_columns(pl.Series("planted", planted == slot))
+    return per_sample.join(table, on="sample", how="inner", maintain_order="left")
+
+
+def describe(sample: pl.DataFrame, attributes: list[str]) -> str:
+    """One sample as the paper's Figure 1: every history click with its attribute values and
+    their routing scores, the top attribute marked with * (and the planted driver where
+    known)."""
+    first = sample.row(0, named=True)
+    target = ", ".join(f"{name}={value}"
+                       for name, value in zip(attributes, first["candidate_values"], strict=True))
+    header = ["click", *attributes, "top"]
+    planted = "planted" in sample.columns
+    if planted:
+        header.append("planted")
+    table = []
+    for (position,), item in sample.group_by("position", maintain_order=True):
+        cells = [f"{value} {score:.2f}" + "*" * top
+                 for value, score, top in item.select("value", "score", "top").iter_rows()]
+        top_name = item.filter(pl.col("top"))["attribute"][0]
+        row = [str(position), *cells, top_name]
+        if planted:
+            driven = item.filter(pl.col("planted"))["attribute"]
+            row.append(driven[0] if len(driven) else "-")
+        table.append(row)
+    widths = [max(len(cells[c]) for cells in [header, *table]) for c in range(len(header))]
+    lines = [f"store row {first['store_row']} ({first['split']}), user {first['user']}: "
+             f"clicked {target} (predicted p = {first['probability']:.3f})"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+              for cells in [header, *table]]
+    return "\n".join(lines)
+
+
+def as_json(samples: pl.DataFrame) -> list[dict]:
+    """The JSON format: one object a sample (module docstring)."""
+    out = []
+    for _, sample in samples.group_by("sample", maintain_order=True):
+        first = sample.row(0, named=True)
+        attributes = sample.filter(pl.col("position") == first["position"])["attribute"]
+        history = []
+        for (position,), item in sample.group_by("position", maintain_order=True):
+            entry = {
+                "position": position,
+                "item": item["item"][0],
+                "values": dict(zip(item["attribute"], item["value"], strict=True)),
+                "scores": dict(zip(item["attribute"], item["score"], strict=True)),
+                "top": item.filter(pl.col("top"))["attribute"][0],
+            }
+            if "planted" in item.columns:
+                driven = item.filter(pl.col("planted"))["attribute"]
+                entry["planted"] = driven[0] if len(driven) else None
+            history.append(entry)
+        out.append({
+            "store_row": first["store_row"], "split": first["split"], "user": first["user"],
+            "candidate": dict(zip(attributes, first["candidate_values"], strict=True)),
+            "probability": first["probability"], "history": history,
+        })
+    return out

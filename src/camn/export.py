@@ -1,0 +1,267 @@
+"""``camn export``: a trained model as an inference graph for serving, ONNX or TorchScript.
+
+The graph takes the model's id tensors and returns click probabilities, for any batch size:
+
+- ``history`` (batch, L, k) int64: attribute ids of the history items, left-aligned (position 0
+  the oldest kept item), 0 at padding;
+- ``mask`` (batch, L) bool: True at real history items;
+- ``target`` (batch, k) int64: attribute ids of the candidate item;
+- output ``probability`` (batch,) float32.
+
+An item's k attribute ids are its row of the store's ``arrays/item_attributes.npy`` (row 1, all
+"unknown", for an item id absent from ``vocab/<item attribute>.txt``, whose line i is item id
+i): the mapping :func:`camn.load` applies. A JSON sidecar ``<out>.json`` records where those
+files are, the inputs' names, shapes and dtypes, the model and the camn version.
+
+The export verifies itself before anything is written: the exported graph (run by onnxruntime
+for ONNX, by torch for TorchScript, loaded back from the bytes written) must give the eager
+model's probabilities within 1e-5 on store rows, in batches of three sizes (1 included) and
+with an empty history among them. ONNX uses torch's dynamo exporter and needs the ``serve``
+extra (``pip install 'camn[serve]'``: onnx, onnxscript, onnxruntime); nothing else in camn does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from camn import __version__
+from camn.argtypes import seed_int
+from camn.data.raw import DataError
+from camn.data.store import USERS
+from camn.predict import Encoded, Predictor, load
+
+FORMATS = ("onnx", "torchscript")
+INPUTS = ("history", "mask", "target")
+OUTPUT = "probability"
+TOLERANCE = 1e-5
+VERIFY_ROWS = 64  # rows of the largest verification batch
+SERVE = "pip install 'camn[serve]'"
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class ProbabilityGraph(nn.Module):
+    """A model as a function of its id tensors: (history, mask, target) -> probability."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+        output = self.model({"history": history, "mask": mask, "target": target})
+        return torch.sigmoid(output.logits.float())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True,
+                        help="run directory written by camn train (or one saved model folder)")
+    parser.add_argument("--seed", type=seed_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="onnx (onnxruntime and other runtimes; needs camn[serve]) or "
+                        "torchscript (torch.jit.load, C++ libtorch)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="the graph's file (e.g. model.onnx, model.pt); the sidecar is "
+                        "OUT.json")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing --out and its sidecar")
+
+
+def run(args: argparse.Namespace) -> int:
+    sidecar = sidecar_path(args.out)
+    for path in (args.out, sidecar):
+        if path.is_dir():
+            raise DataError(f"--out: {path} is a folder; name a file")
+        if path.exists() and not args.force:
+            raise DataError(f"--out: {path} already exists; pass --force to overwrite it")
+    if args.format == "onnx":
+        require_serve()
+    predictor = load(args.run, args.seed, store=args.data, device="cpu")
+    info = export(predictor, args.format, args.out)
+    verified = info["verified"]
+    print(f"{predictor.name} (seed {predictor.seed}) exported as {args.format} to {args.out}: "
+          f"max |exported - eager| {verified['max_abs_difference']:.1e} on "
+          f"{sum(verified['batch_sizes'])} rows (batches of {verified['batch_sizes']})")
+    print(f"inputs, shapes and vocabularies: {sidecar}")
+    return 0
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def require_serve() -> None:
+    """A DataError naming the extra when an ONNX module is missing."""
+    missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DataError(f"ONNX export needs {', '.join(missing)}: {SERVE}")
+
+
+def export(predictor: Predictor, fmt: str, out: Path) -> dict:
+    """Export ``predictor``'s model to ``out`` (verified first), write the sidecar; return it."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    graph = ProbabilityGraph(predictor.model).eval()
+    batches = verification_batches(predictor)
+    with torch.no_grad():
+        expected = [graph(*batch).numpy() for batch in batches]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
+    try:
+        if fmt == "onnx":
+            runtime = export_onnx(graph, batches[0], tmp, predictor.name)
+        else:
+            runtime = export_torchscript(graph, batches[0], tmp, predictor.name)
+        difference = max(float(np.abs(runtime(batch) - want).max())
+                         for batch, want in zip(batches, expected, strict=True))
+        if not difference <= TOLERANCE:  # NaN fails too
+            raise DataError(
+                f"the {fmt} export of {predictor.name} does not reproduce the model: max "
+                f"|exported - eager| = {difference:.3g} > {TOLERANCE:g}; nothing was written"
+            )
+        info = sidecar(predictor, fmt, out, [len(b[0]) for b in batches], difference)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar_path(out).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def verification_batches(predictor: Predictor) -> list[Batch]:
+    """Store rows (the test split first) in batches of VERIFY_ROWS, about half that and 1;
+    the second batch gets an empty history in its first row (a new user)."""
+    store = predictor.store
+    rows = np.concatenate([store.split_indices(s) for s in ("test", "valid", "train")])
+    sizes = [min(VERIFY_ROWS, len(rows)), max(1, min(VERIFY_ROWS // 2 + 1, len(rows) - 1)), 1]
+    history = np.asarray(store.array("histories")[rows[: sizes[0]]])[:, :, 0].astype(np.int64)
+    lengths = np.asarray(store.array("lengths")[rows[: sizes[0]]]).astype(np.int64)
+    target = np.asarray(store.array("targets")[rows[: sizes[0]]])[:, 0].astype(np.int64)
+    batches = []
+    for number, size in enumerate(sizes):
+        encoded = Encoded(history[:size].copy(), lengths[:size].copy(), target[:size])
+        if number == 1:
+            encoded.history[0], encoded.lengths[0] = 0, 0
+        batch = predictor.batch(encoded)
+        batches.append((batch["history"], batch["mask"], batch["target"]))
+    return batches
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporters' progress lines and warnings (torchvision is not installed, ...) hidden."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_failed(fmt: str, name: str, error: Exception) -> DataError:
+    lines = str(error).strip().splitlines()
+    reason = (lines[0] if lines else type(error).__name__)[:300]
+    return DataError(f"model {name} could not be exported to {fmt}: {type(error).__name__}: "
+                     f"{reason}")
+
+
+def export_onnx(graph: ProbabilityGraph, example: Batch, path: Path, name: str):
+    """Write the ONNX graph (dynamic batch) to ``path``; return a function running it with
+    onnxruntime on a batch."""
+    require_serve()
+    import onnxruntime
+
+    batch = torch.export.Dim("batch")
+    try:
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(
+                graph, example, str(path), input_names=list(INPUTS), output_names=[OUTPUT],
+                dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes=tuple({0: batch} for _ in INPUTS),
+            )
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # the exporters raise many kinds; each is named
+        raise export_failed("onnx", name, error) from None
+
+    def run(inputs: Batch) -> np.ndarray:
+        return session.run(None, dict(zip(INPUTS, (t.numpy() for t in inputs), strict=True)))[0]
+
+    return run
+
+
+def export_torchscript(graph: ProbabilityGraph, example: Batch, path: Path, name: str):
+    """Trace the graph to TorchScript, write it to ``path``; return a function running the
+    module loaded back from those bytes."""
+    buffer = io.BytesIO()
+    try:
+        with quiet_exporter(), torch.no_grad():
+            traced = torch.jit.trace(graph, example, check_trace=False)
+            torch.jit.save(traced, buffer)
+    except Exception as error:  # the tracer raises many kinds; each is named
+        raise export_failed("torchscript", name, error) from None
+    path.write_bytes(buffer.getvalue())
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)  # the bytes made just above, never a user's file
+
+    def run(inputs: Batch) -> np.ndarray:
+        with torch.no_grad():
+            return loaded(*inputs).numpy()
+
+    return run
+
+
+def sidecar(predictor: Predictor, fmt: str, out: Path, sizes: list[int],
+            difference: float) -> dict:
+    """What a server needs next to the graph (module docstring)."""
+    store = predictor.store.root.resolve()
+    length, k = predictor.max_len, len(predictor.attributes)
+    runtime = "onnxruntime " + importlib.import_module("onnxruntime").__version__ \
+        if fmt == "onnx" else "torch " + torch.__version__
+    return {
+        "camn_version": __version__,
+        "format": fmt,
+        "file": out.name,
+        "model": predictor.name,
+        "options": predictor.config.get("options", {}),
+        "seed": predictor.seed,
+        "store": str(store),
+        "attributes": predictor.attributes,
+        "vocab_sizes": predictor.store.vocab_sizes,
+        "max_len": length,
+        "vocabularies": {a: str(store / "vocab" / f"{a}.txt") for a in predictor.attributes},
+        "item_attributes": str(store / "arrays" / "item_attributes.npy"),
+        "users": str(store / USERS) if (store / USERS).is_file() else None,
+        "ids": {"padding": 0, "unknown": 1, "first_value": 2},
+        "inputs": [
+            {"name": "history", "shape": ["batch", length, k], "dtype": "int64",
+             "meaning": "attribute ids of the history items, oldest first, 0 at padding"},
+            {"name": "mask", "shape": ["batch", length], "dtype": "bool",
+             "meaning": "True at real history items"},
+            {"name": "target", "shape": ["batch", k], "dtype": "int64",
+             "meaning": "attribute ids of the candidate item"},
+        ],
+        "outputs": [{"name": OUTPUT, "shape": ["batch"], "dtype": "float32",
+                     "meaning": "click probability"}],
+        "verified": {"runtime": runtime, "batch_sizes": sizes, "max_abs_difference": difference,
+                     "tolerance": TOLERANCE},
+    }
