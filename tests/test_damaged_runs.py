@@ -172,6 +172,18 @@ def test_a_pickle_is_refused_and_never_run(
             )
 
 
+def test_a_damaged_safetensors_file_that_starts_like_a_pickle(run: Path) -> None:
+    """Header length 640 (0x80 0x02 ...) then the JSON header's "{": not called a pickle."""
+    weights = run / "seed_1" / "model.safetensors"
+    weights.write_bytes(b"\x80\x02\x00\x00\x00\x00\x00\x00{" + b" " * 20)
+    with pytest.raises(DataError) as caught:
+        load_model(run / "seed_1")
+    assert str(caught.value) == (
+        f"{weights} is not a safetensors file (Error while deserializing header: invalid header "
+        f"length): {DAMAGED}"
+    )
+
+
 def read_state(weights: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, copied out of its memory map (it is then overwritten)."""
     return {key: value.clone() for key, value in safetensors.torch.load_file(weights).items()}

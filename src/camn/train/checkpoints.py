@@ -22,7 +22,6 @@ from camn.models.registry import build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 CONFIG_KEYS = ("model", "options", "spec")
-PICKLE_STARTS = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save's zip archive
 DAMAGED = "the run is damaged; train it again"
 
 
@@ -88,15 +87,23 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             return {key: tuple(file.get_slice(key).get_shape()) for key in names}
     except SafetensorError as error:
         with path.open("rb") as file:
-            start = file.read(4)
+            start = file.read(9)
         if not start:
             raise DataError(f"{path} is empty: {DAMAGED}") from None
-        if start.startswith(PICKLE_STARTS):
+        if looks_like_pickle(start):
             raise DataError(
                 f"{path} is a pickle (or torch.save) file, not safetensors; camn never loads a "
                 "pickle, since loading one can run any code"
             ) from None
         raise DataError(f"{path} is not a safetensors file ({error}): {DAMAGED}") from None
+
+
+def looks_like_pickle(start: bytes) -> bool:
+    """Whether a file's first 9 bytes are those of a pickle of protocol 2 to 5 (0x80, protocol)
+    or of torch.save's zip archive. A safetensors file (8 bytes of header length, then its
+    JSON header) can start alike, but has its header's ``{`` at byte 8."""
+    pickled = len(start) > 1 and start[0] == 0x80 and 2 <= start[1] <= 5
+    return (pickled or start.startswith(b"PK\x03\x04")) and start[8:9] != b"{"
 
 
 def check_weights(path: Path, model: CTRModel, config_path: Path) -> None:
