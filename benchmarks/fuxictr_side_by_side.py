@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def read_store(store: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A camn store's schema and the arrays that :class:`SplitBatches` reads, in memory."""
+    schema = json.loads((store / "schema.json").read_text())
+    return schema, {name: np.load(store / "arrays" / f"{name}.npy") for name in ARRAYS}
+
+
 def feature_map(store: Path, schema: dict, embed_dim: int) -> FeatureMap:
     """One categorical feature per attribute of the target, one sequence feature per attribute
     of the history sharing its embedding table; id 0 is camn's padding."""
@@ -166,8 +172,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    schema = json.loads((args.store / "schema.json").read_text())
-    arrays = {name: np.load(args.store / "arrays" / f"{name}.npy") for name in ARRAYS}
+    schema, arrays = read_store(args.store)
     fmap = feature_map(args.store, schema, args.embed_dim)
     aucs = [run_seed(args, fmap, arrays, schema["attributes"], s) for s in range(args.seeds)]
     settings = {k: v for k, v in vars(args).items() if k not in ("store", "threads")}
