@@ -212,6 +212,7 @@ class PreparedStore:
         history_negatives: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        length_buckets: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield ready batches of one split: every field gathered with one fancy index.
 
@@ -221,15 +222,18 @@ class PreparedStore:
         uniformly drawn item (seeded by seed and epoch), for auxiliary losses (DIEN, DMIN).
         With ``world_size`` > 1 each rank gets a disjoint shard of the (shuffled) rows, padded
         by wrapping so that every rank has the same number of batches (DistributedSampler-like).
+        ``length_buckets``: see ``batch_slices``; each batch is then cut to its longest history.
         """
         rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
         rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+        lengths = self.array("lengths")[rows] if length_buckets else None
         if history_negatives:  # a copy: torch cannot wrap the read-only memory map
             item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
-        for start in range(0, len(rows), batch_size):
-            index = rows[start : start + batch_size]
-            fields = (self.array(name)[index] for name in BATCH_ARRAYS)
+        for positions, length in batch_slices(len(rows), batch_size, rng, lengths):
+            index = rows[positions]
+            fields = [self.array(name)[index] for name in BATCH_ARRAYS]
+            fields[0] = fields[0][:, :length]  # histories
             batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
@@ -249,6 +253,35 @@ def epoch_order(
         per_rank = -(-n // world_size)
         positions = np.resize(positions, per_rank * world_size)[rank::world_size]
     return positions
+
+
+BUCKET_WINDOW = 16  # batches whose rows are sorted together by history length
+
+
+def batch_slices(
+    n: int, batch_size: int, rng: np.random.Generator, lengths: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray | slice, int | None]]:
+    """The batches of an epoch's n ordered rows: (positions, history length to keep).
+
+    Without ``lengths``: consecutive slices of ``batch_size`` rows, full histories. With the
+    rows' history ``lengths``: length-bucketed batches. Windows of ``BUCKET_WINDOW`` batches
+    of the (shuffled) order are sorted by length, cut into batches, and the batches of the
+    epoch are visited in random order; each keeps only its longest history's positions, so
+    padding shrinks while every row is still seen once per epoch. Histories are left-aligned,
+    so the positions cut are padding in every row of the batch.
+    """
+    if lengths is None:
+        for start in range(0, n, batch_size):
+            yield slice(start, start + batch_size), None
+        return
+    span = BUCKET_WINDOW * batch_size
+    batches = []
+    for start in range(0, n, span):
+        window = start + np.argsort(lengths[start : start + span], kind="stable")
+        batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+    for number in rng.permutation(len(batches)):
+        positions = batches[number]
+        yield positions, max(1, int(lengths[positions].max()))
 
 
 def make_batch(

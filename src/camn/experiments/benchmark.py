@@ -34,7 +34,7 @@ from pathlib import Path
 
 from camn.argtypes import positive_finite_float, positive_int, seed_int
 from camn.data.raw import DataError
-from camn.experiments.tables import paper_order, render_markdown, summarize, summary_dict
+from camn.experiments.tables import all_models, render_markdown, summarize, summary_dict
 from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
 from camn.train.precision import PRECISIONS
 
@@ -61,6 +61,8 @@ class Settings:
     lr: float = 0.002
     patience: int = 3
     precision: str = "fp32"
+    length_buckets: bool = False
+    compile: bool = False
     options: dict[str, dict] = field(default_factory=dict)
     device: str = "auto"
     progress: bool = False
@@ -113,7 +115,9 @@ def train_run(run: Run, settings: Settings) -> dict:
         model=run.model, options=dict(settings.options.get(run.model, {})),
         epochs=settings.epochs, batch_size=settings.batch_size,
         eval_batch_size=settings.eval_batch_size, lr=settings.lr, patience=settings.patience,
-        device=settings.device, precision=settings.precision, progress=settings.progress,
+        device=settings.device, precision=settings.precision,
+        length_buckets=settings.length_buckets, compile=settings.compile,
+        progress=settings.progress,
     )
     if run.out_dir is not None:
         remove_owned(run.out_dir, SEED)  # left by an interrupted run
@@ -211,14 +215,15 @@ class Outcome:
 
 
 def resolve_models(spec: str | Sequence[str]) -> list[str]:
-    """``all`` or a comma-separated list -> registered model names (checked)."""
+    """``all`` (the paper's models: ``tables.all_models``) or a comma-separated list ->
+    registered model names (checked)."""
     from camn.models.registry import model_names
 
     registered = model_names()
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
-        return paper_order(registered)
+        return all_models(registered)
     unknown = [n for n in names if n not in registered]
     if unknown:
         raise DataError(f"unknown model(s) {', '.join(unknown)}; registered: "
@@ -500,13 +505,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--seed", type=seed_int, default=1,
                         help="first seed (seeds FIRST, FIRST+1, ..)")
     parser.add_argument("--epochs", type=positive_int, default=d["epochs"], help="maximum epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
-    parser.add_argument("--eval-batch-size", type=positive_int, default=8192)
+    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
+                        help="training batch size")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=8192,
+                        help="batch size of the validation and test scoring")
     parser.add_argument("--lr", type=positive_finite_float, default=0.002,
                         help="Adam learning rate")
     parser.add_argument("--patience", type=positive_int, default=d["patience"],
                         help="epochs without a better validation AUC before stopping")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--length-buckets", action="store_true",
+                        help="batches of similar history lengths, cut to their longest history")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every model for training (minutes of compilation)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: autocast with fp32 master weights, where the device has bf16 "
                         "instructions (GPUs, CPUs with AVX512-BF16 or AMX)")
@@ -522,7 +533,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
                         help="prepared store(s) (camn prepare)")
-    parser.add_argument("--models", default="all", help="all, or a comma-separated list")
+    parser.add_argument("--models", default="all",
+                        help="all (the paper's models), or a comma-separated list")
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--keep-runs", action="store_true",
                         help="keep every run's weights under OUT/runs")
@@ -534,6 +546,7 @@ def settings_from_args(args: argparse.Namespace, models: Sequence[str]) -> Setti
     return Settings(
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         lr=args.lr, patience=args.patience, precision=args.precision,
+        length_buckets=args.length_buckets, compile=args.compile,
         options=parse_options(args.option, models), device=args.device,
         progress=args.jobs == 1 and os.isatty(2),
     )
@@ -547,6 +560,7 @@ def command_line(args: argparse.Namespace, head: Sequence[str]) -> str:
              "--patience", str(args.patience), "--device", args.device]
     if args.precision != "fp32":
         parts += ["--precision", args.precision]
+    parts += ["--length-buckets"] * args.length_buckets + ["--compile"] * args.compile
     for item in args.option:
         parts += ["--option", item]
     if args.jobs > 1:

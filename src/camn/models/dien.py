@@ -159,7 +159,7 @@ class DIEN(CTRModel):
         base = base_features(items, target, mask, self.pooled_history)
         features = torch.cat([base, final], dim=-1)
         logits = self.mlp(features).squeeze(-1)
-        if self.aux_weight == 0 or "history_negative" not in batch:
+        if not self.training or self.aux_weight == 0 or "history_negative" not in batch:
             return ModelOutput(logits, self.no_aux_loss(logits))
         negatives = self.embedding(batch["history_negative"]).flatten(-2)  # (B, L, D)
         aux = self.next_click(states, items, negatives, mask)

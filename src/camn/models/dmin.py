@@ -59,12 +59,15 @@ class CausalSelfAttention(nn.Module):
     projection e -> D and per-head LayerNorm, head-major (H, N, D), so that every per-head map
     after it is one batched matmul over the packed rows.
     e = ceil(D / H) (the code has e = D / H; rounding up lets any H divide any D).
+    ``project`` (where Q, K, V come from) and ``temperature`` are what a variant replaces
+    (CAMN's per-attribute heads, ``camn.SlotAttention``).
     """
 
     def __init__(self, width: int, num_heads: int, split_heads: bool = False) -> None:
         super().__init__()
         self.width, self.num_heads, self.split_heads = width, num_heads, split_heads
         self.head_dim = math.ceil(width / num_heads)
+        self.temperature = math.sqrt(width)  # logits / sqrt(D), as the official code
         self.qkv = nn.Linear(width, 3 * num_heads * self.head_dim)
         if split_heads:
             self.out = HeadwiseLinear(num_heads, self.head_dim, width)
@@ -74,18 +77,33 @@ class CausalSelfAttention(nn.Module):
             self.out = nn.Linear(num_heads * self.head_dim, width)
             self.norm = nn.LayerNorm(width)
 
+    def project(
+        self, x: torch.Tensor, packing: Packing
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, D) packed -> queries, keys, values (H, B, L, e) each, zeros at padding."""
+        qkv = packing.unpack(self.qkv(x))  # (B, L, 3He)
+        qkv = qkv.view(packing.batch, packing.length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 3, 0, 1, 4).unbind(0)
+        return q, k, v
+
+    def logits(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed, key_scale (H, B, L) or None -> logits before the mask (H, B, L, L),
+        values (H, B, L, e)."""
+        q, k, v = self.project(x, packing)
+        logits = q @ k.transpose(-1, -2) / self.temperature  # (H, B, L, L)
+        if key_scale is not None:
+            logits = logits * key_scale[:, :, None, :]
+        return logits, v
+
     def weights(
         self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, D) packed, key_scale (H, B, L) or None -> attention (H, B, L, L), values
         (H, B, L, e)."""
-        qkv = packing.unpack(self.qkv(x))  # (B, L, 3He), zeros at padding
-        qkv = qkv.view(packing.batch, packing.length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 3, 0, 1, 4).unbind(0)  # each (H, B, L, e)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.width)  # (H, B, L, L)
-        if key_scale is not None:
-            logits = logits * key_scale[:, :, None, :]
-        return masked_softmax(logits, causal_mask(packing.mask)[None]), v
+        logits, values = self.logits(x, packing, key_scale)
+        return masked_softmax(logits, causal_mask(packing.mask)[None]), values
 
     def forward(
         self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
@@ -215,7 +233,7 @@ class DMIN(CTRModel):
         if self.pooled_history:
             base = pooled_features(target, packing.sum_per_sample(items))
         logits = self.mlp(torch.cat([base, interests.flatten(1)], dim=-1)).squeeze(-1)
-        if self.aux_weight == 0 or "history_negative" not in batch:
+        if not self.training or self.aux_weight == 0 or "history_negative" not in batch:
             return ModelOutput(logits, self.no_aux_loss(logits))
         negatives = self.embedding(packing.pack(batch["history_negative"])).flatten(-2)
         pairs = packing.next_pairs()  # rows t whose t + 1 is real

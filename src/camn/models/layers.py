@@ -65,13 +65,17 @@ class Packing:
     arithmetic is the cost there. On an accelerator (``dense``) the rows are all B * L
     positions: finding the real ones needs their count on the host, a synchronisation that
     costs more there than the padding's arithmetic; padding rows are computed and masked.
-    Either way ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows only.
+    Under ``torch.compile`` the rows are dense too: a row count known only from the data
+    would break the graph. Either way ``unpack`` gives zeros at padding and
+    ``sum_per_sample`` sums real rows only.
     """
 
     def __init__(self, mask: torch.Tensor, dense: bool | None = None) -> None:
         self.mask = mask
         self.batch, self.length = mask.shape
-        self.dense = mask.device.type != "cpu" if dense is None else dense
+        if dense is None:
+            dense = mask.device.type != "cpu" or torch.compiler.is_compiling()
+        self.dense = dense
         flat = mask.reshape(-1)
         if self.dense:
             self.rows = torch.arange(flat.numel(), device=mask.device)
@@ -379,3 +383,29 @@ def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
     else:
         out = torch.baddbmm(layer.bias[:, None], flat, layer.weight)
     return out.view(*x.shape[:-1], -1)
+
+
+@torch.no_grad()
+def attention_health(
+    attention: torch.Tensor, logits: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether attention heads single anything out: per head, normalised entropy and |logit|.
+
+    attention and logits (H, ..., K) are head-major with the keys last (logits: what the
+    softmax saw, any scaling included); allowed (..., K) bool marks the keys each row may
+    attend (real keys, not in the future for a causal block; no key for a padding query).
+    Returns two detached (H,) tensors:
+
+    - entropy_h: over the rows with at least 2 allowed keys, the mean of the row's entropy
+      divided by log(its number of allowed keys): 1 is uniform over what the row may see, 0 is
+      all weight on one key;
+    - abs_logit_h: the mean |logit| over the allowed (row, key) entries (near 0: uniform).
+
+    NaN where there is nothing to average (every row has at most one allowed key).
+    """
+    keys = allowed.sum(-1)  # (...)
+    rows = (keys > 1).to(attention.dtype)
+    entropy = torch.special.entr(attention).sum(-1) / keys.clamp(min=2).log()  # (H, ...)
+    entropy = (entropy * rows).flatten(1).sum(1) / rows.sum()
+    magnitude = torch.where(allowed, logits.abs(), 0.0).flatten(1).sum(1)
+    return entropy, magnitude / allowed.sum()

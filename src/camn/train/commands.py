@@ -121,6 +121,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation AUC",
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--length-buckets", action="store_true",
+                        help="batches of similar history lengths, cut to their longest history")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model for training (minutes of compilation)")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                         help="bf16: autocast with fp32 master weights, where the device has bf16 "
                         "instructions (GPUs, CPUs with AVX512-BF16 or AMX)")
@@ -165,7 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             model=args.model, options=options, epochs=args.epochs, batch_size=args.batch_size,
             eval_batch_size=args.eval_batch_size, lr=args.lr, patience=args.patience,
-            device=args.device, precision=args.precision, progress=not args.no_progress,
+            device=args.device, precision=args.precision, length_buckets=args.length_buckets,
+            compile=args.compile, progress=not args.no_progress,
         )
     except ValueError as error:
         raise DataError(str(error)) from None

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from camn.data.store import BATCH_ARRAYS, PreparedStore, draw_items, epoch_order, make_batch
+from camn.data.store import (
+    BATCH_ARRAYS,
+    PreparedStore,
+    batch_slices,
+    draw_items,
+    epoch_order,
+    make_batch,
+)
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, check_output, replacing
@@ -46,6 +53,9 @@ class TrainConfig:
     """How to train one model; ``options`` are the model's constructor options.
 
     ``batch_size`` is per process: under torchrun with N processes a step sees N x batch_size.
+    ``precision``: "fp32", or "bf16" autocast (:mod:`camn.train.precision`).
+    ``length_buckets``: batches of similar history lengths, cut to their longest history
+    (``store.batch_slices``). ``compile``: the training step's model under ``torch.compile``.
     """
 
     model: str
@@ -57,6 +67,8 @@ class TrainConfig:
     patience: int = 3
     device: str = "auto"
     precision: str = "fp32"
+    length_buckets: bool = False
+    compile: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -91,6 +103,7 @@ class ResidentSplit:
             return torch.from_numpy(np.ascontiguousarray(store.array(name)[rows])).to(device)
 
         self.arrays = {name: load(name) for name in BATCH_ARRAYS}  # histories (n, L, k), ...
+        self.host_lengths = np.asarray(store.array("lengths")[rows])  # for length buckets
         self.item_attributes = torch.from_numpy(np.array(store.array("item_attributes"))).to(
             device
         )  # (num_items + 2, k)
@@ -103,9 +116,12 @@ class ResidentSplit:
         n = len(store.split_indices(split))
         return sum(n * store.array(name)[:1].nbytes for name in BATCH_ARRAYS)
 
-    def gather(self, positions: torch.Tensor) -> Batch:
-        """The batch of the given split positions (same keys and dtypes as the store's)."""
-        return make_batch(self.rows[positions], *(a[positions] for a in self.arrays.values()))
+    def gather(self, positions: torch.Tensor, length: int | None = None) -> Batch:
+        """The batch of the given split positions (same keys and dtypes as the store's),
+        histories cut to their first ``length`` positions when given."""
+        fields = [array[positions] for array in self.arrays.values()]
+        fields[0] = fields[0][:, :length]  # histories
+        return make_batch(self.rows[positions], *fields)
 
     def batches(
         self,
@@ -117,12 +133,16 @@ class ResidentSplit:
         history_negatives: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        length_buckets: bool = False,
     ) -> Iterator[Batch]:
         rng = np.random.default_rng([seed, epoch])
         order = epoch_order(len(self), shuffle, rng, rank, world_size)
+        lengths = self.host_lengths[order] if length_buckets else None
         positions = torch.from_numpy(order).to(self.device)
-        for start in range(0, len(positions), batch_size):
-            batch = self.gather(positions[start : start + batch_size])
+        for chosen, length in batch_slices(len(order), batch_size, rng, lengths):
+            if not isinstance(chosen, slice):
+                chosen = torch.from_numpy(chosen).to(self.device)
+            batch = self.gather(positions[chosen], length)
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, self.item_attributes, batch["mask"])
             yield batch
@@ -236,11 +256,14 @@ def train_one(
     batch_options = {
         "shuffle": True, "seed": seed, "history_negatives": model.needs_history_negatives,
         "rank": context.rank, "world_size": context.world_size,
+        "length_buckets": config.length_buckets,
     }
     module: torch.nn.Module = model
     if context.enabled:
         probe = next(data.batches(config.batch_size, **batch_options))
         module = distributed.wrap(model, distributed.has_unused_parameters(model, probe))
+    if config.compile:  # dense rows under compile (layers.Packing): no data-dependent shapes
+        module = torch.compile(module, dynamic=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **fused(device))
     steps = store.num_batches("train", config.batch_size, context.world_size)
 

@@ -1,0 +1,128 @@
+"""The fast paths change nothing that matters: length-bucketed batches, histories cut to their
+longest item, the dense rows taken on accelerators and under torch.compile, bf16 autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from camn.data.store import BUCKET_WINDOW, batch_slices
+from camn.models import layers
+from camn.models.base import FeatureSpec
+from camn.models.registry import build_model, model_names
+
+SPEC = FeatureSpec(("item", "category", "brand", "price"), (60, 6, 9, 12), 10)
+LENGTHS = [0, 1, 3, 10, 2, 7, 5, 4]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(lengths: list[int], length: int = SPEC.max_len) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(length)[None] < torch.tensor(lengths)[:, None]
+    ids = torch.stack(
+        [torch.randint(2, v, (len(lengths), length + 1), generator=g) for v in SPEC.vocab_sizes],
+        -1,
+    )
+    return {
+        "history": ids[:, :length] * mask[..., None],
+        "history_negative": ids.flip(1)[:, :length] * mask[..., None],
+        "mask": mask,
+        "target": ids[:, length],
+        "label": torch.tensor([float(i % 2) for i in range(len(lengths))]),
+        "user": torch.arange(len(lengths)),
+        "index": torch.arange(len(lengths)),
+    }
+
+
+def cut(batch: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    out = dict(batch)
+    for key in ("history", "history_negative", "mask"):
+        out[key] = batch[key][:, :length]
+    return out
+
+
+def test_length_buckets_visit_every_row_once_sorted_within_windows() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 21, size=1000)
+    seen, batches = [], list(batch_slices(1000, 16, np.random.default_rng(1), lengths))
+    for positions, keep in batches:
+        assert keep == max(1, lengths[positions].max())
+        seen += list(positions)
+        window = positions[0] // (16 * BUCKET_WINDOW)
+        assert (positions // (16 * BUCKET_WINDOW) == window).all()  # one window a batch
+        assert (np.diff(lengths[positions]) >= 0).all()  # sorted by length inside it
+    assert sorted(seen) == list(range(1000))
+    assert len(batches) == 63  # ceil(1000 / 16): no batch is split by the bucketing
+    plain = list(batch_slices(1000, 16, np.random.default_rng(1)))
+    assert [(p.start, p.stop, k) for p, k in plain[:2]] == [(0, 16, None), (16, 32, None)]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_cutting_histories_to_the_longest_changes_no_logit(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).eval()
+    batch = make_batch([1, 3, 2, 4])
+    with torch.no_grad():
+        full, short = model(batch), model(cut(batch, 4))
+    torch.testing.assert_close(short.logits, full.logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_dense_rows_equal_packed_rows(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows every model computes on accelerators and under torch.compile (all B * L
+    positions, padding masked) give the CPU's packed-row results, loss and gradients too."""
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).train()
+    batch = make_batch(LENGTHS)
+
+    def step() -> tuple[torch.Tensor, ...]:
+        torch.manual_seed(1)  # models that draw random numbers draw the same ones
+        output = model(batch)
+        loss = output.logits.sum() + output.aux_loss
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
+                                    allow_unused=True)
+        kept = [g for g in grads if g is not None]
+        return output.logits.detach(), output.aux_loss.detach(), *kept
+
+    packed = step()
+    monkeypatch.setattr(layers.torch.compiler, "is_compiling", lambda: True)
+    dense = step()
+    assert len(dense) == len(packed)
+    for got, want in zip(dense, packed, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_bf16_autocast_stays_close_to_fp32(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).eval()
+    batch = make_batch(LENGTHS)
+    with torch.no_grad():
+        fp32 = torch.sigmoid(model(batch).logits)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.sigmoid(model(batch).logits.float())
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() < 0.02  # bf16 keeps 8 bits of mantissa
+
+
+@pytest.mark.parametrize("name", ["din", "dmin"])
+def test_compiled_forward_has_no_graph_break_and_equals_eager(name: str) -> None:
+    """torch.compile traces the whole scoring pass in one graph (``fullgraph``); the
+    ``aot_eager`` backend checks the traced graph without the minutes of C++ code generation
+    that inductor needs (benchmarks/throughput.py times the inductor build)."""
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).eval()
+    batch = make_batch(LENGTHS)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        want = model(batch).logits
+        got = compiled(batch).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
