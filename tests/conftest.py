@@ -20,7 +20,7 @@ def serve_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sliding protocol (train users have several click rows, so "latest" is a real choice);
     max_len 4 < most users' click counts (histories are cut)."""
     path = tmp_path_factory.mktemp("serve") / "store"
-    raw = generate(users=150, items=50, attributes=3, clicks_per_user=6, seed=5)
+    raw = generate(users=100, items=50, attributes=3, clicks_per_user=5, seed=5)
     prepare(raw, path, protocol="sliding", max_len=SERVE_MAX_LEN, seed=1)
     return path
 

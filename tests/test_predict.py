@@ -79,7 +79,8 @@ def test_unknown_ids_are_unknown_and_counted(predictor: Predictor) -> None:
     items = predictor.vocabulary(predictor.attributes[0])
     known = items[2:5]
     histories = [[known[0], "never-seen", known[1]], ["x1", "x2"], [known[2]]]
-    with pytest.warns(UnknownIdsWarning, match=r"5 item id\(s\) \(e\.g\. 'never-seen', 'x1'"):
+    message = r"5 item id\(s\) not in the store \(e\.g\. 'never-seen', 'x1'"
+    with pytest.warns(UnknownIdsWarning, match=message):
         scores = predictor.score(histories, ["x9", known[0], "x9"])
     assert predictor.unknown.items == 5 and predictor.unknown.users == 0
     # an unknown id is id 1 in every slot: the same scores as the store's unknown row
@@ -133,8 +134,8 @@ def test_latest_history_on_hand_made_data(tmp_path: Path) -> None:
 def test_unknown_users_get_an_empty_history(predictor: Predictor) -> None:
     names = predictor.user_ids()
     items = predictor.vocabulary(predictor.attributes[0])[2:4]
-    with pytest.warns(UnknownIdsWarning, match=r"1 user\(s\) \(e\.g\. 'no-such-user'\), scored "
-                      "with an empty history"):
+    with pytest.warns(UnknownIdsWarning, match=r"1 user\(s\) without a history \(e\.g\. "
+                      r"'no-such-user'\), scored with an empty history"):
         scores = predictor.score(candidates=items, users=["no-such-user", names[3]])
     assert predictor.unknown.users == 1
     cold = predictor.score([[], predictor.latest_history(names[3])], items)
@@ -171,7 +172,8 @@ def test_items_table_gives_new_items_attributes(predictor: Predictor,
     values = [fresh.vocabulary(a)[3], fresh.vocabulary(b)[4]]
     table = pl.DataFrame({fresh.attributes[0]: ["brand-new", "brand-new", known],
                           a: [values[0], "never", values[0]], b: [values[1], None, "unseen"]})
-    with pytest.warns(UnknownIdsWarning, match=f"1 value\\(s\\) of {b} \\(e.g. 'unseen'\\)"):
+    message = f"1 value\\(s\\) of {b} not in the store \\(e.g. 'unseen'\\)"
+    with pytest.warns(UnknownIdsWarning, match=message):
         unknown = fresh.add_items(table)
     assert unknown.values == {b: 1}  # the repeated item's second row is ignored; null is no id
     new_row = fresh.items.codes(pl.Series(["brand-new"]))[0]

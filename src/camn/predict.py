@@ -86,23 +86,25 @@ class UnknownIds:
         return self.items + self.users + sum(self.values.values())
 
     def summary(self) -> str:
-        """One line, e.g. ``unknown to the store: 3 item id(s) (e.g. 'x', 'y'), scored as
-        unknown; 1 user(s) (e.g. 'u9'), scored with an empty history``; '' when none."""
+        """One line, e.g. ``unknown ids: 3 item id(s) not in the store (e.g. 'x', 'y'), scored
+        as unknown; 1 user(s) without a history (e.g. 'u9'), scored with an empty history``;
+        '' when there is none."""
 
         def examples(kind: str) -> str:
             return ", ".join(repr(v) for v in self.examples.get(kind, []))
 
         parts = []
         if self.items:
-            parts.append(f"{self.items:,} item id(s) (e.g. {examples('items')}), scored as unknown")
+            parts.append(f"{self.items:,} item id(s) not in the store (e.g. {examples('items')}),"
+                         " scored as unknown")
         parts += [
-            f"{n:,} value(s) of {name} (e.g. {examples(name)}), set to unknown"
+            f"{n:,} value(s) of {name} not in the store (e.g. {examples(name)}), set to unknown"
             for name, n in self.values.items()
         ]
         if self.users:
-            parts.append(f"{self.users:,} user(s) (e.g. {examples('users')}), "
+            parts.append(f"{self.users:,} user(s) without a history (e.g. {examples('users')}), "
                          "scored with an empty history")
-        return "unknown to the store: " + "; ".join(parts) if parts else ""
+        return "unknown ids: " + "; ".join(parts) if parts else ""
 
     def warn(self) -> None:
         if self.total:

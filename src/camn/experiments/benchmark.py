@@ -88,6 +88,7 @@ class Dataset:
         from camn.data.store import PreparedStore
 
         store = PreparedStore(path)
+        store.check_trainable()  # before the first run, not once per run
         schema = store.schema
         meta = {"num_slots": len(store.attributes), "path": str(path), **schema["splits"]}
         return cls(f"{Path(path).resolve().name} ({schema['protocol']})", str(path), meta)
