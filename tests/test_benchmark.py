@@ -23,7 +23,16 @@ from camn.experiments.benchmark import (
     parse_options,
     run_benchmark,
 )
-from camn.experiments.tables import paired_test
+from camn.experiments.tables import (
+    VARIANTS,
+    ablation_rows,
+    all_models,
+    comparison_pairs,
+    paired_test,
+    paper_order,
+    render_markdown,
+)
+from camn.models.registry import model_names
 
 # test AUC of each (model, seed): CAMN leads DMIN by about 0.0037 on every seed (significant);
 # CAMN vs CAMN-route flips sign (not significant)
@@ -186,9 +195,32 @@ def test_results_file_rejects_a_broken_middle_row(tmp_path):
         ResultsFile(path).load()
 
 
+def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
+    registered = ["camn-standalone", "dmin", "camn-slot-loss", "camn", "camn-route", "camn-loss",
+                  "camn-slot", "camn-standalone-route"]
+    assert all_models(registered) == ["dmin", "camn-loss", "camn-route", "camn"]
+    everything = benchmark.resolve_models("all")
+    assert set(everything) == set(model_names()) - set(VARIANTS) and "camn" in everything
+    assert "camn-slot" in benchmark.resolve_models("camn-slot,dmin")
+    assert ablation_rows(paper_order(registered)) == [
+        "camn-loss", "camn-route", "camn", "camn-slot-loss", "camn-slot",
+        "camn-standalone-route", "camn-standalone"]
+    assert {("camn", "camn-loss"), ("camn-slot", "dmin"), ("camn-slot", "camn-slot-route"),
+            ("camn-standalone", "camn-standalone-loss")} <= set(comparison_pairs())
+    rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": 0.7 + 0.01 * i + 0.001 * s}
+            for i, m in enumerate(["dmin", "camn-slot-loss", "camn-slot"]) for s in (1, 2)]
+    text = render_markdown(rows, datasets=["d"], models=["dmin", "camn-slot-loss", "camn-slot"],
+                           seeds=[1, 2], meta={"d": {"num_slots": 3, "train": 1, "valid": 1,
+                                                     "test": 1}}, command="c", settings={})
+    table2, table3 = text.split("## Table 3")[0], text.split("## Table 3")[1].split("##")[0]
+    assert "CAMN-slot-loss" not in table2 and "| CAMN-slot " in table2
+    assert "CAMN-slot-loss" in table3 and "| CAMN-slot " in table3
+    assert "CAMN-slot − DMIN" in text and "CAMN-slot − CAMN-slot-loss" in text
+
+
 def test_options_are_parsed_and_checked():
-    assert parse_options(["camn:q=2", "camn:alpha=0.5", "camn:scale_side=query"], ["camn"]) == {
-        "camn": {"q": 2, "alpha": 0.5, "scale_side": "query"}
+    assert parse_options(["camn:q=2", "camn:alpha=0.5", "camn:heads=slot"], ["camn"]) == {
+        "camn": {"q": 2, "alpha": 0.5, "heads": "slot"}
     }
     with pytest.raises(DataError, match="MODEL:KEY=VALUE"):
         parse_options(["q=2"], ["camn"])

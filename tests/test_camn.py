@@ -1,7 +1,8 @@
-"""CAMN (paper Eq. 1-9, SPEC section 1) checked equation by equation."""
+"""CAMN = DMIN + the paper's routing (Eq. 1-4) and diversity loss (Eq. 7), both head readings."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -9,29 +10,35 @@ import pytest
 import torch
 from torch import nn
 
+import camn.models.camn as camn_module
 from camn.models import FeatureSpec, build_model
-from camn.models.camn import CAMN, diversity_loss, keep_top_q
+from camn.models.camn import CAMN, SlotAttention, diversity_loss, keep_top_q
+from camn.models.dmin import DMIN, CausalSelfAttention, causal_mask
+from camn.models.layers import Packing, attention_health
 from camn.models.registry import resolved_options
 
 K, D, L = 4, 6, 8
 SPEC = FeatureSpec(("item", "cat", "brand", "price"), (50, 9, 12, 7), L)
+READINGS = ["camn", "camn-slot"]
 
 
-def make_batch(spec: FeatureSpec, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random left-aligned histories of 1..L items (one full), padding ids 0."""
+def make_batch(size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random left-aligned histories of 1..L items (one full, one of length 1), padding ids 0,
+    with drawn history negatives (DMIN's auxiliary loss)."""
     generator = torch.Generator().manual_seed(seed)
-    highs = torch.tensor(spec.vocab_sizes)
+    highs = torch.tensor(SPEC.vocab_sizes)
 
     def ids(*shape: int) -> torch.Tensor:
         unit = torch.rand(*shape, len(highs), generator=generator)
         return 1 + (unit * (highs - 1)).long()  # ids in [1, vocab)
 
-    lengths = torch.randint(1, spec.max_len + 1, (size,), generator=generator)
-    lengths[0] = spec.max_len
-    mask = torch.arange(spec.max_len)[None, :] < lengths[:, None]
+    lengths = torch.randint(1, L + 1, (size,), generator=generator)
+    lengths[0], lengths[-1] = L, 1
+    mask = torch.arange(L)[None, :] < lengths[:, None]
     return {
         "index": torch.arange(size),
-        "history": ids(size, spec.max_len) * mask[..., None],
+        "history": ids(size, L) * mask[..., None],
+        "history_negative": ids(size, L) * mask[..., None],
         "mask": mask,
         "target": ids(size),
         "label": torch.randint(0, 2, (size,), generator=generator).float(),
@@ -47,121 +54,143 @@ def make_model(name: str = "camn", seed: int = 0, **options) -> CAMN:
     return model
 
 
-def test_registered_presets_and_json_options() -> None:
-    assert resolved_options("camn-route")["alpha"] == 0.0
-    assert resolved_options("camn-loss")["routing"] is False
-    options = resolved_options("camn")
-    assert options["alpha"] == 1e-4 and options["q"] is None and options["scale_side"] == "key"
-    assert json.loads(json.dumps(options)) == {**options, "mlp_hidden": [200, 80]}
-    model = build_model("camn", SPEC, **json.loads(json.dumps(options)))
-    assert model.router.q == math.ceil(K / 2)
-    assert [m.out_features for m in model.mlp.net if isinstance(m, nn.Linear)] == [200, 80, 1]
-    assert isinstance(model.mlp.net[0], nn.BatchNorm1d)
+def inputs(model: CAMN, batch: dict) -> tuple[Packing, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the extractor sees in ``forward``: packing, refined rows, P (B, L, k), target."""
+    packing = Packing(batch["mask"])
+    attributes = model.embedding(packing.pack(batch["history"]))
+    refined = model.refine(attributes.flatten(-2), packing)
+    target = model.embedding(batch["target"]).flatten(-2)
+    return packing, refined, model.route(attributes, packing), target
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+def test_presets_defaults_and_json_options() -> None:
+    camn = resolved_options("camn")
+    assert camn["alpha"] == 1e-4 and camn["q"] is None and camn["routing"] is True
+    assert camn["heads"] == "dense" and camn["diversity_pairs"] == "all"
+    dmin = resolved_options("dmin")
+    assert {key: camn[key] for key in dmin} == dmin  # DMIN's settings, unchanged
+    presets = {
+        "camn-route": {"alpha": 0.0}, "camn-loss": {"routing": False},
+        "camn-slot": {"heads": "slot"}, "camn-slot-route": {"heads": "slot", "alpha": 0.0},
+        "camn-slot-loss": {"heads": "slot", "routing": False},
+    }
+    for name, preset in presets.items():
+        assert resolved_options(name) == {**camn, **preset}, name
+    model = build_model("camn", SPEC, **json.loads(json.dumps(camn)))
+    assert isinstance(model, DMIN) and model.router.q == math.ceil(K / 2)
+    assert model.extractor.num_heads == K and model.extractor.head_dim == 18
+    assert type(model.extractor) is CausalSelfAttention
+    assert isinstance(build_model("camn-slot", SPEC).extractor, SlotAttention)
+    assert build_model("camn-loss", SPEC).router is None
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"q": 0}, {"q": K + 1}, {"scale_side": "both"}, {"diversity_pairs": "some"}],
+    "options", [{"q": 0}, {"q": K + 1}, {"heads": "both"}, {"diversity_pairs": "some"}]
 )
 def test_bad_options_are_rejected(options: dict) -> None:
     with pytest.raises(ValueError):
         build_model("camn", SPEC, **options)
 
 
-@pytest.mark.parametrize("q", range(1, K + 1))
-def test_routing_rows_sum_to_one_with_k_minus_q_zeros(q: int) -> None:
-    model = make_model(q=q)
-    items = model.embed(make_batch(SPEC, 16))[0]  # (B, L, k, d)
-    scores = model.route(items)  # (B, L, k)
-    torch.testing.assert_close(scores.sum(-1), torch.ones(16, L))
-    assert torch.all((scores == 0).sum(-1) == K - q)
-    # At real items the zeros are the k - q smallest routing logits and the rest is their
-    # softmax (Eq. 2-3). Padding items all have the same logits, so ties make the order moot.
-    real = make_batch(SPEC, 16)["mask"]
-    logits, scores = model.router.logits(items)[real], scores[real]  # (N, k)
-    order = logits.argsort(-1)
-    assert torch.all(scores.gather(-1, order[:, : K - q]) == 0)
-    expected = torch.softmax(logits.gather(-1, order[:, K - q :]), dim=-1)
-    torch.testing.assert_close(scores.gather(-1, order[:, K - q :]), expected)
+# ------------------------------------------------------------------- reading (b) is DMIN + P
 
 
-def test_keep_top_q_passes_no_gradient_to_dropped_logits() -> None:
+@pytest.mark.parametrize("train", [True, False])
+def test_dense_reading_with_unit_scores_and_no_diversity_is_exactly_dmin(
+    train: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
-    logits = torch.randn(5, 7, 6, requires_grad=True)
-    scores = torch.softmax(keep_top_q(logits, 2), dim=-1)
-    (scores * torch.randn(5, 7, 6)).sum().backward()
-    kept = scores > 0
-    assert torch.all(kept.sum(-1) == 2)
-    assert torch.all(logits.grad[~kept] == 0)
-    assert torch.all(logits.grad[kept] != 0)
+    dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8]).train(train)
+    batch = make_batch(12)
+    reference = dmin(batch)
+    assert reference.aux_loss > 0 or not train
+    for name in ("camn-loss", "camn"):
+        model = make_model(name, seed=1, alpha=0.0).train(train)
+        loaded = model.load_state_dict(dmin.state_dict(), strict=False)
+        assert not loaded.unexpected_keys
+        assert set(loaded.missing_keys) == ({"router.norm.weight", "router.norm.bias",
+                                             "router.weight.weight"} if model.router else set())
+        if model.router is not None:  # P = 1 at every real item: every logit times 1
+            monkeypatch.setattr(model, "route", lambda a, p: p.unpack(a.new_ones(len(a), K)))
+        output = model(batch)
+        torch.testing.assert_close(output.logits, reference.logits, rtol=0, atol=0)
+        torch.testing.assert_close(output.aux_loss, reference.aux_loss, rtol=0, atol=0)
 
 
-def test_routing_weights_of_a_never_kept_attribute_get_no_gradient() -> None:
-    model = make_model(q=3)
-    router = model.router
-    with torch.no_grad():  # LayerNorm(X) = 1 for every item, so the logits are W_h's row sums
-        router.norm.weight.zero_()
-        router.norm.bias.fill_(1.0)
-        router.weight.weight.normal_(std=0.01)
-        router.weight.weight[1] = -1.0  # attribute 1 is never in the top q = 3 of k = 4
-    batch = make_batch(SPEC, 8)
-    output = model(batch)
-    assert torch.all(output.routing[..., 1] == 0)
-    (output.logits.sum() + output.aux_loss).backward()
-    grad = router.weight.weight.grad  # (k, k*d): row r is W_h's column for attribute r
-    assert torch.all(grad[1] == 0)
-    assert torch.all(grad[[0, 2, 3]].abs().sum(-1) > 0)
+def test_unit_scores_with_diversity_add_alpha_times_diversity_to_dmins_loss() -> None:
+    torch.manual_seed(0)
+    dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8])
+    model = make_model("camn-loss", alpha=0.5)
+    model.load_state_dict(dmin.state_dict())
+    batch = make_batch(12)
+    output, reference = model(batch), dmin(batch)
+    diversity = output.aux_terms["diversity"]
+    assert diversity > 0
+    torch.testing.assert_close(output.aux_loss, reference.aux_loss + 0.5 * diversity)
+    torch.testing.assert_close(output.aux_terms["next_click"], reference.aux_terms["next_click"])
 
 
-def naive_logits(model: CAMN, items, scores, mask, side: str) -> torch.Tensor:
-    """Eq. 4's logits as a loop over samples and heads."""
-    batch = items.shape[0]
-    out = torch.empty(batch, K, L, L)
-    for b in range(batch):
+# -------------------------------------------------------------------------- Eq. 4 and Eq. 7
+
+
+@torch.no_grad()
+def naive_logits(model: CAMN, refined: torch.Tensor, packing: Packing,
+                 scores: torch.Tensor | None) -> torch.Tensor:
+    """The extractor's logits (k, B, L, L) as a loop over samples, heads and (query, key)."""
+    dense = model.heads == "dense"
+    rows = packing.unpack(refined)  # (B, L, D)
+    out = torch.zeros(K, len(rows), L, L)
+    for b in range(len(rows)):
         for r in range(K):
-            x = items[b, :, r]  # (L, d)
-            queries, keys = x @ model.query.weight[r], x @ model.key.weight[r]
-            dots = queries @ keys.T / math.sqrt(D)  # (L, L)
-            p = scores[b, :, r]
-            scaled = dots * (p[None, :] if side == "key" else p[:, None])
-            out[b, r] = scaled.masked_fill(~mask[b][None, :], float("-inf"))
+            if dense:  # DMIN's dense Q, K over the whole item vector, head r = its r-th slice
+                qkv = (rows[b] @ model.extractor.qkv.weight.T + model.extractor.qkv.bias)
+                qkv = qkv.view(L, 3, K, model.extractor.head_dim)
+                queries, keys, width = qkv[:, 0, r], qkv[:, 1, r], K * D
+            else:  # slot r of the item vector, head r's own d x d maps
+                weight = model.extractor.qkv.weight[r]  # (d, 3d)
+                slot = rows[b, :, r * D : (r + 1) * D]
+                queries, keys, width = slot @ weight[:, :D], slot @ weight[:, D : 2 * D], D
+            for i in range(L):
+                for j in range(L):
+                    if packing.mask[b, i] and packing.mask[b, j]:
+                        logit = float(queries[i] @ keys[j]) / math.sqrt(width)
+                        scale = 1.0 if scores is None else float(scores[b, j, r])
+                        out[r, b, i, j] = logit * scale
     return out
 
 
-@pytest.mark.parametrize("side", ["key", "query"])
-def test_scaled_logits_equal_naive_loop(side: str) -> None:
-    model = make_model(scale_side=side)
-    batch = make_batch(SPEC, 6)
-    items = torch.randn(6, L, K, D)
-    scores = model.route(items)
-    got = model.attention_logits(items, scores, batch["mask"])
-    torch.testing.assert_close(got, naive_logits(model, items, scores, batch["mask"], side))
+@pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
+def test_head_r_logit_column_j_is_scaled_by_p_of_key_j_and_attribute_r(name: str) -> None:
+    model = make_model(name)
+    batch = make_batch(5)
+    packing, refined, scores, _ = inputs(model, batch)
+    key_scale = None if scores is None else scores.permute(2, 0, 1)
+    logits, _ = model.extractor.logits(refined, packing, key_scale)
+    real = (packing.mask[:, :, None] & packing.mask[:, None, :])[None].expand_as(logits)
+    expected = naive_logits(model, refined, packing, scores)
+    torch.testing.assert_close(logits[real], expected[real], rtol=1e-5, atol=1e-6)
+    if scores is not None:  # the scaling is not the identity here
+        plain, _ = model.extractor.logits(refined, packing)
+        assert not torch.allclose(plain[real], logits[real])
 
 
-@pytest.mark.parametrize("residual_norm", [False, True])
-def test_refine_equals_eq5_and_eq6(residual_norm: bool) -> None:
-    model = make_model(residual_norm=residual_norm)
-    mask = make_batch(SPEC, 4)["mask"]
-    items = torch.randn(4, L, K, D)
-    scores = model.route(items)
-    refined, attention = model.refine(items, scores, mask)
-    logits = naive_logits(model, items, scores, mask, "key")
-    ffn = model.ffn
-    for b in range(4):
-        real = mask[b]
-        for r in range(K):
-            a = torch.softmax(logits[b, r][:, real], dim=-1)  # (L, l)
-            torch.testing.assert_close(attention[b, r][:, real], a)
-            assert torch.all(attention[b, r][:, ~real] == 0)
-            x = items[b, :, r]
-            hat = a @ (x[real] @ model.value.weight[r])  # Eq. 5
-            if residual_norm:
-                hat = model.norms[0](hat + x)
-                expected = model.norms[1](hat + ffn[2](torch.relu(ffn[0](hat))))
-            else:
-                expected = torch.relu(hat @ ffn[0].weight.T + ffn[0].bias) @ ffn[2].weight.T
-                expected = expected + ffn[2].bias  # Eq. 6
-            torch.testing.assert_close(refined[b, r], expected)
+@pytest.mark.parametrize("name", READINGS)
+def test_diversity_loss_is_over_the_extractors_causal_scaled_heads(name: str) -> None:
+    model = make_model(name, alpha=0.25)
+    batch = make_batch(6)
+    packing, refined, scores, _ = inputs(model, batch)
+    logits = naive_logits(model, refined, packing, scores)  # (k, B, L, L)
+    allowed = causal_mask(batch["mask"])[None].expand_as(logits)
+    attention = torch.softmax(logits.masked_fill(~allowed, -math.inf), -1).nan_to_num(0.0)
+    expected = diversity_loss(attention.transpose(0, 1), batch["mask"])
+    output = model(batch)
+    torch.testing.assert_close(output.aux_terms["diversity"], expected, rtol=1e-5, atol=1e-6)
+    next_click = output.aux_terms["next_click"]
+    torch.testing.assert_close(output.aux_loss, next_click + 0.25 * expected)
+    assert output.aux_loss.requires_grad
 
 
 def test_diversity_loss_equals_hand_computation() -> None:
@@ -181,7 +210,7 @@ def test_diversity_loss_equals_hand_computation() -> None:
 @pytest.mark.parametrize("distinct", [False, True])
 def test_diversity_loss_equals_pair_loop(distinct: bool) -> None:
     torch.manual_seed(0)
-    mask = make_batch(SPEC, 5)["mask"]
+    mask = make_batch(5)["mask"]
     attention = torch.softmax(torch.randn(5, 3, L, L).masked_fill(~mask[:, None, None], -1e9), -1)
     total = torch.zeros(())
     for b in range(5):
@@ -193,125 +222,161 @@ def test_diversity_loss_equals_pair_loop(distinct: bool) -> None:
     torch.testing.assert_close(diversity_loss(attention, mask, distinct), expected)
 
 
-@pytest.mark.parametrize("pairs", ["all", "distinct"])
-def test_forward_aux_loss_is_alpha_times_diversity_of_the_attention(pairs: str) -> None:
-    model = make_model(alpha=0.25, diversity_pairs=pairs)
-    batch = make_batch(SPEC, 8)
-    output = model(batch)
-    history, _ = model.embed(batch)
-    _, attention = model.refine(history, model.route(history), batch["mask"])
-    expected = diversity_loss(attention, batch["mask"], distinct=pairs == "distinct")
-    torch.testing.assert_close(output.aux_terms["diversity"], expected)
-    torch.testing.assert_close(output.aux_loss, 0.25 * expected)
-    assert output.aux_loss.requires_grad
+def test_distinct_pairs_option_drops_the_self_pairs() -> None:
+    batch = make_batch(6)
+    both = [make_model(diversity_pairs=p)(batch).aux_terms["diversity"]
+            for p in ("all", "distinct")]
+    assert 0 < both[1] < both[0]
 
 
-def test_camn_route_has_no_diversity_term() -> None:
-    output = make_model("camn-route")(make_batch(SPEC, 8))
-    assert output.aux_loss.shape == () and output.aux_loss.item() == 0.0
-    assert output.routing is not None and output.aux_terms["diversity"] > 0
+# ---------------------------------------------------------------------------- routing, Eq. 1-3
 
 
-def test_camn_loss_has_no_router_and_unit_scores() -> None:
-    model = make_model("camn-loss")
-    batch = make_batch(SPEC, 8)
-    assert model.router is None
-    history, _ = model.embed(batch)
-    assert torch.all(model.route(history) == 1)
-    output = model(batch)
-    assert output.routing is None and output.aux_loss.item() > 0
-    # P = 1: the logits are plain scaled dot products.
-    logits = model.attention_logits(history, model.route(history), batch["mask"])
-    queries = torch.einsum("blrd,rde->brle", history, model.query.weight)
-    keys = torch.einsum("blrd,rde->brle", history, model.key.weight)
-    plain = queries @ keys.transpose(-1, -2) / math.sqrt(D)
-    real = batch["mask"][:, None, None, :].expand_as(plain)
-    torch.testing.assert_close(logits[real], plain[real])
+@pytest.mark.parametrize("q", range(1, K + 1))
+def test_routing_is_zero_at_padding_and_sums_to_one_with_k_minus_q_zeros(q: int) -> None:
+    model = make_model(q=q).eval()
+    batch = make_batch(10)
+    routing = model(batch).routing  # (B, L, k)
+    mask = batch["mask"]
+    assert routing.shape == (10, L, K) and torch.all(routing[~mask] == 0)
+    real = routing[mask]  # (N, k)
+    torch.testing.assert_close(real.sum(-1), torch.ones(len(real)))
+    assert torch.all((real == 0).sum(-1) == K - q)
+    # Eq. 1-3 on each real item's own attribute embeddings, nothing else
+    logits = model.router.logits(model.embedding(batch["history"][mask]))
+    torch.testing.assert_close(real, torch.softmax(keep_top_q(logits, q), -1))
 
 
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [
-        ("camn", {}),
-        ("camn", {"scale_side": "query", "residual_norm": True}),
-        ("camn", {"pooled_history": True, "normalize_items": True}),
-        ("camn-loss", {}),
-    ],
-)
-def test_padding_positions_do_not_change_any_output(name: str, options: dict) -> None:
+def test_keep_top_q_passes_no_gradient_to_dropped_logits() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, 6, requires_grad=True)
+    scores = torch.softmax(keep_top_q(logits, 2), dim=-1)
+    (scores * torch.randn(5, 7, 6)).sum().backward()
+    kept = scores > 0
+    assert torch.all(kept.sum(-1) == 2)
+    assert torch.all(logits.grad[~kept] == 0)
+    assert torch.all(logits.grad[kept] != 0)
+
+
+@pytest.mark.parametrize("name", READINGS)
+@pytest.mark.parametrize("loss", ["click", "diversity"])
+def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
+    """Through the click logits alone (alpha = 0) and through the diversity loss alone."""
+    options = {"alpha": 0.0} if loss == "click" else {"alpha": 1.0, "aux_weight": 0.0}
     model = make_model(name, **options)
-    batch = make_batch(SPEC, 16)
-    noisy = dict(batch)
-    garbage = make_batch(SPEC, 16, seed=1)["history"].clamp(min=1)
-    noisy["history"] = torch.where(batch["mask"][..., None], batch["history"], garbage)
-    assert not torch.equal(noisy["history"], batch["history"])
-    for train in (True, False):
-        model.train(train)
-        clean, dirty = model(batch), model(noisy)
-        torch.testing.assert_close(dirty.logits, clean.logits)
-        torch.testing.assert_close(dirty.aux_loss, clean.aux_loss)
-        if clean.routing is not None:
-            torch.testing.assert_close(dirty.routing, clean.routing)
+    output = model(make_batch(16))
+    (output.logits.sum() if loss == "click" else output.aux_loss).backward()
+    grad = model.router.weight.weight.grad  # (k, k*d): W_h
+    assert grad is not None and torch.all(grad.abs().sum(-1) > 0)
 
 
-def test_same_seed_same_outputs_and_other_seed_differs() -> None:
-    batch = make_batch(SPEC, 8)
-    first, second, other = make_model(seed=3), make_model(seed=3), make_model(seed=4)
-    torch.testing.assert_close(first(batch).logits, second(batch).logits, rtol=0, atol=0)
-    assert not torch.allclose(first(batch).logits, other(batch).logits)
-
-
-def test_output_shapes_ranges_and_attribute_scores() -> None:
-    model = make_model().eval()
-    batch = make_batch(SPEC, 10)
-    output = model(batch)
-    assert output.logits.shape == (10,) and torch.isfinite(output.logits).all()
-    probabilities = torch.sigmoid(output.logits)
-    assert torch.all((probabilities > 0) & (probabilities < 1))
-    assert output.routing.shape == (10, L, K)
-    assert torch.all(output.routing[~batch["mask"]] == 0)
-    real_rows = output.routing[batch["mask"]]
-    torch.testing.assert_close(real_rows.sum(-1), torch.ones(len(real_rows)))
-    torch.testing.assert_close(model.attribute_scores(batch), output.routing)
-
-
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [
-        ("camn", {}),
-        ("camn", {"residual_norm": True, "scale_side": "query", "activation": "prelu"}),
-        ("camn", {"pooled_history": True, "normalize_items": True}),
-        ("camn-loss", {}),
-    ],
-)
-def test_gradients_reach_every_parameter(name: str, options: dict) -> None:
-    model = make_model(name, **options)
-    batch = make_batch(SPEC, 16)
+@pytest.mark.parametrize("name", [*READINGS, "camn-loss", "camn-slot-loss"])
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = make_model(name)
+    batch = make_batch(16)
     output = model(batch)
     loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
     (loss + output.aux_loss).backward()
-    for parameter_name, parameter in model.named_parameters():
-        assert parameter.grad is not None, parameter_name
-        assert parameter.grad.abs().sum() > 0, parameter_name
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reaches {missing}"
 
 
-def test_small_batch_can_be_overfit() -> None:
-    """64 random samples are memorised within 200 Adam steps (stops once BCE < 0.01)."""
+# ------------------------------------------------------------------------- padding and rows
+
+
+def with_garbage(batch: dict, seed: int) -> dict:
+    garbage = make_batch(len(batch["mask"]), seed=seed)
+    noisy = dict(batch)
+    for key in ("history", "history_negative"):
+        filler = garbage[key].clamp(min=1)  # real ids everywhere
+        noisy[key] = torch.where(batch["mask"][..., None], batch[key], filler)
+    return noisy
+
+
+@pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_padding_ids_change_nothing(
+    name: str, dense: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed rows (the CPU's) and every row (the accelerators', padding computed and masked)."""
+    batch = make_batch(12)
+    noisy = with_garbage(batch, seed=1)
+    assert not torch.equal(noisy["history"], batch["history"])
+    model = make_model(name)
+    for train in (False, True):  # evaluation first: training forwards move the batch norms
+        model.train(train)
+        monkeypatch.setattr(camn_module, "Packing", functools.partial(Packing, dense=False))
+        reference = model(batch)
+        monkeypatch.setattr(camn_module, "Packing", functools.partial(Packing, dense=dense))
+        for output in (model(batch), model(noisy)):
+            torch.testing.assert_close(output.logits, reference.logits)
+            torch.testing.assert_close(output.aux_loss, reference.aux_loss)
+            assert output.aux_terms.keys() == reference.aux_terms.keys()
+            for key, value in reference.aux_terms.items():
+                torch.testing.assert_close(output.aux_terms[key], value)
+            if reference.routing is not None:
+                torch.testing.assert_close(output.routing, reference.routing)
+                assert torch.all(output.routing[~batch["mask"]] == 0)
+
+
+# ------------------------------------------------------------------------- attention health
+
+
+def test_attention_health_on_a_hand_computed_example() -> None:
+    # One head, one sample, three queries: row 0 has one allowed key (left out of the entropy),
+    # row 1 two keys at 0.5 / 0.5 (entropy log 2 / log 2 = 1), row 2 three keys, all weight on
+    # one (entropy 0). |logit| over the 1 + 2 + 3 allowed entries.
+    allowed = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, 1, 1]]], dtype=torch.bool)  # (1, 3, 3)
+    attention = torch.tensor([[[[1.0, 0, 0], [0.5, 0.5, 0], [0, 1.0, 0]]]])  # (1, 1, 3, 3)
+    logits = torch.tensor([[[[2.0, 9, 9], [-1.0, -1.0, 9], [0.0, 3.0, -3.0]]]])
+    entropy, abs_logit = attention_health(attention, logits, allowed)
+    torch.testing.assert_close(entropy, torch.tensor([0.5]))
+    torch.testing.assert_close(abs_logit, torch.tensor([(2 + 1 + 1 + 0 + 3 + 3) / 6]))
+    single = attention_health(attention[..., :1, :], logits[..., :1, :], allowed[:, :1])
+    assert torch.isnan(single[0]).all() and single[1].item() == 2.0
+
+
+@pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
+def test_health_terms_are_per_head_and_only_outside_training(name: str) -> None:
+    model = make_model(name)
+    batch = make_batch(10)
+    assert set(model.train()(batch).aux_terms) == {"next_click", "diversity"}
+    terms = model.eval()(batch).aux_terms
+    entropy, abs_logit = terms["attention_entropy"], terms["attention_abs_logit"]
+    assert entropy.shape == abs_logit.shape == (K,)
+    assert torch.all((entropy > 0) & (entropy <= 1 + 1e-6)) and torch.all(abs_logit > 0)
+    # the same numbers from the extractor's logits and attention
+    packing, refined, scores, target = inputs(model, batch)
+    key_scale = None if scores is None else scores.permute(2, 0, 1)
+    _, _, attention = model.extract(refined, target, packing, key_scale)
+    logits = naive_logits(model, refined, packing, scores)
+    allowed = causal_mask(batch["mask"]) & batch["mask"][:, :, None]
+    expected = attention_health(attention, logits, allowed)
+    torch.testing.assert_close(entropy, expected[0])
+    torch.testing.assert_close(abs_logit, expected[1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("name", READINGS)
+def test_small_batch_can_be_overfit(name: str) -> None:
+    """64 random samples are memorised within 150 Adam steps (stops once BCE < 0.02)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead on a shared machine
     try:
-        model = make_model()
-        batch = make_batch(SPEC, 64, seed=5)
+        model = make_model(name)
+        batch = make_batch(64, seed=5)
         optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-        for _ in range(200):
+        for _ in range(150):
             output = model(batch)
             loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
-            if loss.item() < 0.01:
+            if loss.item() < 0.02:
                 break
             optimiser.zero_grad()
             (loss + output.aux_loss).backward()
             optimiser.step()
-        assert loss.item() < 0.01
-        assert torch.equal((output.logits > 0).float(), batch["label"])  # training accuracy 1
+        assert loss.item() < 0.02
     finally:
         torch.set_num_threads(threads)

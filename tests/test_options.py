@@ -71,9 +71,11 @@ MODEL_OPTIONS = [
      'list [200, "x"]'),
     ("camn", "mlp_hidden=[200,0]",
      "option mlp_hidden=[200, 0]: every layer width must be at least 1"),
-    ("camn", "scale_side=3", "option scale_side=3: expected a string, got the number 3"),
-    ("camn", "scale_side=both", "model 'camn' (options given: scale_side=both): scale_side must "
-     "be 'key' or 'query'"),
+    ("camn-standalone", "scale_side=3", "option scale_side=3: expected a string, got the number"),
+    ("camn-standalone", "scale_side=both", "model 'camn-standalone' (options given: "
+     "scale_side=both): scale_side must be 'key' or 'query'"),
+    ("camn", "heads=both", "model 'camn' (options given: heads=both): heads must be 'dense' or "
+     "'slot'"),
     ("camn", "activation=tanh", "unknown activation 'tanh'; choose dice, prelu, relu or sigmoid"),
     ("camn", "nope=1", "model 'camn' has no option 'nope'; it takes activation, alpha,"),
     ("camn-route", "q=6", "model 'camn-route': option q=6: must be between 1 and k = 5"),
@@ -164,7 +166,7 @@ def test_unknown_train_model_lists_the_registered_ones(
         ("q=2", "--option 'q=2': expected MODEL:KEY=VALUE"),
         # what only the store rules out, checked on every store before the first run
         ("camn:q=9", "model 'camn': option q=9: must be between 1 and k = 5"),
-        ("camn:scale_side=both", "scale_side must be 'key' or 'query', got 'both'"),
+        ("camn:heads=both", "heads must be 'dense' or 'slot', got 'both'"),
     ],
 )
 def test_benchmark_checks_model_options_before_any_run(
@@ -176,7 +178,7 @@ def test_benchmark_checks_model_options_before_any_run(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
-    if option in {"camn:q=9", "camn:scale_side=both"}:
+    if option in {"camn:q=9", "camn:heads=both"}:
         assert f"store {store}: " in err
     assert not out.exists()
 
@@ -327,7 +329,7 @@ def test_every_model_accepts_its_own_defaults_as_json(name: str) -> None:
 
 
 def test_numbers_of_the_right_kind_pass_and_ints_count_as_floats() -> None:
-    options = {"q": K, "alpha": 1, "embed_dim": 4, "mlp_hidden": [16, 8], "scale_side": "query"}
+    options = {"q": K, "alpha": 1, "embed_dim": 4, "mlp_hidden": [16, 8], "heads": "slot"}
     assert check_options("camn", options, SPEC) == {**resolved_options("camn"), **options}
 
 

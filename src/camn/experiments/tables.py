@@ -19,15 +19,25 @@ from scipy import stats
 
 ALPHA = 0.05  # significance level of the paired t-test
 ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
+# CAMN builds with their own Table 3 rows (``<name>-loss``, ``<name>-route``, ``<name>``)
+FAMILIES = ("camn", "camn-slot", "camn-standalone")
+# registered beyond the paper's rows: run by name, left out of ``--models all``
+VARIANTS = (
+    "camn-slot-loss", "camn-slot-route", "camn-slot",
+    "camn-standalone-loss", "camn-standalone-route", "camn-standalone",
+)
 # the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
 PAPER_ORDER = (
     "wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
-    "camn-loss", "camn-route", "camn",
+    *ABLATIONS, *VARIANTS,
 )
 DISPLAY = {
     "wide-deep": "Wide&Deep", "pnn": "PNN", "din": "DIN", "dien": "DIEN", "dhan": "DHAN",
     "mind": "MIND", "comirec-sa": "ComiRec-SA", "dmin": "DMIN", "camn": "CAMN",
-    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss",
+    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss", "camn-slot": "CAMN-slot",
+    "camn-slot-route": "CAMN-slot-route", "camn-slot-loss": "CAMN-slot-loss",
+    "camn-standalone": "CAMN-standalone", "camn-standalone-route": "CAMN-standalone-route",
+    "camn-standalone-loss": "CAMN-standalone-loss",
 }
 ROUTING = ("routing_overall", "routing_item", "routing_user", "routing_item_matched",
            "routing_user_matched")
@@ -37,6 +47,25 @@ Row = dict[str, object]
 
 def display(model: str) -> str:
     return DISPLAY.get(model, model)
+
+
+def all_models(registered: Iterable[str]) -> list[str]:
+    """What ``--models all`` runs: the registered models but the :data:`VARIANTS`, in the
+    paper's order."""
+    return [m for m in paper_order(registered) if m not in VARIANTS]
+
+
+def ablation_rows(models: Iterable[str]) -> list[str]:
+    """The Table 3 rows among ``models``: each CAMN family's ``-loss``, ``-route`` and full
+    model, family by family."""
+    present = set(models)
+    rows = [f"{family}{suffix}" for family in FAMILIES for suffix in ("-loss", "-route", "")]
+    return [m for m in rows if m in present]
+
+
+def comparison_pairs() -> list[tuple[str, str]]:
+    """The paired comparisons of every CAMN family: against DMIN and its two ablations."""
+    return [(f, b) for f in FAMILIES for b in ("dmin", f"{f}-route", f"{f}-loss")]
 
 
 def paper_order(models: Iterable[str]) -> list[str]:
@@ -310,8 +339,8 @@ def render_markdown(
                "train_seconds", "samples_per_second", *ROUTING]
     summary = summarize(rows, metrics)
     models = paper_order(models)
-    main = [m for m in models if m not in ABLATIONS[:2]]
-    ablations = [m for m in ABLATIONS if m in models]
+    ablations = ablation_rows(models)
+    main = [m for m in models if m not in ablations or m in FAMILIES]
     n = len(seeds)
     lines = [
         "# Benchmark results", "",
@@ -329,8 +358,7 @@ def render_markdown(
     if ablations:
         lines += ["", "## Table 3: ablation study (test AUC)", ""]
         lines += auc_table(summary, datasets, ablations, n)
-    pairs = [("camn", "dmin"), ("camn", "camn-route"), ("camn", "camn-loss")]
-    comparison = comparison_lines(rows, datasets, pairs)
+    comparison = comparison_lines(rows, datasets, comparison_pairs())
     if comparison:
         lines += [
             "", "## Is CAMN's lead more than seed noise?", "",
@@ -373,7 +401,7 @@ def summary_dict(
         for m in paper_order(models):
             if m in summary.get(ds, {}):
                 entry["models"][m] = {k: s.to_dict() for k, s in summary[ds][m].items() if s.n}
-        for a, b in [("camn", "dmin"), ("camn", "camn-route"), ("camn", "camn-loss")]:
+        for a, b in comparison_pairs():
             test = paired_test(rows, ds, a, b)
             if test is not None:
                 entry["paired_tests"][f"{a} vs {b}"] = test.to_dict()

@@ -1,9 +1,18 @@
-"""CAMN: Collaborative Attributes based Multi-interest Network.
+"""CAMN: Collaborative Attributes based Multi-interest Network, as the paper built it.
 
 Zhou, Fan, Huang, Li, Tang, Yu. "Multi-Interest Refinement by Collaborative Attributes Modeling
 for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3557652.
 
-Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size.
+The paper "integrate[s] a dynamic collaborative attribute routing module into Transformer",
+pools its heads "following previous practices in DMIN", uses DMIN's settings, and its Table 3
+gives CAMN-loss (no routing) on its Industry set exactly DMIN's AUC: take the routing away and
+DMIN is left. So CAMN here is :class:`~camn.models.dmin.DMIN` plus what the paper adds: the
+routing scores P (Eq. 1-3) scale the logits of the extractor's k heads, one per attribute
+(Eq. 4), and a diversity loss over those heads (Eq. 7). The equations alone, built as a model of
+their own, are ``camn-standalone`` (:mod:`camn.models.camn_standalone`).
+
+Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size,
+D = k*d item width, N packed rows (``layers.Packing``).
 """
 
 from __future__ import annotations
@@ -14,15 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import (
-    MLP,
-    HeadwiseLinear,
-    TargetAttention,
-    base_features,
-    base_width,
-    masked_softmax,
-)
+from camn.models.base import Batch, FeatureSpec, ModelOutput
+from camn.models.dmin import DMIN, CausalSelfAttention, causal_mask
+from camn.models.layers import HeadwiseLinear, Packing, attention_health
 from camn.models.registry import register
 
 
@@ -67,7 +70,7 @@ class CollaborativeRouting(nn.Module):
 
     X is an item's k attribute embeddings concatenated (k*d); LayerNorm is over those k*d
     features; W_h (k*d, k) has no bias. Each row of P sums to 1 and has exactly k - q zeros.
-    The scores depend only on the item itself (SPEC 1), never on the user or the sequence.
+    The scores depend only on the item itself (Eq. 2), never on the user or the sequence.
     """
 
     def __init__(self, num_slots: int, dim: int, q: int) -> None:
@@ -79,52 +82,92 @@ class CollaborativeRouting(nn.Module):
         self.weight = nn.Linear(num_slots * dim, num_slots, bias=False)
 
     def logits(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, L, k, d) -> (B, L, k) routing logits X~ W_h before keepTopq (Eq. 1-2)."""
+        """(..., k, d) -> (..., k) routing logits X~ W_h before keepTopq (Eq. 1-2)."""
         return self.weight(self.norm(items.flatten(-2)))
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, L, k, d) -> P (B, L, k)."""
+        """(..., k, d) attribute embeddings of items -> P (..., k)."""
         return torch.softmax(keep_top_q(self.logits(items), self.q), dim=-1)
+
+
+class SlotAttention(CausalSelfAttention):
+    """DMIN's extractor attention with reading (a) of "head r": head r reads attribute slot r.
+
+    Head r's queries, keys and values are X_r W_r^Q, X_r W_r^K, X_r W_r^V with X_r (d) the r-th
+    slot of the (refined) item vector (D = k*d viewed as (k, d)) and separate d x d maps per head
+    (no bias, as Eq. 4-5 write them); logits / sqrt(d) (Eq. 4). Everything after the logits is
+    DMIN's (``CausalSelfAttention`` with ``split_heads``): key scaling, causal mask, per-head
+    output projection d -> D, residual of the whole item vector, per-head LayerNorm.
+    """
+
+    def __init__(self, num_slots: int, dim: int) -> None:
+        super().__init__(num_slots * dim, num_slots, split_heads=True)
+        self.qkv = HeadwiseLinear(num_slots, dim, 3 * dim, bias=False)
+        self.temperature = math.sqrt(dim)
+
+    def project(
+        self, x: torch.Tensor, packing: Packing
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, D) packed -> queries, keys, values (k, B, L, d) each, zeros at padding."""
+        slots = x.view(x.shape[0], self.num_heads, self.head_dim)  # (N, k, d)
+        qkv = packing.unpack(self.qkv(slots))  # (B, L, k, 3d)
+        qkv = qkv.view(packing.batch, packing.length, self.num_heads, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 2, 0, 1, 4).unbind(0)
+        return q, k, v
+
+
+HEADS = ("dense", "slot")
 
 
 @register("camn")
 @register("camn-route", summary="CAMN without the diversity loss (Table 3)", alpha=0.0)
 @register("camn-loss", summary="CAMN without the routing module (Table 3)", routing=False)
-class CAMN(CTRModel):
-    """CAMN (Zhou et al., CIKM 2022): attribute routing scores rescale per-attribute attention.
+@register("camn-slot", summary="CAMN, head r reading attribute slot r (Eq. 4 as written)",
+          heads="slot")
+@register("camn-slot-route", summary="camn-slot without the diversity loss", heads="slot",
+          alpha=0.0)
+@register("camn-slot-loss", summary="camn-slot without the routing module", heads="slot",
+          routing=False)
+class CAMN(DMIN):
+    """CAMN (Zhou et al., CIKM 2022): DMIN whose extractor heads are scaled by attribute routing.
 
-    Equations (paper Sec. 2), with the readings of SPEC section 1:
+    Everything of :class:`~camn.models.dmin.DMIN` is kept as it is: the behaviour refiner and
+    its auxiliary loss, the extractor's per-head output projection, residual, LayerNorm and FFN,
+    the target attention with positional embedding pooling each head into one interest, and the
+    output network. The extractor has k heads, one per attribute. What the paper adds:
 
-    - Routing, Eq. 1-3 (``CollaborativeRouting``): P = Softmax(keepTopq(LayerNorm(X) W_h, q)),
-      P (B, L, k); q defaults to ceil(k / 2) (the paper gives none).
-    - Scaled attention, Eq. 4. The paper's ``P ⊙ (l x l logits)`` does not type-check; the SPEC's
-      reading scales column j of head r by the key item's score (``scale_side="key"``):
-      logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
-      ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to -inf
-      after the scaling; there is no causal mask. A_r = softmax over j.
-    - Eq. 5: X^_r = A_r (X_r W_r^V). Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, with one
-      FFN (W_1, W_2 of d x d) shared by the k heads. ``residual_norm=True`` wraps both steps in a
-      residual connection and LayerNorm as DMIN does (off by default: the equations have none).
-    - Interest extractor (DMIN's): per head a target attention with a learned positional
-      embedding pools X~_r into interest_r (B, d).
-    - Output: MLP([interest_1 .. interest_k, target embedding]) with batch norm on its input,
-      hidden ``mlp_hidden`` (200, 80), -> one logit. Dice by default, as in the DMIN baseline,
-      so that the two models differ only in how they refine the history.
-      ``pooled_history=True`` (an extension, off by default) also feeds the MLP what DMIN's
-      output network has and the paper's CAMN does not: the sum-pooled history and its product
-      with the target (``layers.base_features``); see docs/results.md for why it matters.
-    - ``normalize_items=True`` (an extension, off by default) puts a LayerNorm on each attribute
-      embedding before Eq. 4-6. With small embeddings (norm ~0.1 after training on Beauty) the
-      logits of Eq. 4 stay near 0 (~1e-4), the attention is uniform and the P scaling has no
-      effect; normalised inputs give the attention, and so the routing, something to act on.
-    - Diversity loss, Eq. 7 (``diversity_loss``); the model returns aux_loss = alpha * L_d
-      (Eq. 8; the trainer adds the BCE of Eq. 9).
+    - Routing, Eq. 1-3 (``CollaborativeRouting``) on each history item's raw attribute
+      embeddings: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), (B, L, k); q defaults to
+      ceil(k / 2) (the paper gives none).
+    - Eq. 4, key side: head r's logit column j (key item j) is multiplied by P[b, j, r] before
+      the causal mask and the softmax (``CausalSelfAttention``'s ``key_scale``). The paper's
+      ``P ⊙ (l x l logits)`` does not type-check; this reading matches "the attribute assigned
+      higher scores will have more relevance with others".
+    - Diversity loss, Eq. 7 (``diversity_loss``) over the extractor's k attention matrices;
+      aux_loss = DMIN's auxiliary loss + alpha * L_d (Eq. 8; the trainer adds Eq. 9's BCE).
+      alpha = 1e-4 as in the paper (Sec. 3.2).
+
+    "Head r" has two readings (``heads``):
+
+    - ``"dense"`` (b): DMIN's dense Q/K/V over the whole item vector, split into k heads of
+      width ceil(k*d / k) = d, logits / sqrt(D) (DMIN's code). With P = 1 and alpha = 0 this is
+      exactly DMIN (a test checks it).
+    - ``"slot"`` (a): head r's Q/K/V from attribute slot r of the refined item vector with
+      per-head d x d maps, logits / sqrt(d), as Eq. 4 writes (``SlotAttention``).
+
+    The default ``"dense"`` is provisional: the reading is to be chosen on validation data.
 
     Ablations (Table 3): ``camn-route`` is alpha = 0; ``camn-loss`` has no routing module
-    (P = 1 everywhere, ``routing=False``) but keeps the diversity loss.
+    (P = 1: DMIN with k attribute heads plus the diversity loss); ``camn-slot``,
+    ``camn-slot-route`` and ``camn-slot-loss`` are the same three in the slot reading.
 
-    Explanations: ``ModelOutput.routing`` (and ``attribute_scores``) is P, (B, L, k), zero at
-    padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
+    Outputs: ``routing`` is P (B, L, k), zero at padding: P[b, j, :] says which attributes made
+    user b click item j (the paper's Figure 1). ``aux_loss`` is 0 outside training, as DMIN's.
+    ``aux_terms`` holds the unweighted ``next_click`` (training batches with history negatives)
+    and ``diversity``, and outside training the extractor's attention health, per head (k,):
+    ``attention_entropy`` (mean entropy over the keys a query may see, relative to uniform over
+    them; 1 = uniform) and ``attention_abs_logit`` (mean |logit| over those (query, key) pairs,
+    P scaling included).
     """
 
     def __init__(
@@ -133,90 +176,68 @@ class CAMN(CTRModel):
         embed_dim: int = 18,
         q: int | None = None,
         alpha: float = 1e-4,
-        scale_side: str = "key",
-        diversity_pairs: str = "all",
-        residual_norm: bool = False,
         routing: bool = True,
+        heads: str = "dense",
+        diversity_pairs: str = "all",
+        refiner_heads: int = 4,
+        aux_weight: float = 1.0,
+        attention_hidden: Sequence[int] = (80, 40),
+        aux_hidden: Sequence[int] = (100, 50),
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
-        pooled_history: bool = False,
-        normalize_items: bool = False,
+        pooled_history: bool = True,
     ) -> None:
-        super().__init__(spec, embed_dim)
-        if scale_side not in {"key", "query"}:
-            raise ValueError(f"scale_side must be 'key' or 'query', got {scale_side!r}")
+        if heads not in HEADS:
+            raise ValueError(f"heads must be 'dense' or 'slot', got {heads!r}")
         if diversity_pairs not in {"all", "distinct"}:
             raise ValueError(f"diversity_pairs must be 'all' or 'distinct': {diversity_pairs!r}")
-        k, d = self.num_slots, embed_dim
-        self.alpha, self.scale_side = alpha, scale_side
+        super().__init__(spec, embed_dim, refiner_heads, aux_weight, attention_hidden,
+                         aux_hidden, mlp_hidden, activation, pooled_history)
+        k = self.num_slots
+        if heads == "slot":
+            self.extractor = SlotAttention(k, embed_dim)
+        self.heads, self.alpha = heads, alpha
         self.distinct_pairs = diversity_pairs == "distinct"
         q = math.ceil(k / 2) if q is None else q
-        self.router = CollaborativeRouting(k, d, q) if routing else None
-        self.query = HeadwiseLinear(k, d, d, bias=False)
-        self.key = HeadwiseLinear(k, d, d, bias=False)
-        self.value = HeadwiseLinear(k, d, d, bias=False)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-        self.norms = nn.ModuleList([nn.LayerNorm(d), nn.LayerNorm(d)]) if residual_norm else None
-        self.extractor = TargetAttention(
-            num_heads=k, dim=d, target_dim=k * d, max_len=spec.max_len, positional=True
-        )
-        self.pooled_history = pooled_history
-        self.item_norm = nn.LayerNorm(d) if normalize_items else None
-        mlp_in = k * d + base_width(k * d, pooled_history)
-        self.mlp = MLP(mlp_in, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        self.router = CollaborativeRouting(k, embed_dim, q) if routing else None
 
-    def route(self, items: torch.Tensor) -> torch.Tensor:
-        """Eq. 1-3: (B, L, k, d) -> P (B, L, k); all ones without the routing module."""
+    def route(self, attributes: torch.Tensor, packing: Packing) -> torch.Tensor | None:
+        """Eq. 1-3: packed attribute embeddings (N, k, d) -> P (B, L, k), zero at padding;
+        None without the routing module (P = 1)."""
         if self.router is None:
-            return items.new_ones(items.shape[:-1])
-        return self.router(items)
-
-    def attention_logits(
-        self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Eq. 4 inside the softmax: items (B, L, k, d), P (B, L, k), mask (B, L) ->
-        scaled logits (B, k, L, L), -inf at padding keys."""
-        queries = self.query(items)  # (B, L, k, d)
-        keys = self.key(items)  # (B, L, k, d)
-        # Scaling logit column j (row i) by P[j, r] / sqrt(d) equals scaling key j (query i)
-        # before the product, which is cheaper than scaling the (L, L) matrix.
-        scale = (scores / math.sqrt(self.embed_dim))[..., None]  # (B, L, k, 1)
-        if self.scale_side == "key":
-            keys = keys * scale
-        else:
-            queries = queries * scale
-        logits = torch.einsum("bird,bjrd->brij", queries, keys)  # (B, k, L, L)
-        return logits.masked_fill(~mask[:, None, None, :], float("-inf"))
-
-    def refine(
-        self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d) and attention A (B, k, L, L)."""
-        logits = self.attention_logits(items, scores, mask)
-        attention = masked_softmax(logits, mask[:, None, None, :])  # (B, k, L, L)
-        values = self.value(items).transpose(1, 2)  # (B, k, L, d)
-        refined = attention @ values  # Eq. 5, (B, k, L, d)
-        if self.norms is None:
-            return self.ffn(refined), attention  # Eq. 6
-        refined = self.norms[0](refined + items.transpose(1, 2))
-        return self.norms[1](refined + self.ffn(refined)), attention
-
-    def attribute_scores(self, batch: Batch) -> torch.Tensor:
-        """P (B, L, k) of every history click (zero at padding): the model's explanation."""
-        history, _ = self.embed(batch)
-        return self.route(history) * batch["mask"][..., None].to(history.dtype)
+            return None
+        return packing.unpack(self.router(attributes))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        mask = batch["mask"]
-        history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
-        scores = self.route(history)  # (B, L, k)
-        items = history if self.item_norm is None else self.item_norm(history)  # (B, L, k, d)
-        refined, attention = self.refine(items, scores, mask)
-        target = target.flatten(1)  # (B, k*d)
-        interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
-        features = base_features(history.flatten(-2), target, mask, self.pooled_history)
-        logits = self.mlp(torch.cat([interests.flatten(1), features], dim=-1)).squeeze(-1)
-        diversity = diversity_loss(attention, mask, self.distinct_pairs)
-        aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
-        routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
-        return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)
+        packing = Packing(batch["mask"])
+        attributes = self.embedding(packing.pack(batch["history"]))  # (N, k, d)
+        items = attributes.flatten(-2)  # (N, D)
+        target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
+        refined = self.refine(items, packing)
+        scores = self.route(attributes, packing)  # (B, L, k) or None
+        key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
+        interests, _, attention = self.extract(refined, target, packing, key_scale)
+        output = self.output(batch, packing, items, target, refined, interests)
+        diversity = diversity_loss(attention.transpose(0, 1), packing.mask, self.distinct_pairs)
+        terms = {**output.aux_terms, "diversity": diversity.detach()}
+        if not self.training:  # no auxiliary loss outside training, as DMIN
+            terms |= self.health(refined, packing, key_scale, attention)
+            return ModelOutput(output.logits, output.aux_loss, terms, scores)
+        aux = output.aux_loss + self.alpha * diversity if self.alpha else output.aux_loss
+        return ModelOutput(output.logits, aux, terms, scores)
+
+    @torch.no_grad()
+    def health(
+        self,
+        refined: torch.Tensor,
+        packing: Packing,
+        key_scale: torch.Tensor | None,
+        attention: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The extractor's attention health per head (k,): see the class docstring. The logits
+        are computed again (evaluation only: one projection and one product per batch)."""
+        logits, _ = self.extractor.logits(refined, packing, key_scale)
+        mask = packing.mask
+        allowed = causal_mask(mask) & mask[:, :, None]  # real queries, their real past keys
+        entropy, abs_logit = attention_health(attention, logits, allowed)
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
