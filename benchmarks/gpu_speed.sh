@@ -5,7 +5,7 @@
 # GPU's own fp32 (TF32, as the trainer sets it) and bf16 GEMM peak on 8192 x 8192 products).
 #
 # The device machine has no copy of the data and no package index, so the store travels with the
-# working tree as .gpu/beauty-sliding.tgz (git-ignored; about 20 MiB), made here first:
+# working tree as .gpu/beauty-sliding.tgz (git-ignored; about 5 MiB), made here first:
 #   camn prepare amazon --reviews reviews_Beauty_5.json.gz --meta meta_Beauty.json.gz \
 #     --protocol sliding --out stores/beauty-sliding          # if stores/beauty-sliding is absent
 #   mkdir -p .gpu && tar czf .gpu/beauty-sliding.tgz -C stores beauty-sliding
@@ -17,7 +17,8 @@
 # epochs, most of it process start-up (each measurement is a fresh process); STEPS=50 halves it.
 # Environment: STEPS (timed steps per measurement), REPEATS (1), THREADS (4), MODELS
 # (din,dmin,camn), STORE (a prepared store instead of the carried one), DEVICE (cuda; cpu
-# for a smoke test of this script elsewhere, e.g. DEVICE=cpu STEPS=1 MODELS=din STORE=...).
+# for a smoke test of this script elsewhere, e.g. DEVICE=cpu STEPS=1 MODELS=din GEMM_SIZE=256
+# STORE=...), GEMM_SIZE (8192; a CPU takes ~30 s a product at that size).
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu-speed}
@@ -32,7 +33,7 @@ for precision in fp32 bf16; do
     for batch in 2048 8192; do
         if ! python3 benchmarks/throughput.py --device "${DEVICE:-cuda}" --store "$store" \
             --models "${MODELS:-din,dmin,camn}" --precision "$precision" --batch-size "$batch" \
-            --repeats "${REPEATS:-1}" --threads "${THREADS:-4}" --gemm-size 8192 "${cap[@]}" \
+            --repeats "${REPEATS:-1}" --threads "${THREADS:-4}" --gemm-size "${GEMM_SIZE:-8192}" "${cap[@]}" \
             2>&1 | tee "$out/gpu-speed-$precision-$batch.txt"; then
             echo "gpu_speed.sh: the $precision batch $batch run failed; going on" >&2
         fi
