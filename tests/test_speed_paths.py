@@ -126,3 +126,26 @@ def test_compiled_forward_has_no_graph_break_and_equals_eager(name: str) -> None
         want = model(batch).logits
         got = compiled(batch).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["train", "benchmark"])
+def test_bf16_is_refused_with_the_reason_where_the_cpu_emulates_it(
+    command: str, tmp_path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camn.cli import main
+    from camn.train import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    store = tmp_path / "store"
+    assert main(["prepare", "synthetic", "--out", str(store), "--users", "60", "--items",
+                 "40"]) == 0
+    capsys.readouterr()
+    argv = [command, "--data", str(store), "--out", str(tmp_path / "out"), "--device", "cpu",
+            "--precision", "bf16", "--model" if command == "train" else "--models", "din"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "camn: error: --precision bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 "
+        "or AMX), so PyTorch would emulate bf16 products, about 100x slower than fp32; use "
+        "--precision fp32 (the default) on this machine\n"
+    )
+    assert not (tmp_path / "out").exists()
