@@ -206,7 +206,8 @@ def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
         "camn-loss", "camn-route", "camn", "camn-slot-loss", "camn-slot",
         "camn-standalone-route", "camn-standalone"]
     assert {("camn", "camn-loss"), ("camn-slot", "dmin"), ("camn-slot", "camn-slot-route"),
-            ("camn-standalone", "camn-standalone-loss")} <= set(comparison_pairs())
+            ("camn-standalone", "camn-standalone-loss"), ("camn-tied", "camn")
+            } <= set(comparison_pairs())
     rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": 0.7 + 0.01 * i + 0.001 * s}
             for i, m in enumerate(["dmin", "camn-slot-loss", "camn-slot"]) for s in (1, 2)]
     text = render_markdown(rows, datasets=["d"], models=["dmin", "camn-slot-loss", "camn-slot"],

@@ -12,7 +12,14 @@ from torch import nn
 
 import camn.models.camn as camn_module
 from camn.models import FeatureSpec, build_model
-from camn.models.camn import CAMN, SlotAttention, diversity_loss, keep_top_q
+from camn.models.camn import (
+    CAMN,
+    AttributeClickLoss,
+    AttributeRouting,
+    SlotAttention,
+    diversity_loss,
+    keep_top_q,
+)
 from camn.models.dmin import DMIN, CausalSelfAttention, causal_mask
 from camn.models.layers import Packing, attention_health
 from camn.models.registry import resolved_options
@@ -70,12 +77,14 @@ def test_presets_defaults_and_json_options() -> None:
     camn = resolved_options("camn")
     assert camn["alpha"] == 1e-4 and camn["q"] is None and camn["routing"] is True
     assert camn["heads"] == "dense" and camn["diversity_pairs"] == "all"
+    assert camn["router"] == "joint" and camn["tie_weight"] == 0.0  # the extension is off
     dmin = resolved_options("dmin")
     assert {key: camn[key] for key in dmin} == dmin  # DMIN's settings, unchanged
     presets = {
         "camn-route": {"alpha": 0.0}, "camn-loss": {"routing": False},
         "camn-slot": {"heads": "slot"}, "camn-slot-route": {"heads": "slot", "alpha": 0.0},
         "camn-slot-loss": {"heads": "slot", "routing": False},
+        "camn-tied": {"tie_weight": 1.0},
     }
     for name, preset in presets.items():
         assert resolved_options(name) == {**camn, **preset}, name
@@ -84,11 +93,16 @@ def test_presets_defaults_and_json_options() -> None:
     assert model.extractor.num_heads == K and model.extractor.head_dim == 18
     assert type(model.extractor) is CausalSelfAttention
     assert isinstance(build_model("camn-slot", SPEC).extractor, SlotAttention)
-    assert build_model("camn-loss", SPEC).router is None
+    assert build_model("camn-loss", SPEC).router is None and model.tie is None
+    assert isinstance(build_model("camn-tied", SPEC).tie, AttributeClickLoss)
+    attribute = build_model("camn", SPEC, router="attribute").router
+    assert isinstance(attribute, AttributeRouting)
 
 
 @pytest.mark.parametrize(
-    "options", [{"q": 0}, {"q": K + 1}, {"heads": "both"}, {"diversity_pairs": "some"}]
+    "options",
+    [{"q": 0}, {"q": K + 1}, {"heads": "both"}, {"diversity_pairs": "some"}, {"router": "x"},
+     {"routing": False, "tie_weight": 1.0}],
 )
 def test_bad_options_are_rejected(options: dict) -> None:
     with pytest.raises(ValueError):
@@ -258,11 +272,12 @@ def test_keep_top_q_passes_no_gradient_to_dropped_logits() -> None:
     assert torch.all(logits.grad[kept] != 0)
 
 
-@pytest.mark.parametrize("name", READINGS)
+@pytest.mark.parametrize("name", [*READINGS, "camn-tied"])
 @pytest.mark.parametrize("loss", ["click", "diversity"])
 def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
     """Through the click logits alone (alpha = 0) and through the diversity loss alone."""
-    options = {"alpha": 0.0} if loss == "click" else {"alpha": 1.0, "aux_weight": 0.0}
+    options = {"alpha": 0.0, "tie_weight": 0.0} if loss == "click" else {
+        "alpha": 1.0, "aux_weight": 0.0, "tie_weight": 0.0}
     model = make_model(name, **options)
     output = model(make_batch(16))
     (output.logits.sum() if loss == "click" else output.aux_loss).backward()
@@ -270,9 +285,13 @@ def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
     assert grad is not None and torch.all(grad.abs().sum(-1) > 0)
 
 
-@pytest.mark.parametrize("name", [*READINGS, "camn-loss", "camn-slot-loss"])
-def test_gradients_reach_every_parameter(name: str) -> None:
-    model = make_model(name)
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("camn", {}), ("camn-slot", {}), ("camn-loss", {}), ("camn-slot-loss", {}),
+     ("camn-tied", {}), ("camn-tied", {"heads": "slot", "router": "attribute"})],
+)
+def test_gradients_reach_every_parameter(name: str, options: dict) -> None:
+    model = make_model(name, **options)
     batch = make_batch(16)
     output = model(batch)
     loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
@@ -294,16 +313,20 @@ def with_garbage(batch: dict, seed: int) -> dict:
     return noisy
 
 
-@pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("camn", {}), ("camn-slot", {}), ("camn-loss", {}), ("camn-tied", {}),
+     ("camn-tied", {"heads": "slot", "router": "attribute"})],
+)
 @pytest.mark.parametrize("dense", [False, True])
 def test_padding_ids_change_nothing(
-    name: str, dense: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, options: dict, dense: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Packed rows (the CPU's) and every row (the accelerators', padding computed and masked)."""
     batch = make_batch(12)
     noisy = with_garbage(batch, seed=1)
     assert not torch.equal(noisy["history"], batch["history"])
-    model = make_model(name)
+    model = make_model(name, **options)
     for train in (False, True):  # evaluation first: training forwards move the batch norms
         model.train(train)
         monkeypatch.setattr(camn_module, "Packing", functools.partial(Packing, dense=False))
@@ -318,6 +341,69 @@ def test_padding_ids_change_nothing(
             if reference.routing is not None:
                 torch.testing.assert_close(output.routing, reference.routing)
                 assert torch.all(output.routing[~batch["mask"]] == 0)
+
+
+# ------------------------------------------------------------- the extension (camn-tied)
+
+
+def test_attribute_routing_column_r_sees_attribute_r_only() -> None:
+    torch.manual_seed(0)
+    router = AttributeRouting(K, D, q=K)
+    items = torch.randn(7, K, D)
+    logits = router.logits(items)
+    for r in range(K):
+        changed = items.clone()
+        changed[:, [s for s in range(K) if s != r]] = torch.randn(7, K - 1, D)
+        torch.testing.assert_close(router.logits(changed)[:, r], logits[:, r])
+        x = items[:, r]
+        normed = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False,
+                                                                    keepdim=True) + 1e-5)
+        torch.testing.assert_close(logits[:, r], normed @ router.weight.weight[r, :, 0])
+    scores = AttributeRouting(K, D, q=2)(items)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(7))
+    assert torch.all((scores == 0).sum(-1) == K - 2)
+
+
+def test_attribute_click_loss_equals_hand_computation() -> None:
+    torch.manual_seed(0)
+    loss = AttributeClickLoss(K * D, K, D)
+    with torch.no_grad():
+        loss.bias.fill_(0.3)
+    states, items, drawn = torch.randn(5, K * D), torch.randn(5, K, D), torch.randn(5, K, D)
+    routing, drawn_routing = torch.softmax(torch.randn(5, K), -1), torch.softmax(
+        torch.randn(5, K), -1)
+
+    def score(m: int, x: torch.Tensor, p: torch.Tensor) -> float:
+        query = (loss.match.weight @ states[m] + loss.match.bias).detach()  # (k*d,)
+        return 0.3 + sum(float(p[r]) * float(query[r * D:(r + 1) * D] @ x[r]) for r in range(K))
+
+    positive = torch.tensor([score(m, items[m], routing[m]) for m in range(5)])
+    negative = torch.tensor([score(m, drawn[m], drawn_routing[m]) for m in range(5)])
+    torch.testing.assert_close(loss.scores(states, items, routing), positive)
+    expected = -torch.log(torch.sigmoid(positive)).mean() - torch.log(
+        1 - torch.sigmoid(negative)).mean()
+    got = loss.pair_loss(states, (items, routing), (drawn, drawn_routing))
+    torch.testing.assert_close(got, expected)
+    assert loss.pair_loss(states[:0], (items[:0], routing[:0]), (drawn[:0], routing[:0])) == 0
+
+
+def test_tied_aux_loss_adds_the_weighted_attribute_click_loss() -> None:
+    batch = make_batch(12)
+    model = make_model("camn-tied", alpha=0.5, tie_weight=2.0)
+    output = model(batch)
+    terms = output.aux_terms
+    assert terms["attribute_click"] > 0
+    expected = terms["next_click"] + 0.5 * terms["diversity"] + 2.0 * terms["attribute_click"]
+    torch.testing.assert_close(output.aux_loss, expected)
+    packing, refined, scores, _ = inputs(model, batch)
+    attributes = model.embedding(packing.pack(batch["history"]))
+    direct = model.attribute_click(batch, packing, attributes, refined, scores)
+    torch.testing.assert_close(terms["attribute_click"], direct)
+    # through the routing of the clicked items, the extension's loss alone reaches W_h
+    model.zero_grad()
+    direct.backward()
+    assert torch.all(model.router.weight.weight.grad.abs().sum(1) > 0)
+    assert "attribute_click" not in model.eval()(batch).aux_terms
 
 
 # ------------------------------------------------------------------------- attention health

@@ -23,7 +23,7 @@ ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its r
 FAMILIES = ("camn", "camn-slot", "camn-standalone")
 # registered beyond the paper's rows: run by name, left out of ``--models all``
 VARIANTS = (
-    "camn-slot-loss", "camn-slot-route", "camn-slot",
+    "camn-slot-loss", "camn-slot-route", "camn-slot", "camn-tied",
     "camn-standalone-loss", "camn-standalone-route", "camn-standalone",
 )
 # the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
@@ -37,7 +37,7 @@ DISPLAY = {
     "camn-route": "CAMN-route", "camn-loss": "CAMN-loss", "camn-slot": "CAMN-slot",
     "camn-slot-route": "CAMN-slot-route", "camn-slot-loss": "CAMN-slot-loss",
     "camn-standalone": "CAMN-standalone", "camn-standalone-route": "CAMN-standalone-route",
-    "camn-standalone-loss": "CAMN-standalone-loss",
+    "camn-standalone-loss": "CAMN-standalone-loss", "camn-tied": "CAMN-tied",
 }
 ROUTING = ("routing_overall", "routing_item", "routing_user", "routing_item_matched",
            "routing_user_matched")
@@ -64,8 +64,10 @@ def ablation_rows(models: Iterable[str]) -> list[str]:
 
 
 def comparison_pairs() -> list[tuple[str, str]]:
-    """The paired comparisons of every CAMN family: against DMIN and its two ablations."""
-    return [(f, b) for f in FAMILIES for b in ("dmin", f"{f}-route", f"{f}-loss")]
+    """The paired comparisons of every CAMN family (against DMIN and its two ablations) and of
+    the extension ``camn-tied`` (against DMIN and CAMN)."""
+    pairs = [(f, b) for f in FAMILIES for b in ("dmin", f"{f}-route", f"{f}-loss")]
+    return [*pairs, ("camn-tied", "dmin"), ("camn-tied", "camn")]
 
 
 def paper_order(models: Iterable[str]) -> list[str]:

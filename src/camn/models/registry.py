@@ -140,6 +140,7 @@ DOMAINS: dict[str, Domain] = {
     "q": _slot_range(1, 0),  # routing keeps the q top attributes
     "alpha": _at_least(0),
     "aux_weight": _at_least(0),
+    "tie_weight": _at_least(0),
     "refiner_heads": _at_least(1),
     "num_interests": _at_least(1),
     "interest_dim": _at_least(1),
