@@ -308,11 +308,14 @@ def resolve_store(
             f"{BEAUTY_FILES}/{REVIEWS} and {META}"
         )
     log(f"preparing Amazon Beauty sliding into {cache} (once) from {raw}")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "camn", "prepare", "amazon", "--reviews", str(raw / REVIEWS),
          "--meta", str(raw / META), "--protocol", "sliding", "--out", str(cache)],
-        check=True, stdout=sys.stderr,
+        stdout=sys.stderr,
     )
+    if done.returncode != 0:
+        raise DataError(f"`camn prepare amazon` into {cache} failed (exit {done.returncode}); "
+                        "its message is above")
     return cache
 
 
