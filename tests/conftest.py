@@ -35,7 +35,7 @@ def trained_run(serve_store: Path, tmp_path_factory: pytest.TempPathFactory
         if model not in runs:
             out = tmp_path_factory.mktemp("serve-runs") / model
             assert main(["train", "--data", str(serve_store), "--model", model, "--out",
-                         str(out), "--epochs", "1", "--batch-size", "128", "--lr", "0.01",
+                         str(out), "--epochs", "1", "--batch-size", "256", "--lr", "0.01",
                          "--device", "cpu", "--no-progress", "--option", "embed_dim=4"]) == 0
             runs[model] = out
         return runs[model]

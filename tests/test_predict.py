@@ -19,7 +19,7 @@ from camn.data.raw import DataError, RawData
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import build_model
-from camn.predict import Predictor, UnknownIdsWarning
+from camn.predict import Lookup, Predictor, UnknownIdsWarning
 from camn.train.metrics import auc, predict
 
 
@@ -40,8 +40,13 @@ def predictor(trained_run: Callable[[str], Path]) -> Predictor:
     return camn.load(trained_run("camn"))
 
 
-def test_scores_equal_evaluate_predictions(predictor: Predictor) -> None:
-    """The same store rows fed as raw ids score as camn evaluate scores them."""
+@pytest.mark.parametrize("lookup", ["dictionary", "join"])
+def test_scores_equal_evaluate_predictions(predictor: Predictor, lookup: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same store rows fed as raw ids score as camn evaluate scores them (ids looked up
+    one by one, as for a few rows, or joined, as for many)."""
+    if lookup == "join":
+        monkeypatch.setattr(Lookup, "few", 0)
     store = predictor.store
     for split in ("test", "train"):
         rows = store.split_indices(split)
@@ -140,6 +145,15 @@ def test_unknown_users_get_an_empty_history(predictor: Predictor) -> None:
     assert predictor.unknown.users == 1
     cold = predictor.score([[], predictor.latest_history(names[3])], items)
     np.testing.assert_allclose(scores, cold, atol=1e-7)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="headwise() views 0 packed rows as (H, 0, -1) on the CPU")
+def test_a_batch_of_new_users_only(predictor: Predictor) -> None:
+    """Every history empty (cold starts only): the packed CPU path has no row to compute."""
+    items = predictor.vocabulary(predictor.attributes[0])[2:4]
+    scores = predictor.score([[], []], items)
+    assert np.isfinite(scores).all() and scores[0] != scores[1]
 
 
 def test_long_histories_keep_the_most_recent(predictor: Predictor) -> None:

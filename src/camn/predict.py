@@ -127,21 +127,32 @@ class Encoded:
 
 
 class Lookup:
-    """Strings -> integer codes through a join (the way ``camn prepare`` encodes)."""
+    """Strings -> integer codes: a join for many values (the way ``camn prepare`` encodes), a
+    dictionary for a few (one user's candidates: a join's set-up would cost milliseconds)."""
+
+    few = 4096  # values looked up one by one below this many
 
     def __init__(self, values: Sequence[str] | pl.Series, codes: np.ndarray) -> None:
         self.frame = pl.DataFrame(
             {"value": pl.Series(values, dtype=pl.String), "code": pl.Series(codes, dtype=pl.Int64)}
         ).unique(subset="value", keep="first", maintain_order=True)
+        self._map: dict[str, int] | None = None
 
     def codes(self, values: pl.Series) -> pl.Series:
         """The code of each value; null where the value is unknown (or null)."""
-        frame = pl.DataFrame({"value": values.cast(pl.String)})
+        values = values.cast(pl.String)
+        if len(values) < self.few:
+            if self._map is None:
+                self._map = dict(zip(self.frame["value"], self.frame["code"], strict=True))
+            found = [self._map.get(value) for value in values.to_list()]
+            return pl.Series("code", found, dtype=pl.Int64)
+        frame = pl.DataFrame({"value": values})
         return frame.join(self.frame, on="value", how="left", maintain_order="left")["code"]
 
     def extend(self, values: pl.Series, codes: np.ndarray) -> None:
         added = pl.DataFrame({"value": values, "code": pl.Series(codes, dtype=pl.Int64)})
         self.frame = pl.concat([self.frame, added])
+        self._map = None
 
 
 def as_series(name: str, values: Any) -> pl.Series:
