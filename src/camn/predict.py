@@ -452,18 +452,17 @@ class Predictor:
     def run(self, rows: Encoded, routing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Click probabilities (n,) float64, and with ``routing`` P (n, L, k) float32, in
         batches of ``batch_size``."""
-        probabilities, scores = [], []
+        logits, scores = [np.zeros(0)], [np.zeros((0, self.max_len, len(self.attributes)),
+                                                 np.float32)]
         for start in range(0, len(rows), self.batch_size):
             output = self.model(self.batch(rows, start, start + self.batch_size))
-            probabilities.append(output.logits.double().cpu().numpy())
+            logits.append(output.logits.double().cpu().numpy())
             if routing:
                 if output.routing is None:
                     raise DataError(self.no_routing())
                 scores.append(output.routing.float().cpu().numpy())
-        logits = np.concatenate(probabilities) if probabilities else np.zeros(0)
-        shape = (0, self.max_len, len(self.attributes))
-        p = np.concatenate(scores) if scores else np.zeros(shape, np.float32)
-        return 1 / (1 + np.exp(-logits)), p if routing else None
+        probabilities = 1 / (1 + np.exp(-np.concatenate(logits)))
+        return probabilities, np.concatenate(scores) if routing else None
 
     @property
     def has_routing(self) -> bool:
