@@ -59,6 +59,7 @@ from speed_common import (
 
 CLASSES = {"din": "DIN", "dmin": "DMIN"}
 EMBED_DIM = 18
+DMIN_HEADS = 4  # FuxiCTR's default num_heads
 LEARNING_RATE = 0.002  # camn's
 MAX_GRADIENT_NORM = 10.0  # BaseModel.fit's default
 
@@ -96,10 +97,16 @@ def model_settings(name: str, attributes: list[str]) -> dict:
                 "batch_norm": False}
     return {**common, "target_field": targets, "sequence_field": histories,
             "neg_seq_field": None, "enable_sum_pooling": True, "batch_norm": True,
+            "num_heads": DMIN_HEADS,
             "bn_only_once": True, "aux_loss_lambda": 0}
 
 
 def build(args: argparse.Namespace, schema: dict, model_root: str) -> torch.nn.Module:
+    width = EMBED_DIM * len(schema["attributes"])
+    if args.model == "dmin" and width % DMIN_HEADS:
+        raise SystemExit(f"fuxictr_throughput.py: error: FuxiCTR's DMIN needs the item width "
+                         f"({EMBED_DIM} x {len(schema['attributes'])} attributes = {width}) "
+                         f"to be a multiple of its {DMIN_HEADS} heads; this store's is not")
     torch.manual_seed(args.seed)
     fmap = feature_map(args.store, schema, EMBED_DIM)
     model = zoo_class(args.zoo, args.model)(
@@ -118,7 +125,7 @@ def autocast_forward(model: torch.nn.Module, device: torch.device) -> None:
     forward = model.forward
 
     def cast(inputs: dict) -> dict:
-        with autocast(device, "bf16"):
+        with autocast("bf16", device):
             outputs = forward(inputs)
         return {**outputs, "y_pred": outputs["y_pred"].float()}
 

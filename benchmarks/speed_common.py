@@ -77,18 +77,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision`` "bf16"; a no-op context for "fp32"."""
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision`` "bf16", a no-op context for "fp32" (as
+    ``camn.train.precision.autocast``, which FuxiCTR's interpreter cannot import)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware. On x86 CPUs that needs
-    AVX512-BF16 or AMX; without them oneDNN emulates bf16, about 100x slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return bool(torch.cpu._is_avx512_bf16_supported() or amx())
 
 
 def _cpu_sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

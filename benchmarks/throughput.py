@@ -20,9 +20,8 @@ Per model, each measurement in a fresh process (so that every peak-memory figure
   bf16 is emulated (about 100x slower than fp32): its peak is then measured on 512 x 512 and
   labelled so, and ``--precision bf16`` model rows are skipped unless ``--force-bf16``.
 
-``--precision bf16`` autocasts the forward pass to bf16 on the device, weights and optimiser
-state staying fp32: through the trainer where ``TrainConfig`` has a ``precision`` field (or
-on CUDA with its ``bf16`` field), otherwise with a loop here that is ``run_epoch`` with autocast.
+``--precision bf16`` is the trainer's: the forward pass autocast to bf16 on the device, weights
+and optimiser state staying fp32 (``TrainConfig.precision``, ``camn.train.precision``).
 
 The store defaults to Amazon Beauty ``sliding``: ``stores/beauty-sliding`` of this checkout,
 else ``benchmarks/out/beauty-sliding``, which is prepared on first use with ``camn prepare
@@ -56,17 +55,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from speed_common import (
     EMULATED_BF16_GEMM_SIZE,
     add_measurement_arguments,
-    autocast,
     count_flops,
     device_name,
     emit,
     forwarded,
     gemm_gflops,
-    native_bf16,
     peak_memory,
     set_threads,
     synchronize,
@@ -78,9 +74,9 @@ from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, check_options, model_names, resolved_options
-from camn.train import loop
 from camn.train.commands import parse_options
-from camn.train.loop import TrainConfig, run_epoch, seed_everything, training_data
+from camn.train.loop import TrainConfig, fused, run_epoch, seed_everything, training_data
+from camn.train.precision import autocast, native_bf16
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -129,61 +125,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def trainer_config(name: str, args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of this measurement, with the precision where the trainer takes it."""
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    settings: dict = {"model": name, "batch_size": args.batch_size, "device": args.device,
-                      "eval_batch_size": args.eval_batch_size, "progress": False}
-    if "precision" in fields:
-        settings["precision"] = args.precision
-    elif "bf16" in fields and args.device == "cuda":
-        settings["bf16"] = args.precision == "bf16"
-    return TrainConfig(**settings)
-
-
-def through_trainer(config: TrainConfig, device: torch.device, precision: str) -> bool:
-    """Whether ``run_epoch`` itself runs ``precision`` on ``device``: fp32 always, bf16 where
-    ``TrainConfig`` has a ``precision`` field, or on CUDA (its older ``bf16`` field)."""
-    return precision == "fp32" or hasattr(config, "precision") or device.type == "cuda"
-
-
-def autocast_steps(
-    module: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
-    device: torch.device, precision: str,
-) -> tuple[torch.Tensor, int]:
-    """``run_epoch``'s steps (BCE + auxiliary loss, Adam) with the forward pass autocast: the
-    bf16 path for a trainer that does not autocast on this device yet."""
-    module.train()
-    total, seen = torch.zeros((), device=device), 0
-    for batch in batches:
-        with autocast(device, precision):
-            output = module(batch)
-        loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch["label"])
-        loss = loss + output.aux_loss.float()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(batch["label"])
-        seen += len(batch["label"])
-    return total, seen
+    return TrainConfig(model=name, batch_size=args.batch_size, device=args.device,
+                       eval_batch_size=args.eval_batch_size, precision=args.precision,
+                       progress=False)
 
 
 def train_steps(
     model: CTRModel, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], count: int,
-    config: TrainConfig, precision: str,
+    config: TrainConfig,
 ) -> tuple[torch.Tensor, int]:
-    """Adam steps over ``batches`` as the trainer runs them; (summed loss, samples)."""
-    device = torch.device(config.device)
-    if through_trainer(config, device, precision):
-        return run_epoch(model, optimizer, batches, count, config, device, "throughput")
-    return autocast_steps(model, optimizer, batches, device, precision)
-
-
-def trainer_optimizer(
-    model: CTRModel, config: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """Adam as ``train_one`` builds it: with the trainer's fused kernel where it asks for one."""
-    fused = getattr(loop, "fused", None)  # the trainer's choice, where this trainer has one
-    return torch.optim.Adam(model.parameters(), lr=config.lr, **(fused(device) if fused else {}))
+    """Adam steps over ``batches``, the trainer's ``run_epoch``; (summed loss, samples)."""
+    return run_epoch(model, optimizer, batches, count, config, torch.device(config.device),
+                     "throughput")
 
 
 def model_options(items: list[str], models: list[str]) -> dict[str, dict]:
@@ -214,7 +167,7 @@ def measure_training(
         torch.set_float32_matmul_precision("high")  # TF32, as train_one sets it
     model = built(store, name, options, args)
     config = trainer_config(name, args)
-    optimizer = trainer_optimizer(model, config, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **fused(device))  # train_one's
     data = training_data(store, device)
 
     def epoch(number: int) -> Iterator[Batch]:
@@ -223,22 +176,18 @@ def measure_training(
 
     warm = epoch(0)
     first = next(warm)
-    flops = count_flops(lambda: train_steps(model, optimizer, iter([first]), 1, config,
-                                            args.precision))
-    train_steps(model, optimizer, itertools.islice(warm, args.warmup - 1), args.warmup, config,
-                args.precision)
+    flops = count_flops(lambda: train_steps(model, optimizer, iter([first]), 1, config))
+    train_steps(model, optimizer, itertools.islice(warm, args.warmup - 1), args.warmup, config)
     synchronize(device)
     steps = timed_batches(store.num_batches("train", args.batch_size), args)
     start = time.perf_counter()
     total, seen = train_steps(model, optimizer, itertools.islice(epoch(1), steps), steps,
-                              config, args.precision)
+                              config)
     loss = float(total) / seen  # waits for the device: the steps are done
     seconds = time.perf_counter() - start
     return {"samples_per_s": seen / seconds, "steps": steps, "samples": seen,
             "seconds": seconds, "loss": loss, "flop_per_sample": flops / len(first["label"]),
-            "trainer_step": "run_epoch" if through_trainer(config, device, args.precision)
-            else "run_epoch with autocast (benchmark)",
-            **peak_memory(device)}
+            "trainer_step": "run_epoch", **peak_memory(device)}
 
 
 @torch.no_grad()
@@ -255,7 +204,7 @@ def measure_inference(
 
     def score(batch: Batch) -> torch.Tensor:
         inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-        with autocast(device, args.precision):
+        with autocast(args.precision, device):
             return model(inputs).logits.float().cpu()
 
     def scored(batches: Iterable[Batch]) -> int:
