@@ -326,11 +326,11 @@ def test_benchmark_names_the_reason_and_trains_nothing(
 ) -> None:
     argv = ["benchmark", "--data", str(no_valid_split), "--models", "wide-deep", "--seeds", "1",
             "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "bench")]
-    assert main(argv) == 1  # the benchmark's exit status when a run failed
-    out = capsys.readouterr().out
-    reason = f"DataError: {no_valid_split} cannot be trained on: {EMPTY_VALID}"
-    assert f"[1/1] store (last) wide-deep seed 1: FAILED ({reason})" in out
-    assert "0 run(s) finished" in out and "epoch 1" not in out
+    assert main(argv) == 2  # refused before the first run
+    captured = capsys.readouterr()
+    assert captured.err == f"camn: error: {no_valid_split} cannot be trained on: {EMPTY_VALID}\n"
+    assert "epoch 1" not in captured.out
+    assert not (tmp_path / "bench" / "results.csv").exists()
 
 
 def test_stats_reports_an_empty_split(no_valid_split: Path, capsys: pytest.CaptureFixture) -> None:
