@@ -13,7 +13,6 @@ import torch
 import camn
 from camn import __version__
 from camn.cli import main
-from camn.data.raw import DataError
 from camn.export import export
 from camn.predict import Encoded, Predictor
 
@@ -47,9 +46,7 @@ def check_sidecar(path: Path, predictor: Predictor, fmt: str) -> None:
 
 @pytest.mark.parametrize("model", [
     "din",
-    pytest.param("camn", marks=pytest.mark.xfail(
-        strict=True, raises=DataError,
-        reason="torch.jit.trace asserts on keep_top_q's scatter_(..., True) (a bool value)")),
+    "camn",
 ])
 def test_torchscript_reproduces_the_model(trained_run: Callable[[str], Path], tmp_path: Path,
                                           model: str) -> None:

@@ -147,8 +147,6 @@ def test_unknown_users_get_an_empty_history(predictor: Predictor) -> None:
     np.testing.assert_allclose(scores, cold, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="headwise() views 0 packed rows as (H, 0, -1) on the CPU")
 def test_a_batch_of_new_users_only(predictor: Predictor) -> None:
     """Every history empty (cold starts only): the packed CPU path has no row to compute."""
     items = predictor.vocabulary(predictor.attributes[0])[2:4]

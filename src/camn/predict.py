@@ -477,7 +477,7 @@ class Predictor:
 
     def no_routing(self) -> str:
         return (f"model {self.name} returns no routing scores, so there is nothing to explain; "
-                "only models with a routing module (camn, camn-route) do")
+                "only models with a routing module (camn and its variants but camn-loss) do")
 
     # ---------------------------------------------------------------------- the public calls
 

@@ -39,7 +39,8 @@ def keep_top_q(logits: torch.Tensor, q: int) -> torch.Tensor:
     if q >= logits.shape[-1]:
         return logits
     kept = torch.zeros_like(logits, dtype=torch.bool)
-    kept.scatter_(-1, logits.topk(q, dim=-1).indices, True)
+    top = logits.topk(q, dim=-1).indices
+    kept.scatter_(-1, top, torch.ones_like(top, dtype=torch.bool))  # a tensor: traceable
     return logits.masked_fill(~kept, float("-inf"))
 
 

@@ -382,7 +382,7 @@ def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
         out = flat @ layer.weight
     else:
         out = torch.baddbmm(layer.bias[:, None], flat, layer.weight)
-    return out.view(*x.shape[:-1], -1)
+    return out.view(*x.shape[:-1], layer.weight.shape[-1])  # also for 0 rows
 
 
 @torch.no_grad()
