@@ -40,10 +40,9 @@ import torch
 from torch import nn
 
 from camn import __version__
-from camn.argtypes import seed_int
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.predict import Encoded, Predictor, load
+from camn.predict import Encoded, Predictor, add_run_arguments, load
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("history", "mask", "target")
@@ -70,11 +69,7 @@ class ProbabilityGraph(nn.Module):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True,
-                        help="run directory written by camn train (or one saved model folder)")
-    parser.add_argument("--seed", type=seed_int,
-                        help="which seed's model (default: the run's first)")
-    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
+    add_run_arguments(parser)
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="onnx (onnxruntime and other runtimes; needs camn[serve]) or "
                         "torchscript (torch.jit.load, C++ libtorch)")

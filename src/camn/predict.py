@@ -19,6 +19,7 @@ convention) and cut to the run's ``max_len``, keeping the most recent items.
 
 from __future__ import annotations
 
+import argparse
 import json
 import warnings
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from camn.argtypes import seed_int
 from camn.data.raw import ACTION, DataError
 from camn.data.store import USERS, PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
@@ -690,6 +692,16 @@ def run_store_path(directory: Path) -> Path:
         raise DataError(f"{path} does not record the store the model was trained on ('data'): "
                         f"{DAMAGED}, or name the store (store=, --data)")
     return Path(data)
+
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run``, ``--seed`` and ``--data``: which trained model a command uses."""
+    parser.add_argument("--run", required=True,
+                        help="run directory written by camn train (or one saved model folder)")
+    parser.add_argument("--seed", type=seed_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
 
 
 def load(

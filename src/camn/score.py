@@ -32,22 +32,18 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from camn.argtypes import positive_int, seed_int
+from camn.argtypes import positive_int
 from camn.data.chunks import CHUNK_ROWS, LINE, read_chunks
 from camn.data.raw import BadInputReport, DataError
 from camn.data.sources._common import column_list, skip_rows
 from camn.data.sources.table import file_format, read_interactions, read_table
-from camn.predict import Encoded, Predictor, UnknownIds, as_ids, load
+from camn.predict import Encoded, Predictor, UnknownIds, add_run_arguments, as_ids, load
 
 HISTORY = "__history"  # the history column made from --history
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True,
-                        help="run directory written by camn train (or one saved model folder)")
-    parser.add_argument("--seed", type=seed_int,
-                        help="which seed's model (default: the run's first)")
-    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
+    add_run_arguments(parser)
     parser.add_argument("--candidates", required=True, type=Path,
                         help="CSV, TSV, Parquet or JSON lines file of candidates (one a row)")
     parser.add_argument("--history", type=Path,
