@@ -38,14 +38,22 @@ CHOOSE = "choose a new or empty folder"
 # A layout maps an entry name (a regular expression, matched in full) to FILE or a sub-layout.
 FILE = None
 Layout = dict[str, "Layout | None"]
-SEED_LAYOUT: Layout = {"config.json": FILE, "model.safetensors": FILE, "metrics.json": FILE}
+CHECKPOINT_LAYOUT: Layout = {
+    r"(last|best|optimizer|rng)\.safetensors": FILE, "state.json": FILE,
+}
+SEED_LAYOUT: Layout = {
+    "config.json": FILE, "model.safetensors": FILE, "metrics.json": FILE, "history.jsonl": FILE,
+    r"checkpoint-\d+(\.partial)?": CHECKPOINT_LAYOUT,  # while the seed trains
+    "tensorboard": {r"events\.out\.tfevents\..+": FILE},
+}
 STORE_LAYOUT: Layout = {
     "schema.json": FILE, "users.txt": FILE, "arrays": {r".+\.npy": FILE},
     "vocab": {r".+\.txt": FILE},
 }
-RUN_LAYOUT: Layout = {"results.json": FILE, r"seed_-?\d+": SEED_LAYOUT}
+RUN_LAYOUT: Layout = {"results.json": FILE, "train.json": FILE, r"seed_-?\d+": SEED_LAYOUT}
 BENCHMARK_LAYOUT: Layout = {
-    "benchmark.json": FILE, "results.csv": FILE, "table.md": FILE, "summary.json": FILE,
+    "benchmark.json": FILE, "results.jsonl": FILE, "results.csv": FILE, "table.md": FILE,
+    "summary.json": FILE,
     "auc.png": FILE, "runs": {r".+": {r".+": {r"seed-?\d+": SEED_LAYOUT}}},
 }
 DEMO_LAYOUT: Layout = {"data": {"synthetic-last": STORE_LAYOUT}, "benchmark": BENCHMARK_LAYOUT}
@@ -243,6 +251,19 @@ def replacing(out: str | Path, kind: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)  # the folder made above, nothing else
         raise
     tmp.rename(out)
+    if old is not None:
+        remove_owned(old, kind)
+
+
+def swap_in(new: str | Path, out: str | Path, kind: str) -> None:
+    """Make the finished folder ``new`` (a sibling of ``out``) the output ``out``, as
+    :func:`replacing` does at the end of its block: the earlier ``out`` (a camn output of
+    ``kind``, checked again) is renamed aside, ``new`` renamed to ``out``, the earlier one
+    deleted. For work staged in a folder of its own that must outlive a failure (a resumable
+    ``camn train``)."""
+    new, out = Path(new), Path(out)
+    old = _set_aside(out, kind, new.with_name(new.name + ".old"))
+    new.rename(out)
     if old is not None:
         remove_owned(old, kind)
 

@@ -5,14 +5,33 @@ constructor options (``options``) and the :class:`FeatureSpec` (``spec``), plus 
 trainer adds (training config, seed, data path). No pickles are ever loaded: the weights are
 read only as safetensors (a pickle, which can run code when loaded, is refused by name), and
 a damaged file of either kind is one :class:`DataError` naming it.
+
+While a seed trains, the trainer also writes a *training checkpoint* after every epoch
+(:func:`save_training_state`): a folder ``checkpoint-<epoch>`` in the seed's folder with the
+last weights (``last.safetensors``), the best weights so far (``best.safetensors``), Adam's
+state (``optimizer.safetensors`` for its tensors, the rest in ``state.json``), the random
+number generators' states (torch's in ``rng.safetensors``, Python's and numpy's in
+``state.json``) and the :class:`Progress` and per-epoch history (``state.json``). It is
+written as ``checkpoint-<epoch>.partial`` and renamed once complete, and only then is the
+previous epoch's folder deleted: a process killed at any moment leaves at least the last
+complete checkpoint (or none, before the first epoch ends), which :func:`load_training_state`
+finds. A finished seed deletes its checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 
 from camn.data.raw import DataError
@@ -153,3 +172,189 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[CTRModel, di
             f"e.g. {sorted(missing)[0]}; the weights come from another model or store"
         )
     return model.to(device).eval(), config
+
+
+# ------------------------------------------------------------------ training checkpoints
+
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+PARTIAL = ".partial"
+LAST, BEST, OPTIMIZER, RNG, STATE = (
+    "last.safetensors", "best.safetensors", "optimizer.safetensors", "rng.safetensors",
+    "state.json",
+)
+CHECKPOINT_FILES = (LAST, BEST, OPTIMIZER, RNG, STATE)
+CHECKPOINT_DAMAGED = "the checkpoint is damaged; start the run again (camn train --force)"
+
+
+@dataclass
+class Progress:
+    """How far a seed's training got: epochs finished, the best epoch and its monitored
+    score (higher is better), time and training samples so far, one record per epoch."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    train_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    samples: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own contiguous CPU copies: safetensors refuses tensors that share memory."""
+    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
+
+
+def split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state_dict as (tensors named ``<param index>.<name>``, the rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                rest.setdefault(str(index), {})[name] = value
+    return tensors, {"state": rest, "param_groups": state["param_groups"]}
+
+
+def join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    """The inverse of :func:`split_optimizer`."""
+    state: dict[int, dict] = {int(index): dict(values) for index, values in rest["state"].items()}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def rng_states() -> tuple[dict[str, torch.Tensor], dict]:
+    """torch's generator states (CPU, and every CUDA device in use) and Python's and numpy's
+    global ones (as JSON-ready lists)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    name, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    python = random.getstate()
+    rest = {
+        "python": [python[0], list(python[1]), python[2]],
+        "numpy": [name, keys.tolist(), position, has_gauss, gauss],
+    }
+    return tensors, rest
+
+
+def set_rng_states(tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, state, gauss = rest["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, position, has_gauss, cached = rest["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def save_training_state(
+    seed_dir: Path,
+    progress: Progress,
+    model: torch.nn.Module,
+    best_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> Path:
+    """Write the checkpoint of ``progress.epoch`` (module docstring) and delete older ones."""
+    final = seed_dir / f"checkpoint-{progress.epoch}"
+    work = final.with_name(final.name + PARTIAL)
+    remove_checkpoint(work)  # a leftover of a killed process
+    work.mkdir(parents=True)
+    optimizer_tensors, optimizer_rest = split_optimizer(optimizer.state_dict())
+    rng_tensors, rng_rest = rng_states()
+    for name, tensors in ((LAST, model.state_dict()), (BEST, best_state),
+                          (OPTIMIZER, optimizer_tensors), (RNG, rng_tensors)):
+        safetensors.torch.save_file(cpu_tensors(tensors), str(work / name))
+    state = {"progress": dataclasses.asdict(progress), "optimizer": optimizer_rest, "rng": rng_rest}
+    (work / STATE).write_text(json.dumps(state) + "\n")
+    for name in CHECKPOINT_FILES:
+        sync(work / name)
+    work.rename(final)
+    sync(seed_dir)
+    for older in checkpoints(seed_dir):
+        if older != final:
+            remove_checkpoint(older)
+    return final
+
+
+def sync(path: Path) -> None:
+    """fsync a file or folder (a folder: its entries, e.g. a rename)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def checkpoints(seed_dir: Path) -> list[Path]:
+    """The complete checkpoint folders of a seed, oldest first."""
+    if not seed_dir.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in seed_dir.iterdir() if (m := CHECKPOINT.fullmatch(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder (complete or not) file by file; a missing one is fine."""
+    if not folder.is_dir():
+        return
+    for name in CHECKPOINT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def remove_training_state(seed_dir: Path) -> None:
+    """Delete every checkpoint folder of a seed, unfinished ones included."""
+    for folder in seed_dir.glob("checkpoint-*"):
+        remove_checkpoint(folder)
+
+
+def load_training_state(
+    seed_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> tuple[Progress, dict[str, torch.Tensor]] | None:
+    """Load the newest complete checkpoint of ``seed_dir`` into ``model``, ``optimizer`` and
+    the random number generators; return (progress, best state), or None where there is none.
+
+    ``model`` and ``optimizer`` must be built as for the checkpointed run (same config and
+    seed); a checkpoint that does not fit them, or a damaged one, is a DataError naming it.
+    """
+    found = checkpoints(seed_dir)
+    if not found:
+        return None
+    folder = found[-1]
+    try:
+        state = json.loads((folder / STATE).read_bytes())
+    except (OSError, ValueError) as error:
+        path = folder / STATE
+        raise DataError(f"{path} cannot be read ({error}): {CHECKPOINT_DAMAGED}") from None
+    tensors = {name: read_tensors(folder / name, device)
+               for name in (LAST, BEST, OPTIMIZER, RNG)}
+    try:
+        progress = Progress(**state["progress"])
+        model.load_state_dict(tensors[LAST])
+        optimizer.load_state_dict(join_optimizer(tensors[OPTIMIZER], state["optimizer"]))
+        set_rng_states({k: v.cpu() for k, v in tensors[RNG].items()}, state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{folder} does not fit the run it belongs to ({detail}): {CHECKPOINT_DAMAGED}"
+        ) from None
+    return progress, tensors[BEST]
+
+
+def read_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file on ``device``; a DataError naming it where damaged."""
+    try:
+        return safetensors.torch.load_file(str(path), device=str(device))
+    except (OSError, SafetensorError) as error:
+        raise DataError(f"{path} cannot be read ({error}): {CHECKPOINT_DAMAGED}") from None

@@ -1,10 +1,17 @@
 """The training loop: one seed (:func:`train_one`) and several seeds (:func:`train_seeds`).
 
 The objective is BCE on the click logits plus the model's weighted auxiliary loss (Eq. 8-9 for
-CAMN: L = BCE + alpha L_d), minimised with Adam (lr 0.002, batch 2048: paper Sec. 3.2). After
-every epoch the model is scored on the validation split; the best state by validation AUC is
-kept in memory and restored for the test scores, and training stops after ``patience`` epochs
-without improvement (early stopping, SPEC 1 "Training").
+CAMN: L = BCE + alpha L_d), minimised with Adam (lr 0.002, batch 2048: paper Sec. 3.2), with
+the optional regularisers of :mod:`camn.train.objective` (weight decay, embedding L2, gradient
+clipping; all off by default). After every epoch the model is scored on the validation split;
+the best state by the monitored score (validation AUC by default) is kept and restored for
+the test scores, and training stops after ``patience`` epochs without improvement (early
+stopping, SPEC 1 "Training").
+
+A seed with a folder is checkpointed after every epoch (:mod:`camn.train.checkpoints`), and
+its epochs are recorded and reported through hooks (:mod:`camn.train.history`); a run of
+several seeds is staged beside its folder so that ``resume`` can continue it after an
+interruption (:mod:`camn.train.resume`).
 
 Speed: a split that fits in ``RESIDENT_LIMIT_BYTES`` is gathered once as tensors on the
 training device and batches are slices of it (no per-batch host work besides the shuffle
@@ -38,38 +45,107 @@ from camn.data.store import (
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, resolved_options
-from camn.outputs import RUN, check_output, replacing
+from camn.outputs import RUN, check_output, swap_in
+from camn.results import data_summary, summarise
 from camn.train import distributed
-from camn.train.checkpoints import save_checkpoint
-from camn.train.metrics import evaluate
+from camn.train.checkpoints import (
+    Progress,
+    load_training_state,
+    remove_checkpoint,
+    remove_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from camn.train.history import (
+    HISTORY,
+    LOGGER,
+    TENSORBOARD,
+    HistoryFile,
+    Hook,
+    LogLines,
+    TensorBoardLog,
+)
+from camn.train.metrics import TermAverages, evaluate
+from camn.train.objective import (
+    MONITORS,
+    embedding_penalty,
+    improves,
+    make_optimizer,
+    monitored,
+)
 from camn.train.precision import PRECISIONS, autocast, check_precision
+from camn.train.resume import (
+    Settings,
+    check_same,
+    finished_seed,
+    read_settings,
+    staging_folder,
+    start_staging,
+)
 
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the device
-METRICS = ("test_auc", "test_logloss", "test_gauc", "valid_auc")
+
+
+def setting(default: object, text: str, **more: object):
+    """A TrainConfig field: its default and, in its metadata, the help text (and choices) from
+    which the command lines' flags are made."""
+    return field(default=default, metadata={"help": text, **more})
 
 
 @dataclass
 class TrainConfig:
     """How to train one model; ``options`` are the model's constructor options.
 
-    ``batch_size`` is per process: under torchrun with N processes a step sees N x batch_size.
-    ``precision``: "fp32", or "bf16" autocast (:mod:`camn.train.precision`).
-    ``length_buckets``: batches of similar history lengths, cut to their longest history
-    (``store.batch_slices``). ``compile``: the training step's model under ``torch.compile``.
+    Every field has a default and a help text in its metadata (``setting``); the ``train`` and
+    ``benchmark`` commands make their flags from them. ``batch_size`` is per process: under
+    torchrun with N processes a step sees N x batch_size. ``monitor``, ``weight_decay``,
+    ``embedding_l2`` and ``clip_grad`` are explained in :mod:`camn.train.objective`,
+    ``precision`` in :mod:`camn.train.precision`; ``length_buckets`` is
+    ``store.batch_slices``'s. ``compile``: the training step's model under ``torch.compile``.
     """
 
-    model: str
-    options: dict = field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 2048
-    eval_batch_size: int = 8192
-    lr: float = 0.002
-    patience: int = 3
-    device: str = "auto"
-    precision: str = "fp32"
-    length_buckets: bool = False
-    compile: bool = False
-    progress: bool = True
+    model: str = field(metadata={"help": "registered model name (camn models)"})
+    options: dict = field(
+        default_factory=dict, metadata={"help": "the model's constructor options"}
+    )
+    epochs: int = setting(30, "maximum epochs")
+    batch_size: int = setting(2048, "training batch size (per process under torchrun)")
+    eval_batch_size: int = setting(8192, "batch size of the validation and test scoring")
+    lr: float = setting(0.002, "Adam learning rate")
+    patience: int = setting(
+        3, "stop after this many epochs without a better monitored validation score"
+    )
+    monitor: str = setting(
+        "auc", "validation score that picks the best epoch and drives early stopping: auc, "
+        "logloss (lower is better) or auc-logloss", choices=MONITORS,
+    )
+    weight_decay: float = setting(
+        0.0, "Adam's L2 weight decay on every parameter outside the attribute embedding "
+        "table (0 = off)",
+    )
+    embedding_l2: float = setting(
+        0.0, "weight of an L2 penalty on the embedding rows each batch uses (their summed "
+        "squared norms), added to the loss (0 = off)",
+    )
+    clip_grad: float = setting(
+        0.0, "clip the gradient's total norm to this value before each step (0 = off)"
+    )
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting(
+        "fp32", "bf16: autocast with fp32 master weights, where the device has bf16 "
+        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)", choices=PRECISIONS,
+    )
+    length_buckets: bool = setting(
+        False, "batches of similar history lengths, cut to their longest history"
+    )
+    compile: bool = setting(
+        False, "torch.compile the model for training (minutes of compilation)"
+    )
+    progress: bool = setting(True, "a progress bar per epoch (on standard error)")
+    tensorboard: bool = setting(
+        False, "also write each epoch's numbers as TensorBoard scalars to "
+        "seed_<s>/tensorboard (needs the tensorboard package)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
@@ -77,8 +153,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("weight_decay", "embedding_l2", "clip_grad"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number of at least 0, got {value}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +249,12 @@ def training_data(
     return StreamedSplit(store, "train", device)
 
 
+def unwrap(module: torch.nn.Module) -> CTRModel:
+    """The model inside ``torch.compile`` and DistributedDataParallel wrappers."""
+    module = getattr(module, "_orig_mod", module)
+    return getattr(module, "module", module)
+
+
 def run_epoch(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -175,9 +263,16 @@ def run_epoch(
     config: TrainConfig,
     device: torch.device,
     description: str,
+    terms: TermAverages | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One pass of Adam steps; returns the summed loss (a device scalar) and the sample count."""
+    """One pass of Adam steps; returns the summed loss (a device scalar) and the sample count.
+
+    The loss is BCE plus the model's weighted extra losses plus ``config.embedding_l2`` times
+    :func:`~camn.train.objective.embedding_penalty`; the gradient is clipped to
+    ``config.clip_grad`` where set. ``terms`` collects the model's ``aux_terms``.
+    """
     module.train()
+    model = unwrap(module)
     total = torch.zeros((), device=device)
     seen = 0
     bar = tqdm(
@@ -189,12 +284,18 @@ def run_epoch(
             output = module(batch)
         loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch["label"])
         loss = loss + output.aux_loss.float()
+        if config.embedding_l2:
+            loss = loss + config.embedding_l2 * embedding_penalty(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
         optimizer.step()
         size = len(batch["label"])
         total += loss.detach() * size
         seen += size
+        if terms is not None:
+            terms.add(output.aux_terms, size)
         if not bar.disable and step % 10 == 0:  # .item() syncs CUDA: only now and then
             bar.set_postfix(loss=f"{total.item() / seen:.4f}")
     bar.close()
@@ -225,27 +326,89 @@ def checkpoint_config(
     }
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
+def own_hooks(config: TrainConfig, out_dir: Path | None) -> list[Hook]:
+    """The trainer's hooks on the main process: log lines, and with a seed folder its
+    ``history.jsonl`` and, where asked for, TensorBoard scalars."""
+    hooks: list[Hook] = [LogLines(config.monitor)]
+    if config.tensorboard:
+        if out_dir is None:
+            raise ValueError("tensorboard = true needs a run folder to write to (out_dir)")
+        hooks.append(TensorBoardLog(out_dir / TENSORBOARD))
+    if out_dir is not None:
+        hooks.append(HistoryFile(out_dir / HISTORY))
+    return hooks
+
+
+def stopped(progress: Progress, config: TrainConfig) -> bool:
+    """Whether training is over: every epoch run, or ``patience`` epochs without a better
+    monitored score (the rule holds for a resumed seed too)."""
+    return (progress.epoch >= config.epochs
+            or progress.epoch - progress.best_epoch >= config.patience)
+
+
+def starting_point(
+    out_dir: Path | None,
+    resume: bool,
+    writes: bool,
+    model: CTRModel,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> tuple[Progress, dict[str, torch.Tensor]]:
+    """(progress, best state) a seed starts from: its newest checkpoint, loaded into
+    ``model``, ``optimizer`` and the generators, when resuming and ``out_dir`` has one; else
+    epoch 0 with the initial weights. Where it ``writes``, the checkpoint folders it will
+    not continue from (unfinished ones, an older run's) are deleted."""
+    restored = None
+    if resume and out_dir is not None:
+        restored = load_training_state(out_dir, model, optimizer, device)
+    progress, best_state = restored or (Progress(), state_copy(model))
+    if writes:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in out_dir.glob("checkpoint-*"):
+            if restored is None or leftover.name != f"checkpoint-{progress.epoch}":
+                remove_checkpoint(leftover)
+    return progress, best_state
 
 
 def train_one(
-    store: PreparedStore, config: TrainConfig, seed: int, out_dir: Path | None = None
+    store: PreparedStore,
+    config: TrainConfig,
+    seed: int,
+    out_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> dict:
-    """Train one seed with early stopping on validation AUC; score the best state on test.
+    """Train one seed with early stopping on the monitored validation score; score the best
+    state on test.
 
-    Returns test_auc, test_logloss, test_gauc, valid_auc (best), best_epoch, epochs (run),
-    train_seconds (time in training passes), fit_seconds (with validation), samples_per_second
-    (training samples of all processes / train_seconds), the per-epoch history, and
-    routing_recovery where the store has planted drivers and the model routes. Under torchrun
-    only rank 0 scores and writes ``out_dir``; the other ranks return an empty dict.
-    A damaged store, or one whose splits would train or score nothing, raises a DataError
-    before any work (:meth:`PreparedStore.check_trainable`, once per store object).
+    Returns test_auc, test_logloss, test_gauc, the best epoch's valid_auc, valid_logloss and
+    valid_gauc, valid_score (its monitored score), best_epoch, epochs (run), train_seconds
+    (time in training passes), fit_seconds (with validation), samples_per_second (training
+    samples of all processes / train_seconds), the per-epoch history
+    (:mod:`camn.train.history`), and routing_recovery where the store has planted drivers and
+    the model routes.
+
+    With ``out_dir`` a checkpoint is written there after every epoch
+    (:func:`~camn.train.checkpoints.save_training_state`), with ``history.jsonl``; at the end
+    the best state (``model.safetensors``, ``config.json``) and ``metrics.json``, and the
+    checkpoint is deleted. ``resume``: continue from the newest checkpoint in ``out_dir``
+    (from scratch where there is none); the model, optimizer and generator states are
+    restored, so the seed ends as an uninterrupted run would. ``hooks`` are called on the main
+    process after the trainer's own (:class:`~camn.train.history.Hook`).
+
+    Under torchrun every rank reads a checkpoint to resume, but only rank 0 scores, writes
+    and calls the hooks; the other ranks return an empty dict. A damaged store, or one whose
+    splits would train or score nothing, raises a DataError before any work
+    (:meth:`PreparedStore.check_trainable`, once per store object).
     """
     store.check_trainable()
     context = distributed.current()
     device = distributed.resolve_device(config.device)
     check_precision(config.precision, device)
+    out_dir = None if out_dir is None else Path(out_dir)
+    writes = context.is_main and out_dir is not None
+    hooks = [*own_hooks(config, out_dir if writes else None), *hooks] if context.is_main else []
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     seed_everything(seed)
@@ -264,62 +427,124 @@ def train_one(
         module = distributed.wrap(model, distributed.has_unused_parameters(model, probe))
     if config.compile:  # dense rows under compile (layers.Packing): no data-dependent shapes
         module = torch.compile(module, dynamic=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **fused(device))
-    steps = store.num_batches("train", config.batch_size, context.world_size)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, fused(device))
+    progress, best_state = starting_point(out_dir, resume, writes, model, optimizer, device)
+    fit = Fit(config, seed, store, context, device, model, module, optimizer, data,
+              batch_options, out_dir if writes else None, hooks)
+    try:
+        for hook in hooks:
+            hook.start(seed, list(progress.history))
+        model.load_state_dict(fit.run(progress, best_state))
+        if not context.is_main:
+            return {}
+        metrics = test_metrics(model, store, config, seed, progress, device)
+        if writes:
+            save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
+            write_json(out_dir / "metrics.json", metrics)
+            remove_training_state(out_dir)
+        for hook in hooks:
+            hook.end(seed, metrics)
+        return metrics
+    finally:
+        for hook in hooks:
+            hook.close()
 
-    best_auc, best_epoch, best_state = float("-inf"), 0, state_copy(model)
-    history: list[dict] = []
-    train_seconds, samples, fit_start = 0.0, 0, time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        batches = data.batches(config.batch_size, epoch=epoch, **batch_options)
-        total, seen = run_epoch(
-            module, optimizer, batches, steps, config, device, f"seed {seed} epoch {epoch}"
-        )
-        total = distributed.sum_over_ranks(torch.stack([total, total.new_tensor(seen)]), context)
-        loss = float(total[0] / total[1])  # syncs the device: the epoch's work is done
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        samples += int(total[1])
-        valid_auc = float("nan")
-        if context.is_main:
-            valid_auc = evaluate(model, store, "valid", config.eval_batch_size, device)["auc"]
-        valid_auc = distributed.broadcast_float(valid_auc, context, device)
-        history.append({"epoch": epoch, "loss": loss, "valid_auc": valid_auc, "seconds": seconds})
-        if context.is_main:
-            log(f"seed {seed} epoch {epoch}: loss {loss:.4f}, valid AUC {valid_auc:.4f}, "
-                f"{seconds:.1f}s ({int(total[1]) / seconds:,.0f} samples/s)")
-        if valid_auc > best_auc:
-            best_auc, best_epoch, best_state = valid_auc, epoch, state_copy(model)
-        elif epoch - best_epoch >= config.patience:
-            break
-    fit_seconds = time.perf_counter() - fit_start
-    model.load_state_dict(best_state)
-    if not context.is_main:
-        return {}
 
+@dataclass
+class Fit:
+    """One seed's epochs: train, validate, keep the best state, checkpoint, call the hooks."""
+
+    config: TrainConfig
+    seed: int
+    store: PreparedStore
+    context: distributed.Context
+    device: torch.device
+    model: CTRModel
+    module: torch.nn.Module  # the model as trained: under DDP and torch.compile where asked
+    optimizer: torch.optim.Optimizer
+    data: ResidentSplit | StreamedSplit
+    batch_options: dict
+    out_dir: Path | None  # where checkpoints go (rank 0 with a seed folder), else None
+    hooks: Sequence[Hook]
+
+    def run(self, progress: Progress, best_state: dict[str, torch.Tensor]) -> dict:
+        """Epochs from ``progress.epoch + 1`` until :func:`stopped`, ``progress`` updated in
+        place; returns the best state."""
+        config = self.config
+        steps = self.store.num_batches("train", config.batch_size, self.context.world_size)
+        while not stopped(progress, config):
+            epoch, start = progress.epoch + 1, time.perf_counter()
+            terms = TermAverages()
+            batches = self.data.batches(config.batch_size, epoch=epoch, **self.batch_options)
+            total, seen = run_epoch(self.module, self.optimizer, batches, steps, config,
+                                    self.device, f"seed {self.seed} epoch {epoch}", terms)
+            pair = torch.stack([total, total.new_tensor(seen)])
+            total = distributed.sum_over_ranks(pair, self.context)
+            loss = float(total[0] / total[1])  # syncs the device: the epoch's work is done
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch, "loss": loss, "terms": terms.averages(),
+                      **self.validate(), "seconds": seconds,
+                      "samples_per_second": int(total[1]) / seconds}
+            progress.epoch, progress.samples = epoch, progress.samples + int(total[1])
+            progress.train_seconds += seconds
+            progress.fit_seconds += time.perf_counter() - start
+            progress.history.append(record)
+            if improves(record["score"], progress.best_score):
+                progress.best_epoch, progress.best_score = epoch, record["score"]
+                best_state = state_copy(self.model)
+            if self.out_dir is not None:
+                save_training_state(self.out_dir, progress, self.model, best_state,
+                                    self.optimizer)
+            for hook in self.hooks:
+                hook.epoch(self.seed, record)
+        return best_state
+
+    def validate(self) -> dict:
+        """``valid_<key>`` of every validation metric (rank 0) and the monitored ``score``
+        (every rank: it drives early stopping)."""
+        metrics, score = {}, float("nan")
+        if self.context.is_main:
+            metrics = evaluate(self.model, self.store, "valid", self.config.eval_batch_size,
+                               self.device)
+            score = monitored(metrics, self.config.monitor)
+        score = distributed.broadcast_float(score, self.context, self.device)
+        return {**{f"valid_{key}": value for key, value in metrics.items()}, "score": score}
+
+
+def test_metrics(
+    model: CTRModel,
+    store: PreparedStore,
+    config: TrainConfig,
+    seed: int,
+    progress: Progress,
+    device: torch.device,
+) -> dict:
+    """The seed's result: the best state's test scores, the best epoch's validation scores,
+    time, throughput and history (see :func:`train_one`)."""
     test = evaluate(model, store, "test", config.eval_batch_size, device)
+    best = progress.history[progress.best_epoch - 1] if progress.best_epoch else {}
     metrics = {
         "seed": seed,
         "test_auc": test["auc"],
         "test_logloss": test["logloss"],
         "test_gauc": test["gauc"],
-        "valid_auc": best_auc,
-        "best_epoch": best_epoch,
-        "epochs": len(history),
-        "train_seconds": train_seconds,
-        "fit_seconds": fit_seconds,
-        "train_samples": samples,
-        "samples_per_second": samples / train_seconds,
-        "world_size": context.world_size,
-        "history": history,
+        **{f"valid_{key}": best.get(f"valid_{key}", float("nan"))
+           for key in ("auc", "logloss", "gauc")},
+        "monitor": config.monitor,
+        "valid_score": progress.best_score,
+        "best_epoch": progress.best_epoch,
+        "epochs": progress.epoch,
+        "train_seconds": progress.train_seconds,
+        "fit_seconds": progress.fit_seconds,
+        "train_samples": progress.samples,
+        "samples_per_second": progress.samples / progress.train_seconds,
+        "world_size": distributed.current().world_size,
+        "history": progress.history,
     }
     if "routing_recovery" in test:
         metrics["routing_recovery"] = test["routing_recovery"]
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
-        write_json(out_dir / "metrics.json", metrics)
+    if "terms" in test:
+        metrics["test_terms"] = test["terms"]
     return metrics
 
 
@@ -328,56 +553,51 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def spread(values: Sequence[float]) -> dict:
-    """Mean, standard deviation (ddof=1; 0 for one value) and the values themselves."""
-    array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "std": std, "runs": [float(v) for v in array]}
-
-
-def data_summary(store: PreparedStore) -> dict:
-    schema = store.schema
-    keys = ("protocol", "seed", "max_len", "attributes", "splits", "num_users", "num_items")
-    return {"path": str(store.root.resolve()), **{key: schema[key] for key in keys}}
-
-
-def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> dict:
-    """The results.json document of several seeds' metrics."""
-    results: dict = {
-        "model": config.model,
-        "options": resolved_options(config.model, **config.options),
-        "data": data_summary(store),
-        "seeds": [run["seed"] for run in runs],
-        **{name: spread([run[name] for run in runs]) for name in METRICS},
-        "best_epoch": [run["best_epoch"] for run in runs],
-        "samples_per_second": spread([run["samples_per_second"] for run in runs]),
-        "config": config.to_dict(),
-    }
-    if all("routing_recovery" in run for run in runs):
-        results["routing_recovery"] = {
-            key: float(np.mean([run["routing_recovery"][key] for run in runs]))
-            for key in runs[0]["routing_recovery"]
-        }
-    return results
+def run_settings(store: PreparedStore, config: TrainConfig, seeds: Sequence[int]) -> Settings:
+    """What ``train.json`` records of a run (:mod:`camn.train.resume`)."""
+    return Settings(data_summary(store), list(seeds), config.to_dict(),
+                    distributed.current().world_size)
 
 
 def train_seeds(
-    store: PreparedStore, config: TrainConfig, seeds: Sequence[int], out: Path
+    store: PreparedStore,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    resume: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> dict:
     """Train every seed into ``out/seed_<s>/`` and write ``out/results.json``; return it.
 
-    The run is written beside ``out`` and swapped in whole at the end: an earlier run there (a
-    camn run folder, else refused before training) is replaced entirely, none of its seeds left
-    behind, and an interrupted run leaves the earlier one as it was. Under torchrun only rank 0
+    The run is built in the hidden sibling ``.<out>.partial`` and swapped in whole at the end
+    (:mod:`camn.train.resume`): an earlier run at ``out`` (a camn run folder, else refused
+    before training) is replaced entirely, none of its seeds left behind, and until then stays
+    as it was. An interrupted run leaves its staging folder; ``resume`` continues it with the
+    same settings (finished seeds kept, the interrupted one from its last checkpoint), and a
+    fresh call deletes it first. ``hooks``: see :func:`train_one`. Under torchrun only rank 0
     writes and gets the results; the other ranks get an empty dict.
     """
-    if not distributed.current().is_main:
-        for seed in seeds:
-            train_one(store, config, seed)
+    context, out = distributed.current(), Path(out)
+    staging = staging_folder(out)
+    if context.is_main:
+        check_output(out, RUN, force=True)
+        if resume:
+            check_same(out, read_settings(out), run_settings(store, config, seeds))
+        else:
+            start_staging(staging, run_settings(store, config, seeds))
+    runs = []
+    for seed in seeds:
+        seed_dir = staging / f"seed_{seed}"
+        kept = finished_seed(seed_dir) if resume else None
+        if kept is None:
+            kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks)
+        elif context.is_main:
+            LOGGER.info("seed %d: finished before the interruption, kept", seed)
+        runs.append(kept)
+    if not context.is_main:
         return {}
-    check_output(out, RUN, force=True)
-    with replacing(out, RUN) as work:
-        runs = [train_one(store, config, seed, work / f"seed_{seed}") for seed in seeds]
-        results = summarise(store, config, runs)
-        write_json(work / "results.json", results)
+    results = summarise(store, config, runs)
+    write_json(staging / "results.json", results)
+    swap_in(staging, out, RUN)
     return results

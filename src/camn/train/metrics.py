@@ -8,7 +8,7 @@ Eq. 3) is the attribute that drove the click.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -104,15 +104,41 @@ def routing_recovery(top: np.ndarray, driver: np.ndarray, kind: np.ndarray) -> d
     }
 
 
+class TermAverages:
+    """Running means of a model's ``aux_terms`` over the batches of a pass, each batch weighted
+    by its sample count and NaN entries left out (e.g. an attention-health value of a batch
+    with nothing to average); summed on the device, no host sync a batch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: dict[str, torch.Tensor], size: int) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            known = ~value.isnan()
+            total, count = torch.where(known, value, 0.0) * size, known * size
+            if name in self.sums:
+                total, count = total + self.sums[name], count + self.counts[name]
+            self.sums[name], self.counts[name] = total, count
+
+    def averages(self) -> dict[str, float | list[float]]:
+        """Each term's mean over the samples of the batches that reported it (a number, or a
+        list for a term per head); NaN where no batch had a value."""
+        return {name: (total / self.counts[name]).tolist() for name, total in self.sums.items()}
+
+
 @dataclass
 class Predictions:
-    """A model's outputs on one split: store rows, users, labels, logits, top routed attribute."""
+    """A model's outputs on one split: store rows, users, labels, logits, top routed
+    attribute, and the averages of the model's evaluation-time ``aux_terms``."""
 
     index: np.ndarray  # (N,) store rows
     users: np.ndarray  # (N,)
     labels: np.ndarray  # (N,)
     logits: np.ndarray  # (N,) float64
     top_attribute: np.ndarray | None  # (N, L) argmax_k P, or None without routing
+    terms: dict = field(default_factory=dict)  # e.g. CAMN's attention health per head
 
 
 @torch.no_grad()
@@ -124,9 +150,11 @@ def predict(
     device = torch.device(device)
     parts: dict[str, list[torch.Tensor]] = {"index": [], "user": [], "label": [], "logit": []}
     tops: list[torch.Tensor] = []
+    terms = TermAverages()
     for batch in store.batches(split, batch_size):
         inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         output = model(inputs)
+        terms.add(output.aux_terms, len(batch["label"]))
         parts["index"].append(batch["index"])
         parts["user"].append(batch["user"])
         parts["label"].append(batch["label"])
@@ -140,11 +168,13 @@ def predict(
         labels=arrays["label"],
         logits=arrays["logit"].astype(np.float64),
         top_attribute=torch.cat(tops).numpy() if tops else None,
+        terms=terms.averages(),
     )
 
 
 def score(predictions: Predictions, store: PreparedStore) -> dict:
-    """AUC, log loss, gAUC and sample count; routing recovery where the store has drivers."""
+    """AUC, log loss, gAUC and sample count; routing recovery where the store has drivers;
+    ``terms`` where the model reports evaluation-time terms."""
     probabilities = 1 / (1 + np.exp(-predictions.logits))
     metrics: dict = {
         "auc": auc(predictions.labels, predictions.logits),
@@ -152,6 +182,8 @@ def score(predictions: Predictions, store: PreparedStore) -> dict:
         "gauc": gauc(predictions.users, predictions.labels, predictions.logits),
         "samples": len(predictions.labels),
     }
+    if predictions.terms:
+        metrics["terms"] = predictions.terms
     if predictions.top_attribute is not None and store.has_drivers:
         rows = predictions.index
         metrics["routing_recovery"] = routing_recovery(
