@@ -219,13 +219,17 @@ def split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"state": rest, "param_groups": state["param_groups"]}
 
 
-def join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    """The inverse of :func:`split_optimizer`."""
+def join_optimizer(tensors: dict[str, torch.Tensor], rest: dict, groups: list[dict]) -> dict:
+    """The inverse of :func:`split_optimizer`, for an optimizer whose ``param_groups`` (in its
+    state_dict) are ``groups``: they must be the saved ones (JSON turned tuples into lists, so
+    the optimizer's own are kept, and compared as JSON)."""
+    if json.loads(json.dumps(groups)) != rest["param_groups"]:
+        raise ValueError("the optimizer's settings or parameter groups differ")
     state: dict[int, dict] = {int(index): dict(values) for index, values in rest["state"].items()}
     for key, value in tensors.items():
         index, _, name = key.partition(".")
         state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
+    return {"state": state, "param_groups": groups}
 
 
 def rng_states() -> tuple[dict[str, torch.Tensor], dict]:
@@ -342,7 +346,8 @@ def load_training_state(
     try:
         progress = Progress(**state["progress"])
         model.load_state_dict(tensors[LAST])
-        optimizer.load_state_dict(join_optimizer(tensors[OPTIMIZER], state["optimizer"]))
+        groups = optimizer.state_dict()["param_groups"]
+        optimizer.load_state_dict(join_optimizer(tensors[OPTIMIZER], state["optimizer"], groups))
         set_rng_states({k: v.cpu() for k, v in tensors[RNG].items()}, state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__

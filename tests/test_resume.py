@@ -1,0 +1,500 @@
+"""The trainer's checkpoints, resume, per-epoch history, hooks, logging and regularisers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import sys
+import types
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from camn.data.prepare import prepare
+from camn.data.raw import DataError
+from camn.data.store import PreparedStore
+from camn.models.base import CTRModel, FeatureSpec, ModelOutput
+from camn.models.registry import build_model, model_entries, register
+from camn.train import checkpoints, loop
+from camn.train.checkpoints import Progress, load_training_state, save_training_state
+from camn.train.history import Hook, console, read_history
+from camn.train.loop import TrainConfig, run_epoch, train_one, train_seeds
+from camn.train.metrics import TermAverages
+from camn.train.objective import embedding_penalty, make_optimizer
+from camn.train.resume import staging_folder
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from test_train import make_raw  # noqa: E402
+
+MODEL = "dropout-test"
+BATCH = 256
+FAST = {"epochs": 4, "batch_size": BATCH, "lr": 0.01, "device": "cpu", "progress": False,
+        "patience": 10}
+TIMING = ("seconds", "samples_per_second", "train_seconds", "fit_seconds")
+
+
+class DropoutModel(CTRModel):
+    """Test-only: mean-pooled history, the target and their product, through dropout (a resumed run
+    needs torch's generator state to draw the same masks), batch norm (buffers) and a linear
+    layer; an L2 extra loss. Its terms: ``l2`` and ``rows``, the batch's sample count."""
+
+    def __init__(self, spec: FeatureSpec, embed_dim: int = 6) -> None:
+        super().__init__(spec, embed_dim)
+        width = 3 * spec.num_slots * embed_dim
+        self.drop = nn.Dropout(0.5)
+        self.norm = nn.BatchNorm1d(width)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        history, target = self.embed(batch)
+        items, mask = history.flatten(2), batch["mask"].unsqueeze(-1).float()  # (B, L, D)
+        pooled = (items * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled, target = self.drop(pooled), target.flatten(1)
+        features = torch.cat([pooled, target, pooled * target], -1)
+        logits = self.out(self.norm(features)).squeeze(-1)
+        l2 = pooled.square().mean()
+        rows = logits.new_tensor(float(len(logits)))
+        return ModelOutput(logits, 0.01 * l2, {"l2": l2.detach(), "rows": rows})
+
+
+if MODEL not in model_entries():  # this module may be imported twice
+    register(MODEL)(DropoutModel)
+
+
+class Stop(Exception):
+    """What the killing hook raises."""
+
+
+class StopAfter(Hook):
+    """Raises after ``epoch`` of ``seed`` has been checkpointed: an interruption there."""
+
+    def __init__(self, seed: int, epoch: int) -> None:
+        self.seed, self.stop_epoch = seed, epoch
+
+    def epoch(self, seed: int, record: dict) -> None:
+        if (seed, record["epoch"]) == (self.seed, self.stop_epoch):
+            raise Stop
+
+
+class Recorder(Hook):
+    """Every call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, seed: int, history: list[dict]) -> None:
+        self.calls.append(("start", seed, [r["epoch"] for r in history]))
+
+    def epoch(self, seed: int, record: dict) -> None:
+        self.calls.append(("epoch", seed, record["epoch"]))
+
+    def end(self, seed: int, metrics: dict) -> None:
+        self.calls.append(("end", seed, metrics["epochs"]))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> PreparedStore:
+    path = tmp_path_factory.mktemp("store") / "store"
+    prepare(make_raw(users=300), path, protocol="sliding", max_len=8, seed=3)
+    return PreparedStore(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Fixed threads: the same float sums in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CONFIG = TrainConfig(MODEL, weight_decay=1e-3, embedding_l2=1e-4, clip_grad=1.0, **FAST)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store: PreparedStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    train_seeds(store, CONFIG, [1, 2], out)
+    return out
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(path)
+
+
+def without_timing(value: object) -> object:
+    """A result with its wall-clock figures left out (they differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def assert_same_run(ours: Path, theirs: Path, seeds: list[int]) -> None:
+    for seed in seeds:
+        a, b = weights(ours / f"seed_{seed}" / "model.safetensors"), weights(
+            theirs / f"seed_{seed}" / "model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (seed, key)
+        metrics = [json.loads((run / f"seed_{seed}" / "metrics.json").read_text())
+                   for run in (ours, theirs)]
+        assert without_timing(metrics[0]) == without_timing(metrics[1])
+        histories = [read_history(run / f"seed_{seed}" / "history.jsonl") for run in (ours, theirs)]
+        assert without_timing(histories[0]) == without_timing(histories[1])
+    results = [json.loads((run / "results.json").read_text()) for run in (ours, theirs)]
+    assert results[0]["test_auc"] == results[1]["test_auc"]
+    assert results[0]["valid_auc"] == results[1]["valid_auc"]
+
+
+def test_an_interrupted_run_resumed_equals_the_uninterrupted_one(
+    store: PreparedStore, uninterrupted: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train_seeds(store, CONFIG, [1, 2], out, hooks=[StopAfter(seed=2, epoch=2)])
+    staging = staging_folder(out)
+    assert not out.exists() and staging.name == ".run.partial"
+    assert sorted(p.name for p in staging.iterdir()) == ["seed_1", "seed_2", "train.json"]
+    assert sorted(p.name for p in (staging / "seed_1").iterdir()) == [
+        "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in (staging / "seed_2").iterdir()) == [
+        "checkpoint-2", "history.jsonl"]
+    assert [r["epoch"] for r in read_history(staging / "seed_2" / "history.jsonl")] == [1, 2]
+    recorder = Recorder()
+    train_seeds(store, CONFIG, [1, 2], out, resume=True, hooks=[recorder])
+    assert recorder.calls == [  # seed 1 kept as it was, seed 2 continued after epoch 2
+        ("start", 2, [1, 2]), ("epoch", 2, 3), ("epoch", 2, 4), ("end", 2, 4), ("close",)]
+    assert not staging.exists()
+    assert_same_run(out, uninterrupted, [1, 2])
+    best = json.loads((uninterrupted / "results.json").read_text())["best_epoch"]
+    assert best == [4, 4]  # the weights compared are those of the last, resumed epoch
+
+
+def test_resuming_without_the_generator_state_would_differ(
+    store: PreparedStore, uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control of the test above: dropout draws from torch's generator, so a resume that
+    did not restore it would end with other weights."""
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train_seeds(store, CONFIG, [1], out, hooks=[StopAfter(seed=1, epoch=2)])
+    monkeypatch.setattr(checkpoints, "set_rng_states", lambda tensors, rest: None)
+    train_seeds(store, CONFIG, [1], out, resume=True)
+    ours, theirs = (weights(run / "seed_1" / "model.safetensors") for run in (out, uninterrupted))
+    assert not torch.equal(ours["out.weight"], theirs["out.weight"])
+
+
+def test_the_checkpoint_holds_tensors_as_safetensors_and_the_rest_as_json(
+    store: PreparedStore, tmp_path: Path
+) -> None:
+    with pytest.raises(Stop):
+        train_one(store, CONFIG, 1, tmp_path, hooks=[StopAfter(seed=1, epoch=3)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "history.jsonl"]
+    folder = tmp_path / "checkpoint-3"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best.safetensors", "last.safetensors", "optimizer.safetensors", "rng.safetensors",
+        "state.json"]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["progress"]["epoch"] == 3 and len(state["progress"]["history"]) == 3
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [1e-3, 0.0]
+    assert set(state["rng"]) == {"python", "numpy"}
+    optimizer = weights(folder / "optimizer.safetensors")
+    assert {key.split(".", 1)[1] for key in optimizer} == {"step", "exp_avg", "exp_avg_sq"}
+    assert weights(folder / "rng.safetensors")["torch"].dtype == torch.uint8
+    best = state["progress"]["best_epoch"]
+    record = state["progress"]["history"][best - 1]
+    assert state["progress"]["best_score"] == record["valid_auc"] == record["score"]
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one(
+    store: PreparedStore, tmp_path: Path
+) -> None:
+    """A half-written ``checkpoint-3.partial`` (the process died before its rename) is
+    ignored and deleted; training continues after epoch 2 and ends as if never stopped."""
+    with pytest.raises(Stop):
+        train_one(store, CONFIG, 1, tmp_path / "a", hooks=[StopAfter(seed=1, epoch=2)])
+    partial = tmp_path / "a" / "checkpoint-3.partial"
+    partial.mkdir()
+    (partial / "last.safetensors").write_bytes(b"\x00" * 10)  # cut off
+    resumed = train_one(store, CONFIG, 1, tmp_path / "a", resume=True)
+    whole = train_one(store, CONFIG, 1, tmp_path / "b")
+    assert without_timing(resumed) == without_timing(whole)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
+
+
+def test_a_seed_killed_after_its_last_checkpoint_finishes_without_training(
+    store: PreparedStore, tmp_path: Path
+) -> None:
+    """Killed between the last epoch's checkpoint and metrics.json: resume scores on test."""
+    config = TrainConfig(MODEL, **{**FAST, "epochs": 2})
+    with pytest.raises(Stop):
+        train_one(store, config, 1, tmp_path, hooks=[StopAfter(seed=1, epoch=2)])
+    recorder = Recorder()
+    metrics = train_one(store, config, 1, tmp_path, resume=True, hooks=[recorder])
+    assert recorder.calls == [("start", 1, [1, 2]), ("end", 1, 2), ("close",)]
+    assert metrics["epochs"] == 2 and [r["epoch"] for r in metrics["history"]] == [1, 2]
+
+
+def test_a_damaged_checkpoint_is_named(store: PreparedStore, tmp_path: Path) -> None:
+    with pytest.raises(Stop):
+        train_one(store, CONFIG, 1, tmp_path, hooks=[StopAfter(seed=1, epoch=1)])
+    state = tmp_path / "checkpoint-1" / "state.json"
+    text = state.read_text()
+    state.write_text(text[:20])
+    with pytest.raises(DataError, match=r"state.json cannot be read \(.*\): the checkpoint is "
+                       r"damaged; start the run again \(camn train --force\)"):
+        train_one(store, CONFIG, 1, tmp_path, resume=True)
+    state.write_text(text)
+    last = tmp_path / "checkpoint-1" / "last.safetensors"
+    data = last.read_bytes()
+    last.write_bytes(data[:50])
+    with pytest.raises(DataError, match=re.escape(f"{last} cannot be read")):
+        train_one(store, CONFIG, 1, tmp_path, resume=True)
+    last.write_bytes(data)
+    other = TrainConfig(MODEL, options={"embed_dim": 4}, **FAST)
+    with pytest.raises(DataError, match="does not fit the run it belongs to"):
+        train_one(store, other, 1, tmp_path, resume=True)
+
+
+def test_training_state_round_trip(tmp_path: Path) -> None:
+    """Model, best state, Adam's state and the three generators come back as they were."""
+    spec = FeatureSpec(("item", "category"), (10, 4), 5)
+    model = build_model(MODEL, spec)
+    optimizer = make_optimizer(model, 0.01, 0.1, {})
+    batch = {"history": torch.randint(0, 4, (6, 5, 2)), "mask": torch.ones(6, 5, dtype=torch.bool),
+             "target": torch.randint(2, 4, (6, 2)), "label": torch.ones(6)}
+    model(batch).logits.sum().backward()
+    optimizer.step()
+    best = {key: value + 1 for key, value in model.state_dict().items()}
+    progress = Progress(epoch=4, best_epoch=3, best_score=0.75, train_seconds=1.5,
+                        fit_seconds=2.0, samples=800, history=[{"epoch": 1, "loss": 0.5}])
+    save_training_state(tmp_path, progress, model, best, optimizer)
+    draws = (random.random(), np.random.rand(), torch.rand(3))
+    other = build_model(MODEL, spec)
+    other_optimizer = make_optimizer(other, 0.01, 0.1, {})
+    loaded, loaded_best = load_training_state(tmp_path, other, other_optimizer, torch.device("cpu"))
+    assert loaded == progress
+    assert (random.random(), np.random.rand()) == draws[:2] and torch.equal(torch.rand(3), draws[2])
+    for key, value in model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value)
+        assert torch.equal(loaded_best[key], best[key])
+    ours, theirs = optimizer.state_dict(), other_optimizer.state_dict()
+    assert ours["param_groups"] == theirs["param_groups"]
+    for index, state in ours["state"].items():
+        for name, value in state.items():
+            assert torch.equal(theirs["state"][index][name], value)
+
+
+# ------------------------------------------------------------------------------ history.jsonl
+
+
+def test_history_records_of_an_epoch(store: PreparedStore, tmp_path: Path) -> None:
+    """Each record: the loss, the model's terms averaged over the epoch's samples (``rows`` is
+    the batch size, so its average is sum(b^2) / sum(b)), every validation metric, the
+    monitored score, time and throughput."""
+    metrics = train_one(store, TrainConfig(MODEL, **{**FAST, "epochs": 2}), 1, tmp_path)
+    records = read_history(tmp_path / "history.jsonl")
+    assert without_timing(records) == without_timing(metrics["history"])
+    n = store.schema["splits"]["train"]
+    sizes = [BATCH] * (n // BATCH) + [n % BATCH] * (n % BATCH > 0)
+    valid = store.schema["splits"]["valid"]
+    for epoch, record in enumerate(records, start=1):
+        assert record["epoch"] == epoch
+        assert record["terms"]["rows"] == pytest.approx(sum(b * b for b in sizes) / sum(sizes))
+        assert record["valid_terms"]["rows"] == valid  # one evaluation batch
+        assert record["valid_samples"] == valid
+        assert record["score"] == record["valid_auc"]
+        assert 0 < record["valid_logloss"] < 1 and 0 <= record["valid_gauc"] <= 1
+        assert record["samples_per_second"] == pytest.approx(n / record["seconds"])
+        assert record["terms"]["l2"] > 0 and 0 < record["loss"] < 1
+
+
+def test_a_cut_off_last_line_is_dropped_and_a_damaged_one_named(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert read_history(path) == [{"epoch": 1}, {"epoch": 2}]
+    path.write_text('{"epoch": 1}\n[1, 2]\n{"epoch": 3}\n')
+    with pytest.raises(DataError, match=f"^{path}:2 is not a JSON object"):
+        read_history(path)
+
+
+def test_term_averages_by_hand() -> None:
+    """Weighted by the batch sizes (3, 1, 2); NaN entries and absent terms left out."""
+    terms = TermAverages()
+    terms.add({"a": torch.tensor(2.0), "h": torch.tensor([1.0, math.nan])}, 3)
+    terms.add({"a": torch.tensor(5.0), "h": torch.tensor([3.0, 4.0])}, 1)
+    terms.add({"h": torch.tensor([math.nan, math.nan])}, 2)
+    averages = terms.averages()
+    assert averages["a"] == pytest.approx((3 * 2 + 5) / 4)
+    assert averages["h"] == pytest.approx([(3 * 1 + 3) / 4, 4.0])
+
+
+# ------------------------------------------------------------------------ monitor, regularisers
+
+
+@pytest.mark.parametrize(("monitor", "best"), [("auc", 3), ("logloss", 2), ("auc-logloss", 1)])
+def test_the_monitor_picks_the_best_epoch(
+    store: PreparedStore, monkeypatch: pytest.MonkeyPatch, monitor: str, best: int
+) -> None:
+    """Scripted validation scores: AUC peaks at epoch 3, log loss bottoms at epoch 2, and
+    AUC - log loss (0.40, 0.35, 0.32, 0.05, 0.05) peaks at epoch 1."""
+    scripted = iter([(0.70, 0.30), (0.60, 0.25), (0.72, 0.40), (0.50, 0.45), (0.50, 0.45)])
+    real_evaluate = loop.evaluate
+
+    def fake_evaluate(model, store, split, batch_size, device):
+        if split != "valid":
+            return real_evaluate(model, store, split, batch_size, device)
+        auc, logloss = next(scripted)
+        return {"auc": auc, "logloss": logloss, "gauc": auc}
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    config = TrainConfig(MODEL, monitor=monitor, **{**FAST, "epochs": 5, "patience": 2})
+    metrics = train_one(store, config, 1)
+    assert metrics["best_epoch"] == best and metrics["epochs"] == best + 2
+    assert metrics["valid_auc"] == metrics["history"][best - 1]["valid_auc"]
+    assert metrics["valid_logloss"] == metrics["history"][best - 1]["valid_logloss"]
+    assert metrics["monitor"] == monitor
+
+
+def test_weight_decay_leaves_the_embedding_table_out(store: PreparedStore) -> None:
+    model = build_model(MODEL, FeatureSpec.from_schema(store.schema))
+    plain = make_optimizer(model, 0.01, 0.0, {})
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["weight_decay"] == 0
+    groups = make_optimizer(model, 0.01, 0.5, {}).param_groups
+    table = model.embedding.table.weight
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert groups[1]["params"] == [table]
+    assert {id(p) for p in groups[0]["params"]} == {
+        id(p) for p in model.parameters() if p is not table}
+
+
+def test_embedding_penalty_by_hand() -> None:
+    """Vocabularies (5, 3): table rows 0-4 of slot 0, 5-7 of slot 1. The batch uses ids 2, 3
+    and 4 of slot 0 (row 3 twice) and 2 of slot 1 (row 7); id 0 is padding."""
+    model = build_model(MODEL, FeatureSpec(("item", "category"), (5, 3), 2), embed_dim=2)
+    with torch.no_grad():
+        model.embedding.table.weight.copy_(torch.arange(16.0).view(8, 2))
+    batch = {"history": torch.tensor([[[3, 2], [0, 0]], [[3, 0], [4, 0]]]),
+             "target": torch.tensor([[2, 2], [3, 2]])}
+    rows = [2, 3, 4, 7]  # slot 0 ids 2, 3, 4; slot 1 id 2 at 5 + 2
+    expected = sum((2 * r) ** 2 + (2 * r + 1) ** 2 for r in rows)
+    assert embedding_penalty(model, batch).item() == expected
+    batch["history_negative"] = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
+    assert embedding_penalty(model, batch).item() == expected + 2**2 + 3**2 + 12**2 + 13**2
+
+
+class Recording(torch.optim.SGD):
+    """SGD with lr 0 that records the gradient's total norm at every step."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=0.0)
+        self.norms: list[float] = []
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads])).item())
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_clip_grad_bounds_each_step(store: PreparedStore, clip: float) -> None:
+    model = build_model(MODEL, FeatureSpec.from_schema(store.schema))
+    optimizer = Recording(model.parameters())
+    config = TrainConfig(MODEL, clip_grad=clip, **FAST)
+    batches = store.batches("train", BATCH, shuffle=True, seed=1)
+    run_epoch(model, optimizer, batches, 1, config, torch.device("cpu"), "test")
+    if clip:
+        assert max(optimizer.norms) == pytest.approx(clip, rel=1e-4)
+    else:
+        assert min(optimizer.norms) > 1e-2  # what the clip above cut
+
+
+# ------------------------------------------------------------------------- logging, TensorBoard
+
+
+def test_the_trainer_logs_and_prints_only_through_a_handler(
+    store: PreparedStore, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = TrainConfig(MODEL, **{**FAST, "epochs": 1})
+    with caplog.at_level(logging.INFO, logger="camn"):
+        train_one(store, config, 1)
+    assert [r.name for r in caplog.records] == ["camn.train"]
+    assert caplog.records[0].getMessage().startswith("seed 1 epoch 1: loss ")
+    assert capsys.readouterr().out == ""  # a library call prints nothing
+    with console():
+        train_one(store, config, 1)
+    assert capsys.readouterr().out.startswith("seed 1 epoch 1: loss ")
+    with console(logging.WARNING):
+        train_one(store, config, 1)
+    assert capsys.readouterr().out == ""
+
+
+class FakeWriter:
+    """Stands in for TensorBoard's SummaryWriter (not installed in the tests)."""
+
+    made: ClassVar[list[FakeWriter]] = []
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        self.log_dir, self.purge_step = log_dir, purge_step
+        self.scalars: list[tuple[str, float, int]] = []
+        self.closed = False
+        FakeWriter.made.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_tensorboard_scalars_when_asked_for(
+    store: PreparedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=FakeWriter))
+    FakeWriter.made.clear()
+    config = TrainConfig(MODEL, tensorboard=True, **{**FAST, "epochs": 3})
+    with pytest.raises(Stop):
+        train_one(store, config, 1, tmp_path, hooks=[StopAfter(seed=1, epoch=2)])
+    train_one(store, config, 1, tmp_path, resume=True)
+    first, second = FakeWriter.made
+    assert first.log_dir == second.log_dir == str(tmp_path / "tensorboard")
+    assert (first.purge_step, second.purge_step) == (None, 3)  # drops events after epoch 2
+    assert first.closed and second.closed
+    tags = {tag for tag, _, _ in first.scalars}
+    assert {"loss", "terms/l2", "terms/rows", "valid_auc", "valid_logloss",
+            "valid_terms/rows", "score", "seconds"} <= tags
+    assert [step for tag, _, step in first.scalars + second.scalars if tag == "loss"] == [1, 2, 3]
+    records = read_history(tmp_path / "history.jsonl")
+    assert [(v, s) for t, v, s in first.scalars + second.scalars if t == "valid_auc"] == [
+        (r["valid_auc"], r["epoch"]) for r in records]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(
+    store: PreparedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    config = TrainConfig(MODEL, tensorboard=True, **FAST)
+    with pytest.raises(DataError, match=r"tensorboard = true needs the tensorboard package"):
+        train_one(store, config, 1, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before any work
