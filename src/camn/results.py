@@ -1,0 +1,377 @@
+"""Results as one schema: :class:`RunResult` (one trained seed), its JSON-lines file, and the one
+mean ± std rule of every table and summary.
+
+A run's result records what it scored and everything needed to redo it: the fully resolved
+training configuration (every :class:`~camn.train.loop.TrainConfig` field, the model's complete
+constructor options) and the environment it ran in (camn version, git commit where camn runs from a
+checkout, torch version, device, precision, torch threads). ``camn benchmark`` appends one line
+per finished run to ``results.jsonl`` (its resumable record, with a CSV export beside it);
+``camn train`` lists its seeds' results in ``results.json`` (:func:`summarise`); tables, plots and
+the demo read :class:`RunResult` objects.
+
+**Mean ± std** (:class:`Stat`): the mean and the sample standard deviation (ddof = 1) over seeds,
+of the finite values only (a metric can be undefined on a seed, e.g. AUC on a one-class split).
+One value has no spread: its std is NaN, written ``null`` in JSON and "(1 seed)" in text.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from camn import __version__
+from camn.data.raw import DataError
+
+if TYPE_CHECKING:
+    from camn.data.store import PreparedStore
+    from camn.train.loop import TrainConfig
+
+METRICS = ("test_auc", "test_logloss", "test_gauc", "valid_auc")
+ROUTING_KEYS = ("overall", "item", "user", "item_matched", "user_matched")
+# the columns of the CSV export (and of the committed docs/bench/*.csv tables)
+CSV_COLUMNS = (
+    "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
+    "best_epoch", "epochs", "train_seconds", "samples_per_second",
+    *(f"routing_{key}" for key in ROUTING_KEYS),
+)
+Key = tuple[str, str, int]
+
+
+# ------------------------------------------------------------------------------- mean ± std
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof = 1; NaN under two values) of the finite values of a metric;
+    ``values`` keeps every value given, in order (None where it was missing)."""
+
+    mean: float
+    std: float
+    n: int
+    values: tuple[float | None, ...] = ()
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        given = tuple(None if v is None else float(v) for v in values)
+        finite = np.array([v for v in given if v is not None and math.isfinite(v)])
+        mean = float(finite.mean()) if len(finite) else math.nan
+        std = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        return cls(mean, std, len(finite), given)
+
+    def cell(self, digits: int = 4, seeds: int | None = None) -> str:
+        """``0.7138 ± 0.0004``, ``0.7138 (1 seed)``, ``–`` without values; ``(n=3)`` appended
+        when fewer than ``seeds`` values."""
+        if self.n == 0:
+            return "–"
+        text = f"{self.mean:.{digits}f}"
+        text += f" ± {self.std:.{digits}f}" if self.n > 1 else " (1 seed)"
+        if seeds is not None and 1 < self.n < seeds:
+            text += f" (n={self.n})"
+        return text
+
+    def to_dict(self) -> dict:
+        """``{"mean", "std", "runs"}``, non-finite numbers as None (JSON null)."""
+        return {"mean": finite_or_none(self.mean), "std": finite_or_none(self.std),
+                "runs": [None if v is None else finite_or_none(v) for v in self.values]}
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------ one run's result
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One trained (store, model, seed): its scores, its resolved configuration, its
+    environment. Metrics undefined on a run are NaN (null in JSON)."""
+
+    dataset: str  # the store's display name: folder name and protocol, "beauty-last (last)"
+    model: str
+    seed: int
+    test_auc: float
+    test_logloss: float
+    test_gauc: float
+    valid_auc: float  # at the best epoch
+    best_epoch: int
+    epochs: int  # epochs run
+    train_seconds: float
+    samples_per_second: float
+    routing: dict[str, float] | None = None  # routing recovery, where the store plants drivers
+    store: str = ""  # the store's path as given
+    config: dict = field(default_factory=dict)  # resolved_config(...) of the run
+    environment: dict = field(default_factory=dict)  # environment(...) of the run
+
+    @property
+    def key(self) -> Key:
+        return (self.dataset, self.model, self.seed)
+
+    def metric(self, name: str) -> float | None:
+        """A metric by its table name: a field, or ``routing_<key>`` of the routing recovery."""
+        if name.startswith("routing_"):
+            return None if self.routing is None else self.routing.get(name.removeprefix("routing_"))
+        value = getattr(self, name)
+        return None if value is None else float(value)
+
+    @classmethod
+    def from_metrics(
+        cls, metrics: Mapping, *, dataset: str, store: str, model: str, config: dict,
+        environment: dict,
+    ) -> RunResult:
+        """From the trainer's result dict of one seed (:func:`camn.train.loop.train_one`)."""
+        routing = metrics.get("routing_recovery")
+        return cls(
+            dataset=dataset, model=model, seed=int(metrics["seed"]),
+            **{name: float(metrics[name]) for name in (*METRICS, "train_seconds",
+                                                       "samples_per_second")},
+            best_epoch=int(metrics["best_epoch"]), epochs=int(metrics["epochs"]),
+            routing=None if routing is None else {k: float(v) for k, v in routing.items()},
+            store=store, config=config, environment=environment,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready: non-finite floats as None."""
+        return {key: finite_or_none(value) if isinstance(value, float) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: object) -> RunResult:
+        """The inverse of :meth:`to_dict`; raises ValueError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        required = [name for name, f in known.items() if name not in data
+                    and f.default is MISSING and f.default_factory is MISSING]
+        if unknown or required:
+            problems = [f"unknown key(s) {unknown}"] if unknown else []
+            problems += [f"missing key(s) {required}"] if required else []
+            raise ValueError("; ".join(problems))
+        values = dict(data)
+        for name in ("dataset", "model", "store"):
+            if name in values and not isinstance(values[name], str):
+                raise ValueError(f"{name} must be a string, got {values[name]!r}")
+        for name in ("seed", "best_epoch", "epochs"):
+            if type(values[name]) is not int:
+                raise ValueError(f"{name} must be an integer, got {values[name]!r}")
+        for name in (*METRICS, "train_seconds", "samples_per_second"):
+            value = values[name]
+            if value is None:
+                values[name] = math.nan
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number or null, got {value!r}")
+        for name in ("config", "environment"):
+            if name in values and not isinstance(values[name], dict):
+                raise ValueError(f"{name} must be an object, got {values[name]!r}")
+        routing = values.get("routing")
+        if routing is not None and not (isinstance(routing, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool)
+                for v in routing.values())):
+            raise ValueError(f"routing must be an object of numbers or null, got {routing!r}")
+        return cls(**values)
+
+
+# --------------------------------------------------------------------- the JSON-lines file
+
+
+class ResultsLog:
+    """A JSON-lines file of :class:`RunResult`: one line per run, appended and synced as each
+    run ends (``camn benchmark``'s ``results.jsonl``).
+
+    Reading drops a cut-off last line (a process killed while writing it: no final newline) and
+    keeps the first line of each (dataset, model, seed); any other line that is not a result is
+    a DataError naming the file and line. Appending first cuts such a tail off the file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _complete_bytes(self) -> bytes:
+        if not self.path.is_file():
+            return b""
+        data = self.path.read_bytes()
+        return data[: data.rfind(b"\n") + 1]  # b"" when no line is complete
+
+    def load(self) -> list[RunResult]:
+        results: dict[Key, RunResult] = {}
+        text = self._complete_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                result = RunResult.from_dict(json.loads(line))
+            except ValueError as error:  # JSONDecodeError included
+                raise DataError(f"{self.path}:{number}: not a camn run result ({error}); "
+                                "remove or repair that line") from None
+            results.setdefault(result.key, result)
+        return list(results.values())
+
+    def append(self, result: RunResult) -> None:
+        complete = self._complete_bytes()
+        if self.path.is_file() and self.path.stat().st_size != len(complete):
+            with self.path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        line = json.dumps(result.to_dict(), sort_keys=True, allow_nan=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_csv(results: Sequence[RunResult], path: str | Path) -> Path:
+    """The results as a CSV table (:data:`CSV_COLUMNS`; empty cells where undefined), written
+    whole: an export for spreadsheets and ``docs/bench/*.csv``, not a record to resume from."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for result in results:
+            writer.writerow([_cell(result, column) for column in CSV_COLUMNS])
+    return path
+
+
+def _cell(result: RunResult, column: str) -> str:
+    if column in ("dataset", "model", "seed", "best_epoch", "epochs"):
+        return str(getattr(result, column))
+    value = result.metric(column)
+    return "" if value is None or not math.isfinite(value) else repr(value)
+
+
+def read_csv(path: str | Path) -> list[RunResult]:
+    """Results from a CSV table of :data:`CSV_COLUMNS` (or its older prefix without the matched
+    routing columns), such as the committed ``docs/bench/*.csv``; their configuration and
+    environment are not in the table and stay empty."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return []
+    header = rows[0]
+    if header != list(CSV_COLUMNS[: len(header)]) or len(header) < CSV_COLUMNS.index(
+            "routing_item_matched"):
+        raise DataError(f"{path} has columns {header}; expected {list(CSV_COLUMNS)}")
+    results = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{number}: {len(row)} fields, expected {len(header)}")
+        cells = dict(zip(header, row, strict=True))
+        try:
+            results.append(_from_cells(cells))
+        except ValueError as error:
+            raise DataError(f"{path}:{number}: {error}") from None
+    return results
+
+
+def _from_cells(cells: dict[str, str]) -> RunResult:
+    def number(name: str) -> float:
+        return float(cells[name]) if cells.get(name) else math.nan
+
+    routing = {key: float(cells[f"routing_{key}"]) for key in ROUTING_KEYS
+               if cells.get(f"routing_{key}")}
+    return RunResult(
+        dataset=cells["dataset"], model=cells["model"], seed=int(cells["seed"]),
+        **{name: number(name) for name in (*METRICS, "train_seconds", "samples_per_second")},
+        best_epoch=int(cells["best_epoch"]), epochs=int(cells["epochs"]),
+        routing=routing or None,
+    )
+
+
+# ------------------------------------------------------------ configuration and environment
+
+
+def dataset_name(path: str | Path, protocol: str) -> str:
+    """A store's display name in tables: its folder name and protocol."""
+    return f"{Path(path).resolve().name} ({protocol})"
+
+
+def resolved_config(config: TrainConfig) -> dict:
+    """Every field of ``config``, the model's options completed with its defaults; JSON values
+    (tuples as lists), so that a recorded configuration compares equal to a planned one."""
+    from camn.models.registry import resolved_options
+
+    data = {**config.to_dict(), "options": resolved_options(config.model, **config.options)}
+    return json.loads(json.dumps(data))
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout camn is imported from, with ``+dirty`` when tracked files
+    differ from it; None outside a git checkout (an installed package) or without git."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+
+    try:
+        git("ls-files", "--error-unmatch", Path(__file__).name)  # camn's own checkout
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment(device: str, precision: str) -> dict:
+    """What a run ran on: camn's version and commit, torch's version, the device (and the
+    GPU's name), the precision and this process's torch thread count."""
+    import torch
+
+    from camn.train.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
+    return {
+        "camn": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(resolved), "device_name": name,
+        "precision": precision, "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- camn train
+
+
+def data_summary(store: PreparedStore) -> dict:
+    schema = store.schema
+    keys = ("protocol", "seed", "max_len", "attributes", "splits", "num_users", "num_items")
+    return {"path": str(store.root.resolve()), **{key: schema[key] for key in keys}}
+
+
+def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> dict:
+    """The ``results.json`` document of one ``camn train`` run from its seeds' trainer results:
+    each metric's :class:`Stat`, the resolved configuration, the environment, and every seed
+    as a :class:`RunResult` (``runs``, the schema of a benchmark's ``results.jsonl`` lines)."""
+    resolved = resolved_config(config)
+    env = environment(config.device, config.precision)
+    name = dataset_name(store.root, store.schema["protocol"])
+    results = [RunResult.from_metrics(run, dataset=name, store=str(store.root),
+                                      model=config.model, config=resolved, environment=env)
+               for run in runs]
+    document: dict = {
+        "model": config.model,
+        "options": resolved["options"],
+        "data": data_summary(store),
+        "seeds": [run["seed"] for run in runs],
+        **{metric: Stat.of(run[metric] for run in runs).to_dict() for metric in METRICS},
+        "best_epoch": [run["best_epoch"] for run in runs],
+        "samples_per_second": Stat.of(run["samples_per_second"] for run in runs).to_dict(),
+        "config": resolved,
+        "environment": env,
+        "runs": [result.to_dict() for result in results],
+    }
+    if all("routing_recovery" in run for run in runs):
+        document["routing_recovery"] = {
+            key: float(np.mean([run["routing_recovery"][key] for run in runs]))
+            for key in runs[0]["routing_recovery"]
+        }
+    return document
