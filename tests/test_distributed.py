@@ -15,6 +15,7 @@ from torch import nn
 from camn.data.prepare import prepare
 from camn.models.base import FeatureSpec
 from camn.train.distributed import Context, current, has_unused_parameters, resolve_device
+from camn.train.history import read_history
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -74,3 +75,8 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     train_rows = results["data"]["splits"]["train"]
     assert metrics["train_samples"] == metrics["epochs"] * (train_rows + train_rows % 2)
     assert done.stdout.count("test AUC") == 1  # only rank 0 prints the summary
+    assert done.stdout.count("seed 1 epoch 2: loss") == 1  # and the epoch lines
+    history = read_history(out / "seed_1" / "history.jsonl")  # rank 0 wrote it, once
+    assert [record["epoch"] for record in history] == list(range(1, metrics["epochs"] + 1))
+    assert sorted(p.name for p in (out / "seed_1").iterdir()) == [  # checkpoints deleted
+        "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
