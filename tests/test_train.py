@@ -20,7 +20,9 @@ from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, register
 from camn.train import loop
 from camn.train.checkpoints import load_model, save_checkpoint
+from camn.train.history import read_history
 from camn.train.loop import ResidentSplit, StreamedSplit, TrainConfig, train_one
+from camn.train.resume import staging_folder
 
 TINY = "tiny-train"
 FAST = {"epochs": 3, "batch_size": 256, "lr": 0.01, "device": "cpu", "progress": False}
@@ -205,9 +207,20 @@ def test_results_json(run: Path, store: PreparedStore) -> None:
     config = json.loads((run / "seed_2" / "config.json").read_text())
     assert config["seed"] == 2 and config["spec"] == FeatureSpec.from_schema(store.schema).to_dict()
     assert config["train"]["batch_size"] == 256 and config["data"] == str(store.root.resolve())
-    assert (run / "seed_1" / "model.safetensors").is_file()
     metrics = json.loads((run / "seed_1" / "metrics.json").read_text())
     assert metrics["test_auc"] == results["test_auc"]["runs"][0]
+    assert sorted(p.name for p in run.iterdir()) == ["results.json", "seed_1", "seed_2",
+                                                     "train.json"]
+    assert sorted(p.name for p in (run / "seed_1").iterdir()) == [  # no checkpoint left
+        "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
+    assert not staging_folder(run).exists()
+    settings = json.loads((run / "train.json").read_text())
+    assert settings["seeds"] == [1, 2] and settings["world_size"] == 1
+    assert settings["train"] == config["train"]
+    assert settings["data"]["path"] == str(store.root.resolve())
+    history = read_history(run / "seed_2" / "history.jsonl")
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert history == json.loads((run / "seed_2" / "metrics.json").read_text())["history"]
 
 
 def test_evaluate_matches_training_metrics_exactly(
@@ -252,7 +265,7 @@ def test_explain_without_routing_is_a_clear_error(
     [
         (["--model", "no-such-model"], "registered:"),
         (["--model", TINY, "--option", "nope=1"], "has no option"),
-        (["--model", TINY, "--option", "embed_dim"], "expected key=value"),
+        (["--model", TINY, "--option", "embed_dim"], "expected [MODEL:]KEY=VALUE"),
         (["--model", TINY, "--data", "/nonexistent/store"], "not a prepared store"),
     ],
 )
