@@ -70,11 +70,11 @@ from speed_common import (
     worker_environment,
 )
 
+from camn.config import parse_options
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, check_options, model_names, resolved_options
-from camn.train.commands import parse_options
 from camn.train.loop import TrainConfig, fused, run_epoch, seed_everything, training_data
 from camn.train.precision import autocast, native_bf16
 
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"folder holding {BEAUTY_FILES}/{{{REVIEWS},{META}}}, read only "
                              "when the default store must be prepared")
     parser.add_argument("--models", default="din,dmin,camn", help="camn models, comma-separated")
-    parser.add_argument("--option", action="append", default=[], metavar="MODEL:KEY=VALUE",
+    parser.add_argument("--option", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                         help="a model option, as `camn benchmark --option`: camn:q=2")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all models; medians")
     parser.add_argument("--force-bf16", action="store_true",
@@ -140,15 +140,8 @@ def train_steps(
 
 
 def model_options(items: list[str], models: list[str]) -> dict[str, dict]:
-    """``MODEL:KEY=VALUE`` items -> {model: {key: value}} (values as ``camn train --option``)."""
-    pairs: dict[str, list[str]] = {}
-    for item in items:
-        model, sep, pair = item.partition(":")
-        if not sep or model not in models:
-            raise DataError(f"--option {item!r}: expected MODEL:KEY=VALUE with MODEL one of "
-                            f"{', '.join(models)}")
-        pairs.setdefault(model, []).append(pair)
-    return {model: parse_options(values) for model, values in pairs.items()}
+    """``[MODEL:]KEY=VALUE`` items -> {model: {key: value}}, as ``camn benchmark --option``."""
+    return parse_options(items, models)
 
 
 def built(store: PreparedStore, name: str, options: dict, args: argparse.Namespace) -> CTRModel:

@@ -1,30 +1,26 @@
-"""camn benchmark: results.csv, resume, Tables 2/3 with paired tests, plot, parallel runs."""
+"""camn benchmark: results.jsonl (and its CSV export), resume, Tables 2/3 with paired tests,
+plot, parallel runs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 import statistics
 
 import pytest
 from scipy import stats
 
 from camn.cli import build_parser, main
+from camn.config import Settings
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
 from camn.experiments import benchmark
-from camn.experiments.benchmark import (
-    RESULT_COLUMNS,
-    ResultsFile,
-    Run,
-    Settings,
-    parse_options,
-    run_benchmark,
-)
+from camn.experiments.benchmark import Run, run_benchmark
 from camn.experiments.tables import (
-    VARIANTS,
+    PAPER_MODELS,
     ablation_rows,
     all_models,
     comparison_pairs,
@@ -33,6 +29,7 @@ from camn.experiments.tables import (
     render_markdown,
 )
 from camn.models.registry import model_names
+from camn.results import CSV_COLUMNS, ResultsLog, RunResult, read_csv
 
 # test AUC of each (model, seed): CAMN leads DMIN by about 0.0037 on every seed (significant);
 # CAMN vs CAMN-route flips sign (not significant)
@@ -43,6 +40,7 @@ AUC = {
 }
 MODELS = ["dmin", "camn-route", "camn"]
 CALLS: list[tuple[str, int]] = []
+ENVIRONMENT = {"camn": "test", "threads": 1}
 
 
 def fake_train(run: Run, settings: Settings) -> dict:
@@ -51,8 +49,9 @@ def fake_train(run: Run, settings: Settings) -> dict:
     result = {
         "test_auc": AUC[(run.model, run.seed)], "test_logloss": 0.6 - run.seed / 100,
         "test_gauc": 0.7 + run.seed / 1000, "valid_auc": 0.74, "best_epoch": run.seed,
-        "epochs": run.seed + settings.patience, "train_seconds": 2.0 * run.seed,
-        "samples_per_second": 1000.0 * run.seed, "history": [{"ignored": True}],
+        "epochs": run.seed + settings.config(run.store, run.model).patience,
+        "train_seconds": 2.0 * run.seed, "samples_per_second": 1000.0 * run.seed,
+        "history": [{"ignored": True}], "environment": ENVIRONMENT,
     }
     if run.model.startswith("camn"):
         result["routing_recovery"] = {"overall": 0.5, "item": 0.6, "user": 0.4,
@@ -85,12 +84,24 @@ def quick(store, out, seeds=(1, 2, 3), models=MODELS, **kwargs):
                          command="camn benchmark --test", log=lambda _: None, **kwargs)
 
 
-def test_results_csv_has_one_row_per_run(store, tmp_path, stub):
+def result(dataset: str, model: str, seed: int, test_auc: float) -> RunResult:
+    return RunResult(dataset, model, seed, test_auc, 0.5, 0.7, 0.7, 1, 2, 1.0, 100.0)
+
+
+def test_results_jsonl_has_one_result_per_run_and_csv_exports_them(store, tmp_path, stub):
     outcome = quick(store, tmp_path / "out")
     assert len(stub) == 9 and not outcome.failures
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 9
+    first = json.loads(lines[0])
+    assert (first["dataset"], first["model"], first["seed"]) == ("tiny (last)", "dmin", 1)
+    assert first["environment"] == ENVIRONMENT and first["store"] == str(store)
+    assert first["config"]["epochs"] == 2 and first["config"]["patience"] == 1
+    assert first["config"]["options"]["embed_dim"] == 18  # every option, resolved
+    assert ResultsLog(tmp_path / "out" / "results.jsonl").load() == outcome.rows
     with (tmp_path / "out" / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert list(rows[0]) == list(CSV_COLUMNS)
     assert [(r["model"], int(r["seed"])) for r in rows] == [
         (m, s) for s in (1, 2, 3) for m in ("dmin", "camn-route", "camn")
     ]  # dataset, seed, model order: complete seeds first
@@ -108,8 +119,8 @@ def test_resume_skips_finished_runs_and_drops_a_half_written_line(store, tmp_pat
     out = tmp_path / "out"
     quick(store, out, seeds=(1, 2))
     assert len(stub) == 6
-    with (out / "results.csv").open("a") as handle:
-        handle.write("tiny (last),camn,3,0.73")  # killed mid-write
+    with (out / "results.jsonl").open("a") as handle:
+        handle.write('{"dataset": "tiny (last)", "model": "camn", "seed": 3, "test_a')  # killed
     stub.clear()
     outcome = quick(store, out, seeds=(1, 2, 3))
     assert stub == [("dmin", 3), ("camn-route", 3), ("camn", 3)]
@@ -117,15 +128,28 @@ def test_resume_skips_finished_runs_and_drops_a_half_written_line(store, tmp_pat
     stub.clear()
     quick(store, out, seeds=(1, 2, 3))
     assert stub == []
-    lines = (out / "results.csv").read_text().splitlines()
-    assert len(lines) == 10 and all(line.count(",") == len(RESULT_COLUMNS) - 1 for line in lines)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and all(json.loads(line)["test_auc"] > 0.7 for line in lines)
+    assert len((out / "results.csv").read_text().splitlines()) == 10
 
 
 def test_resume_refuses_other_training_settings(store, tmp_path, stub):
     quick(store, tmp_path / "out", seeds=(1,))
-    with pytest.raises(DataError, match="epochs 2 -> 3"):
+    before = (tmp_path / "out" / "results.jsonl").read_bytes()
+    with pytest.raises(DataError, match=r"runs of dmin on tiny \(last\) made with other "
+                       r"training settings \(epochs 2 -> 3\)"):
         run_benchmark([store], MODELS, [1], tmp_path / "out", Settings(epochs=3, patience=1),
                       log=lambda _: None)
+    with pytest.raises(DataError, match=r"options.q None -> 1"):
+        run_benchmark([store], MODELS, [1], tmp_path / "out",
+                      Settings(epochs=2, patience=1, options={"camn": {"q": 1}}),
+                      log=lambda _: None)
+    assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
+    # the device may change (a resumed benchmark on another machine); a new model may join
+    stub.clear()
+    run_benchmark([store], [*MODELS, "camn-loss"], [1], tmp_path / "out",
+                  Settings(epochs=2, patience=1, device="cpu"), log=lambda _: None)
+    assert stub == [("camn-loss", 1)]
 
 
 def test_a_failed_run_is_reported_and_retried_later(store, tmp_path, monkeypatch):
@@ -173,26 +197,53 @@ def test_table_md_has_tables_bold_best_and_hand_checked_paired_test(store, tmp_p
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     cell = summary["datasets"]["tiny (last)"]["models"]["camn"]["test_auc"]
-    assert cell["mean"] == pytest.approx(camn_mean) and cell["n"] == 3
+    assert cell["mean"] == pytest.approx(camn_mean) and len(cell["runs"]) == 3
+    assert cell["std"] == pytest.approx(camn_std)
+    configs = summary["datasets"]["tiny (last)"]["configs"]
+    assert set(configs) == set(MODELS) and configs["camn"]["epochs"] == 2
     assert summary["datasets"]["tiny (last)"]["paired_tests"]["camn vs dmin"]["p"] == (
         pytest.approx(p))
     assert (tmp_path / "out" / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_verdicts_for_degenerate_cases():
-    rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": v}
-            for m, s, v in [("camn", 1, 0.70), ("dmin", 1, 0.69), ("camn", 2, 0.71),
-                            ("dmin", 2, 0.70)]]
+    rows = [result("d", m, s, v) for m, s, v in [("camn", 1, 0.70), ("dmin", 1, 0.69),
+                                                 ("camn", 2, 0.71), ("dmin", 2, 0.70)]]
     assert "zero spread" in paired_test(rows, "d", "camn", "dmin").verdict()
     assert "too few" in paired_test(rows[:2], "d", "camn", "dmin").verdict()
     assert paired_test(rows, "d", "camn", "mind") is None
 
 
-def test_results_file_rejects_a_broken_middle_row(tmp_path):
-    path = tmp_path / "results.csv"
-    path.write_text(",".join(RESULT_COLUMNS) + "\nd,camn,1,not-a-number" + ",," * 5 + ",\n")
-    with pytest.raises(DataError, match=r"results.csv:2"):
-        ResultsFile(path).load()
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [('{"dataset": "d", "model": "camn", "seed": 1, "test_a', "Unterminated string"),
+     ('{"dataset": "d", "model": "camn", "seed": 1}', "missing key(s) ['test_auc'"),
+     ("[1, 2]", "expected a JSON object, got list")],
+)
+def test_results_log_names_a_damaged_middle_line(tmp_path, line, reason):
+    path = tmp_path / "results.jsonl"
+    log = ResultsLog(path)
+    log.append(result("d", "dmin", 1, 0.7))
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+    log.append(result("d", "dmin", 2, 0.7))
+    before = path.read_bytes()
+    message = f"results.jsonl:2: not a camn run result ({reason}"
+    with pytest.raises(DataError, match=re.escape(message)):
+        log.load()
+    assert path.read_bytes() == before  # reading repairs nothing
+
+
+def test_results_log_round_trips_nan_as_null_and_keeps_the_first_of_a_key(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    undefined = RunResult("d", "camn", 1, math.nan, 0.5, 0.7, 0.7, 1, 2, 1.0, 100.0,
+                          routing={"overall": 0.25}, config={"lr": 0.002})
+    log.append(undefined)
+    log.append(result("d", "camn", 1, 0.9))  # the same run again: the first one counts
+    assert '"test_auc": null' in log.path.read_text()
+    (loaded,) = log.load()
+    assert math.isnan(loaded.test_auc) and loaded.routing == {"overall": 0.25}
+    assert loaded.config == {"lr": 0.002} and loaded.metric("routing_overall") == 0.25
 
 
 def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
@@ -200,7 +251,7 @@ def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
                   "camn-slot", "camn-standalone-route"]
     assert all_models(registered) == ["dmin", "camn-loss", "camn-route", "camn"]
     everything = benchmark.resolve_models("all")
-    assert set(everything) == set(model_names()) - set(VARIANTS) and "camn" in everything
+    assert everything == list(PAPER_MODELS) and set(everything) <= set(model_names())
     assert "camn-slot" in benchmark.resolve_models("camn-slot,dmin")
     assert ablation_rows(paper_order(registered)) == [
         "camn-loss", "camn-route", "camn", "camn-slot-loss", "camn-slot",
@@ -208,36 +259,26 @@ def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
     assert {("camn", "camn-loss"), ("camn-slot", "dmin"), ("camn-slot", "camn-slot-route"),
             ("camn-standalone", "camn-standalone-loss"), ("camn-tied", "camn")
             } <= set(comparison_pairs())
-    rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": 0.7 + 0.01 * i + 0.001 * s}
+    rows = [result("d", m, s, 0.7 + 0.01 * i + 0.001 * s)
             for i, m in enumerate(["dmin", "camn-slot-loss", "camn-slot"]) for s in (1, 2)]
     text = render_markdown(rows, datasets=["d"], models=["dmin", "camn-slot-loss", "camn-slot"],
                            seeds=[1, 2], meta={"d": {"num_slots": 3, "train": 1, "valid": 1,
-                                                     "test": 1}}, command="c", settings={})
+                                                     "test": 1}}, command="c",
+                           settings={"every run": {}})
     table2, table3 = text.split("## Table 3")[0], text.split("## Table 3")[1].split("##")[0]
     assert "CAMN-slot-loss" not in table2 and "| CAMN-slot " in table2
     assert "CAMN-slot-loss" in table3 and "| CAMN-slot " in table3
     assert "CAMN-slot − DMIN" in text and "CAMN-slot − CAMN-slot-loss" in text
 
 
-def test_options_are_parsed_and_checked():
-    assert parse_options(["camn:q=2", "camn:alpha=0.5", "camn:heads=slot"], ["camn"]) == {
-        "camn": {"q": 2, "alpha": 0.5, "heads": "slot"}
-    }
-    with pytest.raises(DataError, match="MODEL:KEY=VALUE"):
-        parse_options(["q=2"], ["camn"])
-    with pytest.raises(DataError, match="no option"):
-        parse_options(["camn:no_such_option=1"], ["camn"])
-    with pytest.raises(DataError, match="not benchmarked"):
-        parse_options(["dmin:x=1"], ["camn"])
-
-
-def test_cli_arguments_parse():
+def test_cli_arguments_parse_to_none_where_not_given():
     args = build_parser("benchmark").parse_args(
         ["benchmark", "--data", "a", "b", "--models", "camn,dmin", "--seeds", "3", "--out", "o",
-         "--option", "camn:q=2", "--jobs", "2"])
-    assert args.data == ["a", "b"] and args.seeds == 3 and args.seed == 1 and args.epochs == 30
-    assert args.batch_size == 2048 and args.lr == 0.002 and args.patience == 3
-    assert args.option == ["camn:q=2"] and args.jobs == 2
+         "--option", "camn:q=2", "--jobs", "2", "--lr", "0.01", "--no-compile"])
+    assert args.data == ["a", "b"] and args.seeds == 3 and args.jobs == 2 and args.lr == 0.01
+    assert args.seed is None and args.epochs is None and args.batch_size is None
+    assert args.compile is False and args.length_buckets is None
+    assert args.option == ["camn:q=2"] and args.config is None
 
 
 def test_unknown_model_is_refused(store, tmp_path):
@@ -258,21 +299,38 @@ def test_real_trainer_end_to_end_and_parallel_identical(store, tmp_path, capsys)
     # DIN again, next to CAMN, in two spawned processes: the same numbers as sequentially
     assert main(["benchmark", *common, "--models", "din,camn", "--jobs", "2",
                  "--out", str(tmp_path / "par")]) == 0
-    seq = ResultsFile(tmp_path / "seq" / "results.csv").load()
-    par = {r["model"]: r for r in ResultsFile(tmp_path / "par" / "results.csv").load()}
+    seq = ResultsLog(tmp_path / "seq" / "results.jsonl").load()
+    par = {r.model: r for r in ResultsLog(tmp_path / "par" / "results.jsonl").load()}
     assert len(seq) == 1 and set(par) == {"din", "camn"}
-    assert all(0 <= r["test_auc"] <= 1 for r in par.values())
-    assert par["camn"]["routing_overall"] is not None and par["din"]["routing_overall"] is None
-    keys = ("test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch")
-    assert [seq[0][k] for k in keys] == [par["din"][k] for k in keys]
+    assert all(0 <= r.test_auc <= 1 for r in par.values())
+    assert par["camn"].routing is not None and par["din"].routing is None
+    keys = ("test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch", "config")
+    assert [getattr(seq[0], k) for k in keys] == [getattr(par["din"], k) for k in keys]
+    for row in (seq[0], *par.values()):
+        assert row.environment["threads"] == 1 and row.environment["device"] == "cpu"
+        assert row.environment["precision"] == "fp32" and row.environment["camn"]
+    assert read_csv(tmp_path / "par" / "results.csv") == [
+        RunResult(**{**vars(r), "store": "", "config": {}, "environment": {}})
+        for r in ResultsLog(tmp_path / "par" / "results.jsonl").load()]
 
 
-def test_results_of_an_older_version_load_with_the_new_columns_empty(tmp_path) -> None:
-    old_columns = RESULT_COLUMNS[: RESULT_COLUMNS.index("routing_item_matched")]
+def test_csv_tables_of_an_older_version_load_with_the_new_columns_empty(tmp_path) -> None:
+    old_columns = CSV_COLUMNS[: CSV_COLUMNS.index("routing_item_matched")]
     path = tmp_path / "results.csv"
     values = ["beauty (last)", "camn", "1", "0.8", "0.5", "0.79", "0.81", "2", "4", "3.0", "900",
-              "", "", ""]
+              "0.5", "0.6", "0.4"]
     path.write_text(",".join(old_columns) + "\n" + ",".join(values) + "\n")
-    (row,) = ResultsFile(path).load()
-    assert row["test_auc"] == 0.8 and row["seed"] == 1
-    assert row["routing_item_matched"] is None and row["routing_user_matched"] is None
+    (row,) = read_csv(path)
+    assert row.test_auc == 0.8 and row.seed == 1 and row.epochs == 4
+    assert row.routing == {"overall": 0.5, "item": 0.6, "user": 0.4}
+    assert row.metric("routing_item_matched") is None
+
+
+def test_a_benchmark_folder_of_an_older_version_is_refused(store, tmp_path, stub):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "benchmark.json").write_text(json.dumps({"settings": {"epochs": 2}}))
+    (out / "results.csv").write_text(",".join(CSV_COLUMNS) + "\n")
+    with pytest.raises(DataError, match=r"holds a results\.csv of an earlier camn version"):
+        quick(store, out)
+    assert stub == []

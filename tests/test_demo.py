@@ -7,10 +7,11 @@ import statistics
 import pytest
 
 from camn.cli import build_parser, main
+from camn.config import Settings
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.experiments import benchmark, demo
-from camn.experiments.benchmark import Run, Settings
+from camn.experiments.benchmark import Run
 
 CALLS: list[tuple[str, int]] = []
 AUC = {"dmin": 0.70, "camn": 0.72, "camn-route": 0.71, "camn-loss": 0.705}
@@ -28,19 +29,29 @@ def fake_train(run: Run, settings: Settings) -> dict:
     CALLS.append((run.model, run.seed))
     result = {"test_auc": fake_auc(run.model, run.seed),
               "test_logloss": 0.6, "test_gauc": 0.65, "valid_auc": 0.7, "best_epoch": 1,
-              "epochs": settings.epochs, "train_seconds": 1.0, "samples_per_second": 5000.0}
+              "epochs": settings.config(run.store, run.model).epochs, "train_seconds": 1.0,
+              "samples_per_second": 5000.0, "environment": {}}
     if run.model in ROUTING:
         result["routing_recovery"] = ROUTING[run.model]
     return result
 
 
-def test_demo_arguments_parse_with_time_saving_defaults():
-    args = build_parser("demo").parse_args(["demo"])
-    assert args.out == "camn-demo" and args.seeds == 2 and args.models == "all"
-    assert (args.epochs, args.batch_size, args.patience) == (
-        demo.DEMO_DEFAULTS["epochs"], demo.DEMO_DEFAULTS["batch_size"],
-        demo.DEMO_DEFAULTS["patience"])
-    assert build_parser("demo").parse_args(["demo", "--seeds", "3", "--models", "camn"]).seeds == 3
+def test_demo_arguments_resolve_to_time_saving_defaults(tmp_path):
+    parser = build_parser("demo")
+    args = parser.parse_args(["demo"])
+    assert args.out == "camn-demo" and args.seeds is None and args.models is None
+    resolved = demo.plan(args, demo.DEMO_DEFAULTS, demo.resolve_models, need_stores=False)
+    assert resolved.seeds == [1, 2] and "camn" in resolved.models and resolved.stores == []
+    config = resolved.settings.config(tmp_path / "store", "camn")
+    assert (config.epochs, config.batch_size, config.patience) == (4, 256, 2)
+    assert config.lr == 0.002  # TrainConfig's, below the demo's own layer
+    args = parser.parse_args(["demo", "--seeds", "3", "--models", "camn", "--epochs", "1"])
+    resolved = demo.plan(args, demo.DEMO_DEFAULTS, demo.resolve_models, need_stores=False)
+    assert resolved.seeds == [1, 2, 3] and resolved.models == ["camn"]
+    assert resolved.settings.config(tmp_path / "store", "camn").epochs == 1
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["demo"].format_help()
+                         .split())
+    assert "maximum epochs (default: 4)" in help_text and "(default: 256)" in help_text
 
 
 def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monkeypatch, capsys):
@@ -65,7 +76,7 @@ def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monk
     assert (tmp_path / "demo" / "benchmark" / "table.md").is_file()
     CALLS.clear()
     assert main(argv) == 0
-    assert CALLS == []  # everything was already in results.csv
+    assert CALLS == []  # everything was already in results.jsonl
     assert "CAMN        overall 0.610" in capsys.readouterr().out
 
 

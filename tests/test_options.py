@@ -126,10 +126,15 @@ def test_every_bad_option_is_named_in_one_message(
     assert not out.exists()
 
 
+SYNTAX = "expected [MODEL:]KEY=VALUE, e.g. q=2 or camn:q=2"
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
-    [("embed_dim", "--option 'embed_dim': expected key=value"),
-     ("=3", "--option '=3': expected key=value")],
+    [("embed_dim", f"--option 'embed_dim': {SYNTAX}"),
+     ("=3", f"--option '=3': {SYNTAX}"),
+     ("camn:=3", f"--option 'camn:=3': {SYNTAX}"),
+     ("dmin:q=2", "--option 'dmin:q=2' is for model 'dmin', which is not run (camn)")],
 )
 def test_train_option_without_key_or_value(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, option: str, message: str
@@ -162,8 +167,9 @@ def test_unknown_train_model_lists_the_registered_ones(
         ("camn:alpha=x", "model 'camn': option alpha=x: expected a float, got the string 'x'"),
         ("camn:embed_dim=-4", "model 'camn': option embed_dim=-4: must be at least 1"),
         ("camn:nope=1", "model 'camn' has no option 'nope'"),
-        ("dmin:refiner_heads=0", "not benchmarked (camn)"),
-        ("q=2", "--option 'q=2': expected MODEL:KEY=VALUE"),
+        ("nope=1", "model 'camn' has no option 'nope'"),  # without MODEL: every model's
+        ("dmin:refiner_heads=0", "is for model 'dmin', which is not run (camn)"),
+        ("q", f"--option 'q': {SYNTAX}"),
         # what only the store rules out, checked on every store before the first run
         ("camn:q=9", "model 'camn': option q=9: must be between 1 and k = 5"),
         ("camn:heads=both", "heads must be 'dense' or 'slot', got 'both'"),
@@ -223,6 +229,9 @@ TRAINING_NUMBERS = [
     (["--seeds", "0"], "argument --seeds: must be at least 1, got '0'"),
     (["--seed", "-1"], SEED_RANGE + ", got '-1'"),
     (["--seed", str(2**64)], SEED_RANGE),
+    (["--weight-decay", "-0.1"], "argument --weight-decay: must be at least 0, got '-0.1'"),
+    (["--clip-grad", "nan"], "argument --clip-grad: must be a finite number, got 'nan'"),
+    (["--monitor", "loss"], "argument --monitor: invalid choice: 'loss' (choose from"),
 ]
 
 

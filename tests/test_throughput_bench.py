@@ -141,8 +141,9 @@ def test_bad_models_and_fuxictr_folders_are_named(throughput, tmp_path):
 
 
 def test_model_options_are_grouped_by_model_and_typed(throughput):
-    items = ["camn:q=2", "dmin:aux_weight=0", "camn:scale_side=query"]
+    items = ["camn:q=2", "dmin:aux_weight=0", "camn:heads=slot"]
     assert throughput.model_options(items, ["dmin", "camn"]) == {
-        "camn": {"q": 2, "scale_side": "query"}, "dmin": {"aux_weight": 0}}
-    with pytest.raises(DataError, match="MODEL:KEY=VALUE"):
-        throughput.model_options(["q=2"], ["camn"])
+        "camn": {"q": 2, "heads": "slot"}, "dmin": {"aux_weight": 0}}
+    assert throughput.model_options(["q=2"], ["camn"]) == {"camn": {"q": 2}}  # every model's
+    with pytest.raises(DataError, match="model 'din' has no option 'q'"):
+        throughput.model_options(["q=2"], ["camn", "din"])

@@ -185,6 +185,7 @@ def _run(argv: Sequence[str] | None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         args = build_parser(command).parse_args(argv)  # imports torch: Ctrl-C may come here
+        args.argv = argv  # the command as typed, which a benchmark's table.md quotes
         return args.handler(args)
     except DataError as error:
         print(f"camn: error: {error}", file=sys.stderr)

@@ -1,10 +1,17 @@
 """``camn benchmark``: every (dataset, model, seed) run, then the paper's Tables 2 and 3.
 
+Each run's training settings are resolved from layers (:mod:`camn.config`: TrainConfig's
+defaults < a ``--config`` file's ``[train]``, ``[data.NAME]``, ``[model.NAME]`` < the command
+line), so one benchmark can train each store with its own batch size and epoch cap.
+
 Runs go in the order dataset, seed, model, so an interrupted benchmark already holds complete
-seeds for the paired comparisons. Each finished run is appended to ``OUT/results.csv`` at once
-(flushed and synced); a restart skips the runs found there, after dropping a half-written last
-line. ``OUT/benchmark.json`` records the training settings, and a restart with other settings is
-refused: the rows of one results file always come from one configuration.
+seeds for the paired comparisons. Each finished run is appended to ``OUT/results.jsonl`` at once
+(one :class:`~camn.results.RunResult` a line, with its resolved configuration and environment;
+flushed and synced); a restart skips the runs found there, after dropping a half-written last
+line. A restart whose settings for a finished (dataset, model) differ from those its rows record
+is refused: the rows of one (dataset, model) always come from one configuration.
+``OUT/benchmark.json`` records every (dataset, model)'s configuration and the config file;
+``results.csv`` is an export of the rows, rewritten with the tables.
 
 With ``--jobs N`` the runs go to N spawned processes (safe with CUDA: several small runs can
 share one GPU), each with ``--threads`` torch threads (default: the available cores / N). Each
@@ -17,62 +24,49 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
-import math
+import logging
 import multiprocessing
 import os
 import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from camn.argtypes import positive_finite_float, positive_int, seed_int
-from camn.data.raw import DataError
-from camn.experiments.tables import all_models, render_markdown, summarize, summary_dict
-from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
-from camn.train.precision import PRECISIONS
-
-RESULT_COLUMNS = (
-    "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
-    "best_epoch", "epochs", "train_seconds", "samples_per_second",
-    "routing_overall", "routing_item", "routing_user", "routing_item_matched",
-    "routing_user_matched",
+from camn.argtypes import positive_int, seed_int
+from camn.config import (
+    VOLATILE,
+    ConfigFile,
+    Settings,
+    add_training_flags,
+    plan,
 )
-ROUTING_START = RESULT_COLUMNS.index("routing_overall")
-INT_COLUMNS = frozenset({"seed", "best_epoch", "epochs"})
-TEXT_COLUMNS = frozenset({"dataset", "model"})
-Row = dict[str, object]
+from camn.data.raw import DataError
+from camn.experiments.tables import (
+    all_models,
+    render_markdown,
+    settings_by_scope,
+    summarize,
+    summary_dict,
+)
+from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
+from camn.results import (
+    ResultsLog,
+    RunResult,
+    dataset_name,
+    environment,
+    resolved_config,
+    write_csv,
+)
+
+__all__ = ["Dataset", "Outcome", "Run", "Settings", "run_benchmark", "train_run"]
+RESULTS, EXPORT, RECORD = "results.jsonl", "results.csv", "benchmark.json"
+BENCHMARK_DEFAULTS = {"models": "all", "seeds": 5, "seed": 1, "jobs": 1}
 Key = tuple[str, str, int]
-
-
-@dataclass
-class Settings:
-    """Training settings shared by every run; ``options`` holds model -> constructor options."""
-
-    epochs: int = 30
-    batch_size: int = 2048
-    eval_batch_size: int = 8192
-    lr: float = 0.002
-    patience: int = 3
-    precision: str = "fp32"
-    length_buckets: bool = False
-    compile: bool = False
-    options: dict[str, dict] = field(default_factory=dict)
-    device: str = "auto"
-    progress: bool = False
-    verbose: bool = True  # the trainer's per-epoch lines
-
-    def recorded(self) -> dict:
-        """What must not change between the runs of one results file."""
-        out = asdict(self)
-        del out["device"], out["progress"], out["verbose"]
-        return out
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class Dataset:
         store.check_trainable()  # before the first run, not once per run
         schema = store.schema
         meta = {"num_slots": len(store.attributes), "path": str(path), **schema["splits"]}
-        return cls(f"{Path(path).resolve().name} ({schema['protocol']})", str(path), meta)
+        return cls(dataset_name(path, schema["protocol"]), str(path), meta)
 
 
 @dataclass(frozen=True)
@@ -108,105 +102,26 @@ class Run:
 
 
 def train_run(run: Run, settings: Settings) -> dict:
-    """Train and test one (store, model, seed) with the trainer; returns its result dict."""
+    """Train and test one (store, model, seed) with the trainer; returns its result dict with
+    the ``environment`` it ran in."""
     from camn.data.store import PreparedStore
-    from camn.train.loop import TrainConfig, train_one
+    from camn.train.history import console
+    from camn.train.loop import train_one
 
-    config = TrainConfig(
-        model=run.model, options=dict(settings.options.get(run.model, {})),
-        epochs=settings.epochs, batch_size=settings.batch_size,
-        eval_batch_size=settings.eval_batch_size, lr=settings.lr, patience=settings.patience,
-        device=settings.device, precision=settings.precision,
-        length_buckets=settings.length_buckets, compile=settings.compile,
-        progress=settings.progress,
-    )
+    config = settings.config(run.store, run.model)
     if run.out_dir is not None:
         remove_owned(run.out_dir, SEED)  # left by an interrupted run
     out_dir = None if run.out_dir is None else Path(run.out_dir)
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with contextlib.nullcontext() if settings.verbose else quiet:
-        return train_one(PreparedStore(run.store), config, seed=run.seed, out_dir=out_dir)
-
-
-def result_row(run: Run, result: dict) -> Row:
-    """One results.csv row from the trainer's result dict (routing recovery flattened)."""
-    routing = result.get("routing_recovery") or {}
-    row: Row = {"dataset": run.dataset, "model": run.model, "seed": run.seed}
-    for column in RESULT_COLUMNS[3:]:
-        if column.startswith("routing_"):
-            row[column] = routing.get(column.removeprefix("routing_"))
-        else:
-            row[column] = result.get(column)
-    return row
-
-
-class ResultsFile:
-    """``results.csv``: one row per finished run, appended and synced as each run ends."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def load(self) -> list[Row]:
-        """The finished runs (first row of each key); a half-written last line is cut off."""
-        if not self.path.is_file():
-            return []
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-            with self.path.open("r+b") as handle:
-                handle.truncate(len(data))
-        lines = data.decode("utf-8").splitlines()
-        if not lines:
-            return []
-        header = next(csv.reader(lines[:1]))
-        if header != list(RESULT_COLUMNS[: len(header)]) or len(header) < ROUTING_START:
-            raise DataError(f"{self.path} has columns {header}; expected {list(RESULT_COLUMNS)}")
-        rows: dict[Key, Row] = {}
-        missing = [""] * (len(RESULT_COLUMNS) - len(header))  # files of older versions
-        for number, fields in enumerate(csv.reader(lines[1:]), start=2):
-            row = self._parse(fields + missing if len(fields) == len(header) else fields, number)
-            rows.setdefault((str(row["dataset"]), str(row["model"]), int(row["seed"])), row)
-        return list(rows.values())
-
-    def _parse(self, fields: list[str], number: int) -> Row:
-        if len(fields) != len(RESULT_COLUMNS):
-            raise DataError(f"{self.path}:{number}: {len(fields)} fields, "
-                            f"expected {len(RESULT_COLUMNS)}")
-        row: Row = {}
-        try:
-            for column, text in zip(RESULT_COLUMNS, fields, strict=True):
-                if column in TEXT_COLUMNS:
-                    row[column] = text
-                elif text == "":
-                    row[column] = None
-                else:
-                    row[column] = int(text) if column in INT_COLUMNS else float(text)
-        except ValueError as error:
-            raise DataError(f"{self.path}:{number}: {error}") from None
-        return row
-
-    def append(self, row: Row) -> None:
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            if new:
-                writer.writerow(RESULT_COLUMNS)
-            writer.writerow(["" if row.get(c) is None else _text(row[c]) for c in RESULT_COLUMNS])
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _text(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
+    with console(logging.INFO if settings.verbose else logging.WARNING):
+        result = train_one(PreparedStore(run.store), config, seed=run.seed, out_dir=out_dir)
+    return {**result, "environment": environment(config.device, config.precision)}
 
 
 @dataclass
 class Outcome:
-    """What a benchmark produced: rows of the planned runs, the files, and failed runs."""
+    """What a benchmark produced: results of the planned runs, the files, and failed runs."""
 
-    rows: list[Row]
+    rows: list[RunResult]
     datasets: list[Dataset]
     models: list[str]
     seeds: list[int]
@@ -232,45 +147,41 @@ def resolve_models(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_options(items: Sequence[str], models: Sequence[str]) -> dict[str, dict]:
-    """``model:key=value`` items -> {model: {key: value}}; values read as JSON when they parse
-    (``2``, ``true``, ``0.5``), else kept as text. Checked against the model's signature (names,
-    types, domains); :func:`check_options_on` then checks them against each store."""
-    from camn.models.registry import check_options
+@dataclass(frozen=True)
+class Planned:
+    """Each (dataset, model)'s configuration: ``resolved`` (every setting and option, as its
+    rows record it) and ``shown`` (the settings and the options given, for the tables)."""
 
-    options: dict[str, dict] = {}
-    for item in items:
-        model, sep, assignment = item.partition(":")
-        key, eq, text = assignment.partition("=")
-        if not sep or not eq or not key:
-            raise DataError(f"--option {item!r}: expected MODEL:KEY=VALUE, e.g. camn:q=2")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        options.setdefault(model, {})[key] = value
-    for model, values in options.items():
-        if model not in models:
-            raise DataError(f"--option for {model!r}, which is not benchmarked "
-                            f"({', '.join(models)})")
-        check_options(model, values)
-    return options
+    resolved: dict[tuple[str, str], dict]
+    shown: dict[tuple[str, str], dict]
 
 
-def check_options_on(datasets: Sequence[Dataset], options: dict[str, dict]) -> None:
-    """Build each model given options once on each store, so that what a store rules out
-    (``camn:q=9`` with k = 5 attributes) stops the benchmark before its first run."""
+def planned_configs(
+    datasets: Sequence[Dataset], models: Sequence[str], settings: Settings
+) -> Planned:
+    """Each (dataset, model)'s configuration, its model options also built once on the store,
+    so that what a store rules out (``camn:q=9`` with k = 5 attributes) or a bad layer stops
+    the benchmark before its first run."""
     from camn.data.store import PreparedStore
     from camn.models.base import FeatureSpec
     from camn.models.registry import check_options
 
+    planned = Planned({}, {})
     for dataset in datasets:
         spec = FeatureSpec.from_schema(PreparedStore(dataset.path).schema)
-        for model, values in options.items():
-            try:
-                check_options(model, values, spec)
-            except DataError as error:
-                raise DataError(f"store {dataset.path}: {error}") from None
+        for model in models:
+            config = settings.config(dataset.path, model)
+            if config.options:
+                try:
+                    check_options(model, config.options, spec)
+                except DataError as error:
+                    raise DataError(f"store {dataset.path}: {error}") from None
+            key = (dataset.name, model)
+            planned.resolved[key] = resolved_config(config)
+            shown = {k: v for k, v in config.to_dict().items()
+                     if k not in ("model", "options", *VOLATILE)}
+            planned.shown[key] = shown | {f"options.{k}": v for k, v in config.options.items()}
+    return planned
 
 
 def plan_runs(
@@ -289,20 +200,46 @@ def _slug(name: str) -> str:
     return name.replace(" (", ".").replace(")", "").replace(" ", "_")
 
 
-def check_settings(out: Path, settings: Settings) -> None:
-    """Record the settings in OUT/benchmark.json; refuse to mix runs of other settings."""
-    path = out / "benchmark.json"
-    recorded = settings.recorded()
-    if path.is_file():
-        previous = json.loads(path.read_text())["settings"]
-        if previous != recorded:
-            changed = ", ".join(f"{k} {previous.get(k)!r} -> {recorded.get(k)!r}"
-                                for k in sorted(set(previous) | set(recorded))
-                                if previous.get(k) != recorded.get(k))
-            raise DataError(f"{out} holds runs made with other training settings ({changed}); "
-                            "use another --out")
-    else:
-        path.write_text(json.dumps({"settings": recorded}, indent=2, sort_keys=True) + "\n")
+def changes(recorded: Mapping, planned: Mapping) -> list[str]:
+    """``key old -> new`` for each setting (``options.KEY`` for a model option) that differs,
+    the :data:`~camn.config.VOLATILE` ones left out."""
+
+    def flat(config: Mapping) -> dict:
+        out = {k: v for k, v in config.items() if k not in VOLATILE and k != "options"}
+        return out | {f"options.{k}": v for k, v in (config.get("options") or {}).items()}
+
+    old, new = flat(recorded), flat(planned)
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def check_finished(out: Path, finished: Sequence[RunResult],
+                   configs: Mapping[tuple[str, str], dict]) -> None:
+    """Refuse to add runs to a (dataset, model) whose finished rows have other settings."""
+    for result in finished:
+        planned = configs.get((result.dataset, result.model))
+        if planned is None:
+            continue
+        changed = changes(result.config, planned)
+        if changed:
+            raise DataError(f"{out} holds runs of {result.model} on {result.dataset} made with "
+                            f"other training settings ({', '.join(changed)}); use another --out")
+
+
+def record(out: Path, configs: Mapping[tuple[str, str], dict], config_file: ConfigFile | None,
+           command: str) -> None:
+    """``benchmark.json``: every (dataset, model)'s configuration (those of earlier calls kept),
+    the latest config file and command."""
+    path = out / RECORD
+    previous = json.loads(path.read_text()).get("settings") if path.is_file() else None
+    settings: dict = {}
+    if isinstance(previous, dict) and all(isinstance(v, dict) for v in previous.values()):
+        settings = {ds: dict(models) for ds, models in previous.items()}
+    for (dataset, model), config in configs.items():
+        settings.setdefault(dataset, {})[model] = config
+    document = {"settings": settings, "command": command, "config_file": None if config_file
+                is None else {"path": config_file.path, "text": config_file.text}}
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
 def available_cores() -> int:
@@ -344,7 +281,7 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel the runs not started and end those in progress now, instead of letting the pool
-    wait for them (finished runs are already in results.csv; a restart redoes the others)."""
+    wait for them (finished runs are already in results.jsonl; a restart redoes the others)."""
     processes = list((pool._processes or {}).values())  # no public accessor before Python 3.14
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
@@ -367,15 +304,17 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 def execute(
     runs: Sequence[Run],
     settings: Settings,
-    results: ResultsFile,
+    results: ResultsLog,
+    configs: Mapping[tuple[str, str], dict],
     *,
     jobs: int = 1,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[tuple[Run, str]]:
-    """Train every run, appending each row as it finishes; returns the failed runs.
+    """Train every run, appending each result as it finishes; returns the failed runs.
 
-    A failed run is reported and left out of results.csv (a restart retries it); the others go on.
+    A failed run is reported and left out of results.jsonl (a restart retries it); the others
+    go on.
     """
     failures: list[tuple[Run, str]] = []
     done = 0
@@ -384,11 +323,13 @@ def execute(
         nonlocal done
         done += 1
         prefix = f"[{done}/{len(runs)}] {run.dataset} {run.model} seed {run.seed}"
-        if error is not None:
+        if error is not None or result is None:
             failures.append((run, f"{type(error).__name__}: {error}"))
             log(f"{prefix}: FAILED ({type(error).__name__}: {error})")
             return
-        row = result_row(run, result or {})
+        row = RunResult.from_metrics(
+            {**result, "seed": run.seed}, dataset=run.dataset, store=run.store, model=run.model,
+            config=configs[(run.dataset, run.model)], environment=result["environment"])
         results.append(row)
         log(f"{prefix}: {describe_row(row)}")
 
@@ -422,15 +363,15 @@ def execute(
     return failures
 
 
-def describe_row(row: Row) -> str:
+def describe_row(row: RunResult) -> str:
     def fmt(key: str, digits: int = 4) -> str:
-        value = row.get(key)
+        value = row.metric(key)
         return "–" if value is None else f"{value:.{digits}f}"
 
     text = (f"test AUC {fmt('test_auc')}, gAUC {fmt('test_gauc')}, log loss "
-            f"{fmt('test_logloss')}, best epoch {row.get('best_epoch')}/{row.get('epochs')}, "
+            f"{fmt('test_logloss')}, best epoch {row.best_epoch}/{row.epochs}, "
             f"{fmt('train_seconds', 1)} s, {fmt('samples_per_second', 0)} samples/s")
-    if row.get("routing_overall") is not None:
+    if row.routing is not None:
         text += (f", routing recovery {fmt('routing_overall', 3)} (item {fmt('routing_item', 3)}"
                  f", user {fmt('routing_user', 3)})")
     return text
@@ -447,9 +388,10 @@ def run_benchmark(
     threads: int | None = None,
     keep_runs: bool = False,
     command: str = "",
+    config_file: ConfigFile | None = None,
     log: Callable[[str], None] = print,
 ) -> Outcome:
-    """Run what results.csv lacks, then write table.md, summary.json and auc.png."""
+    """Run what results.jsonl lacks, then write table.md, summary.json, auc.png, results.csv."""
     if not seeds:
         raise DataError("no seeds to run")
     out = check_output(out, BENCHMARK, inputs=data)  # before the stores are read
@@ -458,135 +400,110 @@ def run_benchmark(
     if len(set(names)) < len(names):
         raise DataError(f"two stores share a name and protocol: {names}; rename one directory")
     model_list = resolve_models(models)
-    check_options_on(datasets, settings.options)
+    configured = planned_configs(datasets, model_list, settings)
+    configs = configured.resolved
+    if (out / EXPORT).is_file() and not (out / RESULTS).is_file():
+        raise DataError(f"{out} holds a results.csv of an earlier camn version, without "
+                        f"{RESULTS}; use another --out")
+    results = ResultsLog(out / RESULTS)
+    finished = results.load()
+    check_finished(out, finished, configs)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, settings)
-    results = ResultsFile(out / "results.csv")
+    record(out, configs, config_file, command)
     runs = plan_runs(datasets, model_list, seeds, out / "runs" if keep_runs else None)
-    finished = {(str(r["dataset"]), str(r["model"]), int(r["seed"])) for r in results.load()}
-    todo = [r for r in runs if r.key not in finished]
+    done = {result.key for result in finished}
+    todo = [r for r in runs if r.key not in done]
     log(f"{len(runs)} runs planned ({len(datasets)} dataset(s) x {len(model_list)} model(s) x "
         f"{len(seeds)} seed(s)); {len(runs) - len(todo)} already in {results.path}")
     started = time.perf_counter()
-    failures = execute(todo, settings, results, jobs=jobs, threads=threads, log=log)
+    failures = execute(todo, settings, results, configs, jobs=jobs, threads=threads, log=log)
     if todo:
         log(f"{len(todo) - len(failures)} run(s) finished in {time.perf_counter() - started:.0f} s")
     planned = {r.key for r in runs}
-    rows = [r for r in results.load()
-            if (str(r["dataset"]), str(r["model"]), int(r["seed"])) in planned]
-    markdown = write_reports(rows, datasets, model_list, list(seeds), out, settings, command)
+    rows = [r for r in results.load() if r.key in planned]
+    markdown = write_reports(rows, datasets, model_list, list(seeds), out, configured, command)
     return Outcome(rows, datasets, model_list, list(seeds), markdown, failures, out)
 
 
 def write_reports(
-    rows: list[Row], datasets: Sequence[Dataset], models: Sequence[str], seeds: list[int],
-    out: Path, settings: Settings, command: str,
+    rows: list[RunResult], datasets: Sequence[Dataset], models: Sequence[str], seeds: list[int],
+    out: Path, planned: Planned, command: str,
 ) -> str:
-    """table.md, summary.json and auc.png from the rows; returns the markdown."""
+    """table.md, summary.json, auc.png and the results.csv export; returns the markdown."""
     from camn.experiments.plots import plot_auc
 
     names = [ds.name for ds in datasets]
     meta = {ds.name: ds.meta for ds in datasets}
-    recorded = settings.recorded()
-    shown = {k: v for k, v in recorded.items() if k != "options" or v}
     markdown = render_markdown(rows, datasets=names, models=models, seeds=seeds, meta=meta,
-                               command=command, settings=shown)
+                               command=command, settings=settings_by_scope(planned.shown))
     (out / "table.md").write_text(markdown, encoding="utf-8")
     summary = summary_dict(rows, datasets=names, models=models, meta=meta, command=command,
-                           settings=recorded, seeds=seeds)
+                           configs=planned.resolved, seeds=seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plot_auc(summarize(rows, ["test_auc"]), names, models, out / "auc.png")
+    write_csv(rows, out / EXPORT)
     return markdown
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
-    """Training options shared by ``camn benchmark`` and ``camn demo``."""
-    d = {"epochs": 30, "batch_size": 2048, "patience": 3, "seeds": 5, "jobs": 1} | defaults
-    parser.add_argument("--seeds", type=positive_int, default=d["seeds"], help="number of seeds")
-    parser.add_argument("--seed", type=seed_int, default=1,
-                        help="first seed (seeds FIRST, FIRST+1, ..)")
-    parser.add_argument("--epochs", type=positive_int, default=d["epochs"], help="maximum epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
-                        help="training batch size")
-    parser.add_argument("--eval-batch-size", type=positive_int, default=8192,
-                        help="batch size of the validation and test scoring")
-    parser.add_argument("--lr", type=positive_finite_float, default=0.002,
-                        help="Adam learning rate")
-    parser.add_argument("--patience", type=positive_int, default=d["patience"],
-                        help="epochs without a better validation AUC before stopping")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--length-buckets", action="store_true",
-                        help="batches of similar history lengths, cut to their longest history")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile every model for training (minutes of compilation)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: autocast with fp32 master weights, where the device has bf16 "
-                        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)")
-    parser.add_argument("--option", action="append", default=[], metavar="MODEL:KEY=VALUE",
-                        help="a model option, e.g. camn:q=2 (repeatable)")
-    parser.add_argument("--jobs", type=positive_int, default=d["jobs"],
-                        help="runs trained at once, in separate processes")
+def add_command_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, object]
+                          ) -> None:
+    """What to run, shared by ``camn benchmark`` and ``camn demo`` (None when not given)."""
+    parser.add_argument("--models", default=None,
+                        help="all (the paper's models), or a comma-separated list "
+                        f"(default: {defaults['models']})")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help=f"number of seeds (default: {defaults['seeds']})")
+    parser.add_argument("--seed", type=seed_int, default=None,
+                        help="first seed: seeds FIRST, FIRST+1, .. (default: 1)")
+    parser.add_argument("--option", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                        help="a model option, repeatable: camn:q=2 for CAMN, embed_dim=8 for "
+                        "every model run; values are read as JSON where they parse")
+    parser.add_argument("--jobs", type=positive_int, default=None,
+                        help=f"runs trained at once, in separate processes (default: "
+                        f"{defaults['jobs']})")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per run (default: torch's own, or cores / jobs "
                              "with --jobs; the same value gives the same numbers either way)")
+    add_training_flags(parser, defaults, exclude=("progress",))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
-                        help="prepared store(s) (camn prepare)")
-    parser.add_argument("--models", default="all",
-                        help="all (the paper's models), or a comma-separated list")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a TOML file of the benchmark: models, seeds, training settings, "
+                        "stores (see configs/); flags override it")
+    parser.add_argument("--data", nargs="+", metavar="DIR",
+                        help="prepared store(s) (camn prepare); default: the --config file's")
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--keep-runs", action="store_true",
                         help="keep every run's weights under OUT/runs")
-    add_training_arguments(parser)
+    add_command_arguments(parser, BENCHMARK_DEFAULTS)
 
 
-def settings_from_args(args: argparse.Namespace, models: Sequence[str]) -> Settings:
-    """The settings of parsed arguments (their ranges checked by the parser's argtypes)."""
-    return Settings(
-        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        lr=args.lr, patience=args.patience, precision=args.precision,
-        length_buckets=args.length_buckets, compile=args.compile,
-        options=parse_options(args.option, models), device=args.device,
-        progress=args.jobs == 1 and os.isatty(2),
-    )
-
-
-def command_line(args: argparse.Namespace, head: Sequence[str]) -> str:
-    """The command with every training setting explicit, so that it reproduces the table."""
-    parts = [*head, "--seeds", str(args.seeds), "--seed", str(args.seed),
-             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-             "--eval-batch-size", str(args.eval_batch_size), "--lr", str(args.lr),
-             "--patience", str(args.patience), "--device", args.device]
-    if args.precision != "fp32":
-        parts += ["--precision", args.precision]
-    parts += ["--length-buckets"] * args.length_buckets + ["--compile"] * args.compile
-    for item in args.option:
-        parts += ["--option", item]
-    if args.jobs > 1:
-        parts += ["--jobs", str(args.jobs)]
-    if args.threads:
-        parts += ["--threads", str(args.threads)]
-    return shlex.join(parts)
+def invocation(args: argparse.Namespace, fallback: Sequence[str]) -> str:
+    """The command as typed (``args.argv``, set by :func:`camn.cli.main`), else ``fallback``."""
+    argv = getattr(args, "argv", None)
+    return shlex.join(["camn", *argv] if argv else fallback)
 
 
 def run(args: argparse.Namespace) -> int:
     from camn.train.commands import resolve_device
     from camn.train.precision import check_precision
 
-    check_precision(args.precision, resolve_device(args.device))
-    models = resolve_models(args.models)
-    settings = settings_from_args(args, models)
-    head = ["camn", "benchmark", "--data", *args.data, "--models", ",".join(models),
-            "--out", args.out] + ["--keep-runs"] * args.keep_runs
-    seeds = list(range(args.seed, args.seed + args.seeds))
+    resolved = plan(args, BENCHMARK_DEFAULTS, resolve_models)
+    # progress bars only where one run at a time draws on a terminal
+    settings = Settings(*resolved.settings.layers, progress=resolved.jobs == 1 and os.isatty(2))
+    for store in resolved.stores:
+        for model in resolved.models:
+            config = settings.config(store, model)
+            check_precision(config.precision, resolve_device(config.device))
     outcome = run_benchmark(
-        args.data, models, seeds, args.out, settings, jobs=args.jobs, threads=args.threads,
-        keep_runs=args.keep_runs, command=command_line(args, head),
+        resolved.stores, resolved.models, resolved.seeds, args.out, settings,
+        jobs=resolved.jobs, threads=resolved.threads, keep_runs=args.keep_runs,
+        command=invocation(args, ["benchmark", "--out", args.out]),
+        config_file=resolved.config_file,
     )
     print(outcome.markdown)
-    print(f"written: {outcome.out / 'results.csv'}, table.md, summary.json, auc.png")
+    print(f"written: {outcome.out / RESULTS}, results.csv, table.md, summary.json, auc.png")
     for run_, error in outcome.failures:
         print(f"failed: {run_.dataset} {run_.model} seed {run_.seed}: {error}")
     return 1 if outcome.failures else 0

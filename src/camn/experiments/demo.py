@@ -19,18 +19,17 @@ import argparse
 import time
 from pathlib import Path
 
+from camn.config import Settings, plan
 from camn.experiments.benchmark import (
     Outcome,
-    add_training_arguments,
+    add_command_arguments,
     available_cores,
-    command_line,
+    invocation,
     resolve_models,
     run_benchmark,
-    settings_from_args,
 )
 from camn.experiments.tables import (
     ROUTING,
-    Stat,
     ablation_rows,
     display,
     paired_test,
@@ -38,9 +37,11 @@ from camn.experiments.tables import (
     summarize,
 )
 from camn.outputs import DEMO, check_output
+from camn.results import Stat
 
-DEMO_DEFAULTS = {"epochs": 4, "batch_size": 256, "patience": 2, "seeds": 2,
-                 "jobs": min(2, available_cores())}
+# the demo's own layer of defaults, between TrainConfig's and the command line
+DEMO_DEFAULTS = {"models": "all", "seeds": 2, "seed": 1, "jobs": min(2, available_cores()),
+                 "epochs": 4, "batch_size": 256, "patience": 2}
 PROTOCOL = "last"
 
 
@@ -81,7 +82,8 @@ def report(outcome: Outcome) -> str:
                   f"user {_mean(summary[m]['routing_user_matched'])})" for m in routed]
         lines += [f"  {display(m):<{width}} no router (P = 1): nothing to recover"
                   for m in ablation_rows(models) if m.endswith("-loss") and m not in routed]
-    lines += ["", f"Full tables: {outcome.out / 'table.md'} (plot: auc.png, rows: results.csv)"]
+    lines += ["", f"Full tables: {outcome.out / 'table.md'} (plot: auc.png, rows: "
+                  "results.jsonl, results.csv)"]
     return "\n".join(lines)
 
 
@@ -91,24 +93,21 @@ def _mean(stat: Stat) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="camn-demo", help="output directory (resumable)")
-    parser.add_argument("--models", default="all",
-                        help="all (the paper's models), or a comma-separated list")
-    add_training_arguments(parser, **DEMO_DEFAULTS)
+    add_command_arguments(parser, DEMO_DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = check_output(args.out, DEMO)  # a new, empty or earlier demo folder, nothing else
-    models = resolve_models(args.models)
-    settings = settings_from_args(args, models)
-    settings.progress, settings.verbose = False, False
+    resolved = plan(args, DEMO_DEFAULTS, resolve_models, source="camn demo's defaults",
+                    need_stores=False)  # model options checked before any data is made
+    settings = Settings(*resolved.settings.layers, progress=False, verbose=False)
     print(f"camn demo: synthetic clicks with a planted driving attribute -> {out}")
     store = prepare_synthetic(out / "data")
-    head = ["camn", "demo", "--out", args.out, "--models", ",".join(models)]
-    seeds = list(range(args.seed, args.seed + args.seeds))
     outcome = run_benchmark(
-        [store], models, seeds, out / "benchmark", settings, jobs=args.jobs,
-        threads=args.threads, command=command_line(args, head),
+        [store], resolved.models, resolved.seeds, out / "benchmark", settings,
+        jobs=resolved.jobs, threads=resolved.threads,
+        command=invocation(args, ["demo", "--out", args.out]),
     )
     print()
     print(report(outcome))

@@ -14,7 +14,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from camn.experiments.tables import Stat, display, paper_order
+from camn.experiments.tables import display, paper_order
+from camn.results import Stat
 
 
 def plot_auc(

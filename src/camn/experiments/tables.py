@@ -1,7 +1,8 @@
 """The paper's Table 2 (models x datasets, test AUC) and Table 3 (ablations), with statistics.
 
 Every cell is the mean ± sample standard deviation (ddof = 1) over seeds, as in the paper
-(Sec. 3.2: five seeds, mean and std of test AUC). The paper does not say whether its lead is
+(Sec. 3.2: five seeds, mean and std of test AUC): :class:`camn.results.Stat`, the one rule of
+every table and summary. The paper does not say whether its lead is
 larger than chance; here CAMN and DMIN are compared *paired* over seeds (same seed, same data
 split, same batches order where the trainer seeds them): on one split the per-seed differences
 are far less noisy than the two models' own spreads (SPEC section 5), and a paired t-test
@@ -10,27 +11,30 @@ are far less noisy than the two models' own spreads (SPEC section 5), and a pair
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from camn.results import RunResult, Stat, finite_or_none
+
 ALPHA = 0.05  # significance level of the paired t-test
 ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
 # CAMN builds with their own Table 3 rows (``<name>-loss``, ``<name>-route``, ``<name>``)
 FAMILIES = ("camn", "camn-slot", "camn-standalone")
-# registered beyond the paper's rows: run by name, left out of ``--models all``
+# the paper's rows: what ``--models all`` runs
+PAPER_MODELS = ("wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
+                *ABLATIONS)
+# registered beyond the paper's rows and ordered after them: run by name
 VARIANTS = (
     "camn-slot-loss", "camn-slot-route", "camn-slot", "camn-tied",
     "camn-standalone-loss", "camn-standalone-route", "camn-standalone",
 )
 # the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
-PAPER_ORDER = (
-    "wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
-    *ABLATIONS, *VARIANTS,
-)
+PAPER_ORDER = (*PAPER_MODELS, *VARIANTS)
 DISPLAY = {
     "wide-deep": "Wide&Deep", "pnn": "PNN", "din": "DIN", "dien": "DIEN", "dhan": "DHAN",
     "mind": "MIND", "comirec-sa": "ComiRec-SA", "dmin": "DMIN", "camn": "CAMN",
@@ -42,17 +46,16 @@ DISPLAY = {
 ROUTING = ("routing_overall", "routing_item", "routing_user", "routing_item_matched",
            "routing_user_matched")
 
-Row = dict[str, object]
-
 
 def display(model: str) -> str:
     return DISPLAY.get(model, model)
 
 
 def all_models(registered: Iterable[str]) -> list[str]:
-    """What ``--models all`` runs: the registered models but the :data:`VARIANTS`, in the
-    paper's order."""
-    return [m for m in paper_order(registered) if m not in VARIANTS]
+    """What ``--models all`` runs: the :data:`PAPER_MODELS` that are registered, in the paper's
+    order (a model registered later, a preset say, is run by name and does not change it)."""
+    present = set(registered)
+    return [m for m in PAPER_MODELS if m in present]
 
 
 def ablation_rows(models: Iterable[str]) -> list[str]:
@@ -77,49 +80,20 @@ def paper_order(models: Iterable[str]) -> list[str]:
     return sorted(models, key=lambda m: (rank.get(m, len(rank)), models.index(m)))
 
 
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample std (ddof = 1; NaN under 2 values) of the finite values of a metric."""
-
-    mean: float
-    std: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> Stat:
-        finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-        mean = float(finite.mean()) if len(finite) else math.nan
-        std = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
-        return cls(mean, std, len(finite))
-
-    def cell(self, digits: int = 4, seeds: int | None = None) -> str:
-        """``0.7138 ± 0.0004``; ``(n=3)`` appended when fewer than ``seeds`` values."""
-        if self.n == 0:
-            return "–"
-        text = f"{self.mean:.{digits}f}"
-        text += f" ± {self.std:.{digits}f}" if self.n > 1 else " (1 seed)"
-        if seeds is not None and 1 < self.n < seeds:
-            text += f" (n={self.n})"
-        return text
-
-    def to_dict(self) -> dict:
-        return {"mean": _finite(self.mean), "std": _finite(self.std), "n": self.n}
+def metric_values(
+    rows: Sequence[RunResult], dataset: str, model: str, metric: str
+) -> dict[int, float]:
+    """seed -> finite value of one metric for one (dataset, model)."""
+    values = {r.seed: r.metric(metric) for r in rows if r.dataset == dataset and r.model == model}
+    return {seed: v for seed, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def metric_values(rows: Sequence[Row], dataset: str, model: str, metric: str) -> dict[int, float]:
-    """seed -> value of one metric for one (dataset, model)."""
-    values = {
-        int(r["seed"]): float(r[metric])  # type: ignore[arg-type]
-        for r in rows
-        if r["dataset"] == dataset and r["model"] == model and r.get(metric) is not None
-    }
-    return {seed: v for seed, v in values.items() if math.isfinite(v)}
-
-
-def summarize(rows: Sequence[Row], metrics: Sequence[str]) -> dict[str, dict[str, dict[str, Stat]]]:
+def summarize(
+    rows: Sequence[RunResult], metrics: Sequence[str]
+) -> dict[str, dict[str, dict[str, Stat]]]:
     """dataset -> model -> metric -> :class:`Stat` over seeds."""
     out: dict[str, dict[str, dict[str, Stat]]] = {}
-    for dataset, model in dict.fromkeys((str(r["dataset"]), str(r["model"])) for r in rows):
+    for dataset, model in dict.fromkeys((r.dataset, r.model) for r in rows):
         out.setdefault(dataset, {})[model] = {
             m: Stat.of(metric_values(rows, dataset, model, m).values()) for m in metrics
         }
@@ -178,14 +152,11 @@ class PairedTest:
     def to_dict(self) -> dict:
         return {
             "a": self.a, "b": self.b, "seeds": list(self.seeds), "mean_difference": self.mean,
-            "std_difference": _finite(self.std), "t": _finite(self.t), "p": _finite(self.p),
-            "seed_spread": _finite(self.spread), "exceeds_spread": self.exceeds_spread,
+            "std_difference": finite_or_none(self.std), "t": finite_or_none(self.t),
+            "p": finite_or_none(self.p),
+            "seed_spread": finite_or_none(self.spread), "exceeds_spread": self.exceeds_spread,
             "significant": self.significant, "alpha": ALPHA, "verdict": self.verdict(),
         }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def fmt(value: float) -> str:
@@ -197,7 +168,7 @@ def format_p(p: float) -> str:
 
 
 def paired_test(
-    rows: Sequence[Row], dataset: str, a: str, b: str, metric: str = "test_auc"
+    rows: Sequence[RunResult], dataset: str, a: str, b: str, metric: str = "test_auc"
 ) -> PairedTest | None:
     """Paired comparison of ``a`` and ``b`` over their common seeds; None if one is missing."""
     va, vb = metric_values(rows, dataset, a, metric), metric_values(rows, dataset, b, metric)
@@ -299,7 +270,7 @@ def routing_table(
 
 
 def comparison_lines(
-    rows: Sequence[Row], datasets: Sequence[str], pairs: Sequence[tuple[str, str]]
+    rows: Sequence[RunResult], datasets: Sequence[str], pairs: Sequence[tuple[str, str]]
 ) -> list[str]:
     """One line per dataset and pair: difference, spread, t-test and verdict."""
     body = []
@@ -323,19 +294,51 @@ def comparison_lines(
     return _table(header, body)
 
 
+def settings_by_scope(configs: Mapping[tuple[str, str], Mapping[str, object]]
+                      ) -> dict[str, dict[str, object]]:
+    """The settings of each (dataset, model), grouped where they agree: those of every run
+    (key ``every run``), then of each dataset's runs, then each (dataset, model)'s own."""
+
+    def items(config: Mapping[str, object]) -> set[tuple[str, str]]:
+        return {(key, json.dumps(value, sort_keys=True)) for key, value in config.items()}
+
+    def common(group: list[set[tuple[str, str]]]) -> set[tuple[str, str]]:
+        return set.intersection(*group) if group else set()
+
+    every = common([items(c) for c in configs.values()])
+    scopes: dict[str, set[tuple[str, str]]] = {"every run": every}
+    for dataset in dict.fromkeys(ds for ds, _ in configs):
+        shared = common([items(c) for (ds, _), c in configs.items() if ds == dataset]) - every
+        scopes[dataset] = shared
+        for (ds, model), config in configs.items():
+            if ds == dataset:
+                scopes[f"{ds}, {display(model)}"] = items(config) - every - shared
+    order = {key: i for i, key in enumerate(next(iter(configs.values()), {}))}
+    return {scope: {key: json.loads(text) for key, text in sorted(
+                pairs, key=lambda pair: (order.get(pair[0], len(order)), pair[0]))}
+            for scope, pairs in scopes.items() if pairs or scope == "every run"}
+
+
+def settings_text(scopes: Mapping[str, Mapping[str, object]]) -> str:
+    """``every run: epochs 2, lr 0.002; tiny (last): batch_size 256``."""
+    return "; ".join(f"{scope}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+                     for scope, values in scopes.items())
+
+
 def render_markdown(
-    rows: Sequence[Row],
+    rows: Sequence[RunResult],
     *,
     datasets: Sequence[str],
     models: Sequence[str],
     seeds: Sequence[int],
     meta: dict[str, dict],
     command: str,
-    settings: dict,
+    settings: Mapping[str, Mapping[str, object]],
 ) -> str:
     """The whole ``table.md``: Tables 2 and 3, paired tests, gAUC/log loss, speed, routing.
 
-    meta: dataset -> {"num_slots", "train", "valid", "test"} (from the store schema).
+    meta: dataset -> {"num_slots", "train", "valid", "test"} (from the store schema);
+    settings: scope -> settings, as :func:`settings_by_scope` groups them.
     """
     metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "epochs",
                "train_seconds", "samples_per_second", *ROUTING]
@@ -349,8 +352,7 @@ def render_markdown(
         "Produced by:", "", "```", command, "```", "",
         f"Seeds: {', '.join(map(str, seeds))} ({n} per cell; cells with fewer finished runs "
         "say so). Cells: test AUC, mean ± sample std (ddof = 1) over seeds; the best mean of "
-        "each dataset in bold. Training settings: "
-        + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", "",
+        "each dataset in bold. Training settings: " + settings_text(settings) + ".", "",
     ]
     lines += [f"- {ds}: k = {meta[ds]['num_slots']} attributes, train / valid / test samples "
               f"{meta[ds]['train']:,} / {meta[ds]['valid']:,} / {meta[ds]['test']:,}"
@@ -390,16 +392,19 @@ def render_markdown(
 
 
 def summary_dict(
-    rows: Sequence[Row], *, datasets: Sequence[str], models: Sequence[str], meta: dict[str, dict],
-    command: str, settings: dict, seeds: Sequence[int],
+    rows: Sequence[RunResult], *, datasets: Sequence[str], models: Sequence[str],
+    meta: dict[str, dict], command: str, configs: Mapping[tuple[str, str], dict],
+    seeds: Sequence[int],
 ) -> dict:
-    """``summary.json``: means/stds per dataset x model x metric, and the paired tests."""
+    """``summary.json``: means/stds per dataset x model x metric, the paired tests, and each
+    (dataset, model)'s resolved configuration."""
     metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch", "epochs",
                "train_seconds", "samples_per_second", *ROUTING]
     summary = summarize(rows, metrics)
-    out: dict = {"command": command, "settings": settings, "seeds": list(seeds), "datasets": {}}
+    out: dict = {"command": command, "seeds": list(seeds), "datasets": {}}
     for ds in datasets:
-        entry: dict = {"meta": meta[ds], "models": {}, "paired_tests": {}}
+        entry: dict = {"meta": meta[ds], "models": {}, "paired_tests": {},
+                       "configs": {m: c for (d, m), c in configs.items() if d == ds}}
         for m in paper_order(models):
             if m in summary.get(ds, {}):
                 entry["models"][m] = {k: s.to_dict() for k, s in summary[ds][m].items() if s.n}
