@@ -4,7 +4,8 @@ One benchmark over several stores (``camn benchmark --config configs/paper-table
 writes the combined report itself; this script renders one from result files made apart, such
 as the committed docs/bench/*.csv tables:
 
-    python benchmarks/combine_results.py --stores DIR [DIR ...] --results FILE [FILE ...] --out OUT
+    python benchmarks/combine_results.py --stores DIR [DIR ...] --results FILE [FILE ...] \
+        [--config FILE] --out OUT
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> int:
     parser.add_argument("--stores", nargs="+", required=True, help="the prepared stores")
     parser.add_argument("--results", nargs="+", required=True,
                         help="results.jsonl files of camn benchmark, or CSV exports")
+    parser.add_argument("--config", help="the config file the results came from, cited in "
+                        "table.md")
     parser.add_argument("--out", required=True, help="folder for table.md and auc.png")
     args = parser.parse_args()
     rows = [row for path in args.results for row in (
@@ -38,7 +41,7 @@ def main() -> int:
     command = "python " + shlex.join(sys.argv)
     markdown = render_markdown(rows, datasets=names, models=models, seeds=seeds,
                                meta={d.name: d.meta for d in datasets}, command=command,
-                               settings={"every run": {"see": "the result files"}})
+                               settings={"every run": {"see": args.config or "the results"}})
     (out / "table.md").write_text(markdown, encoding="utf-8")
     plot_auc(summarize(rows, ["test_auc"]), names, models, out / "auc.png")
     print(markdown)
