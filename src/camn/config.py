@@ -233,7 +233,6 @@ def parse_options(
 class Layer:
     """Training settings and model options from one source, for the runs it covers."""
 
-    source: str  # where they come from, for messages: "configs/x.toml [data.beauty-last]"
     settings: Mapping[str, object] = field(default_factory=dict)
     options: Mapping[str, object] = field(default_factory=dict)
     store: str | None = None  # the folder name of the store it covers; None: every store
@@ -278,8 +277,8 @@ class Settings:
         unknown = sorted(set(settings) - set(training_settings()))
         if unknown:
             raise TypeError(f"not training settings: {unknown}")
-        given = [Layer("given settings", dict(settings))] if settings else []
-        given += [Layer("given options", options=dict(values), model=model)
+        given = [Layer(dict(settings))] if settings else []
+        given += [Layer(options=dict(values), model=model)
                   for model, values in (options or {}).items()]
         self.layers: tuple[Layer, ...] = (*layers, *given)
         self.verbose = verbose
@@ -349,12 +348,19 @@ def _models_value(path: str, value: object) -> list[str]:
 
 
 def _parse(path: str, text: str, data: dict) -> ConfigFile:
-    from camn.models.registry import check_options, model_names
-
     unknown = [key for key in data if key not in TOP_LEVEL]
     if unknown:
         raise _fail(path, "(top level)", f"unknown key {unknown[0]!r} (known: "
                     f"{', '.join(TOP_LEVEL)})")
+    train = Layer(_settings(path, "[train]", _table(path, "[train]", data.get("train", {}))))
+    stores, data_layers = _data_tables(path, _table(path, "[data]", data.get("data", {})))
+    model_layers = _model_tables(path, _table(path, "[model]", data.get("model", {})))
+    return ConfigFile(path, text, _command_keys(path, data),
+                      (train, *data_layers, *model_layers), stores)
+
+
+def _command_keys(path: str, data: Mapping) -> dict[str, object]:
+    """The top level's models, seeds, seed, jobs and threads, checked."""
     command: dict[str, object] = {}
     if "models" in data:
         command["models"] = _models_value(path, data["models"])
@@ -367,10 +373,14 @@ def _parse(path: str, text: str, data: dict) -> ConfigFile:
                 command[key] = domain(str(value))
             except argparse.ArgumentTypeError as error:
                 raise _fail(path, key, str(error)) from None
-    layers = [Layer(f"{path} [train]", _settings(path, "[train]",
-                                                 _table(path, "[train]", data.get("train", {}))))]
+    return command
+
+
+def _data_tables(path: str, tables: Mapping) -> tuple[dict[str, str | None], list[Layer]]:
+    """Each ``[data.NAME]``: its store's path (None when not given) and its layer."""
     stores: dict[str, str | None] = {}
-    for name, table in _table(path, "[data]", data.get("data", {})).items():
+    layers = []
+    for name, table in tables.items():
         where = f"[data.{name}]"
         table = _table(path, where, table)
         store = table.get("path")
@@ -378,10 +388,18 @@ def _parse(path: str, text: str, data: dict) -> ConfigFile:
             raise _fail(path, where, f"path {store!r} must name a folder called {name!r} "
                         "(a [data.NAME] table is the store in the folder NAME)")
         stores[name] = store
-        layers.append(Layer(f"{path} {where}", _settings(path, where, table, ["path"]),
-                            store=name))
+        layers.append(Layer(_settings(path, where, table, ["path"]), store=name))
+    return stores, layers
+
+
+def _model_tables(path: str, tables: Mapping) -> list[Layer]:
+    """Each ``[model.NAME]``: its training settings and ``options``, checked (the options
+    against the model's signature; against a store once one is known)."""
+    from camn.models.registry import check_options, model_names
+
     registered = model_names()
-    for name, table in _table(path, "[model]", data.get("model", {})).items():
+    layers = []
+    for name, table in tables.items():
         where = f"[model.{name}]"
         if name not in registered:
             raise _fail(path, where, f"unknown model {name!r}; registered: "
@@ -393,9 +411,9 @@ def _parse(path: str, text: str, data: dict) -> ConfigFile:
             check_options(name, options)
         except DataError as error:
             raise _fail(path, options_where, str(error)) from None
-        layers.append(Layer(f"{path} {where}", _settings(path, where, table, ["options"]),
-                            options=options, model=name))
-    return ConfigFile(path, text, command, tuple(layers), stores)
+        layers.append(Layer(_settings(path, where, table, ["options"]), options=options,
+                            model=name))
+    return layers
 
 
 # ---------------------------------------------------------------------------- a command's plan
@@ -419,7 +437,6 @@ def plan(
     defaults: Mapping[str, object],
     expand_models: Callable[[list[str]], list[str]],
     *,
-    source: str = "the command's defaults",
     need_stores: bool = True,
     check_options: bool = True,
 ) -> Plan:
@@ -444,10 +461,10 @@ def plan(
     models = expand_models(names.split(",") if isinstance(names, str) else list(names))
     stores = _stores(getattr(args, "data", None), file) if need_stores else []
     bottom = {k: v for k, v in defaults.items() if k in training_settings()}
-    layers = [Layer(source, bottom)] if bottom else []
+    layers = [Layer(bottom)] if bottom else []
     layers += list(file.layers) if file else []
-    layers.append(Layer("command line", given_settings(args)))
-    layers += [Layer("command line", options=values, model=model)
+    layers.append(Layer(given_settings(args)))
+    layers += [Layer(options=values, model=model)
                for model, values in parse_options(getattr(args, "option", None) or [], models,
                                                   check=check_options).items()]
     seed, count = int(pick("seed")), int(pick("seeds"))  # type: ignore[call-overload]

@@ -99,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = check_output(args.out, DEMO)  # a new, empty or earlier demo folder, nothing else
-    resolved = plan(args, DEMO_DEFAULTS, resolve_models, source="camn demo's defaults",
-                    need_stores=False)  # model options checked before any data is made
+    # the model options are checked here, before any data is made
+    resolved = plan(args, DEMO_DEFAULTS, resolve_models, need_stores=False)
     settings = Settings(*resolved.settings.layers, progress=False, verbose=False)
     print(f"camn demo: synthetic clicks with a planted driving attribute -> {out}")
     store = prepare_synthetic(out / "data")
