@@ -11,9 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from camn.models import FeatureSpec, build_model
 from camn.models.dhan import group_pool
-from camn.models.din import item_vectors
-from camn.models.dmin import causal_mask
-from camn.models.layers import Packing, TargetAttention
+from camn.models.layers import Packing, TargetAttention, causal_mask, item_vectors
 
 MODELS = ["din", "dien", "dmin", "dhan"]
 AUX_MODELS = ["dien", "dmin"]
@@ -70,7 +68,7 @@ def test_output_shape_and_finite(name: str, k: int) -> None:
 def test_empty_history_gives_finite_logits_and_gradients(name: str) -> None:
     spec = make_spec(k=3)
     model = build_model(name, spec, embed_dim=6).train()
-    out = model(make_batch(spec, [0, 3, 8, 0, 1]))
+    out = model(make_batch(spec, [0, 3, 8, 0, 1]), extra_losses=True)
     (out.logits.sum() + out.aux_loss).backward()
     assert torch.isfinite(out.logits).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -95,7 +93,7 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     spec = make_spec(k=4, length=8)
     model = build_model(name, spec, embed_dim=6).train()
     batch = make_batch(spec, [1, 8, 3, 8, 5, 2, 6, 1], seed=4)
-    out = model(batch)
+    out = model(batch, extra_losses=True)
     loss = F.binary_cross_entropy_with_logits(out.logits, batch["label"]) + out.aux_loss
     loss.backward()
     missing = [
@@ -110,17 +108,37 @@ def test_aux_loss_ignores_padding_and_is_positive(name: str) -> None:
     spec = make_spec(k=3, length=8)
     model = build_model(name, spec, embed_dim=6).train()
     batch = make_batch(spec, [1, 8, 3, 6, 2, 8], seed=5)
-    reference = model(batch)
+    reference = model(batch, extra_losses=True)
     assert reference.aux_loss > 0
     assert set(reference.aux_terms) == {"next_click"}
-    changed = model(with_garbage(batch, "history_negative", 6))
+    changed = model(with_garbage(batch, "history_negative", 6), extra_losses=True)
     torch.testing.assert_close(changed.aux_loss, reference.aux_loss, rtol=0, atol=1e-6)
     # aux_weight scales the loss; 0 switches it off
     model0 = build_model(name, spec, embed_dim=6, aux_weight=0.0)
-    assert model0(batch).aux_loss.item() == 0.0
+    assert model0(batch, extra_losses=True).aux_loss.item() == 0.0
     # histories of length 1 give no (h_t, e_{t+1}) pair
     single = make_batch(spec, [1, 1, 1], seed=7)
-    assert model(single).aux_loss.item() == 0.0
+    assert model(single, extra_losses=True).aux_loss.item() == 0.0
+
+
+@pytest.mark.parametrize("name", AUX_MODELS)
+def test_aux_loss_only_when_asked_and_asking_needs_history_negatives(name: str) -> None:
+    """A training-mode forward pass without ``extra_losses`` computes no auxiliary loss, even
+    with ``history_negative`` in the batch; asked without one, it says what is missing."""
+    torch.manual_seed(0)
+    spec = make_spec(k=3, length=8)
+    model = build_model(name, spec, embed_dim=6).train()
+    batch = make_batch(spec, [1, 8, 3, 6, 2, 8], seed=5)
+    plain = model(batch)
+    assert plain.aux_loss.item() == 0.0 and not plain.aux_loss.requires_grad
+    assert plain.aux_terms == {}
+    asked = model(batch, extra_losses=True)
+    torch.testing.assert_close(asked.logits, plain.logits, rtol=0, atol=0)  # same scores
+    assert asked.aux_loss > 0
+    del batch["history_negative"]
+    with pytest.raises(ValueError, match=r"extra losses need batch\['history_negative'\]"):
+        model(batch, extra_losses=True)
+    assert model(batch).aux_loss.item() == 0.0  # scoring needs no drawn items
 
 
 @pytest.mark.parametrize("name", AUX_MODELS)
@@ -142,12 +160,12 @@ def test_aux_loss_learns_easy_negatives_only(name: str) -> None:
             batch["history_negative"] = batch["history"].clone()
         optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
         for _ in range(60):
-            loss = model(batch).aux_loss
+            loss = model(batch, extra_losses=True).aux_loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        with torch.no_grad():  # the auxiliary loss exists only while training
-            final[easy] = model(batch).aux_loss.item()
+        with torch.no_grad():
+            final[easy] = model(batch, extra_losses=True).aux_loss.item()
     assert final[True] < 0.3 * math.log(4)
     assert final[False] > 0.95 * math.log(4)
 
@@ -162,14 +180,14 @@ def test_dmin_masks_block_padding_and_future_exactly() -> None:
     for dense in (False, True):  # the CPU's packed rows and the accelerators' every row
         packing = Packing(mask, dense=dense)
         items = model.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
-        for block in (model.refiner, model.extractor):
+        for block in (model.refiner.attention, model.extractor.attention):
             weights, _ = block.weights(items, packing)  # (H, B, L, L)
             assert (weights[:, ~allowed] == 0).all()
             real_rows = weights[:, mask]  # (H, real queries, L)
             torch.testing.assert_close(real_rows.sum(-1), torch.ones_like(real_rows[..., 0]))
-        refined = model.refine(items, packing)
+        refined = model.refiner(items, packing)
         target = model.embedding(batch["target"]).flatten(-2)
-        _, interest_weights, _ = model.extract(refined, target, packing)  # (B, k, L)
+        _, interest_weights, _ = model.extractor(refined, target, packing)  # (B, k, L)
         assert (interest_weights.transpose(0, 1)[:, ~mask] == 0).all()
         torch.testing.assert_close(interest_weights.sum(-1), torch.ones(4, 4))
     expected = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
@@ -266,7 +284,7 @@ def test_learns_planted_signal(name: str) -> None:
         order = torch.randperm(1200, generator=torch.Generator().manual_seed(epoch))
         for start in range(0, 1200, 128):
             batch = rows(train, order[start : start + 128])
-            out = model(batch)
+            out = model(batch, extra_losses=True)
             loss = F.binary_cross_entropy_with_logits(out.logits, batch["label"]) + out.aux_loss
             optimiser.zero_grad()
             loss.backward()
@@ -298,24 +316,26 @@ def test_trains_through_the_pipeline(name: str, tmp_path) -> None:
 
 def test_din_paper_output_network_reads_only_target_and_interest() -> None:
     spec = make_spec(k=3)
-    model = build_model("din", spec, embed_dim=6, pooled_history=False, input_norm=False).eval()
+    model = build_model("din-paper", spec, embed_dim=6, input_norm=False).eval()
     batch = make_batch(spec, LENGTHS)
     items, target = item_vectors(*model.embed(batch))
     interest, _ = model.interest(items, target, batch["mask"])
-    expected = model.mlp(torch.cat([target, interest], dim=-1)).squeeze(-1)
+    expected = model.head.net(torch.cat([target, interest], dim=-1)).squeeze(-1)
     torch.testing.assert_close(model(batch).logits, expected)
-    assert isinstance(model.mlp.net[0], torch.nn.Linear)  # no input batch norm
+    assert isinstance(model.head.net[0], torch.nn.Linear)  # no input batch norm
 
 
-@pytest.mark.parametrize(("name", "interests"), [("din", 1), ("dien", 1), ("dmin", 3)])
+@pytest.mark.parametrize(
+    ("name", "interests"), [("din", 1), ("dien", 1), ("dmin", 3), ("dhan", 2)]
+)
 def test_pooled_history_option_sets_the_output_network_width(name: str, interests: int) -> None:
     spec, d = make_spec(k=3), 6
     width = spec.num_slots * d
     for pooled, base in ((True, 3 * width), (False, width)):
         model = build_model(name, spec, embed_dim=d, pooled_history=pooled).train()
-        norm = model.mlp.net[0]
+        norm = model.head.net[0]
         assert isinstance(norm, torch.nn.BatchNorm1d)
         assert norm.num_features == base + interests * width
-        out = model(make_batch(spec, LENGTHS))
+        out = model(make_batch(spec, LENGTHS), extra_losses=True)
         (out.logits.sum() + out.aux_loss).backward()
         assert all(p.grad is not None for p in model.parameters())

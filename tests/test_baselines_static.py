@@ -12,9 +12,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from camn.models.base import FeatureSpec
-from camn.models.mind import adaptive_interest_count, label_aware_attention, squash
+from camn.models.layers import field_embeddings, label_aware_attention, pool_history
+from camn.models.mind import adaptive_interest_count, squash
 from camn.models.registry import build_model, model_names, resolved_options
-from camn.models.wide_deep import cross_bucket, field_embeddings, pool_history
+from camn.models.wide_deep import cross_bucket
 
 NAMES = ("mind", "comirec-sa", "pnn", "wide-deep")
 VARIANTS = [
@@ -22,8 +23,10 @@ VARIANTS = [
     ("mind", {"routing_init": "random", "adaptive_interests": True, "detach_routing": False}),
     ("mind", {"interest_dim": 24, "pow_p": 2, "capsule_relu": False, "num_interests": 2}),
     ("mind", {"readout": "hard"}),
+    ("mind-paper", {}),
     ("comirec-sa", {}),
     ("comirec-sa", {"positional": False, "hidden_factor": 2, "num_interests": 3}),
+    ("comirec-sa-paper", {}),
     ("pnn", {}),
     ("pnn", {"history_pool": "mean"}),
     ("wide-deep", {}),
@@ -91,7 +94,7 @@ def test_output_shape_finite_and_padding_invariant(name, options, spec) -> None:
     model = build_model(name, spec, **options)
     batch = make_batch(spec, [0, *varied_lengths(spec, 15)])
     model.train()
-    out = model(batch)
+    out = model(batch, extra_losses=True)  # asked, a model without extra losses gives 0
     assert out.logits.shape == (16,) and torch.isfinite(out.logits).all()
     assert out.aux_loss.shape == () and out.aux_loss.item() == 0 and out.routing is None
     model.eval()
@@ -127,6 +130,35 @@ def test_bad_options_are_refused(name) -> None:
     for options in bad:
         with pytest.raises(ValueError):
             build_model(name, SPECS[0], **options)
+
+
+@pytest.mark.parametrize("name", ["mind", "comirec-sa"])
+def test_default_head_is_dmins_and_the_paper_preset_reads_target_and_user_vector(
+    name: str,
+) -> None:
+    """Default: [target, summed history, target * summed, user vector], Dice, as every
+    sequence model. ``-paper``: [target, user vector], PReLU."""
+    spec = SPECS[0]
+    width = spec.num_slots * 18
+    torch.manual_seed(0)
+    default = build_model(name, spec)
+    assert default.head.net[0].num_features == 4 * width
+    assert type(default.head.net[2]).__name__ == "Dice"
+    torch.manual_seed(0)
+    paper = build_model(f"{name}-paper", spec).eval()
+    assert paper.head.net[0].num_features == 2 * width
+    assert isinstance(paper.head.net[2], torch.nn.PReLU)
+    batch = make_batch(spec, varied_lengths(spec, 8))
+    history, target = paper.embed(batch)
+    items, target = history.flatten(2), target.flatten(1)
+    with torch.no_grad():
+        if name == "mind":
+            capsules, _, valid = paper.route(items, batch["mask"])
+            user, _ = label_aware_attention(paper.capsule_layer(capsules), target, valid=valid)
+        else:
+            user, _ = label_aware_attention(paper.interests(items, batch["mask"]), target)
+        expected = paper.head.net(torch.cat([target, user], dim=-1)).squeeze(-1)
+        torch.testing.assert_close(paper(batch).logits, expected)
 
 
 # --- MIND ---------------------------------------------------------------------------------
@@ -351,7 +383,7 @@ def test_each_model_learns_a_planted_signal(name) -> None:
     for _ in range(3):
         for rows in torch.randperm(1500).split(150):
             batch = {key: value[rows] for key, value in train.items()}
-            out = model(batch)
+            out = model(batch, extra_losses=True)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["label"])
             optimiser.zero_grad()
             (loss + out.aux_loss).backward()

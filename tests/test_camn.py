@@ -12,16 +12,16 @@ from torch import nn
 
 import camn.models.camn as camn_module
 from camn.models import FeatureSpec, build_model
-from camn.models.camn import (
-    CAMN,
-    AttributeClickLoss,
-    AttributeRouting,
-    SlotAttention,
+from camn.models.camn import CAMN, AttributeClickLoss, AttributeRouting, SlotAttention
+from camn.models.layers import (
+    CausalSelfAttention,
+    CollaborativeRouting,
+    Packing,
+    attention_health,
+    causal_mask,
     diversity_loss,
     keep_top_q,
 )
-from camn.models.dmin import DMIN, CausalSelfAttention, causal_mask
-from camn.models.layers import Packing, attention_health
 from camn.models.registry import resolved_options
 
 K, D, L = 4, 6, 8
@@ -65,7 +65,7 @@ def inputs(model: CAMN, batch: dict) -> tuple[Packing, torch.Tensor, torch.Tenso
     """What the extractor sees in ``forward``: packing, refined rows, P (B, L, k), target."""
     packing = Packing(batch["mask"])
     attributes = model.embedding(packing.pack(batch["history"]))
-    refined = model.refine(attributes.flatten(-2), packing)
+    refined = model.refiner(attributes.flatten(-2), packing)
     target = model.embedding(batch["target"]).flatten(-2)
     return packing, refined, model.route(attributes, packing), target
 
@@ -89,10 +89,14 @@ def test_presets_defaults_and_json_options() -> None:
     for name, preset in presets.items():
         assert resolved_options(name) == {**camn, **preset}, name
     model = build_model("camn", SPEC, **json.loads(json.dumps(camn)))
-    assert isinstance(model, DMIN) and model.router.q == math.ceil(K / 2)
-    assert model.extractor.num_heads == K and model.extractor.head_dim == 18
-    assert type(model.extractor) is CausalSelfAttention
-    assert isinstance(build_model("camn-slot", SPEC).extractor, SlotAttention)
+    assert model.router.q == math.ceil(K / 2)
+    dmin = build_model("dmin", SPEC)  # CAMN = DMIN's blocks + the router
+    blocks = {name: type(block) for name, block in model.named_children()}
+    assert blocks == {**{n: type(b) for n, b in dmin.named_children()},
+                      "router": CollaborativeRouting}
+    assert model.extractor.attention.num_heads == K and model.extractor.attention.head_dim == 18
+    assert type(model.extractor.attention) is CausalSelfAttention
+    assert isinstance(build_model("camn-slot", SPEC).extractor.attention, SlotAttention)
     assert build_model("camn-loss", SPEC).router is None and model.tie is None
     assert isinstance(build_model("camn-tied", SPEC).tie, AttributeClickLoss)
     attribute = build_model("camn", SPEC, router="attribute").router
@@ -119,7 +123,7 @@ def test_dense_reading_with_unit_scores_and_no_diversity_is_exactly_dmin(
     torch.manual_seed(0)
     dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8]).train(train)
     batch = make_batch(12)
-    reference = dmin(batch)
+    reference = dmin(batch, extra_losses=train)
     assert reference.aux_loss > 0 or not train
     for name in ("camn-loss", "camn"):
         model = make_model(name, seed=1, alpha=0.0).train(train)
@@ -129,7 +133,7 @@ def test_dense_reading_with_unit_scores_and_no_diversity_is_exactly_dmin(
                                              "router.weight.weight"} if model.router else set())
         if model.router is not None:  # P = 1 at every real item: every logit times 1
             monkeypatch.setattr(model, "route", lambda a, p: p.unpack(a.new_ones(len(a), K)))
-        output = model(batch)
+        output = model(batch, extra_losses=train)
         torch.testing.assert_close(output.logits, reference.logits, rtol=0, atol=0)
         torch.testing.assert_close(output.aux_loss, reference.aux_loss, rtol=0, atol=0)
 
@@ -140,7 +144,7 @@ def test_unit_scores_with_diversity_add_alpha_times_diversity_to_dmins_loss() ->
     model = make_model("camn-loss", alpha=0.5)
     model.load_state_dict(dmin.state_dict())
     batch = make_batch(12)
-    output, reference = model(batch), dmin(batch)
+    output, reference = model(batch, extra_losses=True), dmin(batch, extra_losses=True)
     diversity = output.aux_terms["diversity"]
     assert diversity > 0
     torch.testing.assert_close(output.aux_loss, reference.aux_loss + 0.5 * diversity)
@@ -154,17 +158,17 @@ def test_unit_scores_with_diversity_add_alpha_times_diversity_to_dmins_loss() ->
 def naive_logits(model: CAMN, refined: torch.Tensor, packing: Packing,
                  scores: torch.Tensor | None) -> torch.Tensor:
     """The extractor's logits (k, B, L, L) as a loop over samples, heads and (query, key)."""
-    dense = model.heads == "dense"
+    dense, extractor = model.heads == "dense", model.extractor.attention
     rows = packing.unpack(refined)  # (B, L, D)
     out = torch.zeros(K, len(rows), L, L)
     for b in range(len(rows)):
         for r in range(K):
             if dense:  # DMIN's dense Q, K over the whole item vector, head r = its r-th slice
-                qkv = (rows[b] @ model.extractor.qkv.weight.T + model.extractor.qkv.bias)
-                qkv = qkv.view(L, 3, K, model.extractor.head_dim)
+                qkv = (rows[b] @ extractor.qkv.weight.T + extractor.qkv.bias)
+                qkv = qkv.view(L, 3, K, extractor.head_dim)
                 queries, keys, width = qkv[:, 0, r], qkv[:, 1, r], K * D
             else:  # slot r of the item vector, head r's own d x d maps
-                weight = model.extractor.qkv.weight[r]  # (d, 3d)
+                weight = extractor.qkv.weight[r]  # (d, 3d)
                 slot = rows[b, :, r * D : (r + 1) * D]
                 queries, keys, width = slot @ weight[:, :D], slot @ weight[:, D : 2 * D], D
             for i in range(L):
@@ -182,12 +186,12 @@ def test_head_r_logit_column_j_is_scaled_by_p_of_key_j_and_attribute_r(name: str
     batch = make_batch(5)
     packing, refined, scores, _ = inputs(model, batch)
     key_scale = None if scores is None else scores.permute(2, 0, 1)
-    logits, _ = model.extractor.logits(refined, packing, key_scale)
+    logits, _ = model.extractor.attention.logits(refined, packing, key_scale)
     real = (packing.mask[:, :, None] & packing.mask[:, None, :])[None].expand_as(logits)
     expected = naive_logits(model, refined, packing, scores)
     torch.testing.assert_close(logits[real], expected[real], rtol=1e-5, atol=1e-6)
     if scores is not None:  # the scaling is not the identity here
-        plain, _ = model.extractor.logits(refined, packing)
+        plain, _ = model.extractor.attention.logits(refined, packing)
         assert not torch.allclose(plain[real], logits[real])
 
 
@@ -200,7 +204,7 @@ def test_diversity_loss_is_over_the_extractors_causal_scaled_heads(name: str) ->
     allowed = causal_mask(batch["mask"])[None].expand_as(logits)
     attention = torch.softmax(logits.masked_fill(~allowed, -math.inf), -1).nan_to_num(0.0)
     expected = diversity_loss(attention.transpose(0, 1), batch["mask"])
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     torch.testing.assert_close(output.aux_terms["diversity"], expected, rtol=1e-5, atol=1e-6)
     next_click = output.aux_terms["next_click"]
     torch.testing.assert_close(output.aux_loss, next_click + 0.25 * expected)
@@ -238,7 +242,7 @@ def test_diversity_loss_equals_pair_loop(distinct: bool) -> None:
 
 def test_distinct_pairs_option_drops_the_self_pairs() -> None:
     batch = make_batch(6)
-    both = [make_model(diversity_pairs=p)(batch).aux_terms["diversity"]
+    both = [make_model(diversity_pairs=p)(batch, extra_losses=True).aux_terms["diversity"]
             for p in ("all", "distinct")]
     assert 0 < both[1] < both[0]
 
@@ -279,7 +283,7 @@ def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
     options = {"alpha": 0.0, "tie_weight": 0.0} if loss == "click" else {
         "alpha": 1.0, "aux_weight": 0.0, "tie_weight": 0.0}
     model = make_model(name, **options)
-    output = model(make_batch(16))
+    output = model(make_batch(16), extra_losses=True)
     (output.logits.sum() if loss == "click" else output.aux_loss).backward()
     grad = model.router.weight.weight.grad  # (k, k*d): W_h
     assert grad is not None and torch.all(grad.abs().sum(-1) > 0)
@@ -293,7 +297,7 @@ def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
 def test_gradients_reach_every_parameter(name: str, options: dict) -> None:
     model = make_model(name, **options)
     batch = make_batch(16)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
     (loss + output.aux_loss).backward()
     missing = [n for n, p in model.named_parameters()
@@ -330,9 +334,9 @@ def test_padding_ids_change_nothing(
     for train in (False, True):  # evaluation first: training forwards move the batch norms
         model.train(train)
         monkeypatch.setattr(camn_module, "Packing", functools.partial(Packing, dense=False))
-        reference = model(batch)
+        reference = model(batch, extra_losses=train)
         monkeypatch.setattr(camn_module, "Packing", functools.partial(Packing, dense=dense))
-        for output in (model(batch), model(noisy)):
+        for output in (model(batch, extra_losses=train), model(noisy, extra_losses=train)):
             torch.testing.assert_close(output.logits, reference.logits)
             torch.testing.assert_close(output.aux_loss, reference.aux_loss)
             assert output.aux_terms.keys() == reference.aux_terms.keys()
@@ -341,6 +345,25 @@ def test_padding_ids_change_nothing(
             if reference.routing is not None:
                 torch.testing.assert_close(output.routing, reference.routing)
                 assert torch.all(output.routing[~batch["mask"]] == 0)
+
+
+@pytest.mark.parametrize("name", ["camn", "camn-slot-loss", "camn-tied"])
+def test_extra_losses_only_when_asked(name: str) -> None:
+    """The trainer asks (``extra_losses=True``); a training-mode pass that does not ask gets
+    the same logits and routing and a zero aux_loss, whatever keys the batch has."""
+    model = make_model(name).train()
+    batch = make_batch(12)
+    plain, asked = model(batch), model(batch, extra_losses=True)
+    torch.testing.assert_close(plain.logits, asked.logits, rtol=0, atol=0)
+    if asked.routing is not None:
+        torch.testing.assert_close(plain.routing, asked.routing, rtol=0, atol=0)
+    assert plain.aux_loss.item() == 0 and not plain.aux_loss.requires_grad
+    assert asked.aux_loss > 0 and asked.aux_loss.requires_grad
+    del batch["history_negative"]
+    with pytest.raises(ValueError, match="CAMN's extra losses need batch"):
+        model(batch, extra_losses=True)
+    only_diversity = make_model(name, aux_weight=0.0, tie_weight=0.0)(batch, extra_losses=True)
+    assert set(only_diversity.aux_terms) == {"diversity"}  # no drawn items needed for Eq. 7
 
 
 # ------------------------------------------------------------- the extension (camn-tied)
@@ -390,7 +413,7 @@ def test_attribute_click_loss_equals_hand_computation() -> None:
 def test_tied_aux_loss_adds_the_weighted_attribute_click_loss() -> None:
     batch = make_batch(12)
     model = make_model("camn-tied", alpha=0.5, tie_weight=2.0)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     terms = output.aux_terms
     assert terms["attribute_click"] > 0
     expected = terms["next_click"] + 0.5 * terms["diversity"] + 2.0 * terms["attribute_click"]
@@ -427,15 +450,17 @@ def test_attention_health_on_a_hand_computed_example() -> None:
 def test_health_terms_are_per_head_and_only_outside_training(name: str) -> None:
     model = make_model(name)
     batch = make_batch(10)
-    assert set(model.train()(batch).aux_terms) == {"next_click", "diversity"}
+    assert set(model.train()(batch, extra_losses=True).aux_terms) == {"next_click", "diversity"}
+    assert model.train()(batch).aux_terms == {}
     terms = model.eval()(batch).aux_terms
+    assert set(terms) == {"attention_entropy", "attention_abs_logit"}
     entropy, abs_logit = terms["attention_entropy"], terms["attention_abs_logit"]
     assert entropy.shape == abs_logit.shape == (K,)
     assert torch.all((entropy > 0) & (entropy <= 1 + 1e-6)) and torch.all(abs_logit > 0)
     # the same numbers from the extractor's logits and attention
     packing, refined, scores, target = inputs(model, batch)
     key_scale = None if scores is None else scores.permute(2, 0, 1)
-    _, _, attention = model.extract(refined, target, packing, key_scale)
+    _, _, attention = model.extractor(refined, target, packing, key_scale)
     logits = naive_logits(model, refined, packing, scores)
     allowed = causal_mask(batch["mask"]) & batch["mask"][:, :, None]
     expected = attention_health(attention, logits, allowed)
@@ -456,7 +481,7 @@ def test_small_batch_can_be_overfit(name: str) -> None:
         batch = make_batch(64, seed=5)
         optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
         for _ in range(150):
-            output = model(batch)
+            output = model(batch, extra_losses=True)
             loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
             if loss.item() < 0.02:
                 break

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from camn.models import FeatureSpec, build_model
-from camn.models.camn import diversity_loss, keep_top_q
 from camn.models.camn_standalone import CAMNStandalone
+from camn.models.layers import diversity_loss, keep_top_q
 from camn.models.registry import resolved_options
 
 K, D, L = 4, 6, 8
@@ -51,13 +51,20 @@ def make_model(name: str = "camn-standalone", seed: int = 0, **options) -> CAMNS
 def test_registered_presets_and_json_options() -> None:
     assert resolved_options("camn-standalone-route")["alpha"] == 0.0
     assert resolved_options("camn-standalone-loss")["routing"] is False
+    assert resolved_options("camn-standalone-paper")["pooled_history"] is False
+    assert resolved_options("camn-standalone-residual")["residual_norm"] is True
     options = resolved_options("camn-standalone")
+    assert options["pooled_history"] is True  # the shared head, DMIN's output network
     assert options["alpha"] == 1e-4 and options["q"] is None and options["scale_side"] == "key"
     assert json.loads(json.dumps(options)) == {**options, "mlp_hidden": [200, 80]}
     model = build_model("camn-standalone", SPEC, **json.loads(json.dumps(options)))
     assert model.router.q == math.ceil(K / 2)
-    assert [m.out_features for m in model.mlp.net if isinstance(m, nn.Linear)] == [200, 80, 1]
-    assert isinstance(model.mlp.net[0], nn.BatchNorm1d)
+    assert [m.out_features for m in model.head.net if isinstance(m, nn.Linear)] == [200, 80, 1]
+    assert isinstance(model.head.net[0], nn.BatchNorm1d)
+    width = K * 18
+    assert model.head.net[0].num_features == 3 * width + width  # [t, s, t * s, interests]
+    paper = build_model("camn-standalone-paper", SPEC)
+    assert paper.head.net[0].num_features == width + width  # [t, interests]
 
 
 @pytest.mark.parametrize(
@@ -106,7 +113,7 @@ def test_routing_weights_of_a_never_kept_attribute_get_no_gradient() -> None:
         router.weight.weight.normal_(std=0.01)
         router.weight.weight[1] = -1.0  # attribute 1 is never in the top q = 3 of k = 4
     batch = make_batch(SPEC, 8)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     assert torch.all(output.routing[..., 1] == 0)
     (output.logits.sum() + output.aux_loss).backward()
     grad = router.weight.weight.grad  # (k, k*d): row r is W_h's column for attribute r
@@ -198,17 +205,20 @@ def test_diversity_loss_equals_pair_loop(distinct: bool) -> None:
 def test_forward_aux_loss_is_alpha_times_diversity_of_the_attention(pairs: str) -> None:
     model = make_model(alpha=0.25, diversity_pairs=pairs)
     batch = make_batch(SPEC, 8)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     history, _ = model.embed(batch)
     _, attention = model.refine(history, model.route(history), batch["mask"])
     expected = diversity_loss(attention, batch["mask"], distinct=pairs == "distinct")
     torch.testing.assert_close(output.aux_terms["diversity"], expected)
     torch.testing.assert_close(output.aux_loss, 0.25 * expected)
     assert output.aux_loss.requires_grad
+    plain = model(batch)  # not asked: the same logits, no extra loss
+    torch.testing.assert_close(plain.logits, output.logits, rtol=0, atol=0)
+    assert plain.aux_loss.item() == 0.0 and plain.aux_terms == {}
 
 
 def test_camn_route_has_no_diversity_term() -> None:
-    output = make_model("camn-standalone-route")(make_batch(SPEC, 8))
+    output = make_model("camn-standalone-route")(make_batch(SPEC, 8), extra_losses=True)
     assert output.aux_loss.shape == () and output.aux_loss.item() == 0.0
     assert output.routing is not None and output.aux_terms["diversity"] > 0
 
@@ -219,7 +229,7 @@ def test_camn_loss_has_no_router_and_unit_scores() -> None:
     assert model.router is None
     history, _ = model.embed(batch)
     assert torch.all(model.route(history) == 1)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     assert output.routing is None and output.aux_loss.item() > 0
     # P = 1: the logits are plain scaled dot products.
     logits = model.attention_logits(history, model.route(history), batch["mask"])
@@ -235,7 +245,7 @@ def test_camn_loss_has_no_router_and_unit_scores() -> None:
     [
         ("camn-standalone", {}),
         ("camn-standalone", {"scale_side": "query", "residual_norm": True}),
-        ("camn-standalone", {"pooled_history": True, "normalize_items": True}),
+        ("camn-standalone", {"pooled_history": False, "normalize_items": True}),
         ("camn-standalone-loss", {}),
     ],
 )
@@ -248,7 +258,7 @@ def test_padding_positions_do_not_change_any_output(name: str, options: dict) ->
     assert not torch.equal(noisy["history"], batch["history"])
     for train in (True, False):
         model.train(train)
-        clean, dirty = model(batch), model(noisy)
+        clean, dirty = model(batch, extra_losses=True), model(noisy, extra_losses=True)
         torch.testing.assert_close(dirty.logits, clean.logits)
         torch.testing.assert_close(dirty.aux_loss, clean.aux_loss)
         if clean.routing is not None:
@@ -281,14 +291,14 @@ def test_output_shapes_ranges_and_attribute_scores() -> None:
     [
         ("camn-standalone", {}),
         ("camn-standalone", {"residual_norm": True, "scale_side": "query", "activation": "prelu"}),
-        ("camn-standalone", {"pooled_history": True, "normalize_items": True}),
+        ("camn-standalone-paper", {"normalize_items": True}),
         ("camn-standalone-loss", {}),
     ],
 )
 def test_gradients_reach_every_parameter(name: str, options: dict) -> None:
     model = make_model(name, **options)
     batch = make_batch(SPEC, 16)
-    output = model(batch)
+    output = model(batch, extra_losses=True)
     loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
     (loss + output.aux_loss).backward()
     for parameter_name, parameter in model.named_parameters():
@@ -305,7 +315,7 @@ def test_small_batch_can_be_overfit() -> None:
         batch = make_batch(SPEC, 64, seed=5)
         optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
         for _ in range(200):
-            output = model(batch)
+            output = model(batch, extra_losses=True)
             loss = nn.functional.binary_cross_entropy_with_logits(output.logits, batch["label"])
             if loss.item() < 0.01:
                 break

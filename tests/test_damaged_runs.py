@@ -40,7 +40,7 @@ class RoutedMean(CTRModel):
         self.router = nn.Linear(width, spec.num_slots, bias=False)
         self.out = nn.Linear(2 * width, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    def forward(self, batch: dict[str, torch.Tensor], extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         mask = batch["mask"].unsqueeze(-1).float()  # (B, L, 1)
         items = history.flatten(2)  # (B, L, k d)

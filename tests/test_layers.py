@@ -11,10 +11,13 @@ from camn.models.layers import (
     AttributeEmbedding,
     Dice,
     HeadwiseLinear,
+    NextClickLoss,
+    OutputHead,
+    Packing,
     TargetAttention,
     make_activation,
     masked_softmax,
-    sum_pool,
+    pool_history,
 )
 
 
@@ -59,10 +62,14 @@ def test_masked_softmax_matches_softmax_over_kept_and_zeroes_empty_rows() -> Non
     assert torch.all(logits.grad[1] == 0)
 
 
-def test_sum_pool_ignores_padding() -> None:
+def test_pool_history_sums_or_averages_the_real_positions_only() -> None:
     vectors = torch.arange(12.0).reshape(1, 4, 3)
     mask = torch.tensor([[True, False, True, False]])
-    torch.testing.assert_close(sum_pool(vectors, mask), vectors[0, [0, 2]].sum(0, keepdim=True))
+    real = vectors[0, [0, 2]]  # rows [0, 1, 2] and [6, 7, 8]
+    torch.testing.assert_close(pool_history(vectors, mask), torch.tensor([[6.0, 8.0, 10.0]]))
+    torch.testing.assert_close(pool_history(vectors, mask, "mean"), real.mean(0, keepdim=True))
+    packed = Packing(mask).sum_per_sample(Packing(mask).pack(vectors))  # DMIN's packed rows
+    torch.testing.assert_close(packed, pool_history(vectors, mask))
 
 
 def test_headwise_linear_equals_one_linear_map_per_head() -> None:
@@ -100,6 +107,63 @@ def test_mlp_shapes_input_norm_and_activations() -> None:
     assert len(plain.net) == 1 and plain(torch.randn(2, 10)).shape == (2, 3)
     with pytest.raises(ValueError, match="unknown activation"):
         make_activation("tanhh", 3)
+
+
+def test_output_head_reads_target_pooled_product_then_features_in_that_order() -> None:
+    """[t, s, t * s, features] into BatchNorm, Linear 2 -> ... -> 1: checked by hand through
+    the first Linear's weight columns (no hidden layer, batch norm off)."""
+    head = OutputHead(2, 3, input_norm=False, hidden=())
+    assert head.in_dim == 3 * 2 + 3 and len(head.net) == 1
+    weight, bias = head.net[0].weight[0], head.net[0].bias[0]
+    target, summed = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]])
+    features = torch.tensor([[0.5, 0.0, 4.0]])
+    inputs = torch.tensor([1.0, 2.0, 3.0, -1.0, 3.0, -2.0, 0.5, 0.0, 4.0])
+    expected = (inputs * weight).sum() + bias
+    torch.testing.assert_close(head(features, target, summed), expected[None])
+    paper = OutputHead(2, 3, pooled_history=False, input_norm=False, hidden=())
+    assert paper.in_dim == 2 + 3  # [t, features]: the summed history is not read
+    weight, bias = paper.net[0].weight[0], paper.net[0].bias[0]
+    expected = (torch.cat([target[0], features[0]]) * weight).sum() + bias
+    torch.testing.assert_close(paper(features, target, summed), expected[None])
+
+
+def test_output_head_default_is_dmins_network_and_static_heads_read_features_only() -> None:
+    head = OutputHead(6, 12)
+    layers = [type(m).__name__ for m in head.net]
+    assert layers == ["BatchNorm1d", "Linear", "Dice", "Linear", "Dice", "Linear"]
+    assert head.net[0].num_features == 3 * 6 + 12
+    assert [m.out_features for m in head.net if isinstance(m, nn.Linear)] == [200, 80, 1]
+    assert head(torch.randn(5, 12), torch.randn(5, 6), torch.randn(5, 6)).shape == (5,)
+    static = OutputHead(0, 7, pooled_history=False, activation="relu", with_target=False)
+    assert static.net[0].num_features == 7 and isinstance(static.net[2], nn.ReLU)
+    assert static(torch.randn(4, 7)).shape == (4,)
+    with pytest.raises(ValueError, match="pooled_history needs the target"):
+        OutputHead(0, 7, with_target=False)
+
+
+def test_next_click_loss_on_packed_rows_equals_the_padded_form() -> None:
+    """Packed rows (DMIN's refiner states) and (B, L) tensors (DIEN's GRU states) give the
+    same loss: 2 x the mean BCE over the pairs (t, t + 1) with a real next item."""
+    torch.manual_seed(0)
+    loss = NextClickLoss(4, 3, hidden=(5,)).eval()  # eval: batch norm with fixed statistics
+    states, items, drawn = torch.randn(3, 5, 4), torch.randn(3, 5, 3), torch.randn(3, 5, 3)
+    mask = torch.arange(5)[None] < torch.tensor([5, 1, 3])[:, None]
+    padded = loss(states, items, drawn, mask)
+    packing = Packing(mask)
+    packed = loss.packed(*(packing.pack(x) for x in (states, items, drawn)), packing)
+    torch.testing.assert_close(packed, padded)
+    pairs = [(b, t) for b in range(3) for t in range(4) if mask[b, t + 1]]  # 4 + 0 + 2 pairs
+    assert len(pairs) == 6
+
+    def score(b: int, t: int, x: torch.Tensor) -> torch.Tensor:
+        return loss.net(torch.cat([states[b, t], x[b, t + 1]])[None])[0, 0]
+
+    positive = torch.stack([score(b, t, items) for b, t in pairs])
+    negative = torch.stack([score(b, t, drawn) for b, t in pairs])
+    expected = -(torch.log(torch.sigmoid(positive)) + torch.log(1 - torch.sigmoid(negative)))
+    torch.testing.assert_close(padded, expected.mean())
+    single = (torch.arange(5) < 1).expand(3, 5)  # one item each: no pair, loss 0
+    assert loss(states, items, drawn, single) == 0
 
 
 def naive_target_attention(

@@ -54,7 +54,7 @@ class DropoutModel(CTRModel):
         self.norm = nn.BatchNorm1d(width)
         self.out = nn.Linear(width, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    def forward(self, batch: dict[str, torch.Tensor], extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)
         items, mask = history.flatten(2), batch["mask"].unsqueeze(-1).float()  # (B, L, D)
         pooled = (items * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -89,7 +89,7 @@ def test_dense_rows_equal_packed_rows(name: str, monkeypatch: pytest.MonkeyPatch
 
     def step() -> tuple[torch.Tensor, ...]:
         torch.manual_seed(1)  # models that draw random numbers draw the same ones
-        output = model(batch)
+        output = model(batch, extra_losses=True)
         loss = output.logits.sum() + output.aux_loss
         grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
                                     allow_unused=True)
@@ -130,6 +130,22 @@ def test_compiled_forward_has_no_graph_break_and_equals_eager(name: str) -> None
         want = model(batch).logits
         got = compiled(batch).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_training_pass_with_extra_losses_equals_eager() -> None:
+    """The trainer's call under torch.compile (``TrainConfig.compile``): a training pass that
+    asks for the extra losses (DMIN's next-click loss) gives eager's logits and loss."""
+    torch.manual_seed(0)
+    model = build_model("dmin", SPEC).train()
+    batch = make_batch(LENGTHS)
+    compiled = torch.compile(model, backend="eager", dynamic=True)  # dynamo's capture only
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    want = model(batch, extra_losses=True)
+    model.load_state_dict(state)  # the batch norms' running statistics as before
+    got = compiled(batch, extra_losses=True)
+    assert want.aux_loss > 0
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.aux_loss, want.aux_loss, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("command", ["train", "benchmark"])

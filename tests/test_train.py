@@ -41,7 +41,7 @@ class TinyModel(CTRModel):
         self.norm = nn.BatchNorm1d(3 * width)  # buffers must survive checkpoints
         self.out = nn.Linear(3 * width, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    def forward(self, batch: dict[str, torch.Tensor], extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         mask = batch["mask"].unsqueeze(-1).float()  # (B, L, 1)
         routing = None

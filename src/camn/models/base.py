@@ -1,9 +1,12 @@
 """What every model is: a network from a batch to click logits, plus optional extra losses.
 
-A model file holds only its network: ``forward(batch) -> ModelOutput``. The trainer adds
-``output.aux_loss`` (already weighted) to the BCE loss. Models never see labels of the target
-except through the trainer's loss; auxiliary losses may use the history and the drawn
-``history_negative`` items (declare ``needs_history_negatives = True``).
+A model file holds only its network: ``forward(batch, extra_losses=False) -> ModelOutput``.
+Extra (auxiliary) losses are computed only when the caller asks for them: the trainer calls
+``model(batch, extra_losses=True)`` on its training batches and adds ``output.aux_loss``
+(already weighted) to the BCE loss; evaluation, prediction and export call ``model(batch)``
+and get a zero ``aux_loss``. Models never see labels of the target except through the
+trainer's loss; extra losses may use the history and the drawn ``history_negative`` items
+(declare ``needs_history_negatives = True``, and the trainer's batches carry them).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ class FeatureSpec:
 
 @dataclass
 class ModelOutput:
-    """logits (B,); aux_loss: weighted sum of extra losses (scalar, 0 if none); aux_terms: the
-    unweighted terms, detached, for logging; routing: (B, L, k) attribute scores of every
-    history click where the model has them (CAMN's P), else None."""
+    """logits (B,); aux_loss: the weighted sum of the extra losses where the forward pass was
+    asked for them (``extra_losses=True``), else a zero scalar; aux_terms: detached scalars or
+    per-head vectors for logging, the unweighted extra-loss terms (when asked) and any
+    diagnostics a model reports outside training (CAMN's attention health); routing: (B, L, k)
+    attribute scores of every history click where the model has them (CAMN's P), else None."""
 
     logits: torch.Tensor
     aux_loss: torch.Tensor
@@ -74,5 +79,16 @@ class CTRModel(nn.Module):
     def no_aux_loss(self, reference: torch.Tensor) -> torch.Tensor:
         return reference.new_zeros(())
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def history_negatives(self, batch: Batch) -> torch.Tensor:
+        """The drawn ``history_negative`` items (B, L, k) that an extra loss needs, or a
+        ValueError that says where they come from."""
+        if "history_negative" not in batch:
+            raise ValueError(
+                f"{type(self).__name__}'s extra losses need batch['history_negative'] (an item "
+                "drawn at every history position): batches drawn with history_negatives=True"
+            )
+        return batch["history_negative"]
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        """Click logits of ``batch``; with ``extra_losses`` also the model's extra losses."""
         raise NotImplementedError

@@ -6,10 +6,12 @@ for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3
 The paper "integrate[s] a dynamic collaborative attribute routing module into Transformer",
 pools its heads "following previous practices in DMIN", uses DMIN's settings, and its Table 3
 gives CAMN-loss (no routing) on its Industry set exactly DMIN's AUC: take the routing away and
-DMIN is left. So CAMN here is :class:`~camn.models.dmin.DMIN` plus what the paper adds: the
-routing scores P (Eq. 1-3) scale the logits of the extractor's k heads, one per attribute
-(Eq. 4), and a diversity loss over those heads (Eq. 7). The equations alone, built as a model of
-their own, are ``camn-standalone`` (:mod:`camn.models.camn_standalone`).
+DMIN is left. So CAMN here is DMIN plus routing: the same blocks as
+:class:`~camn.models.dmin.DMIN` (``layers.BehaviourRefiner``, ``layers.NextClickLoss``,
+``layers.MultiInterestExtractor``, ``layers.OutputHead``), built in the same order, plus what
+the paper adds: the routing scores P (Eq. 1-3) scale the logits of the extractor's k heads, one
+per attribute (Eq. 4), and a diversity loss over those heads (Eq. 7). The equations alone,
+built as a model of their own, are ``camn-standalone`` (:mod:`camn.models.camn_standalone`).
 
 Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size,
 D = k*d item width, N packed rows (``layers.Packing``).
@@ -24,72 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camn.models.base import Batch, FeatureSpec, ModelOutput
-from camn.models.dmin import DMIN, CausalSelfAttention, causal_mask
-from camn.models.layers import HeadwiseLinear, Packing, attention_health
+from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
+from camn.models.layers import (
+    BehaviourRefiner,
+    CausalSelfAttention,
+    CollaborativeRouting,
+    HeadwiseLinear,
+    MultiInterestExtractor,
+    NextClickLoss,
+    OutputHead,
+    Packing,
+    attention_health,
+    causal_mask,
+    diversity_loss,
+)
 from camn.models.registry import register
-
-
-def keep_top_q(logits: torch.Tensor, q: int) -> torch.Tensor:
-    """Eq. 3: keep the q largest entries of the last axis, set the others to -inf.
-
-    ``masked_fill`` passes no gradient to the filled entries, so only the kept logits (and
-    through them W_h) receive gradient, as the paper states under Eq. 3.
-    """
-    if q >= logits.shape[-1]:
-        return logits
-    kept = torch.zeros_like(logits, dtype=torch.bool)
-    top = logits.topk(q, dim=-1).indices
-    kept.scatter_(-1, top, torch.ones_like(top, dtype=torch.bool))  # a tensor: traceable
-    return logits.masked_fill(~kept, float("-inf"))
-
-
-def diversity_loss(
-    attention: torch.Tensor, mask: torch.Tensor, distinct: bool = False
-) -> torch.Tensor:
-    """Eq. 7: L_d = (1/k^2) sum_i sum_j ||A_i * A_j||_1, averaged over the batch.
-
-    attention (B, k, L, L) holds the k heads' weights A_r (rows = queries, columns = keys);
-    mask (B, L) is True at real items. For each sample the entries of A_i * A_j are summed over
-    the rows of real query items only (padding queries are excluded; padding key columns are
-    already 0) and over all pairs (i, j), or over i != j with ``distinct``; the result is divided
-    by k^2 and then averaged over the B samples. The entries are non-negative, so the sum is the
-    L1 norm of the element-wise product.
-
-    The pair sum is computed without forming the (k, k) Gram matrix of the heads:
-    sum_{i,j} <A_i, A_j> = ||sum_i A_i||^2, and the distinct pairs drop sum_i ||A_i||^2.
-    """
-    heads = attention.shape[1]
-    rows = attention * mask[:, None, :, None].to(attention.dtype)  # (B, k, L, L)
-    all_pairs = rows.sum(dim=1).square().sum(dim=(1, 2))  # (B,)
-    if distinct:
-        all_pairs = all_pairs - rows.square().sum(dim=(1, 2, 3))
-    return (all_pairs / heads**2).mean()
-
-
-class CollaborativeRouting(nn.Module):
-    """Eq. 1-3: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), one score per attribute of each item.
-
-    X is an item's k attribute embeddings concatenated (k*d); LayerNorm is over those k*d
-    features; W_h (k*d, k) has no bias. Each row of P sums to 1 and has exactly k - q zeros.
-    The scores depend only on the item itself (Eq. 2), never on the user or the sequence.
-    """
-
-    def __init__(self, num_slots: int, dim: int, q: int) -> None:
-        super().__init__()
-        if not 1 <= q <= num_slots:
-            raise ValueError(f"q must be in [1, k={num_slots}], got {q}")
-        self.q = q
-        self.norm = nn.LayerNorm(num_slots * dim)
-        self.weight = nn.Linear(num_slots * dim, num_slots, bias=False)
-
-    def logits(self, items: torch.Tensor) -> torch.Tensor:
-        """(..., k, d) -> (..., k) routing logits X~ W_h before keepTopq (Eq. 1-2)."""
-        return self.weight(self.norm(items.flatten(-2)))
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """(..., k, d) attribute embeddings of items -> P (..., k)."""
-        return torch.softmax(keep_top_q(self.logits(items), self.q), dim=-1)
 
 
 class SlotAttention(CausalSelfAttention):
@@ -190,24 +141,25 @@ ROUTERS = ("joint", "attribute")
           routing=False)
 @register("camn-tied", summary="Extension beyond the paper: routing column r tied to attribute r",
           tie_weight=1.0)
-class CAMN(DMIN):
+class CAMN(CTRModel):
     """CAMN (Zhou et al., CIKM 2022): DMIN whose extractor heads are scaled by attribute routing.
 
-    Everything of :class:`~camn.models.dmin.DMIN` is kept as it is: the behaviour refiner and
-    its auxiliary loss, the extractor's per-head output projection, residual, LayerNorm and FFN,
-    the target attention with positional embedding pooling each head into one interest, and the
-    output network. The extractor has k heads, one per attribute. What the paper adds:
+    Everything of :class:`~camn.models.dmin.DMIN` is kept as it is, from the same shared
+    blocks: the behaviour refiner and its auxiliary loss, the extractor's per-head output
+    projection, residual, LayerNorm and FFN, the target attention with positional embedding
+    pooling each head into one interest, and the output network. The extractor has k heads,
+    one per attribute. What the paper adds:
 
-    - Routing, Eq. 1-3 (``CollaborativeRouting``) on each history item's raw attribute
+    - Routing, Eq. 1-3 (``layers.CollaborativeRouting``) on each history item's raw attribute
       embeddings: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), (B, L, k); q defaults to
       ceil(k / 2) (the paper gives none).
     - Eq. 4, key side: head r's logit column j (key item j) is multiplied by P[b, j, r] before
       the causal mask and the softmax (``CausalSelfAttention``'s ``key_scale``). The paper's
       ``P ⊙ (l x l logits)`` does not type-check; this reading matches "the attribute assigned
       higher scores will have more relevance with others".
-    - Diversity loss, Eq. 7 (``diversity_loss``) over the extractor's k attention matrices;
-      aux_loss = DMIN's auxiliary loss + alpha * L_d (Eq. 8; the trainer adds Eq. 9's BCE).
-      alpha = 1e-4 as in the paper (Sec. 3.2).
+    - Diversity loss, Eq. 7 (``layers.diversity_loss``) over the extractor's k attention
+      matrices; aux_loss = DMIN's auxiliary loss + alpha * L_d (Eq. 8; the trainer adds Eq. 9's
+      BCE). alpha = 1e-4 as in the paper (Sec. 3.2).
 
     "Head r" has two readings (``heads``):
 
@@ -233,16 +185,18 @@ class CAMN(DMIN):
     Ablations (Table 3): ``camn-route`` is alpha = 0; ``camn-loss`` has no routing module
     (P = 1: DMIN with k attribute heads plus the diversity loss); ``camn-slot``,
     ``camn-slot-route`` and ``camn-slot-loss`` are the same three in the slot reading.
-    ``aux_terms`` also has ``attribute_click`` (the extension's loss) where it is on.
 
     Outputs: ``routing`` is P (B, L, k), zero at padding: P[b, j, :] says which attributes made
-    user b click item j (the paper's Figure 1). ``aux_loss`` is 0 outside training, as DMIN's.
-    ``aux_terms`` holds the unweighted ``next_click`` (training batches with history negatives)
-    and ``diversity``, and outside training the extractor's attention health, per head (k,):
-    ``attention_entropy`` (mean entropy over the keys a query may see, relative to uniform over
-    them; 1 = uniform) and ``attention_abs_logit`` (mean |logit| over those (query, key) pairs,
-    P scaling included).
+    user b click item j (the paper's Figure 1). ``aux_loss`` is 0 unless the forward pass is
+    asked for the extra losses (the trainer's batches), as DMIN's; then ``aux_terms`` holds
+    the unweighted ``next_click``, ``diversity`` and, where the extension is on,
+    ``attribute_click``. Outside training ``aux_terms`` holds the extractor's attention health,
+    per head (k,): ``attention_entropy`` (mean entropy over the keys a query may see, relative
+    to uniform over them; 1 = uniform) and ``attention_abs_logit`` (mean |logit| over those
+    (query, key) pairs, P scaling included).
     """
+
+    needs_history_negatives = True
 
     def __init__(
         self,
@@ -262,6 +216,7 @@ class CAMN(DMIN):
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
         pooled_history: bool = True,
+        input_norm: bool = True,
     ) -> None:
         if heads not in HEADS:
             raise ValueError(f"heads must be 'dense' or 'slot', got {heads!r}")
@@ -271,18 +226,28 @@ class CAMN(DMIN):
             raise ValueError(f"router must be 'joint' or 'attribute', got {router!r}")
         if tie_weight and not routing:
             raise ValueError("tie_weight > 0 needs the routing module (routing=true)")
-        super().__init__(spec, embed_dim, refiner_heads, aux_weight, attention_hidden,
-                         aux_hidden, mlp_hidden, activation, pooled_history)
-        k = self.num_slots
+        super().__init__(spec, embed_dim)
+        width, k = self.num_slots * embed_dim, self.num_slots
+        self.aux_weight = aux_weight
+        # DMIN, block for block (dmin.DMIN)
+        self.refiner = BehaviourRefiner(width, refiner_heads)
+        self.next_click = NextClickLoss(width, width, aux_hidden)
+        self.extractor = MultiInterestExtractor(width, k, spec.max_len, attention_hidden)
+        self.head = OutputHead(
+            width, k * width, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
+        # what the paper adds; the slot attention replaces DMIN's dense one only after
+        # DMIN's blocks are built, so that every preset draws the initial weights it always drew
         if heads == "slot":
-            self.extractor = SlotAttention(k, embed_dim)
+            self.extractor.attention = SlotAttention(k, embed_dim)
         self.heads, self.alpha = heads, alpha
         self.distinct_pairs = diversity_pairs == "distinct"
         q = math.ceil(k / 2) if q is None else q
         routing_class = AttributeRouting if router == "attribute" else CollaborativeRouting
         self.router = routing_class(k, embed_dim, q) if routing else None
         self.tie_weight = tie_weight
-        self.tie = AttributeClickLoss(k * embed_dim, k, embed_dim) if tie_weight else None
+        self.tie = AttributeClickLoss(width, k, embed_dim) if tie_weight else None
 
     def route(self, attributes: torch.Tensor, packing: Packing) -> torch.Tensor | None:
         """Eq. 1-3: packed attribute embeddings (N, k, d) -> P (B, L, k), zero at padding;
@@ -291,27 +256,50 @@ class CAMN(DMIN):
             return None
         return packing.unpack(self.router(attributes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         packing = Packing(batch["mask"])
         attributes = self.embedding(packing.pack(batch["history"]))  # (N, k, d)
         items = attributes.flatten(-2)  # (N, D)
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
-        refined = self.refine(items, packing)
-        scores = self.route(attributes, packing)  # (B, L, k) or None
+        refined = self.refiner(items, packing)  # DMIN's refiner, (N, D)
+        scores = self.route(attributes, packing)  # Eq. 1-3: P (B, L, k), or None
         key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
-        interests, _, attention = self.extract(refined, target, packing, key_scale)
-        output = self.output(batch, packing, items, target, refined, interests)
+        interests, _, attention = self.extractor(refined, target, packing, key_scale)  # Eq. 4
+        logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
+        terms = {} if self.training else self.health(refined, packing, key_scale, attention)
+        if not extra_losses:
+            return ModelOutput(logits, self.no_aux_loss(logits), terms, scores)
+        aux, loss_terms = self.losses(batch, packing, attributes, items, refined, scores,
+                                      attention)
+        return ModelOutput(logits, aux, terms | loss_terms, scores)
+
+    def losses(
+        self,
+        batch: Batch,
+        packing: Packing,
+        attributes: torch.Tensor,
+        items: torch.Tensor,
+        refined: torch.Tensor,
+        scores: torch.Tensor | None,
+        attention: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The extra losses, weighted and summed (Eq. 8 without the BCE), and their unweighted
+        terms: DMIN's next-click loss, the diversity loss (Eq. 7) over the extractor's attention
+        (k, B, L, L), and the extension's ``AttributeClickLoss`` where it is on. attributes
+        (N, k, d), items (N, D) and refined (N, D) are packed, scores P (B, L, k) or None."""
+        aux, terms = refined.new_zeros(()), {}
+        if self.aux_weight:
+            negatives = self.embedding(packing.pack(self.history_negatives(batch))).flatten(-2)
+            next_click = self.next_click.packed(refined, items, negatives, packing)
+            aux, terms["next_click"] = self.aux_weight * next_click, next_click.detach()
         diversity = diversity_loss(attention.transpose(0, 1), packing.mask, self.distinct_pairs)
-        terms = {**output.aux_terms, "diversity": diversity.detach()}
-        if not self.training:  # no auxiliary loss outside training, as DMIN
-            terms |= self.health(refined, packing, key_scale, attention)
-            return ModelOutput(output.logits, output.aux_loss, terms, scores)
-        aux = output.aux_loss + self.alpha * diversity if self.alpha else output.aux_loss
-        if self.tie is not None and "history_negative" in batch:
+        terms["diversity"] = diversity.detach()
+        if self.alpha:
+            aux = aux + self.alpha * diversity
+        if self.tie is not None:
             tie = self.attribute_click(batch, packing, attributes, refined, scores)
             aux, terms["attribute_click"] = aux + self.tie_weight * tie, tie.detach()
-        return ModelOutput(output.logits, aux, terms, scores)
-
+        return aux, terms
     def attribute_click(
         self,
         batch: Batch,
@@ -324,7 +312,8 @@ class CAMN(DMIN):
         loss: attributes (N, k, d) and refined (N, D) packed, scores P (B, L, k)."""
         pairs = packing.next_pairs()
         following = pairs + 1
-        drawn = self.embedding(packing.pack(batch["history_negative"])[following])  # (M, k, d)
+        drawn_ids = packing.pack(self.history_negatives(batch))[following]
+        drawn = self.embedding(drawn_ids)  # (M, k, d)
         clicked = (attributes[following], packing.pack(scores)[following])
         return self.tie.pair_loss(refined[pairs], clicked, (drawn, self.router(drawn)))
 
@@ -338,7 +327,7 @@ class CAMN(DMIN):
     ) -> dict[str, torch.Tensor]:
         """The extractor's attention health per head (k,): see the class docstring. The logits
         are computed again (evaluation only: one projection and one product per batch)."""
-        logits, _ = self.extractor.logits(refined, packing, key_scale)
+        logits, _ = self.extractor.attention.logits(refined, packing, key_scale)
         mask = packing.mask
         allowed = causal_mask(mask) & mask[:, :, None]  # real queries, their real past keys
         entropy, abs_logit = attention_health(attention, logits, allowed)

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.camn import CollaborativeRouting, diversity_loss
 from camn.models.layers import (
-    MLP,
+    CollaborativeRouting,
     HeadwiseLinear,
+    OutputHead,
     TargetAttention,
-    base_features,
-    base_width,
+    diversity_loss,
     masked_softmax,
+    pool_history,
 )
 from camn.models.registry import register
 
@@ -39,6 +39,12 @@ from camn.models.registry import register
           alpha=0.0)
 @register("camn-standalone-loss", summary="camn-standalone without the routing module",
           routing=False)
+@register("camn-standalone-paper",
+          summary="camn-standalone with the CAMN paper's output inputs [target, interests]",
+          pooled_history=False)
+@register("camn-standalone-residual",
+          summary="camn-standalone with a residual + LayerNorm around Eq. 5-6 (an extension)",
+          residual_norm=True)
 class CAMNStandalone(CTRModel):
     """CAMN's equations as a model of their own: routing scores rescale thin attribute heads.
 
@@ -56,22 +62,22 @@ class CAMNStandalone(CTRModel):
       residual connection and LayerNorm as DMIN does (off by default: the equations have none).
     - Interest extractor (DMIN's): per head a target attention with a learned positional
       embedding pools X~_r into interest_r (B, d).
-    - Output: MLP([interest_1 .. interest_k, target embedding]) with batch norm on its input,
-      hidden ``mlp_hidden`` (200, 80), -> one logit. Dice by default, as in the DMIN baseline,
-      so that the two models differ only in how they refine the history.
-      ``pooled_history=True`` (an extension, off by default) also feeds the MLP what DMIN's
-      output network has and the paper's CAMN does not: the sum-pooled history and its product
-      with the target (``layers.base_features``); see docs/results.md for why it matters.
+    - Output: the shared ``layers.OutputHead``, DMIN's output network: [target, sum-pooled
+      history, target * sum-pooled history, interest_1 .. interest_k], batch norm on the
+      input, 200 -> 80 -> 1 with Dice, so that this model differs from the others in how it
+      refines the history only. The paper's CAMN feeds [target, interest_1 .. interest_k]
+      (``camn-standalone-paper``, ``pooled_history=False``); see docs/results.md for what the
+      pooled inputs are worth here.
     - ``normalize_items=True`` (an extension, off by default) puts a LayerNorm on each attribute
       embedding before Eq. 4-6. With small embeddings (norm ~0.1 after training on Beauty) the
       logits of Eq. 4 stay near 0 (~1e-4), the attention is uniform and the P scaling has no
       effect; normalised inputs give the attention, and so the routing, something to act on.
-    - Diversity loss, Eq. 7 (``diversity_loss``); the model returns aux_loss = alpha * L_d
-      (Eq. 8; the trainer adds the BCE of Eq. 9).
+    - Diversity loss, Eq. 7 (``layers.diversity_loss``); asked for the extra losses, the model
+      returns aux_loss = alpha * L_d (Eq. 8; the trainer adds the BCE of Eq. 9).
 
     Ablations (Table 3, as the paper defines them): ``camn-standalone-route`` is alpha = 0;
     ``camn-standalone-loss`` has no routing module (P = 1 everywhere, ``routing=False``) but
-    keeps the diversity loss.
+    keeps the diversity loss. ``camn-standalone-residual`` is the extension ``residual_norm``.
 
     Explanations: ``ModelOutput.routing`` (and ``attribute_scores``) is P, (B, L, k), zero at
     padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
@@ -89,8 +95,9 @@ class CAMNStandalone(CTRModel):
         routing: bool = True,
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
-        pooled_history: bool = False,
+        pooled_history: bool = True,
         normalize_items: bool = False,
+        input_norm: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         if scale_side not in {"key", "query"}:
@@ -110,10 +117,11 @@ class CAMNStandalone(CTRModel):
         self.extractor = TargetAttention(
             num_heads=k, dim=d, target_dim=k * d, max_len=spec.max_len, positional=True
         )
-        self.pooled_history = pooled_history
         self.item_norm = nn.LayerNorm(d) if normalize_items else None
-        mlp_in = k * d + base_width(k * d, pooled_history)
-        self.mlp = MLP(mlp_in, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        self.head = OutputHead(
+            k * d, k * d, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
 
     def route(self, items: torch.Tensor) -> torch.Tensor:
         """Eq. 1-3: (B, L, k, d) -> P (B, L, k); all ones without the routing module."""
@@ -156,7 +164,7 @@ class CAMNStandalone(CTRModel):
         history, _ = self.embed(batch)
         return self.route(history) * batch["mask"][..., None].to(history.dtype)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         mask = batch["mask"]
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         scores = self.route(history)  # (B, L, k)
@@ -164,9 +172,10 @@ class CAMNStandalone(CTRModel):
         refined, attention = self.refine(items, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
-        features = base_features(history.flatten(-2), target, mask, self.pooled_history)
-        logits = self.mlp(torch.cat([interests.flatten(1), features], dim=-1)).squeeze(-1)
+        logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask))
+        routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
+        if not extra_losses:
+            return ModelOutput(logits, self.no_aux_loss(logits), routing=routing)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
-        routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
         return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)

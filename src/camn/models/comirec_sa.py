@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, masked_softmax
-from camn.models.mind import label_aware_attention
+from camn.models.layers import OutputHead, label_aware_attention, masked_softmax, pool_history
 from camn.models.registry import register
 
 
 @register("comirec-sa")
+@register("comirec-sa-paper",
+          summary="ComiRec-SA's head on what its paper scores: [target, read-out]",
+          pooled_history=False, activation="prelu")
 class ComiRecSA(CTRModel):
     """ComiRec-SA (Cen et al., KDD 2020): self-attentive interests, target-aware read-out.
 
@@ -42,12 +44,15 @@ class ComiRecSA(CTRModel):
     - K = ``num_interests``, default k (SPEC 3).
 
     Read-out (the code's ``atten``): weights = softmax over the K interests of <v_j, e_t>
-    (MIND's label-aware attention with p = 1), read-out = sum_j weights_j v_j.
+    (MIND's label-aware attention with p = 1, ``layers.label_aware_attention``), read-out =
+    sum_j weights_j v_j.
     ComiRec's training picks the argmax interest (``readout="hard"``); the CTR baseline of
     SPEC 3 uses the soft read-out by default, which gives every interest gradient.
 
-    Output: MLP([read-out, e_t]) -> ``mlp_hidden`` (200, 80) -> 1, PReLU with batch norm on
-    the input (the output network of DIEN's code, shared by the project's baselines).
+    Output: the shared ``layers.OutputHead``, DMIN's output network: [e_t, sum-pooled history,
+    e_t * sum-pooled history, read-out], batch norm on the input, 200 -> 80 -> 1 with Dice.
+    ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
+    only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
     """
 
     def __init__(
@@ -59,8 +64,9 @@ class ComiRecSA(CTRModel):
         positional: bool = True,
         readout: str = "soft",
         mlp_hidden: Sequence[int] = (200, 80),
-        activation: str = "prelu",
+        activation: str = "dice",
         input_norm: bool = True,
+        pooled_history: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         if readout not in {"soft", "hard"}:
@@ -73,7 +79,10 @@ class ComiRecSA(CTRModel):
             nn.init.normal_(self.position, std=1e-2)
         self.hidden = nn.Linear(item_dim, hidden_factor * item_dim)  # W_1
         self.heads = nn.Linear(hidden_factor * item_dim, self.num_interests)  # W_2
-        self.mlp = MLP(2 * item_dim, tuple(mlp_hidden), 1, activation, input_norm=input_norm)
+        self.head = OutputHead(
+            item_dim, item_dim, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
 
     def attention(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """items (B, L, D), mask (B, L) -> A (B, K, L): each row sums to 1 over the real
@@ -86,10 +95,11 @@ class ComiRecSA(CTRModel):
         """V_u = A H: items (B, L, D) -> interests (B, K, D)."""
         return self.attention(items, mask) @ items
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
-        interests = self.interests(items, batch["mask"])  # (B, K, D)
+        mask = batch["mask"]
+        interests = self.interests(items, mask)  # (B, K, D)
         readout, _ = label_aware_attention(interests, target, hard=self.hard)  # (B, D)
-        logits = self.mlp(torch.cat([readout, target], dim=-1)).squeeze(-1)
+        logits = self.head(readout, target, pool_history(items, mask))
         return ModelOutput(logits, self.no_aux_loss(logits))

@@ -14,8 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.din import item_vectors
-from camn.models.layers import MLP, TargetAttention, base_features, masked_softmax
+from camn.models.layers import (
+    OutputHead,
+    TargetAttention,
+    item_vectors,
+    masked_softmax,
+    pool_history,
+)
 from camn.models.registry import register
 
 
@@ -42,8 +47,9 @@ def group_pool(
 class DHAN(CTRModel):
     """DHAN (Xu et al., SIGIR 2020): item-level then group-level target attention.
 
-    1. Item level: DIN's attention unit (``din.DIN``: MLP([t, x, t - x, t * x]) 80 -> 40
-       sigmoid, raw scores s_j, not softmax-normalised, zeroed at padding) -> u_1 = sum_j s_j x_j.
+    1. Item level: DIN's attention unit (``layers.TargetAttention`` as DIN has it:
+       MLP([t, x, t - x, t * x]) 80 -> 40 sigmoid, raw scores s_j, not softmax-normalised,
+       zeroed at padding) -> u_1 = sum_j s_j x_j.
     2. Grouping: items grouped by the attribute in slot ``group_slot`` (default 1: level-2
        category on Amazon, genre 1 on MovieLens); each group's vector pools its items with the
        item weights exp(s_j) normalised within the group (``group_pool``).
@@ -51,8 +57,9 @@ class DHAN(CTRModel):
        against the target, masked to the groups present, masked softmax (``group_softmax``;
        groups are few and differ in number, normalised weights keep u_2 on one scale)
        -> u_2 = sum_g a_g c_g.
-    4. Output network: [target, sum-pooled history, target * sum-pooled history, u_1, u_2]
-       (DIN's layout here, plus u_2), batch norm, 200 -> 80 -> 1 with Dice.
+    4. Output network: the shared ``layers.OutputHead`` on [target, sum-pooled history,
+       target * sum-pooled history, u_1, u_2] (DIN's layout here, plus u_2), batch norm,
+       200 -> 80 -> 1 with Dice.
     No per-model tuning was done.
     """
 
@@ -65,6 +72,8 @@ class DHAN(CTRModel):
         group_softmax: bool = True,
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
+        pooled_history: bool = True,
+        input_norm: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         if not 0 <= group_slot < self.num_slots:
@@ -77,7 +86,10 @@ class DHAN(CTRModel):
         self.group_attention = TargetAttention(
             1, width, width, spec.max_len, tuple(attention_hidden), False, group_softmax, False
         )
-        self.mlp = MLP(5 * width, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        self.head = OutputHead(
+            width, 2 * width, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
 
     def interests(
         self, batch: Batch, items: torch.Tensor, target: torch.Tensor
@@ -91,9 +103,9 @@ class DHAN(CTRModel):
         group_level, group_weights = self.group_attention(vectors[:, None], target, first)
         return item_level[:, 0], group_level[:, 0], group_weights[:, 0]
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         item_level, group_level, _ = self.interests(batch, items, target)
-        base = base_features(items, target, batch["mask"])
-        logits = self.mlp(torch.cat([base, item_level, group_level], dim=-1)).squeeze(-1)
+        features = torch.cat([item_level, group_level], dim=-1)  # (B, 2D)
+        logits = self.head(features, target, pool_history(items, batch["mask"]))
         return ModelOutput(logits, self.no_aux_loss(logits))

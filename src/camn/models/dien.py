@@ -13,58 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.din import item_vectors
-from camn.models.layers import MLP, TargetAttention, base_features, base_width
+from camn.models.layers import (
+    NextClickLoss,
+    OutputHead,
+    TargetAttention,
+    item_vectors,
+    pool_history,
+)
 from camn.models.registry import register
-
-
-class NextClickLoss(nn.Module):
-    """DIEN's auxiliary loss (paper Eq. 5), also used by DMIN on its refined states.
-
-    For every t with a real next item, the state h_t must score the next clicked item e_{t+1}
-    as a click and the drawn item e'_{t+1} as a non-click:
-        L_aux = mean over real pairs of -[log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))]
-    with s = sigmoid(MLP([h, e])), the MLP being the official auxiliary_net: batch norm on the
-    input, 100 -> 50 sigmoid layers (its 2-way softmax output is the 1-logit sigmoid here).
-    Only real pairs are fed to the network (so padding neither enters the loss nor the batch
-    norm statistics), and positives and negatives share one batch-norm batch. The official code
-    averages over all B * (L - 1) slots, padding counted as zero; the mean over real pairs
-    here does not shrink the loss of short histories.
-    """
-
-    def __init__(self, state_dim: int, item_dim: int, hidden: Sequence[int] = (100, 50)) -> None:
-        super().__init__()
-        self.net = MLP(state_dim + item_dim, tuple(hidden), 1, "sigmoid", input_norm=True)
-
-    def forward(
-        self,
-        states: torch.Tensor,
-        items: torch.Tensor,
-        negatives: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """states (B, L, H), items and negatives (B, L, D), mask (B, L) -> scalar loss."""
-        pairs = mask[:, 1:]  # (B, L-1): item t+1 is real (so item t is too, left-aligned)
-        h = states[:, :-1][pairs]  # (N, H)
-        return self.pair_loss(h, items[:, 1:][pairs], negatives[:, 1:][pairs])
-
-    def pair_loss(
-        self, states: torch.Tensor, clicked: torch.Tensor, drawn: torch.Tensor
-    ) -> torch.Tensor:
-        """The loss of N real pairs: states (N, H), next clicked and drawn items (N, D)."""
-        count = len(states)
-        if count == 0:
-            return states.new_zeros(())
-        inputs = torch.cat(
-            [torch.cat([states, clicked], -1), torch.cat([states, drawn], -1)], dim=0
-        )
-        logits = self.net(inputs).squeeze(-1)  # (2N,)
-        labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
-        return 2 * F.binary_cross_entropy_with_logits(logits, labels)
 
 
 class AUGRU(nn.Module):
@@ -109,18 +68,19 @@ class DIEN(CTRModel):
     1. Interest extractor: a GRU (state size H = D) over the history item vectors (Eq. 1-4).
        Histories are left-aligned, so the states at real positions never see padding; padding
        states are masked everywhere after.
-    2. Auxiliary loss (Eq. 5, ``NextClickLoss``): h_t scores the next click e_{t+1} above the
-       drawn ``history_negative`` at t+1; weight ``aux_weight`` (official: 1). Batches without
-       ``history_negative`` (evaluation) get no auxiliary loss.
+    2. Auxiliary loss (Eq. 5, ``layers.NextClickLoss``): h_t scores the next click e_{t+1}
+       above the drawn ``history_negative`` at t+1; weight ``aux_weight`` (official: 1).
+       Computed when the forward pass is asked for extra losses (the trainer's batches).
     3. Attention (Eq. 6 a_t): a_t = masked softmax over real positions of
        MLP([q, h_t, q - h_t, q * h_t]) (80 -> 40, sigmoid, as din_fcn_attention) with q a linear
        projection of the target to H (the official code adds a PReLU after this projection).
     4. Interest evolution: AUGRU driven by a_t; its final state (the state after the last real
        item: padding steps have a_t = 0 and keep it).
-    5. Output network: [target, final state, sum-pooled history, target * sum-pooled history]
-       (official input, less the user-id embedding), batch norm, 200 -> 80 -> 1 with Dice
-       (official ``use_dice=True``). No per-model tuning was done. ``pooled_history=False``
-       leaves [target, final state], FuxiCTR's default (``enable_sum_pooling=False``).
+    5. Output network: the shared ``layers.OutputHead`` on [target, sum-pooled history,
+       target * sum-pooled history, final state] (official input, less the user-id
+       embedding), batch norm, 200 -> 80 -> 1 with Dice (official ``use_dice=True``). No
+       per-model tuning was done. ``pooled_history=False`` leaves [target, final state],
+       FuxiCTR's default (``enable_sum_pooling=False``).
     """
 
     needs_history_negatives = True
@@ -135,32 +95,32 @@ class DIEN(CTRModel):
         mlp_hidden: Sequence[int] = (200, 80),
         activation: str = "dice",
         pooled_history: bool = True,
+        input_norm: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         width = self.num_slots * embed_dim
         self.aux_weight = aux_weight
-        self.pooled_history = pooled_history
         self.extractor = nn.GRU(width, width, batch_first=True)
         self.next_click = NextClickLoss(width, width, aux_hidden)
         self.attention = TargetAttention(
             1, width, width, spec.max_len, hidden=tuple(attention_hidden), positional=False
         )
         self.evolution = AUGRU(width, width)
-        inputs = base_width(width, pooled_history) + width
-        self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation=activation, input_norm=True)
+        self.head = OutputHead(
+            width, width, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)
         items, target = item_vectors(history, target)  # (B, L, D), (B, D)
         mask = batch["mask"]
         states, _ = self.extractor(items)  # (B, L, H)
         _, weights = self.attention(states[:, None], target, mask)  # (B, 1, L)
         final = self.evolution(states, weights[:, 0])  # (B, H)
-        base = base_features(items, target, mask, self.pooled_history)
-        features = torch.cat([base, final], dim=-1)
-        logits = self.mlp(features).squeeze(-1)
-        if not self.training or self.aux_weight == 0 or "history_negative" not in batch:
+        logits = self.head(final, target, pool_history(items, mask))
+        if not extra_losses or self.aux_weight == 0:
             return ModelOutput(logits, self.no_aux_loss(logits))
-        negatives = self.embedding(batch["history_negative"]).flatten(-2)  # (B, L, D)
+        negatives = self.embedding(self.history_negatives(batch)).flatten(-2)  # (B, L, D)
         aux = self.next_click(states, items, negatives, mask)
         return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})

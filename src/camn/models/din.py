@@ -14,17 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, TargetAttention, base_features, base_width
+from camn.models.layers import OutputHead, TargetAttention, item_vectors, pool_history
 from camn.models.registry import register
 
 
-def item_vectors(history: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L, k, d), (B, k, d) -> history items (B, L, D), target item (B, D): the k attribute
-    embeddings concatenated, as every baseline's item vector (SPEC 3)."""
-    return history.flatten(-2), target.flatten(-2)
-
-
 @register("din")
+@register("din-paper", summary="DIN with the DIN paper's output inputs [target, interest]",
+          pooled_history=False)
 class DIN(CTRModel):
     """DIN (Zhou et al., KDD 2018): target attention over the history, weighted sum pooling.
 
@@ -37,13 +33,12 @@ class DIN(CTRModel):
     applies, there after a 1/sqrt(D) scaling that is not reproduced here).
     User interest v_U = sum_j w_j x_j (paper Eq. 3).
 
-    Output network: input [target, v_U, sum-pooled history, target * sum-pooled history]
-    (the DIEN code base's DIN, which DMIN's code and paper compare against; chosen so that DIN,
-    DIEN and DMIN differ only in their sequence module), batch norm on the input, then
-    200 -> 80 -> 1 with Dice (paper Sec. 6.3). No per-model tuning was done.
-    ``pooled_history=False`` drops the two sum-pooled inputs, leaving the DIN paper's
-    [target, v_U] (FuxiCTR's DIN); on the small Beauty ``last`` set that costs about 0.05 AUC
-    (docs/results.md, "Faithfulness against FuxiCTR").
+    Output network: the shared ``layers.OutputHead`` on [target, sum-pooled history,
+    target * sum-pooled history, v_U], batch norm on the input, then 200 -> 80 -> 1 with Dice
+    (the DIEN code base's DIN, which DMIN's code and paper compare against). No per-model
+    tuning was done. ``din-paper`` (``pooled_history=False``) drops the two sum-pooled inputs,
+    leaving the DIN paper's [target, v_U] (FuxiCTR's DIN); on the small Beauty ``last`` set
+    that costs about 0.05 AUC (docs/results.md, "Faithfulness against FuxiCTR").
     """
 
     def __init__(
@@ -58,7 +53,6 @@ class DIN(CTRModel):
         input_norm: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
-        self.pooled_history = pooled_history
         width = self.num_slots * embed_dim
         self.attention = TargetAttention(
             1,
@@ -70,8 +64,10 @@ class DIN(CTRModel):
             softmax=softmax,
             project_target=False,
         )
-        inputs = base_width(width, pooled_history) + width
-        self.mlp = MLP(inputs, tuple(mlp_hidden), 1, activation=activation, input_norm=input_norm)
+        self.head = OutputHead(
+            width, width, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
+        )
 
     def interest(
         self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
@@ -80,11 +76,9 @@ class DIN(CTRModel):
         pooled, weights = self.attention(items[:, None], target, mask)
         return pooled[:, 0], weights[:, 0]
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         interest, _ = self.interest(items, target, mask)
-        base = base_features(items, target, mask, self.pooled_history)
-        features = torch.cat([base, interest], dim=-1)
-        logits = self.mlp(features).squeeze(-1)
+        logits = self.head(interest, target, pool_history(items, mask))
         return ModelOutput(logits, self.no_aux_loss(logits))

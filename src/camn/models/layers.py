@@ -1,6 +1,13 @@
-"""Layers shared by CAMN and the baselines.
+"""Layers shared by CAMN and the baselines: every piece that more than one model uses.
 
-Shapes: B batch, L history length, k attribute slots, d embedding size, H heads.
+Sections: embeddings and pooling; packed rows; activations, MLP and the output head;
+headwise maps and target attention; multi-interest read-out; DIEN's next-click loss; DMIN's
+behaviour refiner and multi-interest extractor (which CAMN builds on); CAMN's routing and
+diversity loss (which ``camn-standalone`` shares); attention health. A model module imports
+from here, from ``base`` and from ``registry``, never from another model module.
+
+Shapes: B batch, L history length, k attribute slots, d embedding size, D = k*d item width,
+H heads, N packed rows (``Packing``).
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# ----------------------------------------------------------------------- embeddings and pooling
 
 
 class AttributeEmbedding(nn.Module):
@@ -52,9 +62,35 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def sum_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) -> (B, D): sum over the real positions."""
-    return (vectors * mask.unsqueeze(-1).to(vectors.dtype)).sum(dim=1)
+def item_vectors(history: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, k, d), (B, k, d) -> history items (B, L, D), target item (B, D): the k attribute
+    embeddings concatenated, every model's item vector (SPEC 3)."""
+    return history.flatten(-2), target.flatten(-2)
+
+
+POOLS = ("sum", "mean")
+
+
+def pool_history(values: torch.Tensor, mask: torch.Tensor, pool: str = "sum") -> torch.Tensor:
+    """Pool (B, L, ...) over the real history positions -> (B, ...): sum, or mean over the
+    user's length (0 for an empty history). Padded positions never count, whatever their ids."""
+    real = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - 2)))
+    pooled = (values * real).sum(dim=1)
+    if pool == "sum":
+        return pooled
+    lengths = mask.sum(dim=1).clamp(min=1).to(values.dtype)
+    return pooled / lengths.reshape(-1, *([1] * (pooled.dim() - 1)))
+
+
+def field_embeddings(
+    history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pool: str = "sum"
+) -> torch.Tensor:
+    """The 2k fields of Wide&Deep and PNN: history (B, L, k, d), target (B, k, d) ->
+    (B, 2k, d), the k target attribute embeddings then the k pooled history attributes."""
+    return torch.cat([target, pool_history(history, mask, pool)], dim=1)
+
+
+# ---------------------------------------------------------------------------------- packed rows
 
 
 class Packing:
@@ -126,32 +162,7 @@ class Packing:
         return has_next.nonzero().squeeze(-1)
 
 
-def base_features(
-    items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pooled: bool = True
-) -> torch.Tensor:
-    """[target, sum-pooled history, target * sum-pooled history] (B, 3D); target alone (B, D)
-    with ``pooled=False``.
-
-    The common part of the output network's input in the DIEN code base (``build_fcn_net``
-    input of Model_DIN / Model_DIN_V2_Gru_Vec_attGru_Neg: item_eb, item_his_eb_sum,
-    item_eb * item_his_eb_sum), which DMIN's code inherits. The user-id embedding of that code
-    is left out: no model here embeds user ids (users of the test split are unseen).
-    ``pooled=False`` is FuxiCTR's default for DIN, DIEN and DMIN; on small data the explicit
-    product is worth a lot (docs/results.md, "Faithfulness against FuxiCTR").
-    """
-    if not pooled:
-        return target
-    return pooled_features(target, sum_pool(items, mask))
-
-
-def pooled_features(target: torch.Tensor, summed: torch.Tensor) -> torch.Tensor:
-    """[target, summed history, target * summed history] (B, 3D) from the summed history."""
-    return torch.cat([target, summed, target * summed], dim=-1)
-
-
-def base_width(width: int, pooled: bool = True) -> int:
-    """Width of ``base_features`` for items of width D."""
-    return (3 if pooled else 1) * width
+# --------------------------------------------------------- activations, MLP and the output head
 
 
 class Dice(nn.Module):
@@ -181,6 +192,27 @@ def make_activation(name: str, num_features: int) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; choose dice, prelu, relu or sigmoid")
 
 
+def mlp_layers(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    activation: str,
+    input_norm: bool,
+    dropout: float = 0.0,
+) -> list[nn.Module]:
+    """[BatchNorm(in_dim)] (with ``input_norm``), then Linear + activation (+ dropout) per
+    hidden size, then Linear(-> out_dim): the layers of ``MLP`` and ``OutputHead``."""
+    layers: list[nn.Module] = [nn.BatchNorm1d(in_dim)] if input_norm else []
+    width = in_dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), make_activation(activation, size)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, out_dim))
+    return layers
+
+
 class MLP(nn.Module):
     """Linear layers with an activation between them, ending in ``out_dim`` outputs.
 
@@ -197,18 +229,69 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim)] if input_norm else []
-        width = in_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), make_activation(activation, size)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, out_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(
+            *mlp_layers(in_dim, hidden, out_dim, activation, input_norm, dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class OutputHead(nn.Module):
+    """The output network of every model: its inputs -> an MLP -> one click logit.
+
+    Inputs, concatenated in this order: the target item t (D), the sum-pooled history s (D) and
+    t * s (D) (``pooled_history``), then the model's own features (its interest vector(s), or
+    the fields of a static model). Then BatchNorm on that input (``input_norm``), hidden layers
+    ``hidden`` with ``activation``, a linear layer to one logit.
+
+    The default, shared by every sequence model so that they differ in their sequence modules
+    only, is DMIN's output network (official ``build_fcn_net`` of the DIEN code base, less its
+    user-id embedding: no model here embeds user ids, users of the test split are unseen):
+    [t, s, t * s, features], BatchNorm, 200 -> 80 Dice -> 1. ``pooled_history=False`` leaves
+    [t, features], the form of the DIN and CAMN papers and FuxiCTR's default; on small data the
+    explicit product t * s is worth a lot (docs/results.md, "Faithfulness against FuxiCTR").
+    ``with_target=False`` (the static models, whose fields already hold the target) feeds the
+    features alone.
+    """
+
+    def __init__(
+        self,
+        item_width: int,
+        feature_width: int,
+        *,
+        pooled_history: bool = True,
+        input_norm: bool = True,
+        hidden: Sequence[int] = (200, 80),
+        activation: str = "dice",
+        with_target: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooled_history and not with_target:
+            raise ValueError("pooled_history needs the target (t * s is one of its inputs)")
+        self.with_target, self.pooled_history = with_target, pooled_history
+        target_width = item_width if with_target else 0
+        pooled_width = 2 * item_width if pooled_history else 0
+        self.in_dim = target_width + pooled_width + feature_width
+        self.net = nn.Sequential(*mlp_layers(self.in_dim, hidden, 1, activation, input_norm))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        target: torch.Tensor | None = None,
+        history_sum: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """features (B, F), target (B, D), history_sum (B, D): the history's real items summed
+        (``pool_history`` or ``Packing.sum_per_sample``; unused without ``pooled_history``)
+        -> logits (B,)."""
+        parts = [target] if self.with_target else []
+        if self.pooled_history:
+            parts += [history_sum, target * history_sum]
+        inputs = torch.cat([*parts, features], dim=-1) if parts else features
+        return self.net(inputs).squeeze(-1)
+
+
+# ----------------------------------------------------------- headwise maps and target attention
 
 
 class HeadwiseLinear(nn.Module):
@@ -383,6 +466,323 @@ def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
     else:
         out = torch.baddbmm(layer.bias[:, None], flat, layer.weight)
     return out.view(*x.shape[:-1], layer.weight.shape[-1])  # also for 0 rows
+
+
+
+# --------------------------------------------------- multi-interest read-out (MIND, ComiRec-SA)
+
+
+def label_aware_attention(
+    interests: torch.Tensor,
+    target: torch.Tensor,
+    pow_p: float = 1.0,
+    hard: bool = False,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MIND's label-aware attention: v_u = V_u softmax(pow(V_u^T e_i, p));
+    interests (B, K, D'), target (B, D') -> read-out (B, D'), weights (B, K).
+
+    ``hard`` is the limit p -> inf (the interest closest to the target, one-hot weights, as
+    ComiRec's training read-out). ``valid`` (B, K) masks interests a user does not have.
+    MIND and ComiRec-SA (with p = 1) read their interests out with it.
+    """
+    scores = torch.einsum("bkd,bd->bk", interests, target)  # (B, K)
+    if valid is None:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+    if hard:
+        best = scores.masked_fill(~valid, float("-inf")).argmax(dim=-1)
+        weights = F.one_hot(best, scores.shape[-1]).to(scores.dtype)
+    else:
+        weights = masked_softmax(scores if pow_p == 1 else scores.pow(pow_p), valid)
+    return torch.einsum("bk,bkd->bd", weights, interests), weights
+
+
+# ------------------------------------------------------------------ the next-click loss (DIEN)
+
+
+class NextClickLoss(nn.Module):
+    """DIEN's auxiliary loss (paper Eq. 5), also DMIN's on its refined states (and CAMN's).
+
+    For every t with a real next item, the state h_t must score the next clicked item e_{t+1}
+    as a click and the drawn item e'_{t+1} as a non-click:
+        L_aux = mean over real pairs of -[log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))]
+    with s = sigmoid(MLP([h, e])), the MLP being the official auxiliary_net: batch norm on the
+    input, 100 -> 50 sigmoid layers (its 2-way softmax output is the 1-logit sigmoid here).
+    Only real pairs are fed to the network (so padding neither enters the loss nor the batch
+    norm statistics), and positives and negatives share one batch-norm batch. The official code
+    averages over all B * (L - 1) slots, padding counted as zero; the mean over real pairs
+    here does not shrink the loss of short histories.
+    """
+
+    def __init__(self, state_dim: int, item_dim: int, hidden: Sequence[int] = (100, 50)) -> None:
+        super().__init__()
+        self.net = MLP(state_dim + item_dim, tuple(hidden), 1, "sigmoid", input_norm=True)
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        items: torch.Tensor,
+        negatives: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """states (B, L, H), items and negatives (B, L, D), mask (B, L) -> scalar loss."""
+        pairs = mask[:, 1:]  # (B, L-1): item t+1 is real (so item t is too, left-aligned)
+        h = states[:, :-1][pairs]  # (N, H)
+        return self.pair_loss(h, items[:, 1:][pairs], negatives[:, 1:][pairs])
+
+    def packed(
+        self,
+        states: torch.Tensor,
+        items: torch.Tensor,
+        negatives: torch.Tensor,
+        packing: Packing,
+    ) -> torch.Tensor:
+        """The same on packed rows: states (N, H), items and negatives (N, D) -> scalar loss."""
+        pairs = packing.next_pairs()  # rows t whose t + 1 is real
+        return self.pair_loss(states[pairs], items[pairs + 1], negatives[pairs + 1])
+
+    def pair_loss(
+        self, states: torch.Tensor, clicked: torch.Tensor, drawn: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of N real pairs: states (N, H), next clicked and drawn items (N, D)."""
+        count = len(states)
+        if count == 0:
+            return states.new_zeros(())
+        inputs = torch.cat(
+            [torch.cat([states, clicked], -1), torch.cat([states, drawn], -1)], dim=0
+        )
+        logits = self.net(inputs).squeeze(-1)  # (2N,)
+        labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
+        return 2 * F.binary_cross_entropy_with_logits(logits, labels)
+
+
+# --------------------------- DMIN's behaviour refiner and multi-interest extractor (DMIN, CAMN)
+
+
+def causal_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) real-item mask -> (B, L, L) bool: query i may attend key j iff j <= i and j is real.
+
+    Boolean, used with ``masked_fill(-inf)``: blocked entries get exactly zero weight (FuxiCTR's
+    DMIN added a float 0/1 mask to the logits instead, SPEC 5). The official code masks only
+    the future; with left-aligned histories the padding mask changes nothing for real queries
+    and keeps padding keys out of the padding rows too.
+    """
+    length = mask.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return lower[None] & mask[:, None, :]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, as DMIN's ``self_multi_head_attn`` (``_v2`` with
+    ``split_heads``), on packed rows (``layers.Packing``).
+
+    Q, K, V = X W_QKV (one dense to 3 * H * e, computed for the packed rows only), logits_h =
+    Q_h K_h^T / sqrt(D) (the official code divides by sqrt of the full width, 36 = its D, not of
+    the head width), optionally times ``key_scale`` (column j of head h scaled by
+    key_scale[h, b, j]: the hook CAMN's routing uses), masked softmax with ``causal_mask``,
+    O_h = A_h V_h. Merged (``split_heads=False``): Y = LayerNorm(X + [O_1..O_H] W_O), (N, D).
+    Kept apart (``split_heads=True``): Y_h = LayerNorm_h(X + O_h W_O,h) with a per-head output
+    projection e -> D and per-head LayerNorm, head-major (H, N, D), so that every per-head map
+    after it is one batched matmul over the packed rows.
+    e = ceil(D / H) (the code has e = D / H; rounding up lets any H divide any D).
+    ``project`` (where Q, K, V come from) and ``temperature`` are what a variant replaces
+    (CAMN's per-attribute heads, ``camn.SlotAttention``).
+    """
+
+    def __init__(self, width: int, num_heads: int, split_heads: bool = False) -> None:
+        super().__init__()
+        self.width, self.num_heads, self.split_heads = width, num_heads, split_heads
+        self.head_dim = math.ceil(width / num_heads)
+        self.temperature = math.sqrt(width)  # logits / sqrt(D), as the official code
+        self.qkv = nn.Linear(width, 3 * num_heads * self.head_dim)
+        if split_heads:
+            self.out = HeadwiseLinear(num_heads, self.head_dim, width)
+            self.norm_weight = nn.Parameter(torch.ones(num_heads, 1, width))
+            self.norm_bias = nn.Parameter(torch.zeros(num_heads, 1, width))
+        else:
+            self.out = nn.Linear(num_heads * self.head_dim, width)
+            self.norm = nn.LayerNorm(width)
+
+    def project(
+        self, x: torch.Tensor, packing: Packing
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, D) packed -> queries, keys, values (H, B, L, e) each, zeros at padding."""
+        qkv = packing.unpack(self.qkv(x))  # (B, L, 3He)
+        qkv = qkv.view(packing.batch, packing.length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 3, 0, 1, 4).unbind(0)
+        return q, k, v
+
+    def logits(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed, key_scale (H, B, L) or None -> logits before the mask (H, B, L, L),
+        values (H, B, L, e)."""
+        q, k, v = self.project(x, packing)
+        logits = q @ k.transpose(-1, -2) / self.temperature  # (H, B, L, L)
+        if key_scale is not None:
+            logits = logits * key_scale[:, :, None, :]
+        return logits, v
+
+    def weights(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed, key_scale (H, B, L) or None -> attention (H, B, L, L), values
+        (H, B, L, e)."""
+        logits, values = self.logits(x, packing, key_scale)
+        return masked_softmax(logits, causal_mask(packing.mask)[None]), values
+
+    def forward(
+        self, x: torch.Tensor, packing: Packing, key_scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, D) packed -> outputs ((N, D), or (H, N, D) with split_heads), attention
+        weights (H, B, L, L)."""
+        attention, values = self.weights(x, packing, key_scale)
+        heads = attention @ values  # (H, B, L, e)
+        if not self.split_heads:
+            merged = packing.pack(heads.permute(1, 2, 0, 3).flatten(-2))  # (N, H*e)
+            return self.norm(x + self.out(merged)), attention
+        projected = headwise(self.out, packing.pack_heads(heads))  # (H, N, D)
+        normed = F.layer_norm(x + projected, (self.width,))
+        return normed * self.norm_weight + self.norm_bias, attention
+
+
+class FeedForward(nn.Module):
+    """y = x + W_2 ReLU(W_1 x + b_1) + b_2, D -> 2D -> D, separate weights for each of H heads
+    (the dense layers after each attention block of DMIN's code); head-major (H, ..., D)."""
+
+    def __init__(self, num_heads: int, width: int) -> None:
+        super().__init__()
+        self.inner = HeadwiseLinear(num_heads, width, 2 * width)
+        self.outer = HeadwiseLinear(num_heads, 2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + headwise(self.outer, torch.relu(headwise(self.inner, x)))
+
+
+class BehaviourRefiner(nn.Module):
+    """DMIN's behaviour refiner: causal self-attention over the history, then an FFN.
+
+    ``CausalSelfAttention`` with ``num_heads`` merged heads over the item vector (logits /
+    sqrt(D), causal) + residual + LayerNorm, then ``FeedForward`` (D -> 2D ReLU -> D) +
+    residual: the refined states z_t, one per real item. Causal, so z_t never sees e_{t+1}:
+    the next-click loss can ask z_t for the next click.
+    """
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.attention = CausalSelfAttention(width, num_heads)
+        self.ffn = FeedForward(1, width)
+
+    def forward(self, items: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Packed items (N, D) -> refined states (N, D)."""
+        attended, _ = self.attention(items, packing)
+        return self.ffn(attended[None])[0]
+
+
+class MultiInterestExtractor(nn.Module):
+    """DMIN's multi-interest extractor: H self-attention heads kept apart, each pooled into one
+    interest by a target attention.
+
+    ``CausalSelfAttention`` with ``split_heads`` (per-head output projection to D, residual,
+    per-head LayerNorm), a per-head ``FeedForward`` + residual, then for each head a DIN-style
+    ``TargetAttention`` with a learned positional embedding (DMIN's ``din_attention_new``:
+    query = Linear([target, pos_j]), MLP([q, x, q - x, q * x]) ``attention_hidden`` sigmoid ->
+    1, masked softmax) -> H interests of width D. Everything after the self-attention runs on
+    the packed rows, head-major (H, N, D). ``attention`` is the part CAMN acts on: its logits
+    scaled per key (``key_scale``), and in CAMN's slot reading the attention itself replaced.
+    """
+
+    def __init__(
+        self, width: int, num_heads: int, max_len: int, attention_hidden: Sequence[int] = (80, 40)
+    ) -> None:
+        super().__init__()
+        self.attention = CausalSelfAttention(width, num_heads, split_heads=True)
+        self.ffn = FeedForward(num_heads, width)
+        self.pool = TargetAttention(
+            num_heads, width, width, max_len, hidden=tuple(attention_hidden), positional=True
+        )
+
+    def forward(
+        self,
+        refined: torch.Tensor,
+        target: torch.Tensor,
+        packing: Packing,
+        key_scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """refined (N, D) packed, target (B, D) -> interests (B, H, D), target-attention
+        weights (B, H, L), self-attention weights (H, B, L, L). ``key_scale`` (H, B, L) scales
+        head h's logit column j (``CausalSelfAttention``)."""
+        heads, attention = self.attention(refined, packing, key_scale)  # (H, N, D)
+        interests, weights = self.pool.forward_packed(self.ffn(heads), target, packing)
+        return interests, weights, attention
+
+
+# ------------------------------------ CAMN's routing and diversity loss (camn, camn-standalone)
+
+
+def keep_top_q(logits: torch.Tensor, q: int) -> torch.Tensor:
+    """Eq. 3: keep the q largest entries of the last axis, set the others to -inf.
+
+    ``masked_fill`` passes no gradient to the filled entries, so only the kept logits (and
+    through them W_h) receive gradient, as the paper states under Eq. 3.
+    """
+    if q >= logits.shape[-1]:
+        return logits
+    kept = torch.zeros_like(logits, dtype=torch.bool)
+    top = logits.topk(q, dim=-1).indices
+    kept.scatter_(-1, top, torch.ones_like(top, dtype=torch.bool))  # a tensor: traceable
+    return logits.masked_fill(~kept, float("-inf"))
+
+
+def diversity_loss(
+    attention: torch.Tensor, mask: torch.Tensor, distinct: bool = False
+) -> torch.Tensor:
+    """Eq. 7: L_d = (1/k^2) sum_i sum_j ||A_i * A_j||_1, averaged over the batch.
+
+    attention (B, k, L, L) holds the k heads' weights A_r (rows = queries, columns = keys);
+    mask (B, L) is True at real items. For each sample the entries of A_i * A_j are summed over
+    the rows of real query items only (padding queries are excluded; padding key columns are
+    already 0) and over all pairs (i, j), or over i != j with ``distinct``; the result is divided
+    by k^2 and then averaged over the B samples. The entries are non-negative, so the sum is the
+    L1 norm of the element-wise product.
+
+    The pair sum is computed without forming the (k, k) Gram matrix of the heads:
+    sum_{i,j} <A_i, A_j> = ||sum_i A_i||^2, and the distinct pairs drop sum_i ||A_i||^2.
+    """
+    heads = attention.shape[1]
+    rows = attention * mask[:, None, :, None].to(attention.dtype)  # (B, k, L, L)
+    all_pairs = rows.sum(dim=1).square().sum(dim=(1, 2))  # (B,)
+    if distinct:
+        all_pairs = all_pairs - rows.square().sum(dim=(1, 2, 3))
+    return (all_pairs / heads**2).mean()
+
+
+class CollaborativeRouting(nn.Module):
+    """Eq. 1-3: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), one score per attribute of each item.
+
+    X is an item's k attribute embeddings concatenated (k*d); LayerNorm is over those k*d
+    features; W_h (k*d, k) has no bias. Each row of P sums to 1 and has exactly k - q zeros.
+    The scores depend only on the item itself (Eq. 2), never on the user or the sequence.
+    """
+
+    def __init__(self, num_slots: int, dim: int, q: int) -> None:
+        super().__init__()
+        if not 1 <= q <= num_slots:
+            raise ValueError(f"q must be in [1, k={num_slots}], got {q}")
+        self.q = q
+        self.norm = nn.LayerNorm(num_slots * dim)
+        self.weight = nn.Linear(num_slots * dim, num_slots, bias=False)
+
+    def logits(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., k, d) -> (..., k) routing logits X~ W_h before keepTopq (Eq. 1-2)."""
+        return self.weight(self.norm(items.flatten(-2)))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., k, d) attribute embeddings of items -> P (..., k)."""
+        return torch.softmax(keep_top_q(self.logits(items), self.q), dim=-1)
+
+
+# ----------------------------------------------------------------------------- attention health
 
 
 @torch.no_grad()

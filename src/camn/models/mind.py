@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, masked_softmax
+from camn.models.layers import OutputHead, label_aware_attention, masked_softmax, pool_history
 from camn.models.registry import register
 
 
@@ -30,31 +30,6 @@ def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     return norm_sq / (1 + norm_sq) * vectors / torch.sqrt(norm_sq + eps)
 
 
-def label_aware_attention(
-    interests: torch.Tensor,
-    target: torch.Tensor,
-    pow_p: float = 1.0,
-    hard: bool = False,
-    valid: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MIND's label-aware attention: v_u = V_u softmax(pow(V_u^T e_i, p));
-    interests (B, K, D'), target (B, D') -> read-out (B, D'), weights (B, K).
-
-    ``hard`` is the limit p -> inf (the interest closest to the target, one-hot weights, as
-    ComiRec's training read-out). ``valid`` (B, K) masks interests a user does not have.
-    ComiRec-SA reuses this read-out with p = 1.
-    """
-    scores = torch.einsum("bkd,bd->bk", interests, target)  # (B, K)
-    if valid is None:
-        valid = torch.ones_like(scores, dtype=torch.bool)
-    if hard:
-        best = scores.masked_fill(~valid, float("-inf")).argmax(dim=-1)
-        weights = nn.functional.one_hot(best, scores.shape[-1]).to(scores.dtype)
-    else:
-        weights = masked_softmax(scores if pow_p == 1 else scores.pow(pow_p), valid)
-    return torch.einsum("bk,bkd->bd", weights, interests), weights
-
-
 def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.Tensor:
     """MIND's adaptive number of interests: K'_u = max(1, min(K, log2 |I_u|)), log2 rounded
     down to an integer (the paper leaves the rounding open)."""
@@ -63,6 +38,8 @@ def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.
 
 
 @register("mind")
+@register("mind-paper", summary="MIND's head on what its paper scores: [target, user vector]",
+          pooled_history=False, activation="prelu")
 class MIND(CTRModel):
     """MIND (Li et al., CIKM 2019): dynamic-routing interest capsules, label-aware read-out.
 
@@ -102,9 +79,12 @@ class MIND(CTRModel):
     non-negative integer, since the dot products can be negative), ``readout="hard"`` for
     p -> inf. The target e_t is projected to D' by a linear map when D' != D.
 
-    Output (a CTR head, the paper's retrieval loss replaced as SPEC 3 says):
-    MLP([v_u, e_t (D)]) -> ``mlp_hidden`` (200, 80) -> 1, PReLU with batch norm on the input,
-    the output network of DIEN's code, which DMIN's and CAMN's comparisons build on.
+    Output (a CTR head, the paper's retrieval loss replaced as SPEC 3 says): the shared
+    ``layers.OutputHead``, DMIN's output network: [e_t (D), sum-pooled history, e_t *
+    sum-pooled history, v_u (D')], batch norm on the input, 200 -> 80 -> 1 with Dice, so that
+    MIND differs from the other sequence models in its sequence module only.
+    ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, v_u] only, the
+    target and the user vector that MIND's own score <v_u, e_t> reads, with PReLU.
     """
 
     def __init__(
@@ -122,8 +102,9 @@ class MIND(CTRModel):
         pow_p: float = 1.0,
         readout: str = "soft",
         mlp_hidden: Sequence[int] = (200, 80),
-        activation: str = "prelu",
+        activation: str = "dice",
         input_norm: bool = True,
+        pooled_history: bool = True,
     ) -> None:
         super().__init__(spec, embed_dim)
         if routing_init not in {"fixed", "random"}:
@@ -154,8 +135,9 @@ class MIND(CTRModel):
             if self.interest_dim != item_dim
             else None
         )
-        self.mlp = MLP(
-            self.interest_dim + item_dim, tuple(mlp_hidden), 1, activation, input_norm=input_norm
+        self.head = OutputHead(
+            item_dim, self.interest_dim, pooled_history=pooled_history, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation,
         )
 
     def capsule_mask(self, mask: torch.Tensor) -> torch.Tensor:
@@ -194,13 +176,14 @@ class MIND(CTRModel):
                 logits = logits + torch.einsum("bld,bkd->blk", mapped_iter, capsules)
         return capsules, coupling, capsules_valid
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
-        capsules, _, valid = self.route(items, batch["mask"])
+        mask = batch["mask"]
+        capsules, _, valid = self.route(items, mask)
         if self.capsule_layer is not None:
             capsules = self.capsule_layer(capsules)
         query = target if self.target_projection is None else self.target_projection(target)
         user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
-        logits = self.mlp(torch.cat([user, target], dim=-1)).squeeze(-1)
+        logits = self.head(user, target, pool_history(items, mask))
         return ModelOutput(logits, self.no_aux_loss(logits))

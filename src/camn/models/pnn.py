@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP
+from camn.models.layers import POOLS, OutputHead, field_embeddings
 from camn.models.registry import register
-from camn.models.wide_deep import POOLS, field_embeddings
 
 
 def pairwise_inner_products(
@@ -45,9 +44,10 @@ class PNN(CTRModel):
     full-rank W_p, without its rank-1 factorisation W_p^n = theta^n theta^n^T, which was a
     cost-saving device for thousands of fields and is unneeded for 2k.
 
-    Output: MLP([z, p]) -> ``mlp_hidden`` (200, 80) -> 1, ReLU as in the paper, with batch
-    norm on the input (the output network of DIEN's code, shared by the project's baselines;
-    the inner products of pooled sums have a scale of their own).
+    Output: the shared ``layers.OutputHead`` on [z, p] alone (the fields already hold the
+    target; no sum-pooled inputs: what defines PNN is the product layer) -> ``mlp_hidden``
+    (200, 80) -> 1, ReLU as in the paper, with batch norm on the input (the inner products of
+    pooled sums have a scale of their own).
     """
 
     def __init__(
@@ -68,7 +68,10 @@ class PNN(CTRModel):
         self.register_buffer("pair_rows", rows, persistent=False)
         self.register_buffer("pair_cols", cols, persistent=False)
         width = num_fields * embed_dim + len(rows)
-        self.mlp = MLP(width, tuple(mlp_hidden), 1, activation, input_norm=input_norm)
+        self.head = OutputHead(
+            0, width, pooled_history=False, input_norm=input_norm, hidden=tuple(mlp_hidden),
+            activation=activation, with_target=False,
+        )
 
     def product_layer(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Fields z (B, F, d) and their inner products p (B, F(F-1)/2)."""
@@ -76,7 +79,7 @@ class PNN(CTRModel):
         fields = field_embeddings(history, target, batch["mask"], self.pool)  # (B, F, d)
         return fields, pairwise_inner_products(fields, self.pair_rows, self.pair_cols)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         fields, products = self.product_layer(batch)
-        logits = self.mlp(torch.cat([fields.flatten(1), products], dim=-1)).squeeze(-1)
+        logits = self.head(torch.cat([fields.flatten(1), products], dim=-1))
         return ModelOutput(logits, self.no_aux_loss(logits))

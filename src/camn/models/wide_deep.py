@@ -15,31 +15,11 @@ from torch import nn
 
 from camn.data.protocols import FIRST_ITEM_ID
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import MLP, AttributeEmbedding
+from camn.models.layers import POOLS, AttributeEmbedding, OutputHead, field_embeddings, pool_history
 from camn.models.registry import register
 
-POOLS = ("sum", "mean")
 _PRIME = 2_147_483_647  # 2^31 - 1: keys stay below 2^62 during the hash
 _MULTIPLIERS = (1_000_003, 998_244_353)
-
-
-def pool_history(values: torch.Tensor, mask: torch.Tensor, pool: str = "sum") -> torch.Tensor:
-    """Pool (B, L, ...) over the real history positions -> (B, ...): sum, or mean over the
-    user's length (0 for an empty history). Padded positions never count, whatever their ids."""
-    real = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - 2)))
-    pooled = (values * real).sum(dim=1)
-    if pool == "sum":
-        return pooled
-    lengths = mask.sum(dim=1).clamp(min=1).to(values.dtype)
-    return pooled / lengths.reshape(-1, *([1] * (pooled.dim() - 1)))
-
-
-def field_embeddings(
-    history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pool: str = "sum"
-) -> torch.Tensor:
-    """The 2k fields of Wide&Deep and PNN: history (B, L, k, d), target (B, k, d) ->
-    (B, 2k, d), the k target attribute embeddings then the k pooled history attributes."""
-    return torch.cat([target, pool_history(history, mask, pool)], dim=1)
 
 
 def cross_bucket(target: torch.Tensor, history: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -60,10 +40,10 @@ class WideDeep(CTRModel):
     pooled over the real positions (``history_pool``: "sum" by default, as SPEC 3 says; "mean"
     divides by the length).
 
-    Deep part (paper Sec. 3.2): MLP over the 2k field embeddings concatenated (2k*d) ->
-    ``mlp_hidden`` (200, 80) -> 1, ReLU as in the paper, with batch norm on the input (the
-    output network of DIEN's code, which DMIN's and CAMN's comparisons build on; pooled sums and
-    single embeddings have different scales).
+    Deep part (paper Sec. 3.2): the shared ``layers.OutputHead`` on the 2k field embeddings
+    concatenated (2k*d) alone (they already hold the target; no sum-pooled inputs: the wide
+    part is what defines the model) -> ``mlp_hidden`` (200, 80) -> 1, ReLU as in the paper,
+    with batch norm on the input (pooled sums and single embeddings have different scales).
 
     Wide part (paper Sec. 3.1, y = w^T [x, phi(x)] + b), one learned scalar per feature:
 
@@ -108,7 +88,10 @@ class WideDeep(CTRModel):
         self.match_weight = nn.Parameter(torch.zeros(k)) if match_cross else None
         self.cross_weight = nn.Parameter(torch.zeros(cross_buckets)) if cross_buckets else None
         self.wide_bias = nn.Parameter(torch.zeros(()))
-        self.mlp = MLP(2 * k * embed_dim, tuple(mlp_hidden), 1, activation, input_norm=input_norm)
+        self.head = OutputHead(
+            0, 2 * k * embed_dim, pooled_history=False, input_norm=input_norm,
+            hidden=tuple(mlp_hidden), activation=activation, with_target=False,
+        )
 
     def wide_logit(self, batch: Batch) -> torch.Tensor:
         """The wide linear model (B,) on the raw ids."""
@@ -129,8 +112,8 @@ class WideDeep(CTRModel):
         """The deep part (B,): MLP over the 2k field embeddings."""
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         fields = field_embeddings(history, target, batch["mask"], self.pool)  # (B, 2k, d)
-        return self.mlp(fields.flatten(1)).squeeze(-1)
+        return self.head(fields.flatten(1))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         logits = self.wide_logit(batch) + self.deep_logit(batch)
         return ModelOutput(logits, self.no_aux_loss(logits))

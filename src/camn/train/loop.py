@@ -281,7 +281,7 @@ def run_epoch(
     )
     for step, batch in enumerate(bar):
         with autocast(config.precision, device):
-            output = module(batch)
+            output = module(batch, extra_losses=True)
         loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch["label"])
         loss = loss + output.aux_loss.float()
         if config.embedding_l2:
