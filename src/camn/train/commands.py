@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from camn.argtypes import positive_int, seed_int
-from camn.config import add_training_flags, plan
+from camn.config import add_training_flags, plan, training_settings
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
@@ -23,9 +23,10 @@ from camn.results import Stat
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
 from camn.train.history import console
-from camn.train.loop import train_seeds
+from camn.train.loop import TrainConfig, train_seeds
 from camn.train.metrics import evaluate
 from camn.train.precision import check_precision
+from camn.train.resume import SETTINGS, interrupted_problem, read_settings, staging_folder
 
 RESULTS = "results.json"
 TRAIN_DEFAULTS = {"seeds": 1, "seed": 1}
@@ -94,7 +95,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "file's)")
     parser.add_argument("--model", help="registered model name, see camn models (default: "
                         "the --config file's)")
-    parser.add_argument("--out", required=True, help="run directory for results and weights")
+    parser.add_argument("--out", help="run directory for results and weights (required "
+                        "unless --resume)")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue the interrupted camn train run RUN (failed, stopped or "
+                        "killed) with the settings it began with; only --threads goes with it")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help=f"number of seeds; the paper: 5 (default: {TRAIN_DEFAULTS['seeds']})")
     parser.add_argument("--seed", type=seed_int, default=None,
@@ -137,12 +142,18 @@ def train_summary(results: dict) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return run_resume(args)
+    if args.out is None:
+        raise DataError("camn train needs --out (the run folder to write), or --resume RUN")
     resolved = plan(args, TRAIN_DEFAULTS, one_model, check_options=False)  # below, on the store
     if len(resolved.stores) != 1:
         raise DataError(f"camn train trains on one store; {args.config} lists "
                         f"{len(resolved.stores)}: pass --data")
     path = resolved.stores[0]
     out = check_output(args.out, RUN, force=args.force, inputs=[path])  # before any reading
+    if not args.force and (problem := interrupted_problem(out)):
+        raise DataError(problem)
     store = PreparedStore(path)
     config = resolved.settings.config(path, resolved.models[0])
     check_model(config.model, config.options, FeatureSpec.from_schema(store.schema))
@@ -155,6 +166,44 @@ def run_train(args: argparse.Namespace) -> int:
     if context.is_main:
         print(train_summary(results))
         print(f"results written to {out / RESULTS}")
+    return 0
+
+
+RESUME_ALONE = ("config", "data", "model", "out", "seeds", "seed", "option", "force")
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    """``camn train --resume RUN``: continue an interrupted run with the settings of its
+    ``train.json`` (:mod:`camn.train.resume`); no setting may be given again."""
+    given = [f"--{name}" for name in RESUME_ALONE if getattr(args, name, None) not in (None, False)]
+    given += [setting.flag for name, setting in training_settings().items()
+              if getattr(args, name, None) is not None]
+    if given:
+        raise DataError(f"--resume {args.resume} continues the run with the settings it began "
+                        f"with; drop {', '.join(given)}")
+    run = Path(args.resume)
+    settings = read_settings(run)
+    path = settings.data["path"]
+    check_output(run, RUN, force=True, inputs=[path], option="--resume")
+    store = PreparedStore(path)
+    try:
+        config = TrainConfig(**settings.train)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{staging_folder(run) / SETTINGS}: {error}: the interrupted run is "
+                        "damaged; start it again with --force") from None
+    check_model(config.model, config.options, FeatureSpec.from_schema(store.schema))
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with distributed.session(device) as context, console():
+        if context.world_size != settings.world_size:
+            raise DataError(f"--resume {run}: the run began with {settings.world_size} "
+                            f"process(es), this is {context.world_size}; resume it with as many")
+        results = train_seeds(store, config, settings.seeds, run, resume=True)
+    if context.is_main:
+        print(train_summary(results))
+        print(f"results written to {run / RESULTS}")
     return 0
 
 
