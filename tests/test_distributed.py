@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from camn.data.prepare import prepare
@@ -28,6 +29,47 @@ import test_train  # registers {TINY!r}
 from camn.cli import main
 sys.exit(main())
 """
+
+TRAIN = {"epochs": 3, "patience": 3, "batch_size": 128, "device": "cpu", "progress": False}
+TRAIN_FLAGS = ["--epochs", "3", "--patience", "3", "--batch-size", "128", "--device", "cpu",
+               "--no-progress"]  # the same settings
+
+# An interrupted run and its resume in one process group (one torchrun, one session: a second
+# process group in the same processes can see the first one's rendezvous keys)
+RESUME_ENTRY = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+import test_train  # registers {TINY!r}
+import torch
+from camn.data.store import PreparedStore
+from camn.train import distributed, loop
+
+store, out = PreparedStore(sys.argv[1]), sys.argv[2]
+config = loop.TrainConfig({TINY!r}, **{TRAIN!r})
+stopped = loop.stopped
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted(progress, config):  # every rank stops once epoch 1 is done
+    if progress.epoch == 1:
+        raise Stop
+    return stopped(progress, config)
+
+
+with distributed.session(torch.device("cpu")):
+    loop.stopped = interrupted
+    try:
+        loop.train_seeds(store, config, [1], out)
+    except Stop:
+        pass
+    loop.stopped = stopped
+    loop.train_seeds(store, config, [1], out, resume=True)
+"""
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_single_process_context_and_device() -> None:
@@ -54,20 +96,22 @@ def test_unused_parameter_probe() -> None:
     assert has_unused_parameters(model, batch)
 
 
-def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
-    prepare(make_raw(users=120), tmp_path / "store", protocol="sliding", max_len=6, seed=1)
-    entry = tmp_path / "entry.py"
-    entry.write_text(ENTRY)
-    out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(entry), "train", "--data", str(tmp_path / "store"), "--model", TINY,
-        "--out", str(out), "--epochs", "2", "--batch-size", "128", "--device", "cpu",
-        "--no-progress",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=110, env=env)
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-process ``camn train`` (the folder with its store, entry and run; the process)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    prepare(make_raw(users=120), tmp / "store", protocol="sliding", max_len=6, seed=1)
+    (tmp / "entry.py").write_text(ENTRY)
+    command = [*TORCHRUN, str(tmp / "entry.py"), "train", "--data", str(tmp / "store"),
+               "--model", TINY, "--out", str(tmp / "run"), *TRAIN_FLAGS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=110, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, done
+
+
+def test_torchrun_two_processes_gloo(launched: tuple[Path, subprocess.CompletedProcess]) -> None:
+    tmp, done = launched
+    out = tmp / "run"
     results = json.loads((out / "results.json").read_text())
     metrics = json.loads((out / "seed_1" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
@@ -75,8 +119,28 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     train_rows = results["data"]["splits"]["train"]
     assert metrics["train_samples"] == metrics["epochs"] * (train_rows + train_rows % 2)
     assert done.stdout.count("test AUC") == 1  # only rank 0 prints the summary
-    assert done.stdout.count("seed 1 epoch 2: loss") == 1  # and the epoch lines
+    assert done.stdout.count("seed 1 epoch 1: loss") == 1  # and the epoch lines
     history = read_history(out / "seed_1" / "history.jsonl")  # rank 0 wrote it, once
     assert [record["epoch"] for record in history] == list(range(1, metrics["epochs"] + 1))
     assert sorted(p.name for p in (out / "seed_1").iterdir()) == [  # checkpoints deleted
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
+
+
+def test_torchrun_resumes_every_rank_from_rank_0s_checkpoint(
+    launched: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    """Stopped after epoch 1 and resumed: the losses of the later epochs (summed over both
+    ranks) and the weights are those of the uninterrupted run above, so rank 1 too continued
+    from the model and optimizer state that rank 0 wrote."""
+    tmp, _ = launched
+    (tmp / "resume.py").write_text(RESUME_ENTRY)
+    command = [*TORCHRUN, str(tmp / "resume.py"), str(tmp / "store"), str(tmp / "resumed")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=110, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = (read_history(tmp / run / "seed_1" / "history.jsonl")
+                    for run in ("resumed", "run"))
+    assert len(theirs) == 3
+    assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]
+    ours, theirs = (load_file(tmp / run / "seed_1" / "model.safetensors")
+                    for run in ("resumed", "run"))
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
+import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import ClassVar
@@ -18,6 +21,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
@@ -498,3 +502,123 @@ def test_tensorboard_without_the_package_is_a_clear_error(
     with pytest.raises(DataError, match=r"tensorboard = true needs the tensorboard package"):
         train_one(store, config, 1, tmp_path)
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+# ----------------------------------------------------------------------------- camn train --resume
+
+
+KILLED_WHILE_CHECKPOINTING = f"""
+import sys
+import time
+
+sys.path.insert(0, {str(TESTS)!r})
+import test_resume  # registers {MODEL!r}
+from camn.cli import main
+from camn.train import checkpoints
+
+real_sync = checkpoints.sync
+
+
+def slow_sync(path):
+    if path.parent.name == "checkpoint-3.partial" and path.name == "state.json":
+        print("writing checkpoint 3", flush=True)
+        time.sleep(300)  # the test kills the process here
+    real_sync(path)
+
+
+checkpoints.sync = slow_sync
+sys.exit(main())
+"""
+
+
+def test_camn_train_killed_while_checkpointing_then_resumed_equals_an_uninterrupted_run(
+    store: PreparedStore, tmp_path: Path
+) -> None:
+    """A real process, killed (SIGKILL) while it writes epoch 3's checkpoint; ``camn train
+    --resume`` continues after epoch 2 and ends with the uninterrupted run's weights."""
+    entry = tmp_path / "entry.py"
+    entry.write_text(KILLED_WHILE_CHECKPOINTING)
+    argv = ["train", "--data", str(store.root), "--model", MODEL, "--epochs", "4",
+            "--batch-size", str(BATCH), "--lr", "0.01", "--patience", "10", "--device", "cpu",
+            "--weight-decay", "1e-3", "--embedding-l2", "1e-4", "--clip-grad", "1",
+            "--no-progress", "--threads", "1"]
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(entry), *argv, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line == "writing checkpoint 3\n":
+                process.kill()
+                break
+        process.wait()
+    finally:
+        watchdog.cancel()
+    assert lines[-1] == "writing checkpoint 3\n", process.stderr.read()[-3000:]
+    assert [line.split(":")[0] for line in lines[:-1]] == ["seed 1 epoch 1", "seed 1 epoch 2"]
+    seed_dir = staging_folder(out) / "seed_1"
+    assert sorted(p.name for p in seed_dir.iterdir()) == [
+        "checkpoint-2", "checkpoint-3.partial", "history.jsonl"]
+    assert main(["train", "--resume", str(out), "--threads", "1"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    assert_same_run(out, tmp_path / "whole", [1])
+
+
+def test_resume_and_what_it_refuses(
+    store: PreparedStore, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run, staging = tmp_path / "run", staging_folder(tmp_path / "run")
+    config = TrainConfig(MODEL, **{**FAST, "epochs": 2})
+
+    def fails(argv: list[str]) -> str:
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert fails(["train", "--resume", str(run)]) == (
+        f"camn: error: --resume {run}: no interrupted camn train run of {run} to resume (no "
+        ".run.partial/train.json beside it)\n")
+    assert fails(["train", "--data", str(store.root), "--model", MODEL]) == (
+        "camn: error: camn train needs --out (the run folder to write), or --resume RUN\n")
+    with pytest.raises(Stop):
+        train_seeds(store, config, [1], run, hooks=[StopAfter(seed=1, epoch=1)])
+    fresh = ["train", "--data", str(store.root), "--model", MODEL, "--epochs", "2",
+             "--device", "cpu", "--no-progress", "--out", str(run)]
+    assert fails(fresh) == (f"camn: error: {run} has an interrupted run ({staging}); pass "
+                            f"--resume {run} to continue it, or --force to start again\n")
+    assert fails(["train", "--resume", str(run), "--data", str(store.root), "--epochs", "3",
+                  "--force"]) == (
+        f"camn: error: --resume {run} continues the run with the settings it began with; drop "
+        "--data, --force, --epochs\n")
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1: resumed after epoch 1\nseed 1 epoch 2: loss " in out
+    assert f"results written to {run / 'results.json'}" in out
+    assert not staging.exists() and (run / "results.json").is_file()
+    assert fails(["train", "--resume", str(run)]) == (
+        f"camn: error: --resume {run}: the run is finished (results.json); there is nothing to "
+        "resume\n")
+    with pytest.raises(Stop):  # interrupted again: the finished run stays as it was
+        train_seeds(store, config, [1], run, hooks=[StopAfter(seed=1, epoch=1)])
+    assert (run / "results.json").is_file() and staging.is_dir()
+    assert main([*fresh, "--force"]) == 0  # a fresh run deletes the interrupted one first
+    assert "resumed" not in capsys.readouterr().out and not staging.exists()
+
+
+def test_resume_refuses_other_settings_or_another_store(
+    store: PreparedStore, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(MODEL, **{**FAST, "epochs": 2})
+    with pytest.raises(Stop):
+        train_seeds(store, config, [1, 2], run, hooks=[StopAfter(seed=1, epoch=1)])
+    with pytest.raises(DataError, match=r"began with other seeds \(\[1, 2\] then, \[1\] now\)"):
+        train_seeds(store, config, [1], run, resume=True)
+    with pytest.raises(DataError, match="began with other training settings"):
+        train_seeds(store, TrainConfig(MODEL, **FAST), [1, 2], run, resume=True)
+    prepare(make_raw(users=200), tmp_path / "other", protocol="sliding", max_len=8, seed=3)
+    with pytest.raises(DataError, match=r"is not the one the run began on \(.*splits.* differ\)"):
+        train_seeds(PreparedStore(tmp_path / "other"), config, [1, 2], run, resume=True)
