@@ -1,6 +1,7 @@
 """A damaged run is named: weights that are garbage, empty, a pickle (never executed) or of
 another model or store; a missing or broken results.json or config.json; through
-``camn evaluate`` and ``camn explain``, and through :func:`load_model` itself."""
+``camn evaluate`` and ``camn explain``, and through :func:`load_model` itself; a pickle in a
+training checkpoint is refused on resume and never executed."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
+from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, model_entries, register
 from camn.train.checkpoints import load_model
+from camn.train.history import Hook
+from camn.train.loop import TrainConfig, train_one
 
 COMMANDS = ("evaluate", "explain")
 DAMAGED = "the run is damaged; train it again"
@@ -199,11 +203,11 @@ def test_a_torch_save_file_is_refused(run: Path, store: Path, capsys) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(
     ("more_items", "embed_dim", "detail"),
-    [  # the embedding table holds 62 + 14 + 24 = 100 ids; the run's d is 4, k is 3; with
+    [  # the embedding table holds 62 + 14 + 26 = 102 ids; the run's d is 4, k is 3; with
         # d = 6 the router (3, 18) and the output layer (1, 36) differ too
-        (0, 6, "embedding.table.weight has shape (100, 6) in the file but (100, 4) in the model "
+        (0, 6, "embedding.table.weight has shape (102, 6) in the file but (102, 4) in the model "
          "(and 2 more tensor(s) of another shape)"),
-        (5, 4, "embedding.table.weight has shape (105, 4) in the file but (100, 4) in the model"),
+        (5, 4, "embedding.table.weight has shape (107, 4) in the file but (102, 4) in the model"),
     ],
     ids=["another-model", "another-store"],
 )
@@ -334,3 +338,28 @@ def test_a_run_applied_to_a_damaged_store(
         f"{damaged} is a damaged store: arrays/targets.npy holds id 62 of attribute 'item_id' at "
         "row 10, outside its vocabulary of ids 0..61 (vocab_sizes in schema.json)"
     )
+
+
+class StopAfterFirstEpoch(Hook):
+    def epoch(self, seed: int, record: dict) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", ["last", "best", "optimizer", "rng"])
+def test_a_pickle_in_a_training_checkpoint_is_refused_and_never_run(
+    store: Path, tmp_path: Path, name: str
+) -> None:
+    """Every tensor file of a training checkpoint is read as safetensors only."""
+    config = TrainConfig(MODEL, epochs=2, device="cpu", progress=False)
+    seed_dir = tmp_path / "seed_1"
+    with pytest.raises(KeyboardInterrupt):
+        train_one(PreparedStore(store), config, 1, seed_dir, hooks=[StopAfterFirstEpoch()])
+    marker = tmp_path / "marker"
+    path = seed_dir / "checkpoint-1" / f"{name}.safetensors"
+    path.write_bytes(pickle.dumps(Payload(marker), protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(DataError) as caught:
+        train_one(PreparedStore(store), config, 1, seed_dir, resume=True)
+    assert not marker.exists()
+    assert str(caught.value).startswith(f"{path} cannot be read (")
+    assert str(caught.value).endswith(
+        "): the checkpoint is damaged; start the run again (camn train --force)")

@@ -33,6 +33,7 @@ from camn.train.history import Hook, console, read_history
 from camn.train.loop import TrainConfig, run_epoch, train_one, train_seeds
 from camn.train.metrics import TermAverages
 from camn.train.objective import embedding_penalty, make_optimizer
+from camn.results import data_summary
 from camn.train.resume import staging_folder
 
 TESTS = Path(__file__).parent
@@ -173,6 +174,9 @@ def test_an_interrupted_run_resumed_equals_the_uninterrupted_one(
     staging = staging_folder(out)
     assert not out.exists() and staging.name == ".run.partial"
     assert sorted(p.name for p in staging.iterdir()) == ["seed_1", "seed_2", "train.json"]
+    settings = json.loads((staging / "train.json").read_text())
+    assert settings == {"seeds": [1, 2], "world_size": 1, "train": CONFIG.to_dict(),
+                        "data": data_summary(store)}
     assert sorted(p.name for p in (staging / "seed_1").iterdir()) == [
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
     assert sorted(p.name for p in (staging / "seed_2").iterdir()) == [

@@ -209,15 +209,10 @@ def test_results_json(run: Path, store: PreparedStore) -> None:
     assert config["train"]["batch_size"] == 256 and config["data"] == str(store.root.resolve())
     metrics = json.loads((run / "seed_1" / "metrics.json").read_text())
     assert metrics["test_auc"] == results["test_auc"]["runs"][0]
-    assert sorted(p.name for p in run.iterdir()) == ["results.json", "seed_1", "seed_2",
-                                                     "train.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["results.json", "seed_1", "seed_2"]
     assert sorted(p.name for p in (run / "seed_1").iterdir()) == [  # no checkpoint left
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
     assert not staging_folder(run).exists()
-    settings = json.loads((run / "train.json").read_text())
-    assert settings["seeds"] == [1, 2] and settings["world_size"] == 1
-    assert settings["train"] == config["train"]
-    assert settings["data"]["path"] == str(store.root.resolve())
     history = read_history(run / "seed_2" / "history.jsonl")
     assert [record["epoch"] for record in history] == [1, 2]
     assert history == json.loads((run / "seed_2" / "metrics.json").read_text())["history"]

@@ -75,6 +75,7 @@ from camn.train.objective import (
 )
 from camn.train.precision import PRECISIONS, autocast, check_precision
 from camn.train.resume import (
+    SETTINGS,
     Settings,
     check_same,
     finished_seed,
@@ -599,5 +600,6 @@ def train_seeds(
         return {}
     results = summarise(store, config, runs)
     write_json(staging / "results.json", results)
+    (staging / SETTINGS).unlink()  # results.json has them; a finished run has nothing to resume
     swap_in(staging, out, RUN)
     return results

@@ -15,7 +15,8 @@ Unlike a temporary folder, the staging folder keeps its name and contents when t
 
 ``camn train --resume RUN`` reads ``train.json`` back (no setting is given again), keeps the
 finished seeds, continues the interrupted one after its last checkpointed epoch and trains
-the rest, then swaps the folder in as a run that was never interrupted. A fresh
+the rest, then swaps the folder in as a run that was never interrupted (``train.json``
+deleted: ``results.json`` records the settings of a finished run). A fresh
 ``camn train --out RUN --force`` deletes the staging folder before it starts; without
 ``--force`` or ``--resume`` the command refuses while one exists. One ``camn train`` (one
 torchrun) per run folder at a time: two at once would share the staging folder.
