@@ -105,27 +105,31 @@ def routing_recovery(top: np.ndarray, driver: np.ndarray, kind: np.ndarray) -> d
 
 
 class TermAverages:
-    """Running means of a model's ``aux_terms`` over the batches of a pass, each batch weighted
-    by its sample count and NaN entries left out (e.g. an attention-health value of a batch
-    with nothing to average); summed on the device, no host sync a batch."""
+    """Means of a model's ``aux_terms`` over the batches of a pass, each batch weighted by its
+    sample count, NaN entries left out (e.g. an attention-health value of a batch with nothing
+    to average). The detached values are kept and summed once at the end: no work a step."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.sizes: dict[str, list[int]] = {}
 
     def add(self, terms: dict[str, torch.Tensor], size: int) -> None:
         for name, value in terms.items():
-            value = value.detach().float()
-            known = ~value.isnan()
-            total, count = torch.where(known, value, 0.0) * size, known * size
-            if name in self.sums:
-                total, count = total + self.sums[name], count + self.counts[name]
-            self.sums[name], self.counts[name] = total, count
+            self.values.setdefault(name, []).append(value.detach())
+            self.sizes.setdefault(name, []).append(size)
 
     def averages(self) -> dict[str, float | list[float]]:
         """Each term's mean over the samples of the batches that reported it (a number, or a
         list for a term per head); NaN where no batch had a value."""
-        return {name: (total / self.counts[name]).tolist() for name, total in self.sums.items()}
+        means = {}
+        for name, values in self.values.items():
+            stacked = torch.stack(values).float()  # (batches, ...)
+            sizes = torch.tensor(self.sizes[name], dtype=torch.float32, device=stacked.device)
+            sizes = sizes.view(-1, *[1] * (stacked.dim() - 1))
+            known = ~stacked.isnan()
+            total = (torch.where(known, stacked, 0.0) * sizes).sum(0)
+            means[name] = (total / (known * sizes).sum(0)).tolist()
+        return means
 
 
 @dataclass
