@@ -29,7 +29,7 @@ from camn.experiments.tables import (
     render_markdown,
 )
 from camn.models.registry import model_names
-from camn.results import CSV_COLUMNS, ResultsLog, RunResult, read_csv
+from camn.results import CSV_COLUMNS, HEALTH_METRICS, ResultsLog, RunResult, read_csv
 
 # test AUC of each (model, seed): CAMN leads DMIN by about 0.0037 on every seed (significant);
 # CAMN vs CAMN-route flips sign (not significant)
@@ -309,9 +309,15 @@ def test_real_trainer_end_to_end_and_parallel_identical(store, tmp_path, capsys)
     for row in (seq[0], *par.values()):
         assert row.environment["threads"] == 1 and row.environment["device"] == "cpu"
         assert row.environment["precision"] == "fp32" and row.environment["camn"]
-    assert read_csv(tmp_path / "par" / "results.csv") == [
-        RunResult(**{**vars(r), "store": "", "config": {}, "environment": {}})
-        for r in ResultsLog(tmp_path / "par" / "results.jsonl").load()]
+    exported = read_csv(tmp_path / "par" / "results.csv")
+    logged = ResultsLog(tmp_path / "par" / "results.jsonl").load()
+    assert [RunResult(**{**vars(r), "attention": None}) for r in exported] == [
+        RunResult(**{**vars(r), "store": "", "config": {}, "environment": {}, "attention": None})
+        for r in logged]
+    assert logged[1].attention is not None  # camn's test-split attention health, per head
+    for name in HEALTH_METRICS:  # the CSV keeps its means over heads
+        assert [r.metric(name) or math.nan for r in exported] == pytest.approx(
+            [r.metric(name) or math.nan for r in logged], nan_ok=True)
 
 
 def test_csv_tables_of_an_older_version_load_with_the_new_columns_empty(tmp_path) -> None:

@@ -44,6 +44,7 @@ CSV_COLUMNS = (
     "dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
     "best_epoch", "epochs", "train_seconds", "samples_per_second",
     *(f"routing_{key}" for key in ROUTING_KEYS),
+    "attention_entropy", "attention_abs_logit", "attention_diversity",  # means over heads
 )
 Key = tuple[str, str, int]
 
@@ -110,6 +111,7 @@ class RunResult:
     train_seconds: float
     samples_per_second: float
     routing: dict[str, float] | None = None  # routing recovery, where the store plants drivers
+    attention: dict | None = None  # the test split's attention health (attention_health())
     store: str = ""  # the store's path as given
     config: dict = field(default_factory=dict)  # resolved_config(...) of the run
     environment: dict = field(default_factory=dict)  # environment(...) of the run
@@ -122,6 +124,8 @@ class RunResult:
         """A metric by its table name: a field, or ``routing_<key>`` of the routing recovery."""
         if name.startswith("routing_"):
             return None if self.routing is None else self.routing.get(name.removeprefix("routing_"))
+        if name in HEALTH_METRICS:
+            return health_metric(self.attention, name)
         value = getattr(self, name)
         return None if value is None else float(value)
 
@@ -138,6 +142,7 @@ class RunResult:
                                                        "samples_per_second")},
             best_epoch=int(metrics["best_epoch"]), epochs=int(metrics["epochs"]),
             routing=None if routing is None else {k: float(v) for k, v in routing.items()},
+            attention=attention_health(metrics.get("test_terms") or {}),
             store=store, config=config, environment=environment,
         )
 
@@ -180,7 +185,58 @@ class RunResult:
                 isinstance(v, int | float) and not isinstance(v, bool)
                 for v in routing.values())):
             raise ValueError(f"routing must be an object of numbers or null, got {routing!r}")
+        check_attention(values.get("attention"))
         return cls(**values)
+
+
+# ------------------------------------------------------------------------- attention health
+
+# evaluation-time terms of a model (``ModelOutput.aux_terms``) -> keys of RunResult.attention
+HEALTH_TERMS = {"attention_entropy": "entropy", "attention_abs_logit": "abs_logit",
+                "diversity": "diversity"}
+# table metrics: the mean over heads of each per-head value, and L_d
+HEALTH_METRICS = ("attention_entropy", "attention_abs_logit", "attention_diversity")
+
+
+def attention_health(terms: Mapping) -> dict | None:
+    """The attention health among a split's averaged evaluation terms: ``entropy`` and
+    ``abs_logit`` per head (lists; ``layers.attention_health``), ``diversity`` (L_d, Eq. 7, a
+    number) where the model reports it, NaN as None; None for a model without attention heads."""
+    health = {}
+    for term, key in HEALTH_TERMS.items():
+        value = terms.get(term)
+        if value is None:
+            continue
+        values = [finite_or_none(float(v)) for v in np.atleast_1d(value).tolist()]
+        health[key] = values[0] if key == "diversity" else values
+    return health if "entropy" in health else None
+
+
+def health_metric(attention: dict | None, name: str) -> float | None:
+    """``attention_entropy`` / ``attention_abs_logit``: the mean over heads (NaN heads left
+    out); ``attention_diversity``: L_d. None where the run has no such value."""
+    if attention is None:
+        return None
+    key = name.removeprefix("attention_")
+    value = attention.get(key)
+    if value is None:
+        return None
+    return finite_mean(value if isinstance(value, list) else [value])
+
+
+def check_attention(attention: object) -> None:
+    """ValueError unless ``attention`` is None or {entropy: [numbers], abs_logit: [numbers],
+    diversity: number} (any of them absent; nulls allowed: NaN heads)."""
+    if attention is None:
+        return
+    def number(v: object) -> bool:
+        return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+    ok = isinstance(attention, dict) and set(attention) <= set(HEALTH_TERMS.values()) and all(
+        number(v) if key == "diversity" else isinstance(v, list) and all(map(number, v))
+        for key, v in attention.items())
+    if not ok:
+        raise ValueError(f"attention must be null or an object of per-head lists, got "
+                         f"{attention!r}")
 
 
 # --------------------------------------------------------------------- the JSON-lines file
@@ -248,9 +304,10 @@ def _cell(result: RunResult, column: str) -> str:
 
 
 def read_csv(path: str | Path) -> list[RunResult]:
-    """Results from a CSV table of :data:`CSV_COLUMNS` (or its older prefix without the matched
-    routing columns), such as the committed ``docs/bench/*.csv``; their configuration and
-    environment are not in the table and stay empty."""
+    """Results from a CSV table of :data:`CSV_COLUMNS` (or an older prefix of it, without the
+    matched routing columns or the attention health), such as the committed
+    ``docs/bench/*.csv``; their configuration and environment are not in the table and stay
+    empty, and the attention health is the table's means over heads (one value a key)."""
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
@@ -278,11 +335,15 @@ def _from_cells(cells: dict[str, str]) -> RunResult:
 
     routing = {key: float(cells[f"routing_{key}"]) for key in ROUTING_KEYS
                if cells.get(f"routing_{key}")}
+    health = {key: number(f"attention_{key}") for key in HEALTH_TERMS.values()
+              if cells.get(f"attention_{key}")}
     return RunResult(
         dataset=cells["dataset"], model=cells["model"], seed=int(cells["seed"]),
         **{name: number(name) for name in (*METRICS, "train_seconds", "samples_per_second")},
         best_epoch=int(cells["best_epoch"]), epochs=int(cells["epochs"]),
         routing=routing or None,
+        attention=attention_health({f"attention_{k}" if k != "diversity" else k: v
+                                    for k, v in health.items()}),
     )
 
 
@@ -369,9 +430,29 @@ def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> di
         "environment": env,
         "runs": [result.to_dict() for result in results],
     }
+    healths = [result.attention for result in results]
+    if healths and all(health is not None for health in healths):
+        document["attention_health"] = mean_health(healths)
     if all("routing_recovery" in run for run in runs):
         document["routing_recovery"] = {
             key: float(np.mean([run["routing_recovery"][key] for run in runs]))
             for key in runs[0]["routing_recovery"]
         }
     return document
+
+
+def mean_health(healths: Sequence[dict]) -> dict:
+    """The seeds' attention health averaged key by key (and head by head); NaN heads left out."""
+    out: dict = {}
+    for key in healths[0]:
+        per_seed = [value if isinstance(value, list) else [value]
+                    for value in (health[key] for health in healths if key in health)]
+        means = [finite_mean(column) for column in zip(*per_seed, strict=True)]
+        out[key] = means[0] if key == "diversity" else means
+    return out
+
+
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the finite values; None where there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from camn.results import RunResult, Stat, finite_or_none
+from camn.results import HEALTH_METRICS, RunResult, Stat, finite_or_none
 
 ALPHA = 0.05  # significance level of the paired t-test
 ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
@@ -269,6 +269,24 @@ def routing_table(
     return _table(header, ([display(m), *(cell(ds, m) for ds in datasets)] for m in models))
 
 
+def health_table(
+    summary: dict[str, dict[str, dict[str, Stat]]], datasets: Sequence[str], models: Sequence[str]
+) -> list[str]:
+    """Attention health on the test split (means over seeds of the means over heads): entropy
+    relative to uniform over the keys a query may see, mean |logit|, and L_d (Eq. 7)."""
+
+    def cell(ds: str, m: str) -> str:
+        s = summary.get(ds, {}).get(m)
+        if not s or s["attention_entropy"].n == 0:
+            return "–"
+        diversity = s["attention_diversity"]
+        return (f"{s['attention_entropy'].mean:.3f} / {s['attention_abs_logit'].mean:.3f} / "
+                + (f"{diversity.mean:.3f}" if diversity.n else "–"))
+
+    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+                                         for m in models))
+
+
 def comparison_lines(
     rows: Sequence[RunResult], datasets: Sequence[str], pairs: Sequence[tuple[str, str]]
 ) -> list[str]:
@@ -341,7 +359,7 @@ def render_markdown(
     settings: scope -> settings, as :func:`settings_by_scope` groups them.
     """
     metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "epochs",
-               "train_seconds", "samples_per_second", *ROUTING]
+               "train_seconds", "samples_per_second", *ROUTING, *HEALTH_METRICS]
     summary = summarize(rows, metrics)
     models = paper_order(models)
     ablations = ablation_rows(models)
@@ -376,6 +394,19 @@ def render_markdown(
     lines += metrics_table(summary, datasets, models)
     lines += ["", "## Training speed (mean over seeds)", ""]
     lines += speed_table(summary, datasets, models)
+    attentive = [m for m in models if any(
+        summary.get(ds, {}).get(m, {}).get("attention_entropy", Stat.of([])).n
+        for ds in datasets)]
+    if attentive:
+        lines += [
+            "", "## Attention health (test split, mean over seeds)", "",
+            "Of the self-attention heads that pool the history into interests: entropy of each "
+            "query's weights relative to uniform over the keys it may see (1 = uniform, 0 = one "
+            "key), mean |logit| before the softmax (scaling included), and the diversity loss "
+            "L_d (Eq. 7); entropy and |logit| are means over the heads. Per-head values are in "
+            "results.jsonl.", "",
+        ]
+        lines += health_table(summary, datasets, attentive)
     routed = [m for m in models if any(
         summary.get(ds, {}).get(m, {}).get("routing_overall", Stat.of([])).n for ds in datasets)]
     if routed:
@@ -399,7 +430,7 @@ def summary_dict(
     """``summary.json``: means/stds per dataset x model x metric, the paired tests, and each
     (dataset, model)'s resolved configuration."""
     metrics = ["test_auc", "test_logloss", "test_gauc", "valid_auc", "best_epoch", "epochs",
-               "train_seconds", "samples_per_second", *ROUTING]
+               "train_seconds", "samples_per_second", *ROUTING, *HEALTH_METRICS]
     summary = summarize(rows, metrics)
     out: dict = {"command": command, "seeds": list(seeds), "datasets": {}}
     for ds in datasets:
