@@ -12,6 +12,7 @@ from torch import nn
 
 import camn.models.camn as camn_module
 from camn.models import FeatureSpec, build_model
+from camn.models.base import reporting_health
 from camn.models.camn import CAMN, AttributeClickLoss, AttributeRouting, SlotAttention
 from camn.models.layers import (
     CausalSelfAttention,
@@ -447,13 +448,16 @@ def test_attention_health_on_a_hand_computed_example() -> None:
 
 
 @pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
-def test_health_terms_are_per_head_and_only_outside_training(name: str) -> None:
+def test_health_terms_are_per_head_and_only_when_asked(name: str) -> None:
     model = make_model(name)
     batch = make_batch(10)
     assert set(model.train()(batch, extra_losses=True).aux_terms) == {"next_click", "diversity"}
     assert model.train()(batch).aux_terms == {}
-    terms = model.eval()(batch).aux_terms
-    assert set(terms) == {"attention_entropy", "attention_abs_logit"}
+    assert model.eval()(batch).aux_terms == {}  # prediction and export do not pay for it
+    with reporting_health(model):
+        terms = model.eval()(batch).aux_terms
+    assert not model.report_health
+    assert set(terms) == {"attention_entropy", "attention_abs_logit", "diversity"}
     entropy, abs_logit = terms["attention_entropy"], terms["attention_abs_logit"]
     assert entropy.shape == abs_logit.shape == (K,)
     assert torch.all((entropy > 0) & (entropy <= 1 + 1e-6)) and torch.all(abs_logit > 0)
@@ -466,6 +470,22 @@ def test_health_terms_are_per_head_and_only_outside_training(name: str) -> None:
     expected = attention_health(attention, logits, allowed)
     torch.testing.assert_close(entropy, expected[0])
     torch.testing.assert_close(abs_logit, expected[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["diversity"],
+                               diversity_loss(attention.transpose(0, 1), batch["mask"]))
+
+
+def test_dmin_reports_the_same_health_as_camn_without_routing() -> None:
+    """P = 1 and alpha = 0 make camn DMIN (same weights): their health must agree too."""
+    torch.manual_seed(0)
+    dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8])
+    camn = make_model("camn-loss")
+    camn.load_state_dict(dmin.state_dict())
+    batch = make_batch(10)
+    with reporting_health(camn), reporting_health(dmin):
+        ours, theirs = camn.eval()(batch).aux_terms, dmin.eval()(batch).aux_terms
+    assert set(ours) == set(theirs)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name])
 
 
 # ------------------------------------------------------------------------------- learning

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from camn.models import FeatureSpec, build_model
+from camn.models.base import reporting_health
 from camn.models.camn_standalone import CAMNStandalone
-from camn.models.layers import diversity_loss, keep_top_q
+from camn.models.layers import attention_health, diversity_loss, keep_top_q
 from camn.models.registry import resolved_options
 
 K, D, L = 4, 6, 8
@@ -152,7 +153,7 @@ def test_refine_equals_eq5_and_eq6(residual_norm: bool) -> None:
     mask = make_batch(SPEC, 4)["mask"]
     items = torch.randn(4, L, K, D)
     scores = model.route(items)
-    refined, attention = model.refine(items, scores, mask)
+    refined, attention, _ = model.refine(items, scores, mask)
     logits = naive_logits(model, items, scores, mask, "key")
     ffn = model.ffn
     for b in range(4):
@@ -207,7 +208,7 @@ def test_forward_aux_loss_is_alpha_times_diversity_of_the_attention(pairs: str) 
     batch = make_batch(SPEC, 8)
     output = model(batch, extra_losses=True)
     history, _ = model.embed(batch)
-    _, attention = model.refine(history, model.route(history), batch["mask"])
+    _, attention, _ = model.refine(history, model.route(history), batch["mask"])
     expected = diversity_loss(attention, batch["mask"], distinct=pairs == "distinct")
     torch.testing.assert_close(output.aux_terms["diversity"], expected)
     torch.testing.assert_close(output.aux_loss, 0.25 * expected)
@@ -326,3 +327,21 @@ def test_small_batch_can_be_overfit() -> None:
         assert torch.equal((output.logits > 0).float(), batch["label"])  # training accuracy 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_health_is_reported_per_head_only_when_asked() -> None:
+    model = make_model("camn-standalone").eval()
+    batch = make_batch(SPEC, 10)
+    assert model(batch).aux_terms == {}
+    with reporting_health(model):
+        terms = model(batch).aux_terms
+    history, _ = model.embed(batch)
+    _, attention, logits = model.refine(history, model.route(history), batch["mask"])
+    mask = batch["mask"]
+    allowed = mask[:, None, :] & mask[:, :, None]
+    entropy, abs_logit = attention_health(attention.transpose(0, 1), logits.transpose(0, 1),
+                                          allowed)
+    torch.testing.assert_close(terms["attention_entropy"], entropy)
+    torch.testing.assert_close(terms["attention_abs_logit"], abs_logit)
+    torch.testing.assert_close(terms["diversity"], diversity_loss(attention, mask))
+    assert entropy.shape == (model.num_slots,) and torch.all(entropy <= 1 + 1e-6)

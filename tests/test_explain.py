@@ -16,6 +16,7 @@ from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import RawData
 from camn.data.store import PreparedStore
+from camn.explain import encoded
 from camn.models.base import FeatureSpec
 from camn.models.registry import build_model, resolved_options
 from camn.train.checkpoints import save_checkpoint
@@ -117,3 +118,25 @@ def test_full_values_and_user_numbers_of_older_stores(tmp_path: Path,
     (store.root / "users.txt").unlink()
     text = explain(capsys, "--run", str(tmp_path / "model"), "--split", "train", "--limit", "1")
     assert "(train), user #" in text
+
+
+def test_text_ends_with_the_heads_attention_health_over_the_splits_clicks(
+    run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    predictor = camn.load(run)
+    store = predictor.store
+    text = explain(capsys, "--run", str(run), "--limit", "1")
+    rows = store.split_indices("test")
+    clicks = rows[(np.asarray(store.array("labels"))[rows] == 1)
+                  & (np.asarray(store.array("lengths"))[rows] > 0)]
+    health = text.split("attention health of the ")[1].splitlines()
+    k = len(store.attributes)
+    assert health[0].startswith(f"{k} interest heads over {len(clicks):,} clicks of the test split")
+    entropy = [float(v) for v in health[1].split("(")[0].split()[3:]]
+    abs_logit = [float(v) for v in health[2].split()[2:]]
+    assert len(entropy) == len(abs_logit) == k and all(0 < e <= 1.0005 for e in entropy)
+    # the numbers of the evaluation's averaged terms on the same clicks
+    expected = predictor.health(encoded(predictor, clicks))
+    np.testing.assert_allclose(entropy, expected["attention_entropy"], atol=6e-4)
+    np.testing.assert_allclose(abs_logit, expected["attention_abs_logit"], atol=6e-4)
+    assert health[3].split()[:2] == ["diversity", "L_d"]

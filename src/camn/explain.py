@@ -8,7 +8,10 @@ the user's number, ``#12``). ``--user ID`` picks that user's clicks (the most re
 ``--split``. Formats:
 
 - ``text``: one table a sample; ``*`` marks each item's top attribute, and on synthetic stores
-  a ``planted`` column names the attribute that really drove the click;
+  a ``planted`` column names the attribute that really drove the click; then the attention
+  health of the model's interest heads over the split's (or the user's) clicks, at most
+  8,192: per head the entropy relative to uniform and the mean |logit|, and L_d (Eq. 7), so
+  that a reader sees whether the heads single anything out before trusting the scores;
 - ``csv``: one line per (sample, history item, attribute): ``sample``, ``store_row``,
   ``split``, ``user``, ``candidate``, ``probability``, ``position`` (1 = oldest), ``item``,
   ``attribute``, ``value``, ``score`` (P), ``top`` (the item's top attribute), and ``planted``
@@ -33,6 +36,7 @@ from camn.data.store import USERS
 from camn.predict import Encoded, Predictor, load, routing_table
 
 FORMATS = ("text", "csv", "json")
+HEALTH_ROWS = 8192  # clicks the text format's attention health is averaged over, at most
 CAVEAT = (
     "Caveat: Eq. 2-4 tie column r to attribute r only through 'P[:, r] scales head r'; on "
     "planted data the router sorts items by their driving attribute but often under another "
@@ -73,10 +77,31 @@ def run(args: argparse.Namespace) -> int:
         for _, sample in samples.group_by("sample", maintain_order=True):
             print()
             print(describe(sample, predictor.attributes))
+        where = f"user {args.user!r}" if args.user else f"the {args.split} split"
         if not len(rows):
-            where = f"user {args.user!r}" if args.user else f"the {args.split} split"
             print(f"no clicked sample with a history for {where}")
+        clicks = chosen_rows(predictor, args.user, args.split, HEALTH_ROWS)
+        if len(clicks):
+            print()
+            print(describe_health(predictor.health(encoded(predictor, clicks)), len(clicks),
+                                  where))
     return 0
+
+
+def describe_health(health: dict, count: int, where: str) -> str:
+    """The attention health lines of the text format: per head entropy and |logit|, L_d."""
+    if "attention_entropy" not in health:
+        return "attention health: the model reports none (no self-attention heads)"
+    def cells(values: list[float]) -> str:
+        return "  ".join(f"{value:.3f}" for value in values)
+    lines = [f"attention health of the {len(health['attention_entropy'])} interest heads over "
+             f"{count:,} clicks of {where} (head r is scaled by routing column r):",
+             f"  entropy / uniform  {cells(health['attention_entropy'])}   "
+             "(1 = uniform over the keys a click may see, 0 = one key)",
+             f"  mean |logit|       {cells(health['attention_abs_logit'])}"]
+    if "diversity" in health:
+        lines.append(f"  diversity L_d      {health['diversity']:.4f}   (Eq. 7)")
+    return "\n".join(lines)
 
 
 def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) -> np.ndarray:
@@ -99,6 +124,15 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
     return rows[-limit:] if user is not None else rows[:limit]
 
 
+def encoded(predictor: Predictor, rows: np.ndarray) -> Encoded:
+    """Store ``rows`` as the predictor's encoded input (item rows of history and candidate)."""
+    store = predictor.store
+    history = np.asarray(store.array("histories")[rows][:, :, 0]).astype(np.int64)  # (n, L)
+    lengths = np.asarray(store.array("lengths")[rows]).astype(np.int64)
+    return Encoded(history, lengths, np.asarray(store.array("targets")[rows][:, 0]).astype(
+        np.int64))
+
+
 def user_names(predictor: Predictor) -> list[str] | None:
     """The store's user ids, or None for a store prepared before they were recorded."""
     return predictor.user_ids() if (predictor.store.root / USERS).is_file() else None
@@ -112,8 +146,7 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     history = np.asarray(store.array("histories")[rows]).astype(np.int64)  # (n, L, k)
     lengths = np.asarray(store.array("lengths")[rows]).astype(np.int64)
     targets = np.asarray(store.array("targets")[rows]).astype(np.int64)  # (n, k)
-    encoded = Encoded(history[:, :, 0], lengths, targets[:, 0])
-    probabilities, routing = predictor.run(encoded, routing=True)
+    probabilities, routing = predictor.run(encoded(predictor, rows), routing=True)
     table = routing_table(history, lengths, routing, attributes, vocabularies)
     users = np.asarray(store.array("users")[rows])
     names = user_names(predictor)

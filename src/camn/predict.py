@@ -34,8 +34,9 @@ import torch
 from camn.argtypes import seed_int
 from camn.data.raw import ACTION, DataError
 from camn.data.store import USERS, PreparedStore
-from camn.models.base import CTRModel, FeatureSpec
+from camn.models.base import CTRModel, FeatureSpec, reporting_health
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model
+from camn.train.metrics import TermAverages
 
 PAD_ID, UNKNOWN_ID = 0, 1
 EXAMPLES = 3  # unknown ids named in a warning
@@ -465,6 +466,18 @@ class Predictor:
                 scores.append(output.routing.float().cpu().numpy())
         probabilities = 1 / (1 + np.exp(-np.concatenate(logits)))
         return probabilities, np.concatenate(scores) if routing else None
+
+    @torch.no_grad()
+    def health(self, rows: Encoded) -> dict[str, float | list[float]]:
+        """The model's attention health over ``rows`` (``base.reporting_health``: per head
+        ``attention_entropy`` and ``attention_abs_logit``, and ``diversity``), averaged over
+        the rows; empty for a model without attention heads."""
+        terms = TermAverages()
+        with reporting_health(self.model):
+            for start in range(0, len(rows), self.batch_size):
+                batch = self.batch(rows, start, start + self.batch_size)
+                terms.add(self.model(batch).aux_terms, len(batch["target"]))
+        return terms.averages()
 
     @property
     def has_routing(self) -> bool:

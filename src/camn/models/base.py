@@ -11,6 +11,8 @@ trainer's loss; extra losses may use the history and the drawn ``history_negativ
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -64,6 +66,7 @@ class CTRModel(nn.Module):
     """Base class: owns the k attribute embeddings shared by history and target."""
 
     needs_history_negatives: ClassVar[bool] = False
+    report_health: bool = False  # set by ``reporting_health``: attention health in aux_terms
 
     def __init__(self, spec: FeatureSpec, embed_dim: int = 18) -> None:
         super().__init__()
@@ -92,3 +95,17 @@ class CTRModel(nn.Module):
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         """Click logits of ``batch``; with ``extra_losses`` also the model's extra losses."""
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def reporting_health(model: nn.Module) -> Iterator[None]:
+    """Within the block a model with attention heads adds their health to ``aux_terms``, per
+    head: ``attention_entropy`` and ``attention_abs_logit`` (``layers.attention_health``), and
+    ``diversity`` (L_d, Eq. 7, over the same heads). Evaluation asks for it; prediction, export
+    and training do not pay for it."""
+    previous = getattr(model, "report_health", False)
+    model.report_health = True
+    try:
+        yield
+    finally:
+        model.report_health = previous

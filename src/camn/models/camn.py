@@ -36,8 +36,6 @@ from camn.models.layers import (
     NextClickLoss,
     OutputHead,
     Packing,
-    attention_health,
-    causal_mask,
     diversity_loss,
 )
 from camn.models.registry import register
@@ -190,10 +188,11 @@ class CAMN(CTRModel):
     user b click item j (the paper's Figure 1). ``aux_loss`` is 0 unless the forward pass is
     asked for the extra losses (the trainer's batches), as DMIN's; then ``aux_terms`` holds
     the unweighted ``next_click``, ``diversity`` and, where the extension is on,
-    ``attribute_click``. Outside training ``aux_terms`` holds the extractor's attention health,
-    per head (k,): ``attention_entropy`` (mean entropy over the keys a query may see, relative
-    to uniform over them; 1 = uniform) and ``attention_abs_logit`` (mean |logit| over those
-    (query, key) pairs, P scaling included).
+    ``attribute_click``. Under ``base.reporting_health`` (evaluation) ``aux_terms`` also holds
+    the extractor's attention health, per head (k,): ``attention_entropy`` (mean entropy over
+    the keys a query may see, relative to uniform over them; 1 = uniform),
+    ``attention_abs_logit`` (mean |logit| over those (query, key) pairs, P scaling included)
+    and ``diversity`` (L_d over the heads), as DMIN's (``MultiInterestExtractor.health``).
     """
 
     needs_history_negatives = True
@@ -266,7 +265,9 @@ class CAMN(CTRModel):
         key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
         interests, _, attention = self.extractor(refined, target, packing, key_scale)  # Eq. 4
         logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
-        terms = {} if self.training else self.health(refined, packing, key_scale, attention)
+        terms = {}
+        if self.report_health:
+            terms = self.extractor.health(refined, packing, attention, key_scale)
         if not extra_losses:
             return ModelOutput(logits, self.no_aux_loss(logits), terms, scores)
         aux, loss_terms = self.losses(batch, packing, attributes, items, refined, scores,
@@ -316,19 +317,3 @@ class CAMN(CTRModel):
         drawn = self.embedding(drawn_ids)  # (M, k, d)
         clicked = (attributes[following], packing.pack(scores)[following])
         return self.tie.pair_loss(refined[pairs], clicked, (drawn, self.router(drawn)))
-
-    @torch.no_grad()
-    def health(
-        self,
-        refined: torch.Tensor,
-        packing: Packing,
-        key_scale: torch.Tensor | None,
-        attention: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """The extractor's attention health per head (k,): see the class docstring. The logits
-        are computed again (evaluation only: one projection and one product per batch)."""
-        logits, _ = self.extractor.attention.logits(refined, packing, key_scale)
-        mask = packing.mask
-        allowed = causal_mask(mask) & mask[:, :, None]  # real queries, their real past keys
-        entropy, abs_logit = attention_health(attention, logits, allowed)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}

@@ -27,6 +27,7 @@ from camn.models.layers import (
     HeadwiseLinear,
     OutputHead,
     TargetAttention,
+    attention_health,
     diversity_loss,
     masked_softmax,
     pool_history,
@@ -148,16 +149,17 @@ class CAMNStandalone(CTRModel):
 
     def refine(
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d) and attention A (B, k, L, L)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d), attention A and its logits
+        (B, k, L, L)."""
         logits = self.attention_logits(items, scores, mask)
         attention = masked_softmax(logits, mask[:, None, None, :])  # (B, k, L, L)
         values = self.value(items).transpose(1, 2)  # (B, k, L, d)
         refined = attention @ values  # Eq. 5, (B, k, L, d)
         if self.norms is None:
-            return self.ffn(refined), attention  # Eq. 6
+            return self.ffn(refined), attention, logits  # Eq. 6
         refined = self.norms[0](refined + items.transpose(1, 2))
-        return self.norms[1](refined + self.ffn(refined)), attention
+        return self.norms[1](refined + self.ffn(refined)), attention, logits
 
     def attribute_scores(self, batch: Batch) -> torch.Tensor:
         """P (B, L, k) of every history click (zero at padding): the model's explanation."""
@@ -169,13 +171,26 @@ class CAMNStandalone(CTRModel):
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         scores = self.route(history)  # (B, L, k)
         items = history if self.item_norm is None else self.item_norm(history)  # (B, L, k, d)
-        refined, attention = self.refine(items, scores, mask)
+        refined, attention, attention_logits = self.refine(items, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
         logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask))
         routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
+        terms = self.health(attention, attention_logits, mask) if self.report_health else {}
         if not extra_losses:
-            return ModelOutput(logits, self.no_aux_loss(logits), routing=routing)
+            return ModelOutput(logits, self.no_aux_loss(logits), terms, routing)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
-        return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)
+        return ModelOutput(logits, aux, terms | {"diversity": diversity.detach()}, routing)
+
+    @torch.no_grad()
+    def health(
+        self, attention: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The k heads' attention health (``attention_health``, per head) and L_d (Eq. 7):
+        attention and logits (B, k, L, L); every real item attends every real item."""
+        allowed = mask[:, None, :] & mask[:, :, None]  # real queries, real keys
+        entropy, abs_logit = attention_health(attention.transpose(0, 1),
+                                              logits.transpose(0, 1), allowed)
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit,
+                "diversity": diversity_loss(attention, mask, self.distinct_pairs)}

@@ -85,10 +85,11 @@ class DMIN(CTRModel):
         items = self.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
         refined = self.refiner(items, packing)  # (N, D)
-        interests, _, _ = self.extractor(refined, target, packing)  # (B, k, D)
+        interests, _, attention = self.extractor(refined, target, packing)  # (B, k, D)
         logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
+        terms = self.extractor.health(refined, packing, attention) if self.report_health else {}
         if not extra_losses or self.aux_weight == 0:
-            return ModelOutput(logits, self.no_aux_loss(logits))
+            return ModelOutput(logits, self.no_aux_loss(logits), terms)
         negatives = self.embedding(packing.pack(self.history_negatives(batch))).flatten(-2)
         aux = self.next_click.packed(refined, items, negatives, packing)
-        return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})
+        return ModelOutput(logits, self.aux_weight * aux, terms | {"next_click": aux.detach()})

@@ -716,6 +716,25 @@ class MultiInterestExtractor(nn.Module):
         interests, weights = self.pool.forward_packed(self.ffn(heads), target, packing)
         return interests, weights, attention
 
+    @torch.no_grad()
+    def health(
+        self,
+        refined: torch.Tensor,
+        packing: Packing,
+        attention: torch.Tensor,
+        key_scale: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The self-attention heads' health (``attention_health``, per head (H,)) and the
+        diversity loss L_d (Eq. 7) over them, from ``forward``'s attention (H, B, L, L). The
+        logits are computed again: one projection and one product, at evaluation only."""
+        logits, _ = self.attention.logits(refined, packing, key_scale)
+        mask = packing.mask
+        allowed = causal_mask(mask) & mask[:, :, None]  # real queries, their real past keys
+        entropy, abs_logit = attention_health(attention, logits, allowed)
+        diversity = diversity_loss(attention.transpose(0, 1), mask)
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit,
+                "diversity": diversity}
+
 
 # ------------------------------------ CAMN's routing and diversity loss (camn, camn-standalone)
 
