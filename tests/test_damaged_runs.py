@@ -203,11 +203,11 @@ def test_a_torch_save_file_is_refused(run: Path, store: Path, capsys) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(
     ("more_items", "embed_dim", "detail"),
-    [  # the embedding table holds 62 + 14 + 26 = 102 ids; the run's d is 4, k is 3; with
+    [  # the embedding table holds 62 + 14 + 24 = 100 ids; the run's d is 4, k is 3; with
         # d = 6 the router (3, 18) and the output layer (1, 36) differ too
-        (0, 6, "embedding.table.weight has shape (102, 6) in the file but (102, 4) in the model "
+        (0, 6, "embedding.table.weight has shape (100, 6) in the file but (100, 4) in the model "
          "(and 2 more tensor(s) of another shape)"),
-        (5, 4, "embedding.table.weight has shape (107, 4) in the file but (102, 4) in the model"),
+        (5, 4, "embedding.table.weight has shape (105, 4) in the file but (100, 4) in the model"),
     ],
     ids=["another-model", "another-store"],
 )

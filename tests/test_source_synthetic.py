@@ -9,14 +9,27 @@ from sklearn.metrics import roc_auc_score
 
 from camn.cli import main
 from camn.data.prepare import prepare
-from camn.data.sources import available_sources
-from camn.data.sources.synthetic import _roots, attribute_names, generate
+from camn.data.sources import available_sources, synthetic
+from camn.data.sources.synthetic import _roots, attribute_names
 from camn.data.store import PreparedStore
 
 SMALL = {"users": 300, "items": 200}
 SALIENT = {"item_driver": "salient", "item_share": 0.5}  # the salience reading of item-level
-# the generator's defaults before item_driver and follow existed
+# the generator's defaults (those of the generator before item_driver and follow existed)
 PREVIOUS_DEFAULT = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5}
+# the history-following mode, which most tests here exercise
+HISTORY = {"item_driver": "category", "follow": 0.8, "item_share": 0.8}
+
+
+def generate(**options):
+    """``synthetic.generate`` in the history-following mode unless the options say otherwise."""
+    return synthetic.generate(**{**HISTORY, **options})
+
+
+def test_the_defaults_are_the_salience_generator():
+    raw = synthetic.generate(**SMALL, seed=3)
+    assert raw.interactions.equals(generate(**SMALL, **PREVIOUS_DEFAULT, seed=3).interactions)
+    assert raw.origin["item_driver"] == "salient" and raw.origin["follow"] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -398,12 +411,12 @@ def _test_aucs(store: PreparedStore, truth) -> dict[str, float]:
     }
 
 
-def test_default_data_needs_the_history_and_each_items_driver(tmp_path):
-    """On the default store, popularity alone predicts almost nothing; matching each history
+def test_history_mode_needs_the_history_and_each_items_driver(tmp_path):
+    """In the history mode, popularity alone predicts almost nothing; matching each history
     item on its own driving slot beats counting matches in every slot; the generator's own
     probability is well above both (learnable, not trivial). The previous default was the
-    other way round: popularity alone was as good as the history."""
-    raw, truth = generate(return_truth=True)
+    other way round (it is still the default: see the module docstring)."""
+    raw, truth = generate(return_truth=True)  # the history mode at the default sizes
     prepare(raw, tmp_path / "s")
     store = PreparedStore(tmp_path / "s")
     assert store.schema["num_users"] == 3000
