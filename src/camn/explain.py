@@ -95,7 +95,8 @@ def describe_health(health: dict, count: int, where: str) -> str:
     def cells(values: list[float]) -> str:
         return "  ".join(f"{value:.3f}" for value in values)
     lines = [f"attention health of the {len(health['attention_entropy'])} interest heads over "
-             f"{count:,} click{'s' * (count != 1)} of {where} (head r is scaled by routing column r):",
+             f"{count:,} click{'s' * (count != 1)} of {where} (head r is scaled by routing "
+             "column r):",
              f"  entropy / uniform  {cells(health['attention_entropy'])}   "
              "(1 = uniform over the keys a click may see, 0 = one key)",
              f"  mean |logit|       {cells(health['attention_abs_logit'])}"]
