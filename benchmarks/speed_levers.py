@@ -11,8 +11,9 @@ busy machine slows them alike; medians of the repeats. The levers:
   accelerators and under ``torch.compile`` (``layers.Packing``).
 - ``buckets``: length-bucketed batches cut to their longest history (``--length-buckets``).
 - ``dense+buckets``: both, the accelerator path with the padding it saves.
-- ``compile+buckets``: ``torch.compile`` (inductor) with length buckets; its compilation time is
-  reported apart and not counted in the rate.
+- ``compile``: ``torch.compile`` (inductor) of the packed rows, which the trainer hands in
+  (``layers.packed_positions``); its compilation time is reported apart, not in the rate.
+- ``compile+buckets``: the same with length buckets.
 - ``--baseline-src DIR``: the same model and batches run by an older camn source tree (for
   instance ``git worktree add /tmp/old COMMIT`` then ``--baseline-src /tmp/old/src``), with
   that tree's default Adam, as ``baseline``.
@@ -31,7 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-LEVERS = ("default", "adam-loop", "dense-rows", "buckets", "dense+buckets", "compile+buckets")
+LEVERS = (
+    "default", "adam-loop", "dense-rows", "buckets", "dense+buckets", "compile", "compile+buckets",
+)
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "stores" / "beauty-sliding"
 
 
@@ -53,6 +56,7 @@ def measure(args: argparse.Namespace) -> dict:
         loop.fused = lambda device: {}
     if lever.startswith("dense"):
         layers.torch.compiler.is_compiling = lambda: True
+        loop.packed_positions = lambda mask: {}
     store = PreparedStore(args.store)
     torch.manual_seed(0)
     model = build_model(args.model, FeatureSpec.from_schema(store.schema))

@@ -148,6 +148,37 @@ def test_compiled_training_pass_with_extra_losses_equals_eager() -> None:
     torch.testing.assert_close(got.aux_loss, want.aux_loss, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["dmin", "camn", "camn-slot"])
+def test_compiled_training_pass_on_handed_in_packed_rows_is_one_graph_equal_to_eager(
+    name: str,
+) -> None:
+    """With ``layers.packed_positions`` in the batch (what the trainer hands a packing model
+    on the CPU) the packed rows trace as one graph, the row count being an input's size, and
+    the training pass (logits, next-click and diversity losses) equals eager's own packing."""
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).train()
+    batch = make_batch(LENGTHS)
+    handed = batch | layers.packed_positions(batch["mask"])
+    assert len(handed[layers.PACKED_ROWS]) == sum(LENGTHS)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    want = model(batch, extra_losses=True)
+    model.load_state_dict(state)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    got = compiled(handed, extra_losses=True)
+    assert want.aux_loss > 0
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.aux_loss, want.aux_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_positions_are_the_real_rows_and_their_next_click_pairs() -> None:
+    mask = torch.tensor([[True, True, True, False], [False] * 4, [True, True, False, False]])
+    handed = layers.packed_positions(mask)
+    assert handed[layers.PACKED_ROWS].tolist() == [0, 1, 2, 8, 9]  # flat (sample, position)
+    assert handed[layers.PACKED_PAIRS].tolist() == [0, 1, 3]  # packed rows whose next is real
+    packing = layers.Packing.of({"mask": mask} | handed)
+    assert not packing.dense and packing.next_pairs() is handed[layers.PACKED_PAIRS]
+
+
 @pytest.mark.parametrize("command", ["train", "benchmark"])
 def test_bf16_is_refused_with_the_reason_where_the_cpu_emulates_it(
     command: str, tmp_path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch

@@ -66,6 +66,7 @@ class CTRModel(nn.Module):
     """Base class: owns the k attribute embeddings shared by history and target."""
 
     needs_history_negatives: ClassVar[bool] = False
+    packs_rows: ClassVar[bool] = False  # reads ``layers.packed_positions`` from its batches
     report_health: bool = False  # set by ``reporting_health``: attention health in aux_terms
 
     def __init__(self, spec: FeatureSpec, embed_dim: int = 18) -> None:

@@ -196,6 +196,7 @@ class CAMN(CTRModel):
     """
 
     needs_history_negatives = True
+    packs_rows = True
 
     def __init__(
         self,
@@ -256,7 +257,7 @@ class CAMN(CTRModel):
         return packing.unpack(self.router(attributes))
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
-        packing = Packing(batch["mask"])
+        packing = Packing.of(batch)
         attributes = self.embedding(packing.pack(batch["history"]))  # (N, k, d)
         items = attributes.flatten(-2)  # (N, D)
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)

@@ -55,6 +55,7 @@ class DMIN(CTRModel):
     """
 
     needs_history_negatives = True
+    packs_rows = True
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class DMIN(CTRModel):
         )
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
-        packing = Packing(batch["mask"])
+        packing = Packing.of(batch)
         items = self.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
         refined = self.refiner(items, packing)  # (N, D)

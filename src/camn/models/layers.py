@@ -93,6 +93,20 @@ def field_embeddings(
 # ---------------------------------------------------------------------------------- packed rows
 
 
+PACKED_ROWS, PACKED_PAIRS = "packed_rows", "packed_pairs"
+
+
+def packed_positions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The real rows of ``mask`` (B, L) and their next-click pairs, as batch entries.
+
+    Computed outside the model (the trainer does it for a compiled model on the CPU), they
+    reach ``Packing.of`` as inputs: their count is then an input's size, not a value found
+    inside the graph, so ``torch.compile`` traces the packed rows without a graph break.
+    """
+    packing = Packing(mask, dense=False)
+    return {PACKED_ROWS: packing.rows, PACKED_PAIRS: packing.next_pairs()}
+
+
 class Packing:
     """The history positions a model computes, one row each: packed tensors are (N, ...).
 
@@ -101,25 +115,35 @@ class Packing:
     arithmetic is the cost there. On an accelerator (``dense``) the rows are all B * L
     positions: finding the real ones needs their count on the host, a synchronisation that
     costs more there than the padding's arithmetic; padding rows are computed and masked.
-    Under ``torch.compile`` the rows are dense too: a row count known only from the data
-    would break the graph. Either way ``unpack`` gives zeros at padding and
-    ``sum_per_sample`` sums real rows only.
+    Under ``torch.compile`` the rows are dense too, unless the batch brings them
+    (``packed_positions``, ``Packing.of``): a row count found inside the graph would break
+    it. Either way ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows
+    only.
     """
 
-    def __init__(self, mask: torch.Tensor, dense: bool | None = None) -> None:
+    def __init__(
+        self, mask: torch.Tensor, dense: bool | None = None,
+        rows: torch.Tensor | None = None, pairs: torch.Tensor | None = None,
+    ) -> None:
         self.mask = mask
         self.batch, self.length = mask.shape
         if dense is None:
-            dense = mask.device.type != "cpu" or torch.compiler.is_compiling()
+            dense = rows is None and (mask.device.type != "cpu" or torch.compiler.is_compiling())
         self.dense = dense
         flat = mask.reshape(-1)
         if self.dense:
             self.rows = torch.arange(flat.numel(), device=mask.device)
         else:
-            self.rows = flat.nonzero().squeeze(-1)
+            self.rows = flat.nonzero().squeeze(-1) if rows is None else rows
+        self.pairs = None if self.dense else pairs
         self.sample = self.rows // self.length  # (N,)
         self.position = self.rows % self.length  # (N,)
         self.real = flat if self.dense else None  # (N,) bool, where padding rows exist
+
+    @classmethod
+    def of(cls, batch: dict[str, torch.Tensor]) -> Packing:
+        """The packing of a batch's history, from its ``packed_positions`` where it has them."""
+        return cls(batch["mask"], rows=batch.get(PACKED_ROWS), pairs=batch.get(PACKED_PAIRS))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (N, ...)."""
@@ -157,6 +181,8 @@ class Packing:
 
         Left-aligned histories make positions t and t + 1 of one sample consecutive rows.
         """
+        if self.pairs is not None:
+            return self.pairs
         following = (self.position + 1).clamp(max=self.length - 1)
         has_next = (self.position + 1 < self.length) & self.mask[self.sample, following]
         return has_next.nonzero().squeeze(-1)

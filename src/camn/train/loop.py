@@ -44,6 +44,7 @@ from camn.data.store import (
     make_batch,
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
+from camn.models.layers import packed_positions
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, check_output, swap_in
 from camn.results import data_summary, summarise
@@ -280,7 +281,10 @@ def run_epoch(
         batches, total=total_batches, desc=description, leave=False, unit="batch",
         disable=None if config.progress else True,
     )
+    hand_packing = model.packs_rows and device.type == "cpu"
     for step, batch in enumerate(bar):
+        if hand_packing:  # found outside the model: compiles without a data-dependent shape
+            batch = batch | packed_positions(batch["mask"])
         with autocast(config.precision, device):
             output = module(batch, extra_losses=True)
         loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch["label"])
@@ -426,7 +430,7 @@ def train_one(
     if context.enabled:
         probe = next(data.batches(config.batch_size, **batch_options))
         module = distributed.wrap(model, distributed.has_unused_parameters(model, probe))
-    if config.compile:  # dense rows under compile (layers.Packing): no data-dependent shapes
+    if config.compile:  # packed rows handed in on the CPU (run_epoch), dense rows elsewhere
         module = torch.compile(module, dynamic=True)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, fused(device))
     progress, best_state = starting_point(out_dir, resume, writes, model, optimizer, device)
