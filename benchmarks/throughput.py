@@ -39,6 +39,10 @@ Output: a table, the camn / FuxiCTR ratios, then as the last line one JSON objec
     python benchmarks/throughput.py --steps 20 --repeats 3 --models din,dmin \\
         --fuxictr /tmp/fuxictr/bin/python --fuxictr-zoo /tmp/fuxictr_zoo/model_zoo
     python benchmarks/throughput.py --precision bf16 --device cuda --batch-size 8192
+
+``--compile`` puts camn's training steps under ``torch.compile`` as ``camn train --compile``
+does (on the CPU the trainer hands DMIN and CAMN their packed rows, so the compiled graph
+computes real history items only); compilation falls in the warm-up steps, untimed.
 """
 
 from __future__ import annotations
@@ -110,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the interpreter of a venv holding fuxictr 2.3.10")
     parser.add_argument("--fuxictr-zoo", type=Path, metavar="DIR", default=None,
                         help="FuxiCTR's model_zoo folder (DIN/src/DIN.py, DMIN/src/DMIN.py)")
+    parser.add_argument("--compile", action="store_true",
+                        help="camn's training steps under torch.compile, as `camn train "
+                             "--compile` (compilation happens in the warm-up, not timed)")
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     add_measurement_arguments(parser)
     args = parser.parse_args(argv)
@@ -131,7 +138,7 @@ def trainer_config(name: str, args: argparse.Namespace) -> TrainConfig:
 
 
 def train_steps(
-    model: CTRModel, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], count: int,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[Batch], count: int,
     config: TrainConfig,
 ) -> tuple[torch.Tensor, int]:
     """Adam steps over ``batches``, the trainer's ``run_epoch``; (summed loss, samples)."""
@@ -170,11 +177,12 @@ def measure_training(
     warm = epoch(0)
     first = next(warm)
     flops = count_flops(lambda: train_steps(model, optimizer, iter([first]), 1, config))
-    train_steps(model, optimizer, itertools.islice(warm, args.warmup - 1), args.warmup, config)
+    module = torch.compile(model, dynamic=True) if args.compile else model  # as train_one
+    train_steps(module, optimizer, itertools.islice(warm, args.warmup - 1), args.warmup, config)
     synchronize(device)
     steps = timed_batches(store.num_batches("train", args.batch_size), args)
     start = time.perf_counter()
-    total, seen = train_steps(model, optimizer, itertools.islice(epoch(1), steps), steps,
+    total, seen = train_steps(module, optimizer, itertools.islice(epoch(1), steps), steps,
                               config)
     loss = float(total) / seen  # waits for the device: the steps are done
     seconds = time.perf_counter() - start
@@ -318,7 +326,7 @@ def entries(args: argparse.Namespace, store: Path, models: list[str], zoo: Path 
                          *itertools.chain.from_iterable(
                              ("--option", item) for item in args.option
                              if item.partition(":")[0] == name),
-                         *shared]) for name in models]
+                         *(["--compile"] if args.compile else []), *shared]) for name in models]
     if zoo is None:
         return camn
     fuxictr = [Entry(f"fuxictr_{name}", [args.fuxictr, str(FUXICTR_WORKER), "--model", name,
