@@ -28,15 +28,12 @@ from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
-    BehaviourRefiner,
     CausalSelfAttention,
     CollaborativeRouting,
     HeadwiseLinear,
-    MultiInterestExtractor,
-    NextClickLoss,
-    OutputHead,
     Packing,
     diversity_loss,
+    dmin_blocks,
 )
 from camn.models.registry import register
 
@@ -229,13 +226,11 @@ class CAMN(CTRModel):
         super().__init__(spec, embed_dim)
         width, k = self.num_slots * embed_dim, self.num_slots
         self.aux_weight = aux_weight
-        # DMIN, block for block (dmin.DMIN)
-        self.refiner = BehaviourRefiner(width, refiner_heads)
-        self.next_click = NextClickLoss(width, width, aux_hidden)
-        self.extractor = MultiInterestExtractor(width, k, spec.max_len, attention_hidden)
-        self.head = OutputHead(
-            width, k * width, pooled_history=pooled_history, input_norm=input_norm,
-            hidden=tuple(mlp_hidden), activation=activation,
+        # DMIN, block for block (dmin.DMIN), from the same seed the same initial weights
+        self.refiner, self.next_click, self.extractor, self.head = dmin_blocks(
+            width, k, spec.max_len, refiner_heads=refiner_heads, aux_hidden=aux_hidden,
+            attention_hidden=attention_hidden, mlp_hidden=mlp_hidden, activation=activation,
+            pooled_history=pooled_history, input_norm=input_norm,
         )
         # what the paper adds; the slot attention replaces DMIN's dense one only after
         # DMIN's blocks are built, so that every preset draws the initial weights it always drew

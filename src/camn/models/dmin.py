@@ -14,13 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import (
-    BehaviourRefiner,
-    MultiInterestExtractor,
-    NextClickLoss,
-    OutputHead,
-    Packing,
-)
+from camn.models.layers import Packing, dmin_blocks
 from camn.models.registry import register
 
 
@@ -73,12 +67,10 @@ class DMIN(CTRModel):
         super().__init__(spec, embed_dim)
         width, k = self.num_slots * embed_dim, self.num_slots
         self.aux_weight = aux_weight
-        self.refiner = BehaviourRefiner(width, refiner_heads)
-        self.next_click = NextClickLoss(width, width, aux_hidden)
-        self.extractor = MultiInterestExtractor(width, k, spec.max_len, attention_hidden)
-        self.head = OutputHead(
-            width, k * width, pooled_history=pooled_history, input_norm=input_norm,
-            hidden=tuple(mlp_hidden), activation=activation,
+        self.refiner, self.next_click, self.extractor, self.head = dmin_blocks(
+            width, k, spec.max_len, refiner_heads=refiner_heads, aux_hidden=aux_hidden,
+            attention_hidden=attention_hidden, mlp_hidden=mlp_hidden, activation=activation,
+            pooled_history=pooled_history, input_norm=input_norm,
         )
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

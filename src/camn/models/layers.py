@@ -762,6 +762,32 @@ class MultiInterestExtractor(nn.Module):
                 "diversity": diversity}
 
 
+def dmin_blocks(
+    width: int,
+    num_heads: int,
+    max_len: int,
+    *,
+    refiner_heads: int,
+    aux_hidden: Sequence[int],
+    attention_hidden: Sequence[int],
+    mlp_hidden: Sequence[int],
+    activation: str,
+    pooled_history: bool,
+    input_norm: bool,
+) -> tuple[BehaviourRefiner, NextClickLoss, MultiInterestExtractor, OutputHead]:
+    """DMIN's four blocks (refiner, next-click loss, extractor with ``num_heads`` heads, output
+    head on [target, pooled history, interests]), built in this order: the order draws the
+    initial weights, so DMIN and CAMN built from the same seed start from the same ones."""
+    refiner = BehaviourRefiner(width, refiner_heads)
+    next_click = NextClickLoss(width, width, aux_hidden)
+    extractor = MultiInterestExtractor(width, num_heads, max_len, attention_hidden)
+    head = OutputHead(
+        width, num_heads * width, pooled_history=pooled_history, input_norm=input_norm,
+        hidden=tuple(mlp_hidden), activation=activation,
+    )
+    return refiner, next_click, extractor, head
+
+
 # ------------------------------------ CAMN's routing and diversity loss (camn, camn-standalone)
 
 
@@ -854,3 +880,45 @@ def attention_health(
     entropy = (entropy * rows).flatten(1).sum(1) / rows.sum()
     magnitude = torch.where(allowed, logits.abs(), 0.0).flatten(1).sum(1)
     return entropy, magnitude / allowed.sum()
+
+
+@torch.no_grad()
+def unnormalised_health(
+    weights: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_health`` of weights that are no distribution (DIN's raw scores, any sign).
+
+    weights (H, ..., K) are the logits as they are; the entropy is that of the shares
+    |w_j| / sum |w| over the allowed keys: a concentration measure of the unnormalised weights
+    (1 = equal magnitudes, 0 = one key holds all), not the entropy of a softmax, which these
+    weights never pass through. A row whose weights are all 0 has shares 0.
+    """
+    magnitude = torch.where(allowed, weights.abs(), 0.0)
+    total = magnitude.sum(-1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
+    return attention_health(magnitude / total, weights, allowed)
+
+
+@torch.no_grad()
+def target_attention_health(
+    attention: TargetAttention,
+    sequences: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_health`` per head (H,) of the weights (B, H, L) that ``attention`` gave on
+    sequences (B, H, L, d), target and mask (B, L), the real keys.
+
+    Without ``softmax`` the weights are the raw scores (``unnormalised_health``). With it the
+    logits are the scores the softmax normalised: the module returns only its weights, so
+    they are computed again with the softmax off (one more pass of its MLP, at evaluation).
+    """
+    heads = weights.transpose(0, 1)  # (H, B, L)
+    if not attention.softmax:
+        return unnormalised_health(heads, mask)
+    attention.softmax = False  # its weights are then the raw scores, zero at padding
+    try:
+        _, scores = attention(sequences, target, mask)
+    finally:
+        attention.softmax = True
+    return attention_health(heads, scores.transpose(0, 1), mask)
