@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import OutputHead, label_aware_attention, masked_softmax, pool_history
+from camn.models.layers import (
+    OutputHead,
+    attention_health,
+    label_aware_attention,
+    masked_softmax,
+    pool_history,
+)
 from camn.models.registry import register
 
 
@@ -53,6 +59,10 @@ class ComiRecSA(CTRModel):
     e_t * sum-pooled history, read-out], batch norm on the input, 200 -> 80 -> 1 with Dice.
     ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
     only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
+
+    Attention health (``base.reporting_health``, H = K, one value an interest head): the
+    entropy of each row of A relative to uniform over the real positions, and the mean |logit|
+    of W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted.
     """
 
     def __init__(
@@ -84,12 +94,15 @@ class ComiRecSA(CTRModel):
             hidden=tuple(mlp_hidden), activation=activation,
         )
 
+    def attention_logits(self, items: torch.Tensor) -> torch.Tensor:
+        """items (B, L, D) -> the logits of A before the mask, (B, K, L)."""
+        keys = items if self.position is None else items + self.position[: items.shape[1]]
+        return self.heads(torch.tanh(self.hidden(keys))).transpose(1, 2)
+
     def attention(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """items (B, L, D), mask (B, L) -> A (B, K, L): each row sums to 1 over the real
         positions and is 0 at padding."""
-        keys = items if self.position is None else items + self.position[: items.shape[1]]
-        logits = self.heads(torch.tanh(self.hidden(keys))).transpose(1, 2)  # (B, K, L)
-        return masked_softmax(logits, mask[:, None, :])
+        return masked_softmax(self.attention_logits(items), mask[:, None, :])
 
     def interests(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """V_u = A H: items (B, L, D) -> interests (B, K, D)."""
@@ -102,4 +115,14 @@ class ComiRecSA(CTRModel):
         interests = self.interests(items, mask)  # (B, K, D)
         readout, _ = label_aware_attention(interests, target, hard=self.hard)  # (B, D)
         logits = self.head(readout, target, pool_history(items, mask))
-        return ModelOutput(logits, self.no_aux_loss(logits))
+        terms = self.health(items, mask) if self.report_health else {}
+        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+
+    @torch.no_grad()
+    def health(self, items: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The K heads' health, (K,) each. A's logits are computed again (forward keeps only
+        A): one more pass of W_1 and W_2, at evaluation only."""
+        logits = self.attention_logits(items).transpose(0, 1)  # (K, B, L)
+        weights = masked_softmax(logits, mask[None])
+        entropy, abs_logit = attention_health(weights, logits, mask)
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}

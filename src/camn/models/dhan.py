@@ -10,6 +10,7 @@ Shapes: B batch, L history length, k attribute slots, d embedding size, D = k*d 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -20,6 +21,7 @@ from camn.models.layers import (
     item_vectors,
     masked_softmax,
     pool_history,
+    target_attention_health,
 )
 from camn.models.registry import register
 
@@ -43,6 +45,17 @@ def group_pool(
     return weights @ items, mask & ~earlier
 
 
+class Levels(NamedTuple):
+    """DHAN's two attention levels on a batch: B samples, L positions, D item width."""
+
+    item: torch.Tensor  # u_1 (B, D)
+    group: torch.Tensor  # u_2 (B, D)
+    item_scores: torch.Tensor  # raw item scores s_j (B, L), zero at padding
+    group_vectors: torch.Tensor  # each position's group vector (B, L, D)
+    present: torch.Tensor  # (B, L) bool: the first position of each group present
+    group_weights: torch.Tensor  # group attention weights (B, L), zero off ``present``
+
+
 @register("dhan")
 class DHAN(CTRModel):
     """DHAN (Xu et al., SIGIR 2020): item-level then group-level target attention.
@@ -61,6 +74,13 @@ class DHAN(CTRModel):
        target * sum-pooled history, u_1, u_2] (DIN's layout here, plus u_2), batch norm,
        200 -> 80 -> 1 with Dice.
     No per-model tuning was done.
+
+    Attention health (``base.reporting_health``, H = 2, one value a level): [item level, group
+    level]; the item level's raw scores are no distribution, so as DIN's its entropy is that of
+    |s_j| / sum |s| (a concentration measure, ``layers.unnormalised_health``), the group level's
+    is its softmax's entropy over the groups present (rows with one group left out; without
+    ``group_softmax`` the same concentration measure as the item level's); |logit| is the mean
+    |score| of each level (``layers.target_attention_health``).
     """
 
     def __init__(
@@ -91,21 +111,34 @@ class DHAN(CTRModel):
             hidden=tuple(mlp_hidden), activation=activation,
         )
 
-    def interests(
-        self, batch: Batch, items: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> item-level u_1 (B, D), group-level u_2 (B, D), group weights (B, L) (non-zero
-        only at the first position of each group)."""
+    def interests(self, batch: Batch, items: torch.Tensor, target: torch.Tensor) -> Levels:
+        """items (B, L, D), target (B, D) -> both levels' interests and weights."""
         mask = batch["mask"]
         item_level, scores = self.item_attention(items[:, None], target, mask)
         groups = batch["history"][:, :, self.group_slot]  # (B, L)
         vectors, first = group_pool(items, scores[:, 0], groups, mask)
         group_level, group_weights = self.group_attention(vectors[:, None], target, first)
-        return item_level[:, 0], group_level[:, 0], group_weights[:, 0]
+        return Levels(item_level[:, 0], group_level[:, 0], scores[:, 0], vectors, first,
+                      group_weights[:, 0])
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
-        item_level, group_level, _ = self.interests(batch, items, target)
-        features = torch.cat([item_level, group_level], dim=-1)  # (B, 2D)
+        levels = self.interests(batch, items, target)
+        features = torch.cat([levels.item, levels.group], dim=-1)  # (B, 2D)
         logits = self.head(features, target, pool_history(items, batch["mask"]))
-        return ModelOutput(logits, self.no_aux_loss(logits))
+        terms = self.health(items, target, batch["mask"], levels) if self.report_health else {}
+        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+
+    def health(
+        self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, levels: Levels
+    ) -> dict[str, torch.Tensor]:
+        """The two levels' health, (2,) each: [item level, group level]."""
+        item = target_attention_health(
+            self.item_attention, items[:, None], target, mask, levels.item_scores[:, None]
+        )
+        group = target_attention_health(
+            self.group_attention, levels.group_vectors[:, None], target, levels.present,
+            levels.group_weights[:, None],
+        )
+        return {"attention_entropy": torch.cat([item[0], group[0]]),
+                "attention_abs_logit": torch.cat([item[1], group[1]])}

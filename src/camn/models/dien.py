@@ -22,6 +22,7 @@ from camn.models.layers import (
     TargetAttention,
     item_vectors,
     pool_history,
+    target_attention_health,
 )
 from camn.models.registry import register
 
@@ -81,6 +82,10 @@ class DIEN(CTRModel):
        embedding), batch norm, 200 -> 80 -> 1 with Dice (official ``use_dice=True``). No
        per-model tuning was done. ``pooled_history=False`` leaves [target, final state],
        FuxiCTR's default (``enable_sum_pooling=False``).
+
+    Attention health (``base.reporting_health``, H = 1): that of a_t (step 3), a softmax over
+    the real positions: its entropy relative to uniform over them and the mean |score| its
+    softmax saw (``layers.target_attention_health``).
     """
 
     needs_history_negatives = True
@@ -119,8 +124,19 @@ class DIEN(CTRModel):
         _, weights = self.attention(states[:, None], target, mask)  # (B, 1, L)
         final = self.evolution(states, weights[:, 0])  # (B, H)
         logits = self.head(final, target, pool_history(items, mask))
+        terms = self.health(states, target, mask, weights) if self.report_health else {}
         if not extra_losses or self.aux_weight == 0:
-            return ModelOutput(logits, self.no_aux_loss(logits))
+            return ModelOutput(logits, self.no_aux_loss(logits), terms)
         negatives = self.embedding(self.history_negatives(batch)).flatten(-2)  # (B, L, D)
         aux = self.next_click(states, items, negatives, mask)
-        return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})
+        return ModelOutput(logits, self.aux_weight * aux, terms | {"next_click": aux.detach()})
+
+    def health(
+        self, states: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The health of a_t, (1,) each: states (B, L, H), weights (B, 1, L)."""
+        entropy, abs_logit = target_attention_health(
+            self.attention, states[:, None], target, mask, weights
+        )
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}

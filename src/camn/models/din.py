@@ -14,7 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import OutputHead, TargetAttention, item_vectors, pool_history
+from camn.models.layers import (
+    OutputHead,
+    TargetAttention,
+    item_vectors,
+    pool_history,
+    target_attention_health,
+)
 from camn.models.registry import register
 
 
@@ -39,6 +45,12 @@ class DIN(CTRModel):
     tuning was done. ``din-paper`` (``pooled_history=False``) drops the two sum-pooled inputs,
     leaving the DIN paper's [target, v_U] (FuxiCTR's DIN); on the small Beauty ``last`` set
     that costs about 0.05 AUC (docs/results.md, "Faithfulness against FuxiCTR").
+
+    Attention health (``base.reporting_health``, H = 1): the raw scores are no distribution,
+    so ``attention_abs_logit`` is the mean |w_j| over the real keys and ``attention_entropy``
+    the normalised entropy of |w_j| / sum |w| over them, a concentration measure of the
+    unnormalised weights, not a softmax's entropy (``layers.unnormalised_health``; with
+    ``softmax=True``, the softmax's own entropy and scores).
     """
 
     def __init__(
@@ -79,6 +91,16 @@ class DIN(CTRModel):
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
-        interest, _ = self.interest(items, target, mask)
+        interest, weights = self.interest(items, target, mask)
         logits = self.head(interest, target, pool_history(items, mask))
-        return ModelOutput(logits, self.no_aux_loss(logits))
+        terms = self.health(items, target, mask, weights) if self.report_health else {}
+        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+
+    def health(
+        self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The target attention's health, (1,) each, from its weights (B, L)."""
+        entropy, abs_logit = target_attention_health(
+            self.attention, items[:, None], target, mask, weights[:, None]
+        )
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}

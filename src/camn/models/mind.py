@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
-from camn.models.layers import OutputHead, label_aware_attention, masked_softmax, pool_history
+from camn.models.layers import (
+    OutputHead,
+    attention_health,
+    label_aware_attention,
+    masked_softmax,
+    pool_history,
+)
 from camn.models.registry import register
 
 
@@ -85,6 +91,13 @@ class MIND(CTRModel):
     MIND differs from the other sequence models in its sequence module only.
     ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, v_u] only, the
     target and the user vector that MIND's own score <v_u, e_t> reads, with PReLU.
+
+    Attention health (``base.reporting_health``, H = 1): that of the routing, whose keys are
+    the capsules: for each real behaviour the entropy of its last-round coupling coefficients
+    w_i. over the K capsules (relative to uniform over them; 1 = the behaviour feeds every
+    interest alike), and the mean |b_ij| of the logits that softmax saw (their start is drawn
+    with std ``init_std``, so neither is uniform at initialisation); the label-aware read-out
+    over the K interests is not counted.
     """
 
     def __init__(
@@ -162,6 +175,13 @@ class MIND(CTRModel):
         """B2I dynamic routing (Algorithm 1): items (B, L, D), mask (B, L) -> capsules u
         (B, K, D') after squash, coupling coefficients w (B, L, K) of the last round (rows sum
         to 1 at real behaviours, 0 at padding), and the capsule mask (B, K)."""
+        return self.routing(items, mask)[:3]
+
+    def routing(
+        self, items: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``route``'s capsules, coupling and capsule mask, and the routing logits b
+        (B, L, K) that the last round's softmax saw."""
         mapped = self.bilinear(items)  # S c_i, (B, L, D')
         mapped_iter = mapped.detach() if self.detach_routing else mapped
         capsules_valid = self.capsule_mask(mask)  # (B, K)
@@ -174,16 +194,28 @@ class MIND(CTRModel):
             capsules = squash(torch.einsum("blk,bld->bkd", coupling, source))  # (B, K, D')
             if not last:
                 logits = logits + torch.einsum("bld,bkd->blk", mapped_iter, capsules)
-        return capsules, coupling, capsules_valid
+        return capsules, coupling, capsules_valid, logits
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
         mask = batch["mask"]
-        capsules, _, valid = self.route(items, mask)
+        capsules, coupling, valid, routing_logits = self.routing(items, mask)
         if self.capsule_layer is not None:
             capsules = self.capsule_layer(capsules)
         query = target if self.target_projection is None else self.target_projection(target)
         user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
         logits = self.head(user, target, pool_history(items, mask))
-        return ModelOutput(logits, self.no_aux_loss(logits))
+        terms = self.health(coupling, routing_logits, mask, valid) if self.report_health else {}
+        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+
+    @torch.no_grad()
+    def health(
+        self, coupling: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The routing's health, (1,) each, from the coupling w and logits b (B, L, K): rows
+        are the real behaviours, keys the capsules each user has (``valid`` (B, K))."""
+        allowed = mask[:, :, None] & valid[:, None, :]  # (B, L, K)
+        entropy, abs_logit = attention_health(coupling[None], logits[None], allowed)
+        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
