@@ -400,11 +400,13 @@ def render_markdown(
     if attentive:
         lines += [
             "", "## Attention health (test split, mean over seeds)", "",
-            "Of the self-attention heads that pool the history into interests: entropy of each "
-            "query's weights relative to uniform over the keys it may see (1 = uniform, 0 = one "
-            "key), mean |logit| before the softmax (scaling included), and the diversity loss "
-            "L_d (Eq. 7); entropy and |logit| are means over the heads. Per-head values are in "
-            "results.jsonl.", "",
+            "Of each model's attention over the history (DMIN and CAMN: the extractor's "
+            "self-attention heads; the baselines: as each model's docstring says): entropy of "
+            "each query's weights relative to uniform over the keys it may see (1 = uniform, "
+            "0 = one key; for raw scores without a softmax, of their normalised "
+            "magnitudes), mean |logit| before the softmax (scaling included), and the "
+            "diversity loss L_d (Eq. 7) where a model has k heads to compare; entropy and "
+            "|logit| are means over the heads. Per-head values are in results.jsonl.", "",
         ]
         lines += health_table(summary, datasets, attentive)
     routed = [m for m in models if any(
