@@ -138,7 +138,8 @@ class TrainConfig:
         "instructions (GPUs, CPUs with AVX512-BF16 or AMX)", choices=PRECISIONS,
     )
     length_buckets: bool = setting(
-        False, "batches of similar history lengths, cut to their longest history"
+        False, "batches of similar history lengths, cut to their longest history (faster "
+        "with dense rows; cost 0.01 AUC on Amazon Beauty: check validation first)"
     )
     compile: bool = setting(
         False, "torch.compile the model for training (minutes of compilation)"
