@@ -45,7 +45,8 @@ CONFIG_OF = {
 # a one-off run with the output MLP patched in place (docs/results.md says so): no config
 ONE_OFF = {"beauty-last-dmin-nopool-noaux-bnlayers-256-cpu.csv"}
 # the model a table's rows name where the registry's name changed since
-RENAMED = {"camn-standalone": "camn"}
+RENAMED = {"camn-standalone": "camn", "camn-standalone-route": "camn-route",
+           "camn-standalone-loss": "camn-loss"}
 COMPARED = ("dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
             "best_epoch", "epochs", "routing", "config")
 
