@@ -420,10 +420,29 @@ class TargetAttention(nn.Module):
             return self.forward_dense(sequences, target, mask)
         return self.forward_packed(packing.pack_heads(sequences.transpose(0, 1)), target, packing)
 
+    def scores(
+        self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The raw scores before any softmax, (B, H, L), zero at padding (what ``forward``'s
+        weights are without ``softmax``): for the attention's health."""
+        packing = Packing(mask)
+        if packing.dense:
+            return self.dense_scores(sequences, target) * mask[:, None, :].to(sequences.dtype)
+        packed = packing.pack_heads(sequences.transpose(0, 1))
+        rows = self.packed_scores(packed, target, packing)
+        return self.scatter(rows, packing, 0.0).transpose(0, 1)
+
     def forward_dense(
         self, sequences: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` scoring every position, padding included (then masked): no host sync."""
+        scores = self.dense_scores(sequences, target)  # (B, H, L)
+        real = mask[:, None, :]
+        weights = masked_softmax(scores, real) if self.softmax else scores * real.to(scores.dtype)
+        return torch.einsum("bhl,bhld->bhd", weights, sequences), weights
+
+    def dense_scores(self, sequences: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """sequences (B, H, L, d), target -> the scores of every position (B, H, L)."""
         per_sample, per_position = self._query_parts(target, sequences.shape[2])
         query = per_sample if per_position is None else per_sample + per_position  # (B, H, ., d)
         layers = [*self.hidden, self.score]
@@ -438,25 +457,33 @@ class TargetAttention(nn.Module):
         for layer in layers[1:]:
             hidden = torch.einsum("bhli,hio->bhlo", torch.sigmoid(hidden), layer.weight)
             hidden = hidden + layer.bias[:, None, :]
-        scores = hidden.squeeze(-1)  # (B, H, L)
-        real = mask[:, None, :]
-        weights = masked_softmax(scores, real) if self.softmax else scores * real.to(scores.dtype)
-        return torch.einsum("bhl,bhld->bhd", weights, sequences), weights
+        return hidden.squeeze(-1)
 
     def forward_packed(
         self, packed: torch.Tensor, target: torch.Tensor, packing: Packing
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same from packed rows: packed (H, N, d) holds the sequences at the N rows of
-        ``packing`` (the real positions on the CPU), head-major.
+        ``packing`` (the real positions on the CPU), head-major."""
+        fill = float("-inf") if self.softmax else 0.0
+        scores = self.scatter(self.packed_scores(packed, target, packing), packing, fill)
+        weights = masked_softmax(scores, packing.mask[None]) if self.softmax else scores
+        kept = weights.flatten(1).index_select(1, packing.rows)  # (H, N)
+        pooled = packed.new_zeros(packed.shape[0], packing.batch, packed.shape[-1])
+        pooled = pooled.index_add(1, packing.sample, kept.unsqueeze(-1) * packed)  # (H, B, d)
+        return pooled.transpose(0, 1), weights.transpose(0, 1)
+
+    def packed_scores(
+        self, packed: torch.Tensor, target: torch.Tensor, packing: Packing
+    ) -> torch.Tensor:
+        """packed (H, N, d) -> the scores of the N rows (H, N).
 
         The first scoring layer on [q, x, q - x, q * x] is split into its weight blocks,
         q (W_q + W_diff) + [x, q * x] [W_x - W_diff; W_prod], and the q term is computed from
         the query's per-sample and per-position parts: only [x, q * x] is multiplied per
         position, and padding positions cost nothing.
         """
-        mask, batch, length = packing.mask, packing.batch, packing.length
-        rows, sample, position = packing.rows, packing.sample, packing.position  # (N,) each
-        per_sample, per_position = self._query_parts(target, length)
+        sample, position = packing.sample, packing.position  # (N,) each
+        per_sample, per_position = self._query_parts(target, packing.length)
         per_sample = per_sample[:, :, 0].transpose(0, 1)  # (H or 1, B, d)
         query = per_sample.index_select(1, sample)  # (H or 1, N, d)
         if per_position is not None:
@@ -473,15 +500,13 @@ class TargetAttention(nn.Module):
             hidden = hidden + (per_position @ w_query).index_select(1, position)
         for layer in layers[1:]:
             hidden = headwise(layer, torch.sigmoid(hidden))
-        heads = packed.shape[0]
-        fill = float("-inf") if self.softmax else 0.0
-        scores = hidden.new_full((heads, batch * length), fill)
-        scores = scores.index_copy(1, rows, hidden.squeeze(-1)).view(heads, batch, length)
-        weights = masked_softmax(scores, mask[None]) if self.softmax else scores  # (H, B, L)
-        kept = weights.flatten(1).index_select(1, rows)  # (H, N)
-        pooled = packed.new_zeros(heads, batch, packed.shape[-1])
-        pooled = pooled.index_add(1, sample, kept.unsqueeze(-1) * packed)  # (H, B, d)
-        return pooled.transpose(0, 1), weights.transpose(0, 1)
+        return hidden.squeeze(-1)
+
+    @staticmethod
+    def scatter(rows: torch.Tensor, packing: Packing, fill: float) -> torch.Tensor:
+        """Per-row scores (H, N) -> (H, B, L), ``fill`` at the positions without a row."""
+        full = rows.new_full((rows.shape[0], packing.batch * packing.length), fill)
+        return full.index_copy(1, packing.rows, rows).view(-1, packing.batch, packing.length)
 
 
 def headwise(layer: HeadwiseLinear, x: torch.Tensor) -> torch.Tensor:
@@ -910,15 +935,11 @@ def target_attention_health(
     sequences (B, H, L, d), target and mask (B, L), the real keys.
 
     Without ``softmax`` the weights are the raw scores (``unnormalised_health``). With it the
-    logits are the scores the softmax normalised: the module returns only its weights, so
-    they are computed again with the softmax off (one more pass of its MLP, at evaluation).
+    logits are the scores the softmax normalised (``TargetAttention.scores``: one more pass of
+    its MLP, at evaluation).
     """
     heads = weights.transpose(0, 1)  # (H, B, L)
     if not attention.softmax:
         return unnormalised_health(heads, mask)
-    attention.softmax = False  # its weights are then the raw scores, zero at padding
-    try:
-        _, scores = attention(sequences, target, mask)
-    finally:
-        attention.softmax = True
+    scores = attention.scores(sequences, target, mask)  # one more pass of its MLP
     return attention_health(heads, scores.transpose(0, 1), mask)
