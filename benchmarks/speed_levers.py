@@ -7,8 +7,8 @@ busy machine slows them alike; medians of the repeats. The levers:
 - ``default``: what ``camn train`` runs on a CPU: packed rows (only the real history items are
   computed), fused Adam, fp32, eager.
 - ``adam-loop``: Adam's per-parameter loop instead of its fused kernel.
-- ``dense-rows``: every history position computed and padding masked, the path taken on
-  accelerators and under ``torch.compile`` (``layers.Packing``).
+- ``dense-rows``: every history position computed and padding masked (``layers.Packing``'s
+  path for batches without their packed rows: evaluation on accelerators).
 - ``buckets``: length-bucketed batches cut to their longest history (``--length-buckets``).
 - ``dense+buckets``: both, the accelerator path with the padding it saves.
 - ``compile``: ``torch.compile`` (inductor) of the packed rows, which the trainer hands in
@@ -56,7 +56,6 @@ def measure(args: argparse.Namespace) -> dict:
         loop.fused = lambda device: {}
     if lever.startswith("dense"):
         layers.torch.compiler.is_compiling = lambda: True
-        loop.packed_positions = lambda mask: {}
     store = PreparedStore(args.store)
     torch.manual_seed(0)
     model = build_model(args.model, FeatureSpec.from_schema(store.schema))
@@ -68,6 +67,7 @@ def measure(args: argparse.Namespace) -> dict:
     batches = data.batches(
         args.batch_size, shuffle=True, seed=1, epoch=1, length_buckets="buckets" in lever,
         history_negatives=model.needs_history_negatives,
+        packed_rows=model.packs_rows and not lever.startswith("dense"),
     )
     start = time.perf_counter()
     loop.run_epoch(module, optimizer, itertools.islice(batches, args.warmup), args.warmup,

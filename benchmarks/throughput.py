@@ -41,7 +41,7 @@ Output: a table, the camn / FuxiCTR ratios, then as the last line one JSON objec
     python benchmarks/throughput.py --precision bf16 --device cuda --batch-size 8192
 
 ``--compile`` puts camn's training steps under ``torch.compile`` as ``camn train --compile``
-does (on the CPU the trainer hands DMIN and CAMN their packed rows, so the compiled graph
+does (the batches bring DMIN's and CAMN's packed rows, as the trainer's do, so the compiled graph
 computes real history items only); compilation falls in the warm-up steps, untimed.
 """
 
@@ -172,7 +172,8 @@ def measure_training(
 
     def epoch(number: int) -> Iterator[Batch]:
         return data.batches(args.batch_size, shuffle=True, seed=args.seed, epoch=number,
-                            history_negatives=model.needs_history_negatives)
+                            history_negatives=model.needs_history_negatives,
+                            packed_rows=model.packs_rows)  # as train_one asks
 
     warm = epoch(0)
     first = next(warm)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from camn.data.store import BUCKET_WINDOW, batch_slices
+from camn.data.store import BUCKET_WINDOW, PreparedStore, batch_slices
 from camn.models import layers
 from camn.models.base import FeatureSpec
 from camn.models.registry import build_model, model_entries
+from camn.train.loop import ResidentSplit, StreamedSplit, positions_of_lengths
 
 SPEC = FeatureSpec(("item", "category", "brand", "price"), (60, 6, 9, 12), 10)
 LENGTHS = [0, 1, 3, 10, 2, 7, 5, 4]
@@ -188,6 +191,37 @@ def test_compiled_training_pass_on_handed_in_packed_rows_is_one_graph_equal_to_e
     assert want.aux_loss > 0
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.aux_loss, want.aux_loss, rtol=1e-5, atol=1e-6)
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=12), st.integers(6, 9))
+@settings(max_examples=60, deadline=None)
+def test_positions_from_host_lengths_equal_those_of_the_mask(
+    lengths: list[int], width: int
+) -> None:
+    """What the trainer's batches carry (found from the host's lengths, no device work) is
+    ``packed_positions`` of the batch's mask."""
+    mask = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
+    found = positions_of_lengths(np.array(lengths), width)
+    for key, value in layers.packed_positions(mask).items():
+        assert torch.equal(found[key], value), key
+
+
+@pytest.mark.parametrize("resident", [True, False])
+@pytest.mark.parametrize("buckets", [False, True])
+def test_training_batches_carry_their_packed_positions(
+    serve_store, resident: bool, buckets: bool
+) -> None:
+    store = PreparedStore(serve_store)
+    split = (ResidentSplit if resident else StreamedSplit)(store, "train", torch.device("cpu"))
+    batches = list(split.batches(16, shuffle=True, seed=3, length_buckets=buckets,
+                                 packed_rows=True))
+    assert len(batches) > 2
+    for batch in batches:
+        for key, value in layers.packed_positions(batch["mask"]).items():
+            assert torch.equal(batch[key], value), key
+    plain = next(split.batches(16, shuffle=True, seed=3, length_buckets=buckets))
+    assert layers.PACKED_ROWS not in plain
+    assert torch.equal(plain["history"], batches[0]["history"])
 
 
 def test_packed_positions_are_the_real_rows_and_their_next_click_pairs() -> None:

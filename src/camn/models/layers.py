@@ -99,9 +99,10 @@ PACKED_ROWS, PACKED_PAIRS = "packed_rows", "packed_pairs"
 def packed_positions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """The real rows of ``mask`` (B, L) and their next-click pairs, as batch entries.
 
-    Computed outside the model (the trainer does it for a compiled model on the CPU), they
-    reach ``Packing.of`` as inputs: their count is then an input's size, not a value found
-    inside the graph, so ``torch.compile`` traces the packed rows without a graph break.
+    Found outside the model (the trainer's batches carry them for models with ``packs_rows``,
+    from the host's copy of the lengths), they reach ``Packing.of`` as inputs: no device
+    synchronisation finds them, and their count is an input's size, not a value found inside
+    the graph, so ``torch.compile`` traces the packed rows without a graph break.
     """
     packing = Packing(mask, dense=False)
     return {PACKED_ROWS: packing.rows, PACKED_PAIRS: packing.next_pairs()}
@@ -115,10 +116,10 @@ class Packing:
     arithmetic is the cost there. On an accelerator (``dense``) the rows are all B * L
     positions: finding the real ones needs their count on the host, a synchronisation that
     costs more there than the padding's arithmetic; padding rows are computed and masked.
-    Under ``torch.compile`` the rows are dense too, unless the batch brings them
-    (``packed_positions``, ``Packing.of``): a row count found inside the graph would break
-    it. Either way ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows
-    only.
+    Under ``torch.compile`` the rows are dense too: a row count found inside the graph would
+    break it. A batch that brings its rows (``packed_positions``, ``Packing.of``: the
+    trainer's, on every device) is packed everywhere, without either cost. Either way
+    ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows only.
     """
 
     def __init__(

@@ -44,7 +44,7 @@ from camn.data.store import (
     make_batch,
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
-from camn.models.layers import packed_positions
+from camn.models.layers import PACKED_PAIRS, PACKED_ROWS, packed_positions
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, check_output, swap_in
 from camn.results import data_summary, summarise
@@ -219,17 +219,27 @@ class ResidentSplit:
         rank: int = 0,
         world_size: int = 1,
         length_buckets: bool = False,
+        packed_rows: bool = False,
     ) -> Iterator[Batch]:
+        """The store's ``batches`` from the device copy; ``packed_rows`` adds the batch's
+        ``layers.packed_positions``, found from the host's lengths: no device synchronisation."""
         rng = np.random.default_rng([seed, epoch])
         order = epoch_order(len(self), shuffle, rng, rank, world_size)
-        lengths = self.host_lengths[order] if length_buckets else None
+        host_lengths = self.host_lengths[order]
         positions = torch.from_numpy(order).to(self.device)
-        for chosen, length in batch_slices(len(order), batch_size, rng, lengths):
+        for chosen, length in batch_slices(
+            len(order), batch_size, rng, host_lengths if length_buckets else None
+        ):
+            index = chosen  # a slice, or split positions on the host
             if not isinstance(chosen, slice):
-                chosen = torch.from_numpy(chosen).to(self.device)
-            batch = self.gather(positions[chosen], length)
+                index = torch.from_numpy(chosen).to(self.device)
+            batch = self.gather(positions[index], length)
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, self.item_attributes, batch["mask"])
+            if packed_rows:
+                found = positions_of_lengths(host_lengths[chosen], batch["mask"].shape[1])
+                batch |= {key: value.to(self.device, non_blocking=True)
+                          for key, value in found.items()}
             yield batch
 
 
@@ -239,9 +249,23 @@ class StreamedSplit:
     def __init__(self, store: PreparedStore, split: str, device: torch.device) -> None:
         self.store, self.split, self.device = store, split, device
 
-    def batches(self, batch_size: int, **kwargs) -> Iterator[Batch]:
+    def batches(self, batch_size: int, packed_rows: bool = False, **kwargs) -> Iterator[Batch]:
         for batch in self.store.batches(self.split, batch_size, **kwargs):
+            if packed_rows:  # found on the host, before the move
+                batch |= packed_positions(batch["mask"])
             yield {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+
+def positions_of_lengths(lengths: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+    """``layers.packed_positions`` of a batch whose row b holds ``lengths[b]`` real items
+    (left-aligned) of ``width`` positions, computed on the host from the lengths alone."""
+    counts = np.asarray(lengths, dtype=np.int64)
+    sample = np.repeat(np.arange(len(counts)), counts)  # (N,)
+    position = np.arange(len(sample)) - (np.cumsum(counts) - counts)[sample]
+    return {
+        PACKED_ROWS: torch.from_numpy(sample * width + position),
+        PACKED_PAIRS: torch.from_numpy(np.flatnonzero(position < counts[sample] - 1)),
+    }
 
 
 def training_data(
@@ -282,10 +306,7 @@ def run_epoch(
         batches, total=total_batches, desc=description, leave=False, unit="batch",
         disable=None if config.progress else True,
     )
-    hand_packing = model.packs_rows and device.type == "cpu"
     for step, batch in enumerate(bar):
-        if hand_packing:  # found outside the model: compiles without a data-dependent shape
-            batch = batch | packed_positions(batch["mask"])
         with autocast(config.precision, device):
             output = module(batch, extra_losses=True)
         loss = F.binary_cross_entropy_with_logits(output.logits.float(), batch["label"])
@@ -425,13 +446,13 @@ def train_one(
     batch_options = {
         "shuffle": True, "seed": seed, "history_negatives": model.needs_history_negatives,
         "rank": context.rank, "world_size": context.world_size,
-        "length_buckets": config.length_buckets,
+        "length_buckets": config.length_buckets, "packed_rows": model.packs_rows,
     }
     module: torch.nn.Module = model
     if context.enabled:
         probe = next(data.batches(config.batch_size, **batch_options))
         module = distributed.wrap(model, distributed.has_unused_parameters(model, probe))
-    if config.compile:  # packed rows handed in on the CPU (run_epoch), dense rows elsewhere
+    if config.compile:  # packed rows arrive with the batches: one graph, no data-dependent shape
         module = torch.compile(module, dynamic=True)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, fused(device))
     progress, best_state = starting_point(out_dir, resume, writes, model, optimizer, device)
