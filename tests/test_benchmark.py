@@ -4,6 +4,7 @@ plot, parallel runs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -246,29 +247,53 @@ def test_results_log_round_trips_nan_as_null_and_keeps_the_first_of_a_key(tmp_pa
     assert loaded.config == {"lr": 0.002} and loaded.metric("routing_overall") == 0.25
 
 
+def test_rows_of_the_renamed_camn_readings_are_read_under_todays_names(tmp_path):
+    """Rows written when reading (a) was ``camn-slot`` and (b) ``camn`` are read as ``camn`` and
+    ``camn-dense`` (name and recorded config alike); rows of today's names, and rows that do
+    not record the reading, are read as written."""
+
+    def row(model: str, heads: str | None) -> RunResult:
+        options = {} if heads is None else {"heads": heads, "alpha": 0.0}
+        return dataclasses.replace(result("d", model, 1, 0.8),
+                                   config={"model": model, "options": options})
+
+    log = ResultsLog(tmp_path / "results.jsonl")
+    written = [("camn-slot", "slot"), ("camn-slot-loss", "slot"), ("camn", "dense"),
+               ("camn-route", "dense"), ("camn", "slot"), ("camn-dense", "dense"),
+               ("camn", None), ("dmin", None)]
+    for model, heads in written:
+        log.append(dataclasses.replace(row(model, heads), seed=len(log.load()) + 1))
+    loaded = log.load()
+    assert [r.model for r in loaded] == ["camn", "camn-loss", "camn-dense", "camn-dense-route",
+                                         "camn", "camn-dense", "camn", "dmin"]
+    assert all(r.config["model"] == r.model for r in loaded)
+    assert [r.config["options"] for r in loaded] == [row(*w).config["options"] for w in written]
+    assert '"model": "camn-slot"' in log.path.read_text()  # the file itself is left as written
+
+
 def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
-    registered = ["camn-standalone", "dmin", "camn-slot-loss", "camn", "camn-route", "camn-loss",
-                  "camn-slot", "camn-standalone-route"]
+    registered = ["camn-standalone", "dmin", "camn-dense-loss", "camn", "camn-route", "camn-loss",
+                  "camn-dense", "camn-standalone-route"]
     assert all_models(registered) == ["dmin", "camn-loss", "camn-route", "camn"]
     everything = benchmark.resolve_models("all")
     assert everything == list(PAPER_MODELS) and set(everything) <= set(model_names())
-    assert "camn-slot" in benchmark.resolve_models("camn-slot,dmin")
+    assert "camn-dense" in benchmark.resolve_models("camn-dense,dmin")
     assert ablation_rows(paper_order(registered)) == [
-        "camn-loss", "camn-route", "camn", "camn-slot-loss", "camn-slot",
+        "camn-loss", "camn-route", "camn", "camn-dense-loss", "camn-dense",
         "camn-standalone-route", "camn-standalone"]
-    assert {("camn", "camn-loss"), ("camn-slot", "dmin"), ("camn-slot", "camn-slot-route"),
+    assert {("camn", "camn-loss"), ("camn-dense", "dmin"), ("camn-dense", "camn-dense-route"),
             ("camn-standalone", "camn-standalone-loss"), ("camn-tied", "camn")
             } <= set(comparison_pairs())
     rows = [result("d", m, s, 0.7 + 0.01 * i + 0.001 * s)
-            for i, m in enumerate(["dmin", "camn-slot-loss", "camn-slot"]) for s in (1, 2)]
-    text = render_markdown(rows, datasets=["d"], models=["dmin", "camn-slot-loss", "camn-slot"],
+            for i, m in enumerate(["dmin", "camn-dense-loss", "camn-dense"]) for s in (1, 2)]
+    text = render_markdown(rows, datasets=["d"], models=["dmin", "camn-dense-loss", "camn-dense"],
                            seeds=[1, 2], meta={"d": {"num_slots": 3, "train": 1, "valid": 1,
                                                      "test": 1}}, command="c",
                            settings={"every run": {}})
     table2, table3 = text.split("## Table 3")[0], text.split("## Table 3")[1].split("##")[0]
-    assert "CAMN-slot-loss" not in table2 and "| CAMN-slot " in table2
-    assert "CAMN-slot-loss" in table3 and "| CAMN-slot " in table3
-    assert "CAMN-slot − DMIN" in text and "CAMN-slot − CAMN-slot-loss" in text
+    assert "CAMN-dense-loss" not in table2 and "| CAMN-dense " in table2
+    assert "CAMN-dense-loss" in table3 and "| CAMN-dense " in table3
+    assert "CAMN-dense − DMIN" in text and "CAMN-dense − CAMN-dense-loss" in text
 
 
 def test_cli_arguments_parse_to_none_where_not_given():

@@ -26,7 +26,7 @@ from camn.models.registry import resolved_options
 
 K, D, L = 4, 6, 8
 SPEC = FeatureSpec(("item", "cat", "brand", "price"), (50, 9, 12, 7), L)
-READINGS = ["camn", "camn-slot"]
+READINGS = ["camn-dense", "camn"]  # (b), (a)
 
 
 def make_batch(size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -76,19 +76,20 @@ def inputs(model: CAMN, batch: dict) -> tuple[Packing, torch.Tensor, torch.Tenso
 def test_presets_defaults_and_json_options() -> None:
     camn = resolved_options("camn")
     assert camn["alpha"] == 1e-4 and camn["q"] is None and camn["routing"] is True
-    assert camn["heads"] == "dense" and camn["diversity_pairs"] == "all"
+    assert camn["heads"] == "slot" and camn["diversity_pairs"] == "all"  # reading (a)
     assert camn["router"] == "joint" and camn["tie_weight"] == 0.0  # the extension is off
     dmin = resolved_options("dmin")
     assert {key: camn[key] for key in dmin} == dmin  # DMIN's settings, unchanged
     presets = {
         "camn-route": {"alpha": 0.0}, "camn-loss": {"routing": False},
-        "camn-slot": {"heads": "slot"}, "camn-slot-route": {"heads": "slot", "alpha": 0.0},
-        "camn-slot-loss": {"heads": "slot", "routing": False},
-        "camn-tied": {"tie_weight": 1.0},
+        "camn-dense": {"heads": "dense"}, "camn-dense-route": {"heads": "dense", "alpha": 0.0},
+        "camn-dense-loss": {"heads": "dense", "routing": False},
+        "camn-tied": {"heads": "dense", "tie_weight": 1.0},
     }
     for name, preset in presets.items():
         assert resolved_options(name) == {**camn, **preset}, name
-    model = build_model("camn", SPEC, **json.loads(json.dumps(camn)))
+    model = build_model("camn-dense", SPEC, **json.loads(json.dumps(resolved_options(
+        "camn-dense"))))
     assert model.router.q == math.ceil(K / 2)
     dmin = build_model("dmin", SPEC)  # CAMN = DMIN's blocks + the router
     blocks = {name: type(block) for name, block in model.named_children()}
@@ -96,7 +97,7 @@ def test_presets_defaults_and_json_options() -> None:
                       "router": CollaborativeRouting}
     assert model.extractor.attention.num_heads == K and model.extractor.attention.head_dim == 18
     assert type(model.extractor.attention) is CausalSelfAttention
-    assert isinstance(build_model("camn-slot", SPEC).extractor.attention, SlotAttention)
+    assert isinstance(build_model("camn", SPEC).extractor.attention, SlotAttention)
     assert build_model("camn-loss", SPEC).router is None and model.tie is None
     assert isinstance(build_model("camn-tied", SPEC).tie, AttributeClickLoss)
     attribute = build_model("camn", SPEC, router="attribute").router
@@ -125,7 +126,7 @@ def test_dense_reading_with_unit_scores_and_no_diversity_is_exactly_dmin(
     batch = make_batch(12)
     reference = dmin(batch, extra_losses=train)
     assert reference.aux_loss > 0 or not train
-    for name in ("camn-loss", "camn"):
+    for name in ("camn-dense-loss", "camn-dense"):
         model = make_model(name, seed=1, alpha=0.0).train(train)
         loaded = model.load_state_dict(dmin.state_dict(), strict=False)
         assert not loaded.unexpected_keys
@@ -141,7 +142,7 @@ def test_dense_reading_with_unit_scores_and_no_diversity_is_exactly_dmin(
 def test_unit_scores_with_diversity_add_alpha_times_diversity_to_dmins_loss() -> None:
     torch.manual_seed(0)
     dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8])
-    model = make_model("camn-loss", alpha=0.5)
+    model = make_model("camn-dense-loss", alpha=0.5)
     model.load_state_dict(dmin.state_dict())
     batch = make_batch(12)
     output, reference = model(batch, extra_losses=True), dmin(batch, extra_losses=True)
@@ -180,7 +181,7 @@ def naive_logits(model: CAMN, refined: torch.Tensor, packing: Packing,
     return out
 
 
-@pytest.mark.parametrize("name", [*READINGS, "camn-loss"])
+@pytest.mark.parametrize("name", [*READINGS, "camn-dense-loss", "camn-loss"])
 def test_head_r_logit_column_j_is_scaled_by_p_of_key_j_and_attribute_r(name: str) -> None:
     model = make_model(name)
     batch = make_batch(5)
@@ -291,7 +292,7 @@ def test_gradients_reach_the_routers_weight(name: str, loss: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("camn", {}), ("camn-slot", {}), ("camn-loss", {}), ("camn-slot-loss", {}),
+    [("camn-dense", {}), ("camn", {}), ("camn-dense-loss", {}), ("camn-loss", {}),
      ("camn-tied", {}), ("camn-tied", {"heads": "slot", "router": "attribute"})],
 )
 def test_gradients_reach_every_parameter(name: str, options: dict) -> None:
@@ -330,7 +331,7 @@ def packing_of(dense: bool) -> type[Packing]:
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("camn", {}), ("camn-slot", {}), ("camn-loss", {}), ("camn-tied", {}),
+    [("camn-dense", {}), ("camn", {}), ("camn-loss", {}), ("camn-tied", {}),
      ("camn-tied", {"heads": "slot", "router": "attribute"})],
 )
 @pytest.mark.parametrize("dense", [False, True])
@@ -358,7 +359,7 @@ def test_padding_ids_change_nothing(
                 assert torch.all(output.routing[~batch["mask"]] == 0)
 
 
-@pytest.mark.parametrize("name", ["camn", "camn-slot-loss", "camn-tied"])
+@pytest.mark.parametrize("name", ["camn-dense", "camn-loss", "camn-tied"])
 def test_extra_losses_only_when_asked(name: str) -> None:
     """The trainer asks (``extra_losses=True``); a training-mode pass that does not ask gets
     the same logits and routing and a zero aux_loss, whatever keys the batch has."""
@@ -485,10 +486,10 @@ def test_health_terms_are_per_head_and_only_when_asked(name: str) -> None:
 
 
 def test_dmin_reports_the_same_health_as_camn_without_routing() -> None:
-    """P = 1 and alpha = 0 make camn DMIN (same weights): their health must agree too."""
+    """P = 1 and alpha = 0 make camn-dense DMIN (same weights): their health must agree too."""
     torch.manual_seed(0)
     dmin = build_model("dmin", SPEC, embed_dim=D, mlp_hidden=[16, 8])
-    camn = make_model("camn-loss")
+    camn = make_model("camn-dense-loss")
     camn.load_state_dict(dmin.state_dict())
     batch = make_batch(10)
     with reporting_health(camn), reporting_health(dmin):

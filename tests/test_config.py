@@ -24,8 +24,8 @@ from camn.config import (
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
-from camn.experiments.benchmark import BENCHMARK_DEFAULTS, resolve_models
-from camn.results import ResultsLog, read_csv
+from camn.experiments.benchmark import BENCHMARK_DEFAULTS, changes, resolve_models
+from camn.results import ResultsLog, read_csv, resolved_config
 from camn.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -380,3 +380,24 @@ def test_every_committed_table_has_the_config_its_rows_show() -> None:
             trained = resolve(config.layers, f"stores/{store}", model)
             assert row.epochs == trained.epochs or (
                 row.epochs - row.best_epoch == trained.patience), (table, row)
+
+
+# the grids committed as docs/bench/<name>/results.jsonl, and the config file each ran from
+GRIDS = {"verdict-beauty-last": ("verdict-beauty-last.toml", "stores/beauty-last")}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_a_committed_grids_rows_are_its_configs_runs_under_todays_model_names(grid) -> None:
+    """Read under today's names (the CAMN readings were renamed after the grid ran), the rows
+    are exactly the config's (model, seed) runs, each with the configuration the config gives
+    it today: so ``camn benchmark --config`` finds them finished and resumes past them."""
+    name, store = GRIDS[grid]
+    config = ConfigFile.read(CONFIGS / name)
+    rows = ResultsLog(TABLES / grid / "results.jsonl").load()
+    first = config.command.get("seed", 1)
+    seeds = range(first, first + config.command["seeds"])
+    assert sorted((r.model, r.seed) for r in rows) == sorted(
+        (m, s) for m in config.command["models"] for s in seeds)
+    for row in rows:
+        planned = resolved_config(resolve(config.layers, store, row.model))
+        assert changes(row.config, planned) == [], (row.model, row.seed)

@@ -137,7 +137,7 @@ def test_compiled_forward_has_no_graph_break_and_equals_eager(name: str) -> None
 
 # one preset per model class (and each CAMN reading); DIEN's nn.GRU is a graph break in dynamo
 COMPILE_CHECKED = ["wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
-                   "camn", "camn-slot", "camn-tied", "camn-standalone"]
+                   "camn", "camn-dense", "camn-tied", "camn-standalone"]
 
 
 @pytest.mark.parametrize("name", COMPILE_CHECKED)
@@ -171,7 +171,7 @@ def test_compiled_training_pass_with_extra_losses_equals_eager() -> None:
     torch.testing.assert_close(got.aux_loss, want.aux_loss, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dmin", "camn", "camn-slot"])
+@pytest.mark.parametrize("name", ["dmin", "camn", "camn-dense"])
 def test_compiled_training_pass_on_handed_in_packed_rows_is_one_graph_equal_to_eager(
     name: str,
 ) -> None:

@@ -24,7 +24,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,13 @@ CSV_COLUMNS = (
     "attention_entropy", "attention_abs_logit", "attention_diversity",  # means over heads
 )
 Key = tuple[str, str, int]
+# CAMN's two readings of "head r" were renamed when reading (a) became ``camn``: the old name of
+# each row -> the name it has today, keyed by the ``heads`` option the row recorded
+RENAMED_READINGS = {
+    ("camn", "dense"): "camn-dense", ("camn-route", "dense"): "camn-dense-route",
+    ("camn-loss", "dense"): "camn-dense-loss", ("camn-slot", "slot"): "camn",
+    ("camn-slot-route", "slot"): "camn-route", ("camn-slot-loss", "slot"): "camn-loss",
+}
 
 
 # ------------------------------------------------------------------------------- mean ± std
@@ -186,7 +193,19 @@ class RunResult:
                 for v in routing.values())):
             raise ValueError(f"routing must be an object of numbers or null, got {routing!r}")
         check_attention(values.get("attention"))
-        return cls(**values)
+        return current_names(cls(**values))
+
+
+def current_names(result: RunResult) -> RunResult:
+    """``result`` under today's model name, where it was written under an earlier one
+    (:data:`RENAMED_READINGS`): its name and its recorded ``config["model"]`` change, nothing
+    else, so that finished runs are still found (and resumed past) under today's names."""
+    heads = (result.config.get("options") or {}).get("heads")
+    name = RENAMED_READINGS.get((result.model, heads))
+    if name is None:
+        return result
+    config = result.config | {"model": name} if "model" in result.config else result.config
+    return replace(result, model=name, config=config)
 
 
 # ------------------------------------------------------------------------- attention health

@@ -24,13 +24,13 @@ from camn.results import HEALTH_METRICS, RunResult, Stat, finite_or_none
 ALPHA = 0.05  # significance level of the paired t-test
 ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
 # CAMN builds with their own Table 3 rows (``<name>-loss``, ``<name>-route``, ``<name>``)
-FAMILIES = ("camn", "camn-slot", "camn-standalone")
+FAMILIES = ("camn", "camn-dense", "camn-standalone")
 # the paper's rows: what ``--models all`` runs
 PAPER_MODELS = ("wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
                 *ABLATIONS)
 # registered beyond the paper's rows and ordered after them: run by name
 VARIANTS = (
-    "camn-slot-loss", "camn-slot-route", "camn-slot", "camn-tied",
+    "camn-dense-loss", "camn-dense-route", "camn-dense", "camn-tied",
     "camn-standalone-loss", "camn-standalone-route", "camn-standalone",
 )
 # the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
@@ -38,8 +38,8 @@ PAPER_ORDER = (*PAPER_MODELS, *VARIANTS)
 DISPLAY = {
     "wide-deep": "Wide&Deep", "pnn": "PNN", "din": "DIN", "dien": "DIEN", "dhan": "DHAN",
     "mind": "MIND", "comirec-sa": "ComiRec-SA", "dmin": "DMIN", "camn": "CAMN",
-    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss", "camn-slot": "CAMN-slot",
-    "camn-slot-route": "CAMN-slot-route", "camn-slot-loss": "CAMN-slot-loss",
+    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss", "camn-dense": "CAMN-dense",
+    "camn-dense-route": "CAMN-dense-route", "camn-dense-loss": "CAMN-dense-loss",
     "camn-standalone": "CAMN-standalone", "camn-standalone-route": "CAMN-standalone-route",
     "camn-standalone-loss": "CAMN-standalone-loss", "camn-tied": "CAMN-tied",
 }

@@ -128,14 +128,14 @@ ROUTERS = ("joint", "attribute")
 @register("camn")
 @register("camn-route", summary="CAMN without the diversity loss (Table 3)", alpha=0.0)
 @register("camn-loss", summary="CAMN without the routing module (Table 3)", routing=False)
-@register("camn-slot", summary="CAMN, head r reading attribute slot r (Eq. 4 as written)",
-          heads="slot")
-@register("camn-slot-route", summary="camn-slot without the diversity loss", heads="slot",
+@register("camn-dense", summary="CAMN on DMIN's dense Q/K/V split into k heads (reading b)",
+          heads="dense")
+@register("camn-dense-route", summary="camn-dense without the diversity loss", heads="dense",
           alpha=0.0)
-@register("camn-slot-loss", summary="camn-slot without the routing module", heads="slot",
+@register("camn-dense-loss", summary="camn-dense without the routing module", heads="dense",
           routing=False)
 @register("camn-tied", summary="Extension beyond the paper: routing column r tied to attribute r",
-          tie_weight=1.0)
+          heads="dense", tie_weight=1.0)
 class CAMN(CTRModel):
     """CAMN (Zhou et al., CIKM 2022): DMIN whose extractor heads are scaled by attribute routing.
 
@@ -164,25 +164,25 @@ class CAMN(CTRModel):
     - ``"slot"`` (a): head r's Q/K/V from attribute slot r of the refined item vector with
       per-head d x d maps, logits / sqrt(d), as Eq. 4 writes (``SlotAttention``).
 
-    On Beauty ``last``'s validation AUC (5 seeds) the slot reading came out ahead by 0.0006,
-    far inside the seed noise; the ``sliding`` verdict grids run it (``camn-slot``). The
-    default stays ``"dense"`` until those grids are done, so that no row's model name
-    changes meaning mid-grid.
+    ``camn`` is reading (a), chosen on Beauty ``last``'s validation AUC (5 seeds: 0.8297
+    against 0.8291 for (b), far inside the seed noise); ``camn-dense`` is reading (b). Rows
+    written before this choice named (a) ``camn-slot`` and (b) ``camn``; they are read under
+    today's names (``camn.results.current_names``).
 
     Extension, beyond the paper, off in ``camn`` and its ablations. Nothing in Eq. 2-4 ties
     routing column r to attribute r other than "it scales head r": on planted data the router
     sorts items by their driving attribute, but under another label, so its top score is no
     explanation. ``tie_weight`` > 0 adds ``AttributeClickLoss`` (the next click explained
     attribute by attribute, mixed by P) to the auxiliary loss with that weight; ``camn-tied``
-    is ``camn`` with ``tie_weight=1``. ``router="attribute"`` (``AttributeRouting``) computes
+    is ``camn-dense`` with ``tie_weight=1``. ``router="attribute"`` (``AttributeRouting``) computes
     logit r from attribute r's embedding alone. On the default synthetic store (3 seeds) the
     top routed attribute is the planted driver of 0.19-0.27 of item-level clicks for the
     paper's model in either reading (chance 0.20), 0.80 with the loss, 0.79 with the loss, the
     per-attribute router and the slot reading together, 0.26 with those two but not the loss.
 
     Ablations (Table 3): ``camn-route`` is alpha = 0; ``camn-loss`` has no routing module
-    (P = 1: DMIN with k attribute heads plus the diversity loss); ``camn-slot``,
-    ``camn-slot-route`` and ``camn-slot-loss`` are the same three in the slot reading.
+    (P = 1: DMIN with k attribute heads plus the diversity loss); ``camn-dense``,
+    ``camn-dense-route`` and ``camn-dense-loss`` are the same three in reading (b).
 
     Outputs: ``routing`` is P (B, L, k), zero at padding: P[b, j, :] says which attributes made
     user b click item j (the paper's Figure 1). ``aux_loss`` is 0 unless the forward pass is
@@ -205,7 +205,7 @@ class CAMN(CTRModel):
         q: int | None = None,
         alpha: float = 1e-4,
         routing: bool = True,
-        heads: str = "dense",
+        heads: str = "slot",
         diversity_pairs: str = "all",
         router: str = "joint",
         tie_weight: float = 0.0,
