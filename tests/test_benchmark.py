@@ -365,3 +365,26 @@ def test_a_benchmark_folder_of_an_older_version_is_refused(store, tmp_path, stub
     with pytest.raises(DataError, match=r"holds a results\.csv of an earlier camn version"):
         quick(store, out)
     assert stub == []
+
+
+def test_a_store_without_user_level_clicks_gives_null_recovery_not_a_crash(tmp_path):
+    """Every click item-level: the user-level recovery is undefined (NaN), written as null in
+    results.jsonl and summary.json (strict JSON) and read back as NaN."""
+    store = tmp_path / "items-only"
+    raw = generate(users=80, items=100, item_share=1.0, item_driver="category", follow=0.8, seed=3)
+    prepare(raw, store, protocol="last", seed=3)
+    out = tmp_path / "out"
+    assert main(["benchmark", "--data", str(store), "--models", "camn", "--seeds", "1",
+                 "--epochs", "1", "--batch-size", "64", "--threads", "1", "--device", "cpu",
+                 "--option", "camn:embed_dim=4", "--out", str(out)]) == 0
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+    (line,) = (out / "results.jsonl").read_text().splitlines()
+    routing = strict(line)["routing"]
+    assert routing["user"] is None and routing["user_matched"] is None
+    assert 0 <= routing["item"] <= 1
+    strict((out / "summary.json").read_text())
+    (row,) = ResultsLog(out / "results.jsonl").load()
+    assert math.isnan(row.routing["user"]) and row.routing["item"] == routing["item"]

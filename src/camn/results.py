@@ -154,9 +154,13 @@ class RunResult:
         )
 
     def to_dict(self) -> dict:
-        """JSON-ready: non-finite floats as None."""
-        return {key: finite_or_none(value) if isinstance(value, float) else value
+        """JSON-ready: non-finite floats as None, those of the routing recovery too (a group
+        of clicks the store lacks, e.g. user-level ones, has no recovery)."""
+        data = {key: finite_or_none(value) if isinstance(value, float) else value
                 for key, value in asdict(self).items()}
+        if self.routing is not None:
+            data["routing"] = {key: finite_or_none(v) for key, v in self.routing.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> RunResult:
@@ -189,9 +193,13 @@ class RunResult:
                 raise ValueError(f"{name} must be an object, got {values[name]!r}")
         routing = values.get("routing")
         if routing is not None and not (isinstance(routing, dict) and all(
-                isinstance(v, int | float) and not isinstance(v, bool)
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool))
                 for v in routing.values())):
-            raise ValueError(f"routing must be an object of numbers or null, got {routing!r}")
+            raise ValueError(f"routing must be an object of numbers (or nulls) or null, got "
+                             f"{routing!r}")
+        if routing is not None:
+            values["routing"] = {k: math.nan if v is None else float(v)
+                                 for k, v in routing.items()}
         check_attention(values.get("attention"))
         return current_names(cls(**values))
 
@@ -454,7 +462,7 @@ def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> di
         document["attention_health"] = mean_health(healths)
     if all("routing_recovery" in run for run in runs):
         document["routing_recovery"] = {
-            key: float(np.mean([run["routing_recovery"][key] for run in runs]))
+            key: finite_mean(run["routing_recovery"][key] for run in runs)
             for key in runs[0]["routing_recovery"]
         }
     return document
