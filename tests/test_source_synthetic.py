@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import polars as pl
 import pytest
@@ -9,8 +11,9 @@ from sklearn.metrics import roc_auc_score
 
 from camn.cli import main
 from camn.data.prepare import prepare
+from camn.data.raw import BadInputReport, DataError
 from camn.data.sources import available_sources, synthetic
-from camn.data.sources.synthetic import _roots, attribute_names
+from camn.data.sources.synthetic import _depths, _roots, attribute_names
 from camn.data.store import PreparedStore
 
 SMALL = {"users": 300, "items": 200}
@@ -237,6 +240,106 @@ def test_follow_redraws_only_the_items_of_the_clicks_that_follow(mode):
     kept = new.followed == -1
     assert np.array_equal(old.item[kept], new.item[kept])
     assert np.array_equal(old.driver[kept], new.driver[kept])
+
+
+# ------------------------------------- the follow pool: all items carrying the driving value
+
+VALUE = {"follow_pool": "value"}
+
+
+@pytest.fixture(scope="module")
+def small_value():
+    return generate(**SMALL, **VALUE, seed=7, return_truth=True)
+
+
+def test_depths_count_the_steps_to_the_root():
+    parent = np.array([0, 0, 1, 3, 2, 3, 5])  # chains 0 <- 1 <- 2 <- 4 and 3 <- 5 <- 6
+    assert _depths(parent).tolist() == [0, 1, 2, 0, 3, 1, 2]
+    assert _depths(np.arange(3)).tolist() == [0, 0, 0]
+    assert _depths(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+def test_the_default_pool_is_the_driver_pool():
+    raw = generate(**SMALL, seed=3)
+    explicit = generate(**SMALL, follow_pool="driver", seed=3)
+    assert raw.interactions.equals(explicit.interactions) and raw.origin == explicit.origin
+    assert raw.origin["follow_pool"] == "driver"
+
+
+def test_a_value_pool_click_carries_its_sources_driving_value_whatever_its_own_driver(
+        small_value):
+    raw, truth = small_value
+    assert raw.origin["follow_pool"] == "value"
+    rows = np.flatnonzero(truth.followed >= 0)
+    assert len(rows) > 200
+    source = truth.followed[rows]
+    assert (source < rows).all() and (truth.user[source] == truth.user[rows]).all()
+    assert (truth.driver_kind[source] == 0).all() and (truth.driver_kind[rows] == 0).all()
+    reason = truth.item_driver[truth.item[source]]  # the source's driving slot: the reason
+    assert np.array_equal(reason, truth.driver[source])
+    assert np.array_equal(truth.item_values[truth.item[rows], reason],
+                          truth.item_values[truth.item[source], reason])
+    # the item's own driver is not forced to the reason: with the category naming one of 4
+    # slots, about 3 in 4 differ where the reason is not the category itself
+    own = truth.item_driver[truth.item[rows]]
+    assert 0.3 < float((own != reason).mean()) < 0.9
+
+
+@pytest.mark.parametrize("fixture", ["small", "small_value"])
+def test_the_recorded_driver_of_an_item_level_click_is_its_items_driver(fixture, request):
+    raw, truth = request.getfixturevalue(fixture)
+    clicks = truth.driver_kind == 0
+    assert np.array_equal(truth.driver[clicks], truth.item_driver[truth.item[clicks]])
+    assert (truth.driver[clicks] >= 1).all()
+    assert np.array_equal(raw.interactions["driver"].to_numpy(), truth.driver)
+
+
+def test_the_pool_redraws_only_the_items_of_the_clicks_that_follow():
+    driver, old = generate(**SMALL, return_truth=True)
+    value, new = generate(**SMALL, **VALUE, return_truth=True)
+    assert driver.items.equals(value.items)
+    same = ["user", "time", "driver_kind"]
+    assert driver.interactions.select(same).equals(value.interactions.select(same))
+    assert np.array_equal(old.followed, new.followed)
+    kept = new.followed == -1
+    assert np.array_equal(old.item[kept], new.item[kept])
+    assert not np.array_equal(old.item[~kept], new.item[~kept])
+
+
+def test_with_salient_drivers_the_two_pools_coincide():
+    """A salient value is carried only by the items it drives, so both pools are the same items
+    in the same order, and every draw is the same."""
+    driver = generate(**SMALL, **SALIENT, follow=0.8, seed=5)
+    value = generate(**SMALL, **SALIENT, follow=0.8, **VALUE, seed=5)
+    assert driver.interactions.equals(value.interactions)
+
+
+def test_the_cli_option_reaches_the_generator(tmp_path):
+    out = tmp_path / "store"
+    argv = ["prepare", "synthetic", "--out", str(out), "--users", "100", "--items", "80",
+            "--item-driver", "category", "--follow", "0.8", "--item-share", "0.8",
+            "--follow-pool", "value", "--seed", "3"]
+    assert main(argv) == 0
+    origin = PreparedStore(out).schema["origin"]
+    expected = generate(users=100, items=80, follow=0.8, **VALUE, seed=3).origin
+    assert origin == expected and origin["follow_pool"] == "value"
+
+
+def test_a_bad_pool_is_a_value_error_and_a_data_error_and_a_cli_error(tmp_path, capsys):
+    message = "follow pool must be one of driver, value, got 'item'"
+    with pytest.raises(ValueError, match=message):
+        generate(**SMALL, follow_pool="item")
+    parser = argparse.ArgumentParser()
+    synthetic.add_arguments(parser)
+    args = parser.parse_args([])
+    args.seed, args.follow_pool = 1, "item"
+    with pytest.raises(DataError, match=f"synthetic: {message}"):
+        synthetic.read(args, BadInputReport())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "synthetic", "--out", str(tmp_path / "s"), "--follow-pool", "item"])
+    assert exit_info.value.code == 2
+    assert "argument --follow-pool: invalid choice: 'item'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 # -------------------------------------------------------------------------------- option checks
