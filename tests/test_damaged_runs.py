@@ -31,6 +31,10 @@ COMMANDS = ("evaluate", "explain")
 DAMAGED = "the run is damaged; train it again"
 MODEL = "routed-mean-test"
 
+# the salience generator (the synthetic default until the value-pool store): the sizes and
+# ids these tests expect were read from its stores
+SALIENCE = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5, "clicks_per_user": 12.0}
+
 
 class RoutedMean(CTRModel):
     """Test-only model whose tensors are known by heart (so are the messages about them): the
@@ -61,7 +65,7 @@ if MODEL not in model_entries():  # this module may be imported twice
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("store") / "store"
-    prepare(generate(users=200, items=60, attributes=3, seed=1), path, max_len=5)
+    prepare(generate(users=200, items=60, attributes=3, seed=1, **SALIENCE), path, max_len=5)
     return path
 
 

@@ -62,7 +62,7 @@ def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monk
     assert main(argv) == 0
     assert sorted(CALLS) == sorted((m, s) for m in AUC for s in (1, 2))
     store = PreparedStore(tmp_path / "demo" / "data" / "synthetic-last")
-    assert store.has_drivers and store.schema["splits"]["train"] == 4800
+    assert store.has_drivers and store.schema["splits"]["train"] == 9600
     printed = capsys.readouterr().out
     assert "Test AUC on synthetic-last (last)" in printed
     camn = [fake_auc("camn", s) for s in (1, 2)]

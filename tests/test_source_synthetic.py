@@ -18,10 +18,15 @@ from camn.data.store import PreparedStore
 
 SMALL = {"users": 300, "items": 200}
 SALIENT = {"item_driver": "salient", "item_share": 0.5}  # the salience reading of item-level
-# the generator's defaults (those of the generator before item_driver and follow existed)
-PREVIOUS_DEFAULT = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5}
-# the history-following mode, which most tests here exercise
-HISTORY = {"item_driver": "category", "follow": 0.8, "item_share": 0.8}
+# the generator's defaults before the value-pool store became the default
+PREVIOUS_DEFAULT = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5,
+                    "clicks_per_user": 12.0, "follow_pool": "driver"}
+# today's defaults, the value-pool history mode
+DEFAULT = {"users": 6000, "clicks_per_user": 5.0, "item_share": 0.95, "item_driver": "category",
+           "follow": 0.9, "follow_pool": "value"}
+# the history-following mode with the driver pool, which most tests here exercise
+HISTORY = {"item_driver": "category", "follow": 0.8, "item_share": 0.8, "clicks_per_user": 12.0,
+           "follow_pool": "driver"}
 
 
 def generate(**options):
@@ -29,10 +34,10 @@ def generate(**options):
     return synthetic.generate(**{**HISTORY, **options})
 
 
-def test_the_defaults_are_the_salience_generator():
-    raw = synthetic.generate(**SMALL, seed=3)
-    assert raw.interactions.equals(generate(**SMALL, **PREVIOUS_DEFAULT, seed=3).interactions)
-    assert raw.origin["item_driver"] == "salient" and raw.origin["follow"] == 0.0
+def test_the_defaults_are_the_value_pool_history_mode():
+    raw = synthetic.generate(items=200, seed=3)
+    assert raw.interactions.equals(synthetic.generate(items=200, **DEFAULT, seed=3).interactions)
+    assert {key: raw.origin[key] for key in DEFAULT} == DEFAULT
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +326,8 @@ def test_the_cli_option_reaches_the_generator(tmp_path):
             "--follow-pool", "value", "--seed", "3"]
     assert main(argv) == 0
     origin = PreparedStore(out).schema["origin"]
-    expected = generate(users=100, items=80, follow=0.8, **VALUE, seed=3).origin
+    expected = synthetic.generate(users=100, items=80, item_driver="category", follow=0.8,
+                                  item_share=0.8, follow_pool="value", seed=3).origin
     assert origin == expected and origin["follow_pool"] == "value"
 
 
@@ -389,8 +395,8 @@ def test_cli_options_reach_the_generator(tmp_path):
             "--item-driver", "salient", "--follow", "0.25", "--item-share", "0.4", "--seed", "3"]
     assert main(argv) == 0
     origin = PreparedStore(out).schema["origin"]
-    expected = generate(users=100, items=80, item_driver="salient", follow=0.25, item_share=0.4,
-                        seed=3).origin
+    expected = synthetic.generate(users=100, items=80, item_driver="salient", follow=0.25,
+                                  item_share=0.4, seed=3).origin
     assert origin == expected
     assert origin["follow"] == 0.25 and "salient_values" in origin
 
@@ -518,8 +524,8 @@ def test_history_mode_needs_the_history_and_each_items_driver(tmp_path):
     """In the history mode, popularity alone predicts almost nothing; matching each history
     item on its own driving slot beats counting matches in every slot; the generator's own
     probability is well above both (learnable, not trivial). The previous default was the
-    other way round (it is still the default: see the module docstring)."""
-    raw, truth = generate(return_truth=True)  # the history mode at the default sizes
+    other way round."""
+    raw, truth = generate(users=3000, return_truth=True)  # the driver-pool history mode
     prepare(raw, tmp_path / "s")
     store = PreparedStore(tmp_path / "s")
     assert store.schema["num_users"] == 3000

@@ -20,12 +20,16 @@ from camn.train.loop import TrainConfig, train_one
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens_100k"
 TRAIN = ["--model", "wide-deep", "--epochs", "1", "--device", "cpu", "--no-progress"]
 
+# the salience generator (the synthetic default until the value-pool store): the sizes and
+# ids these tests expect were read from its stores
+SALIENCE = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5, "clicks_per_user": 12.0}
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small sound synthetic store (200 users, item_id, category, brand; max_len 5)."""
     path = tmp_path_factory.mktemp("pristine") / "store"
-    prepare(generate(users=200, items=60, attributes=3, seed=1), path, max_len=5)
+    prepare(generate(users=200, items=60, attributes=3, seed=1, **SALIENCE), path, max_len=5)
     return path
 
 
@@ -258,7 +262,7 @@ def test_stats_on_a_broken_schema_exits_2(store: Path, capsys: pytest.CaptureFix
 def no_valid_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sound store of 5 users: 4 train, 0 valid (10% of 5 rounds down), 1 test."""
     path = tmp_path_factory.mktemp("five") / "store"
-    prepare(generate(users=5, items=60, attributes=3, seed=1), path, max_len=5)
+    prepare(generate(users=5, items=60, attributes=3, seed=1, **SALIENCE), path, max_len=5)
     return path
 
 
