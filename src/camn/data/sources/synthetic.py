@@ -27,11 +27,11 @@ kept (``driver``, ``driver_kind``):
     shares that value and nothing else beyond chance, and its driving slot is the source's, so a
     chain of such clicks repeats one (slot, value), and the clicked item's own attributes (under
     ``"category"``, its category) name the slot that brought it.
-  - ``"value"`` (the default): uniformly among *all* items that carry the value in that slot, whatever slot
-    drives them. The item then pulls the clicks that follow *it* through its own driving slot, so a
-    chain can move from slot to slot. Under ``"salient"`` the two pools are the same items (a
-    salient value is carried only by the items it drives), and so is every draw; the option
-    matters under ``"category"``.
+  - ``"value"`` (the default): uniformly among *all* items that carry the value in that slot,
+    whatever slot drives them. The item then pulls the clicks that follow *it* through its own
+    driving slot, so a chain can move from slot to slot. Under ``"salient"`` the two pools are
+    the same items (a salient value is carried only by the items it drives), and so is every
+    draw; the option matters under ``"category"``.
 
   The recorded ``driver`` of an item-level click is always the clicked item's own driving slot
   (``Truth.item_driver[item]``), a property of the item as Eq. 2 assumes: the attribute through
