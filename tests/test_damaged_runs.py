@@ -19,7 +19,7 @@ from torch import nn
 from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
-from camn.data.sources.synthetic import generate
+from camn.data.sources.synthetic import SALIENCE_STORE, generate
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, model_entries, register
@@ -31,9 +31,8 @@ COMMANDS = ("evaluate", "explain")
 DAMAGED = "the run is damaged; train it again"
 MODEL = "routed-mean-test"
 
-# the salience generator (the synthetic default until the value-pool store): the sizes and
-# ids these tests expect were read from its stores
-SALIENCE = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5, "clicks_per_user": 12.0}
+# the sizes and ids these tests expect were read from salience stores
+SALIENCE = {key: value for key, value in SALIENCE_STORE.items() if key != "users"}
 
 
 class RoutedMean(CTRModel):

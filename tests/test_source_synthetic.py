@@ -19,8 +19,7 @@ from camn.data.store import PreparedStore
 SMALL = {"users": 300, "items": 200}
 SALIENT = {"item_driver": "salient", "item_share": 0.5}  # the salience reading of item-level
 # the generator's defaults before the value-pool store became the default
-PREVIOUS_DEFAULT = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5,
-                    "clicks_per_user": 12.0, "follow_pool": "driver"}
+PREVIOUS_DEFAULT = synthetic.SALIENCE_STORE
 # today's defaults, the value-pool history mode
 DEFAULT = {"users": 6000, "clicks_per_user": 5.0, "item_share": 0.95, "item_driver": "category",
            "follow": 0.9, "follow_pool": "value"}
@@ -137,7 +136,7 @@ def test_categories_are_equally_common_and_clicks_spread_over_the_items():
     per_category = np.bincount(truth.item_values[:, 1], minlength=12)
     assert per_category.min() > 60 and per_category.max() < 110  # 1000 / 12 = 83 expected
     clicks = np.bincount(truth.item, minlength=1000)
-    _, before = generate(users=3000, items=1000, **PREVIOUS_DEFAULT, seed=5, return_truth=True)
+    _, before = generate(items=1000, **PREVIOUS_DEFAULT, seed=5, return_truth=True)
     clicks_before = np.bincount(before.item, minlength=1000)
     # the most clicked tenth of the items: close to a tenth of the clicks now, a quarter before
     top = np.sort(clicks)[-100:].sum() / clicks.sum()
@@ -540,3 +539,13 @@ def test_history_mode_needs_the_history_and_each_items_driver(tmp_path):
     before = _test_aucs(PreparedStore(tmp_path / "before"), truth)
     print("previous default, test AUC:", {name: round(value, 4) for name, value in before.items()})
     assert before["popularity"] > 0.62 and before["popularity"] > before["pooled"]
+
+
+def test_the_commands_defaults_are_the_generators():
+    parser = argparse.ArgumentParser()
+    synthetic.add_arguments(parser)
+    parsed = vars(parser.parse_args([]))
+    raw = synthetic.generate(users=50, items=40, seed=1)  # origin records every parameter
+    assert {key: raw.origin[key] for key in parsed if key not in ("users", "items")} == {
+        key: value for key, value in parsed.items() if key not in ("users", "items")}
+    assert (parsed["users"], parsed["items"]) == (6000, 1000)

@@ -13,16 +13,15 @@ import pytest
 from camn.cli import main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
-from camn.data.sources.synthetic import generate
+from camn.data.sources.synthetic import SALIENCE_STORE, generate
 from camn.data.store import PreparedStore
 from camn.train.loop import TrainConfig, train_one
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens_100k"
 TRAIN = ["--model", "wide-deep", "--epochs", "1", "--device", "cpu", "--no-progress"]
 
-# the salience generator (the synthetic default until the value-pool store): the sizes and
-# ids these tests expect were read from its stores
-SALIENCE = {"item_driver": "salient", "follow": 0.0, "item_share": 0.5, "clicks_per_user": 12.0}
+# the sizes and ids these tests expect were read from salience stores
+SALIENCE = {key: value for key, value in SALIENCE_STORE.items() if key != "users"}
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,7 @@ takes one vectorised step per depth of the follow chains, a handful).
 from __future__ import annotations
 
 import argparse
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +124,9 @@ START_TIME = 1_400_000_000  # seconds; an arbitrary epoch in 2014
 ITEM_LEVEL, USER_LEVEL = 0, 1
 ITEM_DRIVERS = ("category", "salient")  # how an item's driving slot is set (module docstring)
 FOLLOW_POOLS = ("driver", "value")  # which items a following click is drawn from (docstring)
+# the salience store: ``generate``'s defaults until the value-pool store took their place
+SALIENCE_STORE = {"users": 3000, "clicks_per_user": 12.0, "item_share": 0.5,
+                  "item_driver": "salient", "follow": 0.0, "follow_pool": "driver"}
 CATEGORY = 1  # the slot whose value names an item's driving slot under item_driver="category"
 
 
@@ -496,36 +500,41 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=positive_int, default=6000, help="number of users")
-    parser.add_argument("--items", type=positive_int, default=1000, help="number of items")
-    parser.add_argument("--attributes", type=int_at_least(2), default=5, metavar="K",
+    defaults = {name: p.default for name, p in inspect.signature(generate).parameters.items()}
+    parser.add_argument("--users", type=positive_int, default=defaults["users"],
+                        help="number of users")
+    parser.add_argument("--items", type=positive_int, default=defaults["items"],
+                        help="number of items")
+    parser.add_argument("--attributes", type=int_at_least(2), default=defaults["attributes"],
+                        metavar="K",
                         help="attributes k, the item id included")
-    parser.add_argument("--clicks-per-user", type=float_at_least(MIN_CLICKS), default=5.0,
+    parser.add_argument("--clicks-per-user", type=float_at_least(MIN_CLICKS),
+                        default=defaults["clicks_per_user"],
                         help=f"mean clicks per user ({MIN_CLICKS} + Poisson)")
-    parser.add_argument("--item-share", type=fraction, default=0.95,
+    parser.add_argument("--item-share", type=fraction, default=defaults["item_share"],
                         help="probability that a click is item-level (its driver a property of "
                              "the item)")
-    parser.add_argument("--skew", type=positive_finite_float, default=0.3,
+    parser.add_argument("--skew", type=positive_finite_float, default=defaults["skew"],
                         help="Dirichlet concentration of each user's emphasis (small = skewed)")
-    parser.add_argument("--liked", type=positive_int, default=2,
+    parser.add_argument("--liked", type=positive_int, default=defaults["liked"],
                         help="liked values per user and slot")
-    parser.add_argument("--liked-items", type=positive_int, default=3,
+    parser.add_argument("--liked-items", type=positive_int, default=defaults["liked_items"],
                         help="liked items per user (the item id slot as a driver)")
-    parser.add_argument("--item-driver", choices=ITEM_DRIVERS, default="category",
+    parser.add_argument("--item-driver", choices=ITEM_DRIVERS, default=defaults["item_driver"],
                         help="what sets an item's driving slot: its category (category c names "
                              "slot 1 + c mod (k-1)) or a salient value it carries")
-    parser.add_argument("--follow", type=fraction, default=0.9,
+    parser.add_argument("--follow", type=fraction, default=defaults["follow"],
                         help="probability that an item-level click repeats the driving value of "
                              "one of the user's earlier item-level clicks (0 = independent clicks)")
-    parser.add_argument("--follow-pool", choices=FOLLOW_POOLS, default="value",
+    parser.add_argument("--follow-pool", choices=FOLLOW_POOLS, default=defaults["follow_pool"],
                         help="the items such a click is drawn from: those carrying the earlier "
                              "click's driving value in its driving slot and driven by that slot "
                              "themselves (driver), or all items carrying that value there, "
                              "whatever slot drives them (value; same as driver with the salient "
                              "item driver)")
-    parser.add_argument("--salient", type=positive_int, default=2,
+    parser.add_argument("--salient", type=positive_int, default=defaults["salient"],
                         help="salient values per non-id slot (salient item driver only)")
-    parser.add_argument("--salient-share", type=fraction, default=0.3,
+    parser.add_argument("--salient-share", type=fraction, default=defaults["salient_share"],
                         help="fraction of items carrying a salient value (salient item driver "
                              "only)")
 
