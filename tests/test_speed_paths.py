@@ -254,3 +254,25 @@ def test_bf16_is_refused_with_the_reason_where_the_cpu_emulates_it(
         "--precision fp32 (the default) on this machine\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_length_sorted_rows_are_packed_sequence_order_and_skip_empty_histories() -> None:
+    """Lengths [2, 0, 3, 1] over L = 3: samples sorted longest first (2, 0, 3; 1 has no row),
+    time-major, as nn.utils.rnn.pack_padded_sequence lays out the non-empty ones."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from camn.models.dien import LengthSortedRows
+
+    lengths = torch.tensor([2, 0, 3, 1])
+    mask = torch.arange(3)[None] < lengths[:, None]
+    rows = LengthSortedRows(mask)
+    assert rows.steps.tolist() == [3, 2, 1]
+    assert rows.rows.tolist() == [2 * 3, 0, 3 * 3, 2 * 3 + 1, 1, 2 * 3 + 2]
+    values = torch.arange(12.0).view(4, 3, 1)
+    kept = lengths > 0
+    reference = pack_padded_sequence(values[kept], lengths[kept], batch_first=True,
+                                     enforce_sorted=False)
+    torch.testing.assert_close(rows.pack(values).data, reference.data)
+    torch.testing.assert_close(rows.unpack(rows.pack(values).data), values * mask[..., None])
+    last = torch.tensor([[20.0], [21.0], [22.0]])  # one per sorted non-empty sample
+    assert rows.unsort(last).squeeze(-1).tolist() == [21.0, 0.0, 20.0, 22.0]
