@@ -23,6 +23,7 @@ from camn.models.layers import (
     TargetAttention,
     item_vectors,
     pool_history,
+    steps_every_position,
     target_attention_health,
 )
 from camn.models.registry import register
@@ -110,13 +111,14 @@ class AUGRU(nn.Module):
     def forward_packed(
         self, inputs: torch.Tensor, attention: torch.Tensor, rows: LengthSortedRows
     ) -> torch.Tensor:
-        """The same on the real steps: inputs (S, I) and attention (S,) in ``rows``' order ->
-        final state (B, H). Step t updates the states of the ``rows.steps[t]`` histories
-        still running; the others keep the state after their last item."""
+        """The same on the real steps: inputs (S, I) and attention (S,) in ``rows``' order
+        (at least one row) -> final state (B, H). Step t updates the states of the
+        ``rows.steps[t]`` histories still running; the others keep the state after their last
+        item."""
         steps = rows.steps.tolist()
         projected = self.input_map(inputs).split(steps)  # T x (n_t, 3H)
         weights = attention.unsqueeze(-1).split(steps)  # T x (n_t, 1)
-        state = inputs.new_zeros(steps[0] if steps else 0, self.hidden_dim)
+        state = inputs.new_zeros(steps[0], self.hidden_dim)  # every history with a row
         for step, weight in zip(projected, weights, strict=True):
             running = len(step)
             updated = self.step(step, weight, state[:running])
@@ -204,8 +206,7 @@ class DIEN(CTRModel):
         the lengths on the host there. Nearly full batches (real share above
         ``PACKED_UP_TO``) are stepped whole too: packing costs more than it saves there.
         """
-        dense = mask.device.type != "cpu" or torch.compiler.is_compiling()
-        if dense or not 0 < mask.float().mean() <= PACKED_UP_TO:
+        if steps_every_position(mask) or not 0 < mask.float().mean() <= PACKED_UP_TO:
             states, _ = self.extractor(items)
             _, weights = self.attention(states[:, None], target, mask)  # (B, 1, L)
             return states, weights, self.evolution(states, weights[:, 0])

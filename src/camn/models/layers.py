@@ -96,6 +96,14 @@ def field_embeddings(
 PACKED_ROWS, PACKED_PAIRS = "packed_rows", "packed_pairs"
 
 
+def steps_every_position(mask: torch.Tensor) -> bool:
+    """Whether a layer should compute every position of ``mask`` (B, L), padding masked,
+    rather than find the real ones itself: on an accelerator (finding them needs their count
+    on the host, a synchronisation) and under ``torch.compile`` (a count found inside the graph
+    breaks it). On the CPU, eager, only the real positions are worth computing."""
+    return mask.device.type != "cpu" or torch.compiler.is_compiling()
+
+
 def packed_positions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """The real rows of ``mask`` (B, L) and their next-click pairs, as batch entries.
 
@@ -129,7 +137,7 @@ class Packing:
         self.mask = mask
         self.batch, self.length = mask.shape
         if dense is None:
-            dense = rows is None and (mask.device.type != "cpu" or torch.compiler.is_compiling())
+            dense = rows is None and steps_every_position(mask)
         self.dense = dense
         flat = mask.reshape(-1)
         if self.dense:
