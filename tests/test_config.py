@@ -387,6 +387,7 @@ def test_every_committed_table_has_the_config_its_rows_show() -> None:
 RERUN = ("mind", "comirec-sa", "camn-standalone", "camn-standalone-route", "camn-standalone-loss")
 GRIDS = {
     "verdict-beauty-last": ("verdict-beauty-last.toml", "stores/beauty-last", None),
+    "verdict-beauty-sliding": ("verdict-sliding.toml", "stores/beauty-sliding", None),
     **{f"rerun-{store}": ("paper-tables.toml", f"stores/{store}", RERUN)
        for store in ("beauty-last", "beauty-sliding", "ml100k-sliding")},
 }
