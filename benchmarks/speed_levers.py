@@ -14,6 +14,9 @@ busy machine slows them alike; medians of the repeats. The levers:
 - ``compile``: ``torch.compile`` (inductor) of the packed rows, which the trainer hands in
   (``layers.packed_positions``); its compilation time is reported apart, not in the rate.
 - ``compile+buckets``: the same with length buckets.
+- ``bf16``: bf16 autocast with fp32 master weights (``--precision bf16``); skipped, saying
+  so, where the CPU has no bf16 matrix instructions and would emulate them.
+- ``compile+bf16``: both.
 - ``--baseline-src DIR``: the same model and batches run by an older camn source tree (for
   instance ``git worktree add /tmp/old COMMIT`` then ``--baseline-src /tmp/old/src``), with
   that tree's default Adam, as ``baseline``.
@@ -34,6 +37,7 @@ from pathlib import Path
 
 LEVERS = (
     "default", "adam-loop", "dense-rows", "buckets", "dense+buckets", "compile", "compile+buckets",
+    "bf16", "compile+bf16",
 )
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "stores" / "beauty-sliding"
 
@@ -60,7 +64,9 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = build_model(args.model, FeatureSpec.from_schema(store.schema))
     device = torch.device("cpu")
-    config = loop.TrainConfig(model=args.model, batch_size=args.batch_size, progress=False)
+    precision = "bf16" if "bf16" in lever else "fp32"
+    config = loop.TrainConfig(model=args.model, batch_size=args.batch_size, progress=False,
+                              precision=precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **loop.fused(device))
     module = torch.compile(model, dynamic=True) if lever.startswith("compile") else model
     data = loop.training_data(store, device)
@@ -148,6 +154,16 @@ def main() -> int:
     if not (args.store / "schema.json").is_file():
         raise SystemExit(f"{args.store} is not a prepared store: camn prepare amazon ... first")
     levers = args.levers.split(",") + (["baseline"] if args.baseline_src else [])
+    import torch  # here, not at the top: a --baseline-src worker imports an older camn
+
+    from camn.train.precision import native_bf16
+
+    if not native_bf16(torch.device("cpu")):
+        skipped = [lever for lever in levers if "bf16" in lever]
+        if skipped:
+            print(f"skipped {', '.join(skipped)}: this CPU has no bf16 matrix instructions "
+                  "(AVX512-BF16 or AMX) and would emulate them, about 100x slower", flush=True)
+        levers = [lever for lever in levers if "bf16" not in lever]
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for model in args.models.split(","):
@@ -167,8 +183,8 @@ def main() -> int:
         print(f"{model:<8} " + "  ".join(
             f"{lever} {rate:,}" + (f" ({rate / base:.2f}x)" if base else "")
             for lever, rate in rates.items()))
-    compile_seconds = {f"{m}": statistics.median(r["warmup_seconds"] for r in results)
-                       for (m, lever), results in runs.items() if lever == "compile+buckets"}
+    compile_seconds = {f"{m} {lever}": statistics.median(r["warmup_seconds"] for r in results)
+                       for (m, lever), results in runs.items() if lever.startswith("compile")}
     print(json.dumps({"threads": args.threads, "batch_size": args.batch_size,
                       "steps": args.steps, "samples_per_s": summary,
                       "compile_warmup_seconds": compile_seconds}))
