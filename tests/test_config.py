@@ -388,6 +388,7 @@ RERUN = ("mind", "comirec-sa", "camn-standalone", "camn-standalone-route", "camn
 GRIDS = {
     "verdict-beauty-last": ("verdict-beauty-last.toml", "stores/beauty-last", None),
     "verdict-beauty-sliding": ("verdict-sliding.toml", "stores/beauty-sliding", None),
+    "verdict-ml100k-sliding": ("verdict-sliding.toml", "stores/ml100k-sliding", None),
     **{f"rerun-{store}": ("paper-tables.toml", f"stores/{store}", RERUN)
        for store in ("beauty-last", "beauty-sliding", "ml100k-sliding")},
 }
