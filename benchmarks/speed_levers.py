@@ -156,13 +156,15 @@ def main() -> int:
     levers = args.levers.split(",") + (["baseline"] if args.baseline_src else [])
     import torch  # here, not at the top: a --baseline-src worker imports an older camn
 
-    from camn.train.precision import native_bf16
+    from camn.data.raw import DataError
+    from camn.train.precision import check_precision
 
-    if not native_bf16(torch.device("cpu")):
+    try:
+        check_precision("bf16", torch.device("cpu"))
+    except DataError as refusal:  # the trainer's own reason, where bf16 would be emulated
         skipped = [lever for lever in levers if "bf16" in lever]
         if skipped:
-            print(f"skipped {', '.join(skipped)}: this CPU has no bf16 matrix instructions "
-                  "(AVX512-BF16 or AMX) and would emulate them, about 100x slower", flush=True)
+            print(f"skipped {', '.join(skipped)}: {refusal}", flush=True)
         levers = [lever for lever in levers if "bf16" not in lever]
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
