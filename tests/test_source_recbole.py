@@ -35,7 +35,7 @@ def write_files(tmp_path: Path, inter: str = INTER, item: str = ITEM) -> tuple[P
 
 def read(inter: Path, item: Path, strict: bool = False, **options):
     args = {"attributes": None, "recipe": None, "user_col": "user_id", "item_col": "item_id",
-            "time_col": "timestamp"} | options
+            "time_col": "timestamp", "bucketize": []} | options
     report = BadInputReport(strict=strict)
     raw = recbole.read(argparse.Namespace(inter=str(inter), item=str(item), **args), report)
     return raw, report
