@@ -39,16 +39,17 @@ ID_BYTES = 4  # an attribute id in a history (int32)
 
 def attribute_warnings(raw: RawData, items: pl.Series) -> dict[str, list[str]]:
     """attribute name -> what is wrong with its column over ``items`` (the store's item
-    strings), the source's own findings first; attributes without a finding are left out."""
+    strings), in slot order, the source's own findings first; attributes without a finding are
+    left out."""
     table = pl.DataFrame({"item": items}).join(
         raw.items.unique(subset="item", keep="first", maintain_order=True),
         on="item", how="left", maintain_order="left",
     )
-    warnings = {name: list(messages) for name, messages in raw.warnings.items() if messages}
+    warnings = {}
     for name in raw.attributes[1:]:
-        found = column_warnings(table[name].cast(pl.String))
+        found = raw.warnings.get(name, []) + column_warnings(table[name].cast(pl.String))
         if found:
-            warnings.setdefault(name, []).extend(found)
+            warnings[name] = found
     return warnings
 
 
@@ -133,10 +134,9 @@ def stats_lines(schema: dict) -> list[str]:
     prepared before camn kept them)."""
     found = schema.get("attribute_warnings")
     attributes = schema.get("attributes") or []
-    if not isinstance(found, dict) or not found:
-        return ["attribute warnings: none"]
-    lines = [f"attribute warnings: {sum(len(m) for m in found.values()):,}"]
-    for name, messages in found.items():
-        slot = f"slot {attributes.index(name)} " if name in attributes else ""
-        lines += [f"  {slot}{name}: {message}" for message in messages]
-    return lines
+    if not isinstance(found, dict):
+        found = {}
+    lines = [f"  slot {slot} {name}: {message}"
+             for slot, name in enumerate(attributes) for message in found.get(name, [])]
+    return [f"attribute warnings: {len(lines):,}" if lines else "attribute warnings: none",
+            *lines]
