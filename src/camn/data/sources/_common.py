@@ -454,18 +454,26 @@ def map_unique(series: pl.Series, function, dtype: pl.DataType) -> pl.Series:
     return frame["out"].alias(series.name)
 
 
+def unescape_fully(text: str) -> str:
+    """``html.unescape`` until the text no longer changes."""
+    while (plain := html.unescape(text)) != text:
+        text = plain
+    return text
+
+
 def unescape_html(series: pl.Series) -> pl.Series:
     """Text with its HTML character references replaced (``Burt&#39;s`` -> ``Burt's``,
-    ``&amp;`` -> ``&``, ``Cr&egrave;me`` -> ``Crème``), as ``html.unescape`` reads them.
+    ``&amp;`` -> ``&``, ``Cr&egrave;me`` -> ``Crème``), as ``html.unescape`` reads them, until
+    none is left: text escaped twice (``Kirk&amp;#39;s``, in McAuley's metadata) is read whole.
 
-    ``series`` is String or List(String) (each element unescaped). ``html.unescape`` runs once
+    ``series`` is String or List(String) (each element unescaped). The unescaping runs once
     per distinct value that holds a ``&``; the column is then rewritten by one vectorised
     replace, so the cost does not grow with the number of rows.
     """
     is_list = series.dtype == pl.List(pl.String)
     values = (series.explode() if is_list else series).drop_nulls().unique()
     escaped = values.filter(values.str.contains("&", literal=True)).to_list()
-    plain = [html.unescape(value) for value in escaped]
+    plain = [unescape_fully(value) for value in escaped]
     changed = [(old, new) for old, new in zip(escaped, plain, strict=True) if old != new]
     if not changed:
         return series
