@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bucketize", type=parse_bucketize, default=[], metavar="COL[,COL...]",
         help="--attributes columns of numbers to put into 10 quantile buckets (deciles over the"
-        " items of the interactions), as the amazon recipe does with the price; without it"
-        " each distinct number is a category of its own",
+        " items of the interactions), as the amazon recipe does with the price (default: none;"
+        " each distinct number is then a category of its own)",
     )
     parser.add_argument("--user-col", default="user_id", help="user column of the .inter file")
     parser.add_argument("--item-col", default="item_id", help="item column of both files")

@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bucketize", type=parse_bucketize, default=[], metavar="COL[,COL...]",
         help="--attributes columns of numbers to put into 10 quantile buckets (deciles over the"
-        " items of the interactions); without it each distinct number is a category of its own",
+        " items of the interactions) (default: none; each distinct number is then a category of"
+        " its own)",
     )
 
 
