@@ -407,6 +407,12 @@ def test_time_format_reads_text_times_and_counts_rows_that_do_not_match(tmp_path
         f"{inter}: every row is bad input, e.g. {inter}:2: time does not match --time-format"
         " '%d.%m.%Y' (row skipped)"
     )
+    with pytest.raises(DataError) as error:
+        read_times(inter, ["1,a,10"], "--time-format", "%H")
+    assert str(error.value) == (
+        "--time-format '%H' cannot be used (Invalid format string: Please either specify both"
+        " hour and minute, or neither.)"
+    )
 
 
 def test_time_format_on_numbers_is_refused(tmp_path: Path) -> None:
