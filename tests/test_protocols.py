@@ -242,3 +242,34 @@ def test_first_occurrences_keeps_the_first_row_of_each_tuple_in_input_order() ->
     time = np.array([1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
     keep = first_occurrences(user, item, time)
     assert keep.tolist() == [True, True, False, False, True, True]
+
+
+def test_bad_input_examples_name_the_user_item_and_time(tmp_path) -> None:
+    """Before, "duplicate interaction" and "item has no metadata" gave "e.g. interactions" and
+    "e.g. items" without naming any; "a user interacted with every item" named no user."""
+    raw = raw_data(
+        {"user": ["ann", "ann", "bob", "bob", "ann", "bob"],
+         "item": ["x", "y", "x", "z", "x", "z"],
+         "time": [1, 2, 1, 2, 1, 2]},  # rows 5 and 6 repeat rows 1 and 4
+        {"item": ["x"], "colour": ["red"]},
+    )
+    report = BadInputReport()
+    prepare(raw, tmp_path / "s", max_len=3, report=report)
+    assert report.examples == [
+        "interactions: user 'ann', item 'x', time 1: duplicate interaction, same user, item and"
+        " time (dropped)",
+        "items: item 'y': item has no metadata (attributes set to unknown)",
+    ]
+    assert report.counts == {
+        "duplicate interaction, same user, item and time (dropped)": 2,
+        "item has no metadata (attributes set to unknown)": 2,  # y and z
+    }
+    with pytest.raises(DataError) as error:
+        prepare(raw_data({"user": ["cy", "cy", "dee", "dee", "dee"],
+                          "item": ["x", "y", "x", "y", "z"], "time": [1, 2, 1, 2, 3]},
+                         {"item": ["x"], "colour": ["red"]}), tmp_path / "t")
+    assert str(error.value) == (
+        "user 'dee' interacted with every item (3), so no negative can be drawn for them"
+        " (1 such user(s)); leave them out, or add items"
+    )
+    assert not (tmp_path / "t").exists()

@@ -6,6 +6,7 @@ import argparse
 import functools
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -243,9 +244,15 @@ def test_real_beauty_reads_every_review_and_item():
     assert raw.interactions["user"].n_unique() == 22_363
     assert len(raw.items) == raw.interactions["item"].n_unique() == 12_101
     # 6 level-2 categories; 46 level-2/3 paths of which 6 stop at level 2 (level 3 unknown);
-    # 2,076 brands; 10 deciles
+    # 2,075 brands; 10 deciles
     assert [raw.items[a].drop_nulls().n_unique() for a in raw.attributes[1:]] == [
-        6, 40, 245, 2_076, 10]
+        6, 40, 245, 2_075, 10]
+    # 110 brands (820 items) are written with HTML character references in the file, 3 of
+    # them escaped twice (Kirk&amp;#39;s Soap); Miss Jessie&#39;s and Miss Jessie&amp;#039;s
+    # are one brand, Miss Jessie's (2,076 brands before)
+    brands = set(raw.items["brand"].drop_nulls())
+    assert {"Burt's Bees", "Bath & Body Works", "Crème of Nature", "Kirk's Soap"} <= brands
+    assert not any(re.search("&#?[0-9a-z]+;", b) for b in brands)
 
 
 TRICKY_2014_LINES = [
@@ -276,3 +283,27 @@ def test_fast_2014_field_parse_on_the_real_beauty_meta():
         assert {k: whole.get(k) for k in ("asin", "price", "brand")} == {
             k: fast.get(k) for k in ("asin", "price", "brand")}
         assert amazon.category_path(fast) == amazon.category_path(whole)
+
+
+@pytest.mark.parametrize("layout", ["2014", "2018"])
+def test_html_character_references_in_brands_and_categories_are_unescaped(tmp_path, layout):
+    """McAuley's metadata writes Burt&#39;s Bees: before, that and Burt's Bees were two brands."""
+    reviews = write(tmp_path / "reviews.json", [
+        review_line("U1", "A1", 1), review_line("U1", "A2", 2), review_line("U2", "A3", 3),
+        review_line("U2", "A4", 4),
+    ])
+    meta = [
+        {"asin": "A1", "brand": "Burt&#39;s Bees", "categories": [["Beauty", "Bath &amp; Body"]]},
+        {"asin": "A2", "brand": "Burt's Bees", "categories": [["Beauty", "Bath & Body"]]},
+        {"asin": "A3", "brand": "Cr&egrave;me of Nature", "categories": [["Beauty", "Hair"]]},
+        {"asin": "A4", "brand": "Kirk&amp;#39;s", "categories": [["Beauty", "x &lt;y&gt;"]]},
+    ]
+    if layout == "2018":
+        meta = [{**m, "category": m.pop("categories")[0]} for m in meta]
+    lines = [repr(m) for m in meta] if layout == "2014" else [json.dumps(m) for m in meta]
+    raw, report = read(reviews, write(tmp_path / "meta.json", lines))
+    assert report.total == 0
+    assert raw.items.sort("item").select("category_l2", "brand").rows() == [
+        ("Bath & Body", "Burt's Bees"), ("Bath & Body", "Burt's Bees"),
+        ("Hair", "Crème of Nature"), ("x <y>", "Kirk's"),  # Kirk's was escaped twice
+    ]

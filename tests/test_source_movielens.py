@@ -238,3 +238,27 @@ def test_real_movielens_100k(tmp_path: Path) -> None:
             a = stores["last"].array(name)[stores["last"].split_indices(split)]
             b = stores["sliding"].array(name)[stores["sliding"].split_indices(split)]
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_given_as_path_is_named_as_a_file(ml100k: Path) -> None:
+    """Before, ``--path ml-100k/u.data`` said "no such folder" of a file that exists."""
+    with pytest.raises(DataError) as error:
+        read(ml100k / "u.data")
+    assert str(error.value) == f"{ml100k / 'u.data'} is a file; --path takes a folder: give its" \
+        f" folder, {ml100k}"
+    notes = ml100k / "notes.txt"
+    notes.write_text("mine\n")
+    with pytest.raises(DataError) as error:
+        read(notes)
+    assert str(error.value) == f"{notes} is a file; --path takes a folder: give the folder of" \
+        " the MovieLens files, e.g. ml-100k"
+
+
+def test_cli_names_a_file_given_as_path(ml100k: Path, tmp_path_factory, capsys) -> None:
+    out = tmp_path_factory.mktemp("out") / "store"
+    assert main(["prepare", "movielens", "--path", str(ml100k / "u.item"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"camn: error: {ml100k / 'u.item'} is a file; --path takes a folder: give its folder,"
+        f" {ml100k}\n"
+    )
+    assert not out.exists()

@@ -35,7 +35,7 @@ def write_files(tmp_path: Path, inter: str = INTER, item: str = ITEM) -> tuple[P
 
 def read(inter: Path, item: Path, strict: bool = False, **options):
     args = {"attributes": None, "recipe": None, "user_col": "user_id", "item_col": "item_id",
-            "time_col": "timestamp"} | options
+            "time_col": "timestamp", "bucketize": []} | options
     report = BadInputReport(strict=strict)
     raw = recbole.read(argparse.Namespace(inter=str(inter), item=str(item), **args), report)
     return raw, report
@@ -231,3 +231,58 @@ def test_a_blank_first_line_is_no_header(tmp_path):
     with pytest.raises(DataError) as error:
         read(inter, item, attributes=["brand"])
     assert str(error.value) == f"{inter}:1: empty header line"
+
+
+def test_a_token_seq_attribute_that_keeps_its_first_token_warns(tmp_path, capsys):
+    """Before, ``tags`` 'red blue' became 'red' unsaid."""
+    raw, _ = read(*write_files(tmp_path), attributes=["tags", "categories", "brand"])
+    assert raw.items["tags"].to_list() == ["red", "green", None]
+    assert raw.warnings == {
+        "tags": ["a token_seq column: only the first token of each item is kept; 1 of the 3"
+                 " items in the .item file hold more (e.g. 'red', 'blue' became 'red'); camn"
+                 " reads one value an attribute"],
+        "categories": ["a token_seq column: only the first token of each item is kept; 2 of"
+                       " the 3 items in the .item file hold more (e.g. 'Beauty', 'Makeup',"
+                       " 'Face' became 'Beauty'); camn reads one value an attribute"],
+    }
+    inter, item = tmp_path / "d.inter", tmp_path / "d.item"
+    out = tmp_path / "store"
+    assert main(["prepare", "recbole", "--inter", str(inter), "--item", str(item),
+                 "--attributes", "tags", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "camn: warning: attribute 'tags': a token_seq column: only the first token of each item"
+        " is kept; 1 of the 3 items"
+    )
+    schema = json.loads((out / "schema.json").read_text())
+    assert schema["attribute_warnings"]["tags"] == raw.warnings["tags"]
+
+
+def test_html_character_references_in_item_values_are_unescaped(tmp_path):
+    item = (
+        "item_id:token\ttitle:token\tcategories:token_seq\tprice:float\tbrand:token\n"
+        "A1\tBurt&#39;s Lip Balm\t'Beauty', 'Bath &amp; Body'\t5\tBurt&#39;s Bees\n"
+        "A2\tplain\t'Beauty', 'Bath & Body'\t6\tBurt's Bees\n"
+        "A3\tCr&egrave;me\t'Beauty'\t7\tCr&egrave;me of Nature\n"
+    )
+    raw, _ = read(*write_files(tmp_path, item=item), attributes=["title", "brand"])
+    assert raw.items.rows() == [("A1", "Burt's Lip Balm", "Burt's Bees"),
+                                ("A2", "plain", "Burt's Bees"),
+                                ("A3", "Crème", "Crème of Nature")]
+    raw, _ = read(*write_files(tmp_path, item=item), recipe="amazon")
+    assert raw.items.select("category_l2", "brand").rows() == [
+        ("Bath & Body", "Burt's Bees"), ("Bath & Body", "Burt's Bees"), (None, "Crème of Nature"),
+    ]
+
+
+def test_bucketize_puts_a_float_column_into_deciles(tmp_path):
+    raw, report = read(*write_files(tmp_path), attributes=["price", "brand"], bucketize=["price"])
+    # A1 5.0 and A3 7.5 are the items of the interactions with a price; A2 has none
+    assert raw.items.select("item", "price").rows() == [("A1", "q0"), ("A2", None), ("A3", "q9")]
+    assert report.total == 0
+    assert raw.notes == ["price: 10 quantile buckets over the 2 items of the interactions that"
+                         " have a number; 1 without (unknown)"]
+    with pytest.raises(DataError, match=r"^--bucketize brand,colour: 'colour' is not among"):
+        read(*write_files(tmp_path), attributes=["price", "brand"], bucketize=["brand", "colour"])
+    with pytest.raises(DataError, match="--recipe amazon puts the price into deciles itself"):
+        read(*write_files(tmp_path), recipe="amazon", bucketize=["price"])

@@ -342,3 +342,115 @@ def test_no_user_with_two_interactions_is_an_error(tmp_path: Path, capsys) -> No
         "camn: error: no user has 2 or more interactions: nothing to prepare\n"
     )
     assert not out.exists()
+
+
+TIMES = ["--interactions", "INTER", "--user-col", "u", "--item-col", "i", "--time-col", "t"]
+
+
+def read_times(inter: Path, lines: list[str], *extra: str, strict: bool = False):
+    inter.write_text("u,i,t\n" + "".join(line + "\n" for line in lines))
+    return read(*[str(inter) if a == "INTER" else a for a in TIMES], *extra, strict=strict)
+
+
+def dates(raw) -> list[str]:
+    return [str(t) for t in pl.from_epoch(raw.interactions["time"], "us").dt.date()]
+
+
+def test_ambiguous_slash_dates_are_read_day_first_and_a_note_says_so(tmp_path: Path) -> None:
+    """Before, 01/02/2020 was read day first without a word."""
+    inter = tmp_path / "inter.csv"
+    raw, report = read_times(inter, ["1,a,01/02/2020", "1,b,03/04/2020 10:30", "2,a,13/02/2020"])
+    assert dates(raw) == ["2020-02-01", "2020-04-03", "2020-02-13"] and report.total == 0
+    assert raw.notes == [
+        "time column 't': 2 date(s) such as '01/02/2020' fit both readings and were read day"
+        " first (01/02/2020 = 1 February 2020); 1 other date(s) fit only day first, 0 only"
+        " month first; to read them the other way pass --time-format '%m/%d/%Y' followed by"
+        " the time's fields, e.g. '%m/%d/%Y %H:%M'"
+    ]
+    raw, _ = read_times(inter, ["1,a,1/2/2020", "1,b,03/04/2020"])
+    assert dates(raw) == ["2020-02-01", "2020-04-03"]
+    assert "no date tells the two readings apart" in raw.notes[0]
+    raw, _ = read_times(inter, ["1,a,13/02/2020", "1,b,14/02/2020"])  # no other reading
+    assert dates(raw) == ["2020-02-13", "2020-02-14"] and raw.notes == []
+
+
+def test_slash_dates_that_show_month_first_are_read_month_first(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.csv"
+    raw, report = read_times(inter, [
+        "1,a,01/02/2020", "1,b,02/13/2020", "2,a,02/14/2020", "2,b,13/02/2020",
+    ])
+    assert dates(raw) == ["2020-01-02", "2020-02-13", "2020-02-14"]
+    assert report.counts == {"time is not a number or a date (row skipped)": 1}
+    assert report.examples == [f"{inter}:5: time is not a number or a date (row skipped)"]
+    assert raw.notes[0].startswith(
+        "time column 't': 1 date(s) such as '01/02/2020' fit both readings and were read month"
+        " first (01/02/2020 = 2 January 2020); 1 other date(s) fit only day first, 2 only month"
+        " first; to read them the other way pass --time-format '%d/%m/%Y'"
+    )
+
+
+def test_time_format_reads_text_times_and_counts_rows_that_do_not_match(tmp_path: Path) -> None:
+    inter = tmp_path / "inter.csv"
+    raw, report = read_times(inter, ["1,a,01/02/2020", "1,b,12/31/2020", "1,c,31/12/2020"],
+                             "--time-format", "%m/%d/%Y")
+    assert dates(raw) == ["2020-01-02", "2020-12-31"] and raw.notes == []
+    reason = "time does not match --time-format '%m/%d/%Y' (row skipped)"
+    assert report.counts == {reason: 1}
+    assert report.examples == [f"{inter}:4: {reason}"]
+    assert raw.origin["time_format"] == "%m/%d/%Y"
+    with pytest.raises(DataError) as error:
+        read_times(inter, ["1,a,2020-01-02"], "--time-format", "%m/%d/%Y", strict=True)
+    assert str(error.value) == f"{inter}:2: time does not match --time-format '%m/%d/%Y'"
+    with pytest.raises(DataError) as error:
+        read_times(inter, ["1,a,2020-01-02", "1,b,2020-01-03"], "--time-format", "%d.%m.%Y")
+    assert str(error.value) == (
+        f"{inter}: every row is bad input, e.g. {inter}:2: time does not match --time-format"
+        " '%d.%m.%Y' (row skipped)"
+    )
+    with pytest.raises(DataError) as error:
+        read_times(inter, ["1,a,10"], "--time-format", "%H")
+    assert str(error.value) == (
+        "--time-format '%H' cannot be used (Invalid format string: Please either specify both"
+        " hour and minute, or neither.)"
+    )
+
+
+def test_time_format_on_numbers_is_refused(tmp_path: Path) -> None:
+    inter = save(INTERACTIONS, tmp_path / "inter.parquet")
+    with pytest.raises(DataError) as error:
+        read("--interactions", str(inter), "--user-col", "uid", "--item-col", "sku",
+             "--time-col", "ts", "--time-format", "%Y")
+    assert str(error.value) == (
+        f"{inter}: column 'ts' holds Int64 values, not text: --time-format applies to times"
+        " written as text; drop it"
+    )
+
+
+def test_bucketize_puts_numbers_into_deciles_over_the_used_items(tmp_path: Path) -> None:
+    items = tmp_path / "items.csv"
+    # 20 items of the interactions priced 1..20, one unused at 1000, one text, one blank
+    lines = [f"i{n},{n}.5,b{n % 3}" for n in range(1, 21)] + ["i99,1000,b0", "i21,n/a,b1",
+                                                             "i22,,b2"]
+    items.write_text("item,price,brand\n" + "".join(line + "\n" for line in lines))
+    inter = tmp_path / "inter.csv"
+    used = [f"i{n}" for n in range(1, 23)]
+    inter.write_text("user,item,time\n" + "".join(f"u{n},{i},{n}\n" for n, i in enumerate(used)))
+    raw, report = read("--interactions", str(inter), "--items", str(items),
+                       "--attributes", "price,brand", "--bucketize", "price")
+    price = dict(raw.items.select("item", "price").rows())
+    # deciles of 1.5 .. 20.5: two items a bucket; the unused item is above them all
+    assert [price[f"i{n}"] for n in range(1, 21)] == [f"q{b}" for b in range(10) for _ in "ab"]
+    assert (price["i99"], price["i21"], price["i22"]) == ("q9", None, None)
+    assert raw.items["brand"].to_list()[:3] == ["b1", "b2", "b0"]  # not bucketed
+    reason = "price is not a number, which --bucketize needs (set to unknown)"
+    assert report.counts == {reason: 1} and report.examples == [f"{items}:23: {reason}"]
+    assert raw.notes == ["price: 10 quantile buckets over the 20 items of the interactions that"
+                         " have a number; 2 without (unknown)"]
+    assert raw.origin["bucketize"] == ["price"]
+    with pytest.raises(DataError) as error:
+        read("--interactions", str(inter), "--items", str(items), "--attributes", "brand",
+             "--bucketize", "price")
+    assert str(error.value) == (
+        "--bucketize price: 'price' is not among --attributes (brand); --bucketize names"
+        " attribute columns to put into buckets"
+    )

@@ -115,6 +115,7 @@ def _input_paths(args: argparse.Namespace) -> list[str]:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from camn.data.quality import stats_lines
     from camn.data.store import PreparedStore, table1_line
 
     store = PreparedStore(args.store, validate=False)
@@ -131,6 +132,7 @@ def run_stats(args: argparse.Namespace) -> int:
     ))
     bad = store.schema.get("bad_input") or {}
     print("bad input: " + (", ".join(f"{n:,} x {r}" for r, n in bad.items()) or "none"))
+    print("\n".join(stats_lines(store.schema)))
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from camn.data import quality
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.store import write_store
@@ -70,9 +71,11 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     del frame
     keep = first_occurrences(user, item, time)
     if not keep.all():
+        again = np.flatnonzero(~keep)[0]
         report.bad(
-            "interactions", None, "duplicate interaction, same user, item and time (dropped)",
-            count=int((~keep).sum()),
+            f"interactions: user {user_values[int(user[again])]!r}, item"
+            f" {item_values[int(item[again])]!r}, time {time[again]}", None,
+            "duplicate interaction, same user, item and time (dropped)", count=int((~keep).sum()),
         )
     counts = np.bincount(user[keep])
     keep &= counts[user] >= 2
@@ -103,9 +106,10 @@ def encode_items(
     frame = pl.DataFrame({"item": items}).join(
         items_table, on="item", how="left", maintain_order="left"
     )
-    missing = int((~items.is_in(items_table["item"].implode())).sum())
-    if missing:
-        report.bad("items", None, "item has no metadata (attributes set to unknown)", count=missing)
+    without = items.filter(~items.is_in(items_table["item"].implode()))
+    if len(without):
+        report.bad(f"items: item {without[0]!r}", None,
+                   "item has no metadata (attributes set to unknown)", count=len(without))
     table = np.zeros((len(items) + FIRST_ITEM_ID, len(raw.attributes)), dtype=np.int32)
     table[1] = 1
     table[FIRST_ITEM_ID:, 0] = np.arange(FIRST_ITEM_ID, len(items) + FIRST_ITEM_ID)
@@ -145,7 +149,9 @@ def prepare(
     arrays = build_samples(
         encoded.user, encoded.item, encoded.time, item_attributes,
         protocol=protocol, max_len=max_len, seed=seed, annotations=encoded.annotations,
+        user_names=encoded.users,
     )
+    findings = quality.warn(raw, encoded.items, encoded.user, len(arrays["labels"]), max_len)
     arrays["item_attributes"] = item_attributes
     counts = np.bincount(arrays["splits"], minlength=3)
     schema = {
@@ -162,6 +168,7 @@ def prepare(
         "dropped_users_under_2_interactions": encoded.dropped_users,
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
+        "attribute_warnings": findings,
     }
     write_store(out, schema, arrays, vocabularies, force=force, users=encoded.users)
     for warning in split_warnings(schema["splits"], encoded.num_users):

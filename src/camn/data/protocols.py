@@ -12,6 +12,7 @@ item kept, position ``length - 1`` the most recent, the rest is padding (attribu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -64,6 +65,7 @@ def build_samples(
     max_len: int = 20,
     seed: int = 2022,
     annotations: dict[str, np.ndarray] | None = None,
+    user_names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Turn interactions into model-ready samples.
 
@@ -75,6 +77,7 @@ def build_samples(
             unknown).
         annotations: optional per-interaction int arrays (e.g. ``driver``) carried into
             ``history_<name>`` (N, L) and ``target_<name>`` (N,), -1 where there is no click.
+        user_names: the user of every index, for messages.
 
     Returns arrays sorted by (split, user, position), each positive followed by its negative:
     ``histories`` (N, L, k) int32, ``lengths`` (N,) int32, ``targets`` (N, k) int32,
@@ -95,8 +98,14 @@ def build_samples(
     split_seq, last_seq, sliding_seq = np.random.SeedSequence(seed).spawn(3)
     user_split = split_users(len(counts), np.random.default_rng(split_seq))
     user_item_keys = np.unique(user.astype(np.int64) * (num_items + FIRST_ITEM_ID) + item)
-    if np.any(np.bincount(user_item_keys // (num_items + FIRST_ITEM_ID)) >= num_items):
-        raise DataError("a user interacted with every item: no negative can be drawn")
+    touched = np.bincount(user_item_keys // (num_items + FIRST_ITEM_ID))
+    if len(saturated := np.flatnonzero(touched >= num_items)):
+        first = int(saturated[0])
+        who = repr(user_names[first]) if user_names is not None else f"#{first}"
+        raise DataError(
+            f"user {who} interacted with every item ({num_items:,}), so no negative can be drawn"
+            f" for them ({len(saturated):,} such user(s)); leave them out, or add items"
+        )
 
     last_pos = starts + counts - 1  # global index of each user's last interaction
     last_negatives = sample_negatives(

@@ -35,6 +35,11 @@ class RawData:
         "unknown" for every attribute but the id.
     attributes: attribute names, the item id first.
     origin: where the data came from (source name, files, options), stored in the schema.
+    notes: what the reader did that the user should know (printed by ``camn prepare``, kept in
+        the schema).
+    warnings: attribute name -> what the reader found wrong with that column (a list keeping
+        only its first token, say); ``camn prepare`` prints them with its own checks
+        (:mod:`camn.data.quality`) and keeps them in the schema's ``attribute_warnings``.
     """
 
     interactions: pl.DataFrame
@@ -42,6 +47,7 @@ class RawData:
     attributes: list[str]
     origin: dict
     notes: list[str] = field(default_factory=list)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
 
 
 class BadInputReport:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import html
 import io
 import math
 import re
@@ -39,7 +40,7 @@ SHOWN_COLUMNS, SHOWN_NAME = 20, 40  # a message lists at most 20 column names, e
 AMAZON_ATTRIBUTES = [
     "item_id", "category_l2", "category_l3", "category_leaf", "brand", "price_bucket",
 ]
-PRICE_BUCKETS = 10
+QUANTILE_BUCKETS = 10  # price (amazon, recbole's recipe) and --bucketize columns: deciles
 AMAZON_META_SCHEMA = {
     "item": pl.String, "path": pl.List(pl.String), "brand": pl.String, "price": pl.Float64,
 }
@@ -379,14 +380,107 @@ def parse_price(value: object) -> float | None:
     return float(value) if math.isfinite(value) and value >= 0 else None
 
 
-def price_buckets(prices: pl.Series, reference: np.ndarray) -> pl.Series:
-    """``"q0"`` .. ``"q9"``: the decile of each price among ``reference``; null stays null."""
+def quantile_buckets(values: pl.Series, reference: np.ndarray) -> pl.Series:
+    """``"q0"`` .. ``"q9"``: the decile of each value among ``reference`` (its 9 inner
+    quantiles are the bucket edges; a value equal to an edge goes to the upper bucket); null
+    stays null."""
     if len(reference) == 0:
-        return pl.Series(prices.name, [None] * len(prices), dtype=pl.String)
-    edges = np.quantile(reference, np.arange(1, PRICE_BUCKETS) / PRICE_BUCKETS)
-    bucket = np.searchsorted(edges, prices.fill_null(0.0).to_numpy(), side="right")
-    labels = pl.Series(prices.name, np.char.add("q", bucket.astype(str)), dtype=pl.String)
-    return pl.select(pl.when(prices.is_not_null()).then(labels)).to_series().alias(prices.name)
+        return pl.Series(values.name, [None] * len(values), dtype=pl.String)
+    edges = np.quantile(reference, np.arange(1, QUANTILE_BUCKETS) / QUANTILE_BUCKETS)
+    bucket = np.searchsorted(edges, values.fill_null(0.0).to_numpy(), side="right")
+    labels = pl.Series(values.name, np.char.add("q", bucket.astype(str)), dtype=pl.String)
+    return pl.select(pl.when(values.is_not_null()).then(labels)).to_series().alias(values.name)
+
+
+def bucket_note(name: str, reference: int, total: int, value: str) -> str:
+    """The note that says how a column was bucketed: ``reference`` of the ``total`` items of
+    the interactions have ``value`` (``"a price"``, say); the others are unknown."""
+    return (
+        f"{name}: {QUANTILE_BUCKETS} quantile buckets over the {reference:,} items of the"
+        f" interactions that have {value}; {total - reference:,} without (unknown)"
+    )
+
+
+def bucketize(
+    frame: pl.DataFrame, names: list[str], item: str, used_items: pl.Series, path: Path,
+    report: BadInputReport,
+) -> tuple[pl.DataFrame, list[str]]:
+    """``--bucketize``: each column of ``names`` (text) replaced by the decile of its number
+    among the items of ``used_items`` (:func:`quantile_buckets`), and a note each.
+
+    ``frame`` holds the ``item`` column, the text columns and ``__line``. A value that is not a
+    finite number is bad input, reported with its line, and becomes unknown; so does an empty one
+    (not reported).
+    """
+    notes = []
+    used = frame[item].is_in(used_items.implode())
+    for name in names:
+        text = frame[name].str.strip_chars()
+        number = text.cast(pl.Float64, strict=False)
+        number = pl.select(pl.when(number.is_finite()).then(number)).to_series()
+        not_a_number = number.is_null() & text.is_not_null() & (text != "")
+        report_rows(report, path, frame["__line"].filter(not_a_number).to_numpy(),
+                    f"{name} is not a number, which --bucketize needs (set to unknown)")
+        reference = number.filter(used & number.is_not_null())
+        frame = frame.with_columns(quantile_buckets(number, reference.to_numpy()).alias(name))
+        notes.append(bucket_note(name, len(reference), len(used_items), "a number"))
+    return frame, notes
+
+
+def parse_bucketize(text: str) -> list[str]:
+    """The columns of ``--bucketize COL[,COL...]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def check_bucketize(columns: list[str], attributes: list[str]) -> None:
+    """``--bucketize`` names attribute columns only."""
+    stray = [column for column in columns if column not in attributes]
+    if stray:
+        raise DataError(
+            f"--bucketize {','.join(columns)}: {', '.join(map(repr, stray))} is not among"
+            f" --attributes ({', '.join(attributes) or 'none'}); --bucketize names attribute"
+            " columns to put into buckets"
+        )
+
+
+def map_unique(series: pl.Series, function, dtype: pl.DataType) -> pl.Series:
+    """``function`` applied to each distinct value of ``series`` once, then broadcast back."""
+    distinct = series.unique()
+    lookup = pl.DataFrame(
+        {"value": distinct, "out": pl.Series([function(v) for v in distinct], dtype=dtype)}
+    )
+    frame = pl.DataFrame({"value": series}).join(lookup, on="value", how="left",
+                                                  maintain_order="left")
+    return frame["out"].alias(series.name)
+
+
+def unescape_fully(text: str) -> str:
+    """``html.unescape`` until the text no longer changes."""
+    while (plain := html.unescape(text)) != text:
+        text = plain
+    return text
+
+
+def unescape_html(series: pl.Series) -> pl.Series:
+    """Text with its HTML character references replaced (``Burt&#39;s`` -> ``Burt's``,
+    ``&amp;`` -> ``&``, ``Cr&egrave;me`` -> ``Crème``), as ``html.unescape`` reads them, until
+    none is left: text escaped twice (``Kirk&amp;#39;s``, in McAuley's metadata) is read whole.
+
+    ``series`` is String or List(String) (each element unescaped). The unescaping runs once
+    per distinct value that holds a ``&``; the column is then rewritten by one vectorised
+    replace, so the cost does not grow with the number of rows.
+    """
+    is_list = series.dtype == pl.List(pl.String)
+    values = (series.explode() if is_list else series).drop_nulls().unique()
+    escaped = values.filter(values.str.contains("&", literal=True)).to_list()
+    plain = [unescape_fully(value) for value in escaped]
+    changed = [(old, new) for old, new in zip(escaped, plain, strict=True) if old != new]
+    if not changed:
+        return series
+    old, new = (list(pair) for pair in zip(*changed, strict=True))
+    if is_list:
+        return series.list.eval(pl.element().replace(old, new))
+    return series.replace(old, new)
 
 
 def amazon_items(meta: pl.DataFrame, used_items: pl.Series) -> tuple[pl.DataFrame, list[str]]:
@@ -399,9 +493,12 @@ def amazon_items(meta: pl.DataFrame, used_items: pl.Series) -> tuple[pl.DataFram
     ``category_leaf`` = the whole path joined by "/"; ``brand`` (white space stripped); and
     ``price_bucket``, the decile ("q0".."q9") of the price among the priced items that occur in
     ``used_items``. A missing level, an empty brand or a missing price is null (unknown).
-    The first row of a repeated item wins. Returns the items table and a note on the buckets.
+    The first row of a repeated item wins. Category names and brands are read with their HTML
+    character references unescaped (McAuley's metadata writes ``Burt&#39;s Bees``, ``Bath &amp;
+    Body Works``). Returns the items table and a note on the buckets.
     """
     meta = meta.unique(subset="item", keep="first", maintain_order=True)
+    meta = meta.with_columns(path=unescape_html(meta["path"]), brand=unescape_html(meta["brand"]))
     path = pl.col("path")
     depth = path.list.len().fill_null(0)
     level = [path.list.get(i, null_on_oob=True) for i in (1, 2)]
@@ -413,10 +510,7 @@ def amazon_items(meta: pl.DataFrame, used_items: pl.Series) -> tuple[pl.DataFram
         category_l3=pl.when(depth >= 3).then(pl.concat_str(level[0], pl.lit("/"), level[1])),
         category_leaf=pl.when(depth >= 2).then(path.list.join("/")),
         brand=pl.when(brand != "").then(brand),
-        price_bucket=price_buckets(meta["price"], reference.to_numpy()),
+        price_bucket=quantile_buckets(meta["price"], reference.to_numpy()),
     )
-    note = (
-        f"price_bucket: {PRICE_BUCKETS} quantile buckets over the {len(reference):,} priced items"
-        f" of the interactions; {len(used_items) - len(reference):,} items without a price"
-    )
+    note = bucket_note("price_bucket", len(reference), len(used_items), "a price")
     return items, [note]

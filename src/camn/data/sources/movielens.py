@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def detect_layout(folder: Path) -> str:
     """The first layout whose ratings file is in ``folder``; its movies file must be there too."""
+    if folder.is_file():
+        names = {name for pair in LAYOUTS.values() for name in pair}
+        hint = (f"give its folder, {folder.parent}" if folder.name in names
+                else "give the folder of the MovieLens files, e.g. ml-100k")
+        raise DataError(f"{folder} is a file; --path takes a folder: {hint}")
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     for layout, (ratings, movies) in LAYOUTS.items():

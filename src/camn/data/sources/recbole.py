@@ -2,9 +2,12 @@
 
 A header names each column with its type, e.g. ``user_id:token	item_id:token	timestamp:float``;
 columns are matched by name without the ``:type`` suffix. Attributes are either the ``.item``
-columns named by ``--attributes`` (a ``token_seq`` column gives its first token), or
+columns named by ``--attributes`` (a ``token_seq`` column gives its first token, with a warning
+when an item has more; ``--bucketize`` puts a numeric column into deciles), or
 ``--recipe amazon``: the Amazon recipe of the ``amazon`` source applied to the ``categories``,
 ``brand`` and ``price`` columns, so RecBole's Amazon files give the same store as McAuley's.
+Attribute values are read with their HTML character references unescaped (``&#39;`` -> ``'``,
+``&amp;`` -> ``&``), as RecBole's Amazon files keep McAuley's.
 
 The ``.item`` file is read with RecBole's quoting (a field may be quoted with ``"``, as when a
 title holds a tab or a newline); the ``.inter`` file is read unquoted. Either may be gzip
@@ -26,11 +29,16 @@ from camn.data.sources._common import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
     amazon_items,
+    bucketize,
+    check_bucketize,
     column_list,
     first_lines,
+    map_unique,
     null_reason,
+    parse_bucketize,
     read_delimited,
     skip_rows,
+    unescape_html,
 )
 
 NAME = "recbole"
@@ -52,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recipe", choices=RECIPES,
         help="amazon: category levels 2 and 3, leaf, brand, price decile (as the amazon source)",
     )
+    parser.add_argument(
+        "--bucketize", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+        help="--attributes columns of numbers to put into 10 quantile buckets (deciles over the"
+        " items of the interactions), as the amazon recipe does with the price (default: none;"
+        " each distinct number is then a category of its own)",
+    )
     parser.add_argument("--user-col", default="user_id", help="user column of the .inter file")
     parser.add_argument("--item-col", default="item_id", help="item column of both files")
     parser.add_argument("--time-col", default="timestamp", help="time column of the .inter file")
@@ -63,6 +77,11 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     interactions = read_inter(inter, args.user_col, args.item_col, args.time_col, report)
     origin = {"source": NAME, "inter": str(inter), "item": str(item)}
     if args.recipe == "amazon":
+        if args.bucketize:
+            raise DataError(
+                "--bucketize applies to --attributes columns; --recipe amazon puts the price"
+                " into deciles itself"
+            )
         table, _ = read_items(item, args.item_col, list(AMAZON_COLUMNS), report)
         price = table["price"].cast(pl.Float64, strict=False)
         meta = pl.DataFrame({
@@ -80,11 +99,22 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
             f"--attributes {','.join(names)}: names must be distinct and differ from the item"
             f" column {args.item_col!r} (the item id is always attribute 1)"
         )
-    table, types = read_items(item, args.item_col, names, report)
-    columns = {name: first_token(table[name], types[name]) for name in names}
-    items = pl.DataFrame({"item": table[args.item_col]} | columns)
+    check_bucketize(args.bucketize, names)
+    table, types = read_items(item, args.item_col, names, report, keep_lines=True)
+    warnings = {}
+    for name in names:
+        if types[name].endswith("_seq") and (warning := seq_warning(table[name])):
+            warnings[name] = [warning]
+    table = table.with_columns(
+        unescape_html(first_token(table[name], types[name])) for name in names
+    )
+    table, notes = bucketize(table, args.bucketize, args.item_col, interactions["item"].unique(),
+                             item, report)
+    items = pl.DataFrame({"item": table[args.item_col]} | {name: table[name] for name in names})
     origin["attributes"] = names
-    return RawData(interactions, items, [args.item_col, *names], origin)
+    if args.bucketize:
+        origin["bucketize"] = args.bucketize
+    return RawData(interactions, items, [args.item_col, *names], origin, notes, warnings)
 
 
 def read_columns(
@@ -130,17 +160,18 @@ def read_inter(
 
 
 def read_items(
-    path: Path, item: str, names: list[str], report: BadInputReport
+    path: Path, item: str, names: list[str], report: BadInputReport, keep_lines: bool = False
 ) -> tuple[pl.DataFrame, dict[str, str]]:
     """The item column and ``names`` of the ``.item`` file, one row an item (the first kept),
-    and the column types; rows without an item id are skipped."""
+    and the column types; rows without an item id are skipped. ``keep_lines`` keeps
+    ``__line``, each row's line."""
     table, types = read_columns(path, [item, *names], quoted=True, report=report)
     repeated = pl.col(item).is_duplicated() & ~pl.col(item).is_first_distinct()
     reason = pl.when(repeated & pl.col(item).is_not_null()).then(
         pl.lit("item listed again in the .item file (first kept)")
     )
     table = skip_rows(table, reason.otherwise(null_reason(item)), path, report)
-    return table.drop("__line"), types
+    return (table if keep_lines else table.drop("__line")), types
 
 
 def parse_token_seq(value: str | None) -> list[str]:
@@ -157,15 +188,21 @@ def parse_token_seq(value: str | None) -> list[str]:
     return value.split()
 
 
-def map_unique(series: pl.Series, function, dtype: pl.DataType) -> pl.Series:
-    """``function`` applied to each distinct value of ``series`` once, then broadcast back."""
-    distinct = series.unique()
-    lookup = pl.DataFrame(
-        {"value": distinct, "out": pl.Series([function(v) for v in distinct], dtype=dtype)}
+def seq_warning(series: pl.Series) -> str | None:
+    """The warning for a ``token_seq`` attribute of which items hold more than one token (only
+    the first is kept), or None when none does."""
+    tokens = map_unique(series, parse_token_seq, pl.List(pl.String))
+    several = tokens.list.len() > 1
+    count = int(several.sum())
+    if not count:
+        return None
+    example = tokens.filter(several)[0].to_list()
+    shown = ", ".join(repr(token) for token in example[:3]) + (", ..." if len(example) > 3 else "")
+    return (
+        f"a token_seq column: only the first token of each item is kept; {count:,} of the"
+        f" {len(series):,} items in the .item file hold more (e.g. {shown} became"
+        f" {example[0]!r}); camn reads one value an attribute"
     )
-    frame = pl.DataFrame({"value": series}).join(lookup, on="value", how="left",
-                                                  maintain_order="left")
-    return frame["out"].alias(series.name)
 
 
 def first_token(series: pl.Series, kind: str) -> pl.Series:

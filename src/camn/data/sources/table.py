@@ -12,12 +12,23 @@ missing values, unparsable times, bytes that are not UTF-8, CSV/TSV rows with mo
 the header, broken JSON lines, repeated items.
 
 Times may be integers, floats, dates or date-time strings (parsed by polars, kept as epoch
-microseconds); each column is read the way that parses most of its values.
+microseconds); each column is read the way that parses most of its values. ``--time-format``
+(a strftime-style format such as ``%m/%d/%Y %H:%M``) reads text times with that format instead,
+and a row that does not match it is counted. Without it, dates written ``01/02/2020`` (day and
+month both up to 12) can be read two ways: camn reads them day first unless the column holds more
+dates that only month first fits (``02/13/2020``) than dates that only day first fits
+(``13/02/2020``), and says in a note which reading it used; a row that the reading does not fit
+is counted.
+
+``--bucketize COL[,COL...]`` puts numeric attribute columns into 10 quantile buckets (deciles
+over the items of the interactions), as the amazon source does with the price; without it each
+distinct number is a category of its own (``camn prepare`` warns of such columns).
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 from pathlib import Path
 
@@ -27,11 +38,14 @@ import polars as pl
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.sources._common import (
     NOT_UTF8,
+    bucketize,
+    check_bucketize,
     column_list,
     first_lines,
     iter_lines,
     line_blocks,
     null_reason,
+    parse_bucketize,
     polars_reason,
     polars_source,
     read_delimited,
@@ -53,6 +67,8 @@ FORMATS = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
+SLASH_DATE = r"^(\d{1,2})/(\d{1,2})/(\d{4})(.*)$"  # 01/02/2020, maybe a time after it
+DAY_FIRST, MONTH_FIRST = "%d/%m/%Y", "%m/%d/%Y"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +91,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=sorted(set(FORMATS.values())),
         help="file format of both files (default: from the extension, a .gz after it ignored)",
+    )
+    parser.add_argument(
+        "--time-format", metavar="FORMAT",
+        help="strftime-style format of text times, e.g. '%%m/%%d/%%Y' (month first) or"
+        " '%%d/%%m/%%Y %%H:%%M'; rows that do not match are counted and skipped (default:"
+        " numbers, or dates of any layout polars recognises; 01/02/2020 is read day first"
+        " unless the column shows month first, and a note says which)",
+    )
+    parser.add_argument(
+        "--bucketize", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+        help="--attributes columns of numbers to put into 10 quantile buckets (deciles over the"
+        " items of the interactions) (default: none; each distinct number is then a category of"
+        " its own)",
     )
 
 
@@ -192,50 +221,129 @@ def as_strings(column: pl.Series, path: Path) -> pl.Series:
         ) from None
 
 
-def parse_time(column: pl.Series, path: Path) -> pl.Series:
-    """Times as numbers: numeric columns as they are, dates as epoch microseconds, text parsed.
+def parse_time(
+    column: pl.Series, path: Path, time_format: str | None = None
+) -> tuple[pl.Series, str | None]:
+    """Times as numbers: numeric columns as they are, dates as epoch microseconds, text parsed;
+    and a note when text dates could be read two ways (day or month first).
 
-    A value that is not a finite number or a date becomes null; a column of another type (lists,
-    say) is a :class:`DataError`.
+    A value that is not a finite number or a date (or, with ``time_format``, does not match it)
+    becomes null; a column of another type (lists, say), or ``time_format`` given for a column
+    that does not hold text, is a :class:`DataError`.
     """
+    if time_format is not None and column.dtype != pl.String:
+        raise DataError(
+            f"{path}: column {column.name!r} holds {column.dtype} values, not text:"
+            " --time-format applies to times written as text; drop it"
+        )
     if column.dtype.is_float():
-        return pl.select(pl.when(column.is_finite()).then(column)).to_series()
+        return pl.select(pl.when(column.is_finite()).then(column)).to_series(), None
     if column.dtype.is_numeric():
-        return column
+        return column, None
     try:
         if column.dtype.is_temporal():
-            return column.cast(pl.Datetime("us")).dt.epoch("us")
+            return column.cast(pl.Datetime("us")).dt.epoch("us"), None
         text = column.cast(pl.String).str.strip_chars()
     except pl.exceptions.PolarsError:
         raise DataError(
             f"{path}: column {column.name!r} ({column.dtype}) cannot be read as times"
             " (numbers, dates or text)"
         ) from None
+    if time_format is not None:
+        return to_epoch(text, time_format), None
     as_float = text.cast(pl.Float64, strict=False)
     as_float = pl.select(pl.when(as_float.is_finite()).then(as_float)).to_series()
     candidates = [text.cast(pl.Int64, strict=False), as_float]
+    text, note = slash_dates_as_iso(text)
     try:
-        dates = text.str.to_datetime(strict=False, time_unit="us")
-        candidates.append(dates.dt.epoch("us"))
-    except pl.exceptions.PolarsError:
-        pass  # no date format could be inferred: the column is not dates
-    return max(candidates, key=lambda c: len(c) - c.null_count())  # first wins ties
+        dates = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("us")
+    except pl.exceptions.PolarsError:  # no date format could be inferred: the column is not dates
+        dates = pl.Series(text.name, [None] * len(text), dtype=pl.Int64)
+    candidates.append(dates)
+    best = max(candidates, key=lambda c: len(c) - c.null_count())  # first wins ties
+    return best, note if best is dates else None
 
 
-def read_interactions(args: argparse.Namespace, report: BadInputReport) -> pl.DataFrame:
+def to_epoch(text: pl.Series, time_format: str) -> pl.Series:
+    """Epoch microseconds of ``text`` read with ``time_format``; null where it does not fit."""
+    try:
+        dates = text.str.to_datetime(format=time_format, strict=False, time_unit="us")
+    except pl.exceptions.PolarsError as error:
+        raise DataError(
+            f"--time-format {time_format!r} cannot be used ({polars_reason(error)})"
+        ) from None
+    return dates.dt.epoch("us")
+
+
+def slash_dates_as_iso(text: pl.Series) -> tuple[pl.Series, str | None]:
+    """``text`` with its dates ``D/M/YYYY`` or ``M/D/YYYY`` rewritten as ``YYYY-MM-DD`` (what
+    follows the date kept), and a note on the reading when some could be read either way.
+
+    Day first, unless more dates fit month first only (a first number above 12 fits day first
+    only, a second number above 12 month first only); a date the reading does not fit becomes
+    null, an unreadable time.
+    """
+    parts = text.str.extract_groups(SLASH_DATE).struct.rename_fields(
+        ["first", "second", "year", "rest"]).struct.unnest()
+    dated = parts["first"].is_not_null()
+    if not dated.any():
+        return text, None
+    first, second = parts["first"].cast(pl.Int32), parts["second"].cast(pl.Int32)
+    day_only = int((first > 12).sum())
+    month_only = int((second > 12).sum())
+    either = dated & (first <= 12) & (second <= 12)
+    month_first = month_only > day_only
+    day, month = ("second", "first") if month_first else ("first", "second")
+    rewritten = parts.with_columns(text=text).select(
+        pl.when(pl.col(month).cast(pl.Int32).is_between(1, 12))
+        .then(pl.concat_str(
+            "year", pl.lit("-"), pl.col(month).str.zfill(2), pl.lit("-"),
+            pl.col(day).str.zfill(2), "rest",
+        ))
+        .when(pl.col("first").is_null()).then("text")  # not a slash date: as written
+    ).to_series()
+    if not either.any():
+        return rewritten.alias(text.name), None
+    example = parts.filter(either).row(0, named=True)
+    shown = f"{example['first']}/{example['second']}/{example['year']}"
+    date = f"{int(example[day])} {calendar.month_name[int(example[month])]} {example['year']}"
+    reading, other = ("month first", DAY_FIRST) if month_first else ("day first", MONTH_FIRST)
+    evidence = (f"{day_only:,} other date(s) fit only day first, {month_only:,} only month first"
+                if day_only + month_only else "no date tells the two readings apart")
+    timed = (parts["rest"].str.strip_chars() != "").any()
+    with_time = f" followed by the time's fields, e.g. '{other} %H:%M'" if timed else ""
+    note = (
+        f"time column {text.name!r}: {int(either.sum()):,} date(s) such as {shown!r} fit both"
+        f" readings and were read {reading} ({shown} = {date}); {evidence}; to read them the"
+        f" other way pass --time-format '{other}'{with_time}"
+    )
+    return rewritten.alias(text.name), note
+
+
+def read_interactions(
+    args: argparse.Namespace, report: BadInputReport, notes: list[str] | None = None
+) -> pl.DataFrame:
+    """user, item and time of every good row; the note on how dates were read, if any, is
+    added to ``notes``."""
     path = args.interactions
+    time_format = getattr(args, "time_format", None)
     frame = read_table(path, file_format(path, args.format), report)
     columns = [args.user_col, args.item_col, args.time_col]
     require_columns(frame, columns, path)
+    time, note = parse_time(frame[args.time_col], path, time_format)
+    if note is not None and notes is not None:
+        notes.append(note)
     frame = frame.select(
         as_strings(frame[args.user_col], path).alias("user"),
         as_strings(frame[args.item_col], path).alias("item"),
-        parse_time(frame[args.time_col], path).alias("time"),
+        time.alias("time"),
         frame[args.time_col].is_not_null().alias("__has_time"),
         "__line",
     )
     unparsed = pl.col("time").is_null() & pl.col("__has_time")
-    reason = pl.when(unparsed).then(pl.lit("time is not a number or a date (row skipped)"))
+    why = (f"time does not match --time-format {time_format!r}" if time_format
+           else "time is not a number or a date")
+    reason = pl.when(unparsed).then(pl.lit(f"{why} (row skipped)"))
     frame = skip_rows(frame, reason.otherwise(null_reason("user", "item", "time")), path, report)
     if len(frame) == 0:
         example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
@@ -244,8 +352,12 @@ def read_interactions(args: argparse.Namespace, report: BadInputReport) -> pl.Da
 
 
 def read_items(
-    args: argparse.Namespace, attributes: list[str], report: BadInputReport
-) -> pl.DataFrame:
+    args: argparse.Namespace, attributes: list[str], report: BadInputReport,
+    used_items: pl.Series | None = None,
+) -> tuple[pl.DataFrame, list[str]]:
+    """The item column and the attribute columns (as text) of the items file, one row an item
+    (the first kept), its ``--bucketize`` columns bucketed over ``used_items`` (the items of the
+    interactions), and a note on each bucketed column."""
     path = args.items
     item_col = args.items_item_col or args.item_col
     frame = read_table(path, file_format(path, args.format), report)
@@ -260,7 +372,10 @@ def read_items(
         pl.lit("item listed again in the items file (first kept)")
     )
     frame = skip_rows(frame, reason.otherwise(null_reason("item")), path, report)
-    return frame.drop("__line")
+    if used_items is None:
+        used_items = frame["item"]
+    frame, notes = bucketize(frame, args.bucketize, "item", used_items, path, report)
+    return frame.drop("__line"), notes
 
 
 def item_col_of(args: argparse.Namespace) -> str:
@@ -292,25 +407,34 @@ def parse_attributes(args: argparse.Namespace) -> list[str]:
             f"--attributes {args.attributes!r}: names must be distinct and differ from the item "
             f"column {item_col!r} (the item id is always attribute 1) and from 'item'"
         )
+    check_bucketize(args.bucketize, attributes)
     return attributes
 
 
 def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     """Read the interaction log and the item table named on the command line."""
     attributes = parse_attributes(args)
-    interactions = read_interactions(args, report)
+    notes: list[str] = []
+    interactions = read_interactions(args, report, notes)
     if args.items is None:
         items = pl.DataFrame({"item": interactions["item"].unique().sort()})
     else:
-        items = read_items(args, attributes, report)
+        items, bucket_notes = read_items(args, attributes, report, interactions["item"].unique())
+        notes += bucket_notes
     files = [str(args.interactions)] + ([str(args.items)] if args.items else [])
+    origin = {
+        "source": NAME,
+        "files": files,
+        "columns": {"user": args.user_col, "item": args.item_col, "time": args.time_col},
+    }
+    if args.time_format:
+        origin["time_format"] = args.time_format
+    if args.bucketize:
+        origin["bucketize"] = args.bucketize
     return RawData(
         interactions=interactions,
         items=items,
         attributes=[args.items_item_col or args.item_col, *attributes],
-        origin={
-            "source": NAME,
-            "files": files,
-            "columns": {"user": args.user_col, "item": args.item_col, "time": args.time_col},
-        },
+        origin=origin,
+        notes=notes,
     )
