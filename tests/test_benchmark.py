@@ -4,7 +4,6 @@ plot, parallel runs."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import re
@@ -245,30 +244,6 @@ def test_results_log_round_trips_nan_as_null_and_keeps_the_first_of_a_key(tmp_pa
     (loaded,) = log.load()
     assert math.isnan(loaded.test_auc) and loaded.routing == {"overall": 0.25}
     assert loaded.config == {"lr": 0.002} and loaded.metric("routing_overall") == 0.25
-
-
-def test_rows_of_the_renamed_camn_readings_are_read_under_todays_names(tmp_path):
-    """Rows written when reading (a) was ``camn-slot`` and (b) ``camn`` are read as ``camn`` and
-    ``camn-dense`` (name and recorded config alike); rows of today's names, and rows that do
-    not record the reading, are read as written."""
-
-    def row(model: str, heads: str | None) -> RunResult:
-        options = {} if heads is None else {"heads": heads, "alpha": 0.0}
-        return dataclasses.replace(result("d", model, 1, 0.8),
-                                   config={"model": model, "options": options})
-
-    log = ResultsLog(tmp_path / "results.jsonl")
-    written = [("camn-slot", "slot"), ("camn-slot-loss", "slot"), ("camn", "dense"),
-               ("camn-route", "dense"), ("camn", "slot"), ("camn-dense", "dense"),
-               ("camn", None), ("dmin", None)]
-    for model, heads in written:
-        log.append(dataclasses.replace(row(model, heads), seed=len(log.load()) + 1))
-    loaded = log.load()
-    assert [r.model for r in loaded] == ["camn", "camn-loss", "camn-dense", "camn-dense-route",
-                                         "camn", "camn-dense", "camn", "dmin"]
-    assert all(r.config["model"] == r.model for r in loaded)
-    assert [r.config["options"] for r in loaded] == [row(*w).config["options"] for w in written]
-    assert '"model": "camn-slot"' in log.path.read_text()  # the file itself is left as written
 
 
 def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():

@@ -25,7 +25,8 @@ from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
 from camn.experiments.benchmark import BENCHMARK_DEFAULTS, changes, resolve_models
-from camn.results import ResultsLog, read_csv, resolved_config
+from camn.provenance import resolved_config
+from camn.results import ResultsLog, read_csv
 from camn.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
