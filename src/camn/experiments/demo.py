@@ -11,7 +11,8 @@
    item-level and user-level clicks, against chance 1/k, for every model that routes.
 
 The training settings are chosen for time, not for the paper's numbers: the ``last`` protocol
-gives 9,600 training samples, so batch 256 (SPEC section 5, lesson 1) and a few epochs.
+gives 9,600 training samples, so batch 256 (a small training set wants many steps an epoch) and a
+few epochs.
 """
 
 from __future__ import annotations
