@@ -4,6 +4,7 @@ plot, parallel runs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -363,3 +364,26 @@ def test_a_store_without_user_level_clicks_gives_null_recovery_not_a_crash(tmp_p
     strict((out / "summary.json").read_text())
     (row,) = ResultsLog(out / "results.jsonl").load()
     assert math.isnan(row.routing["user"]) and row.routing["item"] == routing["item"]
+
+
+def test_display_names_and_ablations_come_from_the_registry(monkeypatch):
+    """A base name's own ``display``, a preset's derived from its class's base name, an unknown
+    name as given; each model's ablations as registered, and an ``ablation_of`` that names no
+    model is an error that names both."""
+    from camn.models import registry
+
+    shown = {name: registry.display_name(name) for name in (
+        "wide-deep", "comirec-sa-paper", "camn", "camn-dense-route", "camn-standalone-loss",
+        "not-a-model")}
+    assert shown == {"wide-deep": "Wide&Deep", "comirec-sa-paper": "ComiRec-SA-paper",
+                     "camn": "CAMN", "camn-dense-route": "CAMN-dense-route",
+                     "camn-standalone-loss": "CAMN-standalone-loss", "not-a-model": "not-a-model"}
+    families = registry.ablations()
+    assert families["camn"] == ["camn-loss", "camn-route"]
+    assert families["camn-dense"] == ["camn-dense-loss", "camn-dense-route"]
+    assert "camn-tied" not in {m for names in families.values() for m in names}
+    entry = registry.get_entry("camn-route")
+    monkeypatch.setitem(registry._MODELS, "camn-orphan", dataclasses.replace(
+        entry, name="camn-orphan", ablation_of="camn-gone"))
+    with pytest.raises(ValueError, match=r"'camn-orphan'.*'camn-gone'"):
+        registry.ablations()
