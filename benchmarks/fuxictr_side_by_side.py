@@ -1,4 +1,4 @@
-"""FuxiCTR's DIN and DNN trained by FuxiCTR itself on a camn prepared store (SPEC section 5 check).
+"""FuxiCTR's DIN and DNN trained by FuxiCTR itself on a camn prepared store (docs/results.md).
 
 Separates the data from the models: FuxiCTR's layers (FeatureEmbeddingDict, DIN_Attention,
 MLP_Block) and its training loop (BaseModel.fit: Xavier init, embeddings N(0, 1e-4), early

@@ -362,7 +362,7 @@ def median_of(results: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(
+def throughput_document(
     args: argparse.Namespace, device: torch.device, store: Path, results: dict[str, dict],
     peaks: dict, skipped: str | None,
 ) -> dict:
@@ -473,7 +473,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     peaks = best_peaks(peaks, gemm_peaks(device, args.gemm_size, args.force_bf16))
     if skipped:
         results = {name: {kind: [] for kind in KINDS} for name in models}
-    return summarise(args, device, store_path, results, peaks, skipped)
+    return throughput_document(args, device, store_path, results, peaks, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -247,30 +247,6 @@ def test_results_log_round_trips_nan_as_null_and_keeps_the_first_of_a_key(tmp_pa
     assert loaded.config == {"lr": 0.002} and loaded.metric("routing_overall") == 0.25
 
 
-def test_rows_of_the_renamed_camn_readings_are_read_under_todays_names(tmp_path):
-    """Rows written when reading (a) was ``camn-slot`` and (b) ``camn`` are read as ``camn`` and
-    ``camn-dense`` (name and recorded config alike); rows of today's names, and rows that do
-    not record the reading, are read as written."""
-
-    def row(model: str, heads: str | None) -> RunResult:
-        options = {} if heads is None else {"heads": heads, "alpha": 0.0}
-        return dataclasses.replace(result("d", model, 1, 0.8),
-                                   config={"model": model, "options": options})
-
-    log = ResultsLog(tmp_path / "results.jsonl")
-    written = [("camn-slot", "slot"), ("camn-slot-loss", "slot"), ("camn", "dense"),
-               ("camn-route", "dense"), ("camn", "slot"), ("camn-dense", "dense"),
-               ("camn", None), ("dmin", None)]
-    for model, heads in written:
-        log.append(dataclasses.replace(row(model, heads), seed=len(log.load()) + 1))
-    loaded = log.load()
-    assert [r.model for r in loaded] == ["camn", "camn-loss", "camn-dense", "camn-dense-route",
-                                         "camn", "camn-dense", "camn", "dmin"]
-    assert all(r.config["model"] == r.model for r in loaded)
-    assert [r.config["options"] for r in loaded] == [row(*w).config["options"] for w in written]
-    assert '"model": "camn-slot"' in log.path.read_text()  # the file itself is left as written
-
-
 def test_all_runs_the_papers_models_and_table3_groups_each_camn_family():
     registered = ["camn-standalone", "dmin", "camn-dense-loss", "camn", "camn-route", "camn-loss",
                   "camn-dense", "camn-standalone-route"]
@@ -388,3 +364,26 @@ def test_a_store_without_user_level_clicks_gives_null_recovery_not_a_crash(tmp_p
     strict((out / "summary.json").read_text())
     (row,) = ResultsLog(out / "results.jsonl").load()
     assert math.isnan(row.routing["user"]) and row.routing["item"] == routing["item"]
+
+
+def test_display_names_and_ablations_come_from_the_registry(monkeypatch):
+    """A base name's own ``display``, a preset's derived from its class's base name, an unknown
+    name as given; each model's ablations as registered, and an ``ablation_of`` that names no
+    model is an error that names both."""
+    from camn.models import registry
+
+    shown = {name: registry.display_name(name) for name in (
+        "wide-deep", "comirec-sa-paper", "camn", "camn-dense-route", "camn-standalone-loss",
+        "not-a-model")}
+    assert shown == {"wide-deep": "Wide&Deep", "comirec-sa-paper": "ComiRec-SA-paper",
+                     "camn": "CAMN", "camn-dense-route": "CAMN-dense-route",
+                     "camn-standalone-loss": "CAMN-standalone-loss", "not-a-model": "not-a-model"}
+    families = registry.ablations()
+    assert families["camn"] == ["camn-loss", "camn-route"]
+    assert families["camn-dense"] == ["camn-dense-loss", "camn-dense-route"]
+    assert "camn-tied" not in {m for names in families.values() for m in names}
+    entry = registry.get_entry("camn-route")
+    monkeypatch.setitem(registry._MODELS, "camn-orphan", dataclasses.replace(
+        entry, name="camn-orphan", ablation_of="camn-gone"))
+    with pytest.raises(ValueError, match=r"'camn-orphan'.*'camn-gone'"):
+        registry.ablations()

@@ -25,7 +25,8 @@ from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
 from camn.experiments.benchmark import BENCHMARK_DEFAULTS, changes, resolve_models
-from camn.results import ResultsLog, read_csv, resolved_config
+from camn.provenance import resolved_config
+from camn.results import ResultsLog, read_csv
 from camn.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,9 +45,12 @@ CONFIG_OF = {
 }
 # a one-off run with the output MLP patched in place (docs/results.md says so): no config
 ONE_OFF = {"beauty-last-dmin-nopool-noaux-bnlayers-256-cpu.csv"}
-# the model a table's rows name where the registry's name changed since
-RENAMED = {"camn-standalone": "camn", "camn-standalone-route": "camn-route",
-           "camn-standalone-loss": "camn-loss"}
+# the H200 grid of the paper's tables ran before every model had the one output head: its rows
+# of these models are those of the presets with their own heads
+OWN_HEADS = {"mind": "mind-paper", "comirec-sa": "comirec-sa-paper",
+             "camn-standalone": "camn-standalone-paper",
+             "camn-standalone-route": "camn-standalone-paper-route",
+             "camn-standalone-loss": "camn-standalone-paper-loss"}
 COMPARED = ("dataset", "model", "seed", "test_auc", "test_logloss", "test_gauc", "valid_auc",
             "best_epoch", "epochs", "routing", "config")
 
@@ -372,11 +376,12 @@ def test_every_committed_table_has_the_config_its_rows_show() -> None:
         # the CPU tables ran on a store folder called beauty_last
         store = table.removesuffix(".csv") if name == "paper-tables.toml" else "beauty-last"
         protocol = "last" if store.endswith("last") else "sliding"
+        row_name = OWN_HEADS if name == "paper-tables.toml" else {}
         assert sorted((r.model, r.seed) for r in rows) == sorted(
-            (RENAMED.get(m, m), s) for m in models for s in seeds), table
+            (row_name.get(m, m), s) for m in models for s in seeds), table
         assert {r.dataset.replace("_", "-") for r in rows} == {f"{store} ({protocol})"}
         for row in rows:
-            model = next(m for m in models if RENAMED.get(m, m) == row.model)
+            model = next(m for m in models if row_name.get(m, m) == row.model)
             trained = resolve(config.layers, f"stores/{store}", model)
             assert row.epochs == trained.epochs or (
                 row.epochs - row.best_epoch == trained.patience), (table, row)
@@ -396,10 +401,10 @@ GRIDS = {
 
 @pytest.mark.parametrize("grid", sorted(GRIDS))
 def test_a_committed_grids_rows_are_its_configs_runs_under_todays_model_names(grid) -> None:
-    """Read under today's names (the CAMN readings were renamed after a grid ran), the rows
-    are exactly the config's (model, seed) runs (of the models a rerun reran), each with the
-    configuration the config gives it today, the device aside: so ``camn benchmark --config``
-    finds them finished and resumes past them."""
+    """The rows, as committed under today's model names, are exactly the config's (model,
+    seed) runs (of the models a rerun reran), each with the configuration the config gives it
+    today, the device aside: so ``camn benchmark --config`` finds them finished and resumes
+    past them."""
     name, store, models = GRIDS[grid]
     config = ConfigFile.read(CONFIGS / name)
     rows = ResultsLog(TABLES / grid / "results.jsonl").load()
@@ -412,3 +417,18 @@ def test_a_committed_grids_rows_are_its_configs_runs_under_todays_model_names(gr
     for row in rows:
         planned = resolved_config(resolve(config.layers, store, row.model))
         assert changes(row.config, planned) == [], (row.model, row.seed)
+
+
+def test_every_committed_row_names_a_registered_model() -> None:
+    """The committed rows are written under today's model names (nothing renames them on
+    read): every model a docs/bench table or grid names is registered, and a grid row's
+    recorded configuration names the model its row does."""
+    from camn.models.registry import model_names
+
+    registered = set(model_names())
+    rows = [row for table in TABLES.glob("*.csv") for row in read_csv(table)]
+    grids = [row for log in TABLES.glob("*/results.jsonl") for row in ResultsLog(log).load()]
+    assert len(grids) > 100 and len(rows) > 100
+    unknown = {(row.model, row.dataset) for row in rows + grids if row.model not in registered}
+    assert unknown == set()
+    assert [row for row in grids if row.config["model"] != row.model] == []

@@ -27,7 +27,7 @@ from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, model_entries, register
-from camn.results import data_summary
+from camn.provenance import data_summary
 from camn.train import checkpoints, loop
 from camn.train.checkpoints import Progress, load_training_state, save_training_state
 from camn.train.history import Hook, console, read_history

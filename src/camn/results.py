@@ -1,37 +1,31 @@
-"""Results as one schema: :class:`RunResult` (one trained seed), its JSON-lines file, and the one
-mean ± std rule of every table and summary.
+"""A run's result as one schema: :class:`RunResult` (one trained seed), its JSON-lines file, its
+CSV export, and ``camn train``'s ``results.json`` document.
 
-A run's result records what it scored and everything needed to redo it: the fully resolved
-training configuration (every :class:`~camn.train.loop.TrainConfig` field, the model's complete
-constructor options) and the environment it ran in (camn version, git commit where camn runs from a
-checkout, torch version, device, precision, torch threads). ``camn benchmark`` appends one line
-per finished run to ``results.jsonl`` (its resumable record, with a CSV export beside it);
-``camn train`` lists its seeds' results in ``results.json`` (:func:`summarise`); tables, plots and
-the demo read :class:`RunResult` objects.
-
-**Mean ± std** (:class:`Stat`): the mean and the sample standard deviation (ddof = 1) over seeds,
-of the finite values only (a metric can be undefined on a seed, e.g. AUC on a one-class split).
-One value has no spread: its std is NaN, written ``null`` in JSON and "(1 seed)" in text.
+A run's result records what it scored and everything needed to redo it
+(:mod:`camn.provenance`): the fully resolved training configuration (every
+:class:`~camn.train.loop.TrainConfig` field, the model's complete constructor options) and the
+environment it ran in. ``camn benchmark`` appends one line per finished run to
+``results.jsonl`` (its resumable record, with a CSV export beside it); ``camn train`` lists its
+seeds' results in ``results.json`` (:func:`train_results`); tables, plots and the demo read
+:class:`RunResult` objects. Every mean ± std is :class:`camn.stats.Stat`.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import os
-import platform
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from camn import __version__
 from camn.data.raw import DataError
+from camn.provenance import data_summary, dataset_name, environment, resolved_config
+from camn.stats import Stat, finite_mean, finite_or_none
 
 if TYPE_CHECKING:
     from camn.data.store import PreparedStore
@@ -47,55 +41,6 @@ CSV_COLUMNS = (
     "attention_entropy", "attention_abs_logit", "attention_diversity",  # means over heads
 )
 Key = tuple[str, str, int]
-# CAMN's two readings of "head r" were renamed when reading (a) became ``camn``: the old name of
-# each row -> the name it has today, keyed by the ``heads`` option the row recorded
-RENAMED_READINGS = {
-    ("camn", "dense"): "camn-dense", ("camn-route", "dense"): "camn-dense-route",
-    ("camn-loss", "dense"): "camn-dense-loss", ("camn-slot", "slot"): "camn",
-    ("camn-slot-route", "slot"): "camn-route", ("camn-slot-loss", "slot"): "camn-loss",
-}
-
-
-# ------------------------------------------------------------------------------- mean ± std
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample std (ddof = 1; NaN under two values) of the finite values of a metric;
-    ``values`` keeps every value given, in order (None where it was missing)."""
-
-    mean: float
-    std: float
-    n: int
-    values: tuple[float | None, ...] = ()
-
-    @classmethod
-    def of(cls, values: Iterable[float | None]) -> Stat:
-        given = tuple(None if v is None else float(v) for v in values)
-        finite = np.array([v for v in given if v is not None and math.isfinite(v)])
-        mean = float(finite.mean()) if len(finite) else math.nan
-        std = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
-        return cls(mean, std, len(finite), given)
-
-    def cell(self, digits: int = 4, seeds: int | None = None) -> str:
-        """``0.7138 ± 0.0004``, ``0.7138 (1 seed)``, ``–`` without values; ``(n=3)`` appended
-        when fewer than ``seeds`` values."""
-        if self.n == 0:
-            return "–"
-        text = f"{self.mean:.{digits}f}"
-        text += f" ± {self.std:.{digits}f}" if self.n > 1 else " (1 seed)"
-        if seeds is not None and 1 < self.n < seeds:
-            text += f" (n={self.n})"
-        return text
-
-    def to_dict(self) -> dict:
-        """``{"mean", "std", "runs"}``, non-finite numbers as None (JSON null)."""
-        return {"mean": finite_or_none(self.mean), "std": finite_or_none(self.std),
-                "runs": [None if v is None else finite_or_none(v) for v in self.values]}
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 # ------------------------------------------------------------------------ one run's result
@@ -201,19 +146,7 @@ class RunResult:
             values["routing"] = {k: math.nan if v is None else float(v)
                                  for k, v in routing.items()}
         check_attention(values.get("attention"))
-        return current_names(cls(**values))
-
-
-def current_names(result: RunResult) -> RunResult:
-    """``result`` under today's model name, where it was written under an earlier one
-    (:data:`RENAMED_READINGS`): its name and its recorded ``config["model"]`` change, nothing
-    else, so that finished runs are still found (and resumed past) under today's names."""
-    heads = (result.config.get("options") or {}).get("heads")
-    name = RENAMED_READINGS.get((result.model, heads))
-    if name is None:
-        return result
-    config = result.config | {"model": name} if "model" in result.config else result.config
-    return replace(result, model=name, config=config)
+        return cls(**values)
 
 
 # ------------------------------------------------------------------------- attention health
@@ -374,68 +307,10 @@ def _from_cells(cells: dict[str, str]) -> RunResult:
     )
 
 
-# ------------------------------------------------------------ configuration and environment
-
-
-def dataset_name(path: str | Path, protocol: str) -> str:
-    """A store's display name in tables: its folder name and protocol."""
-    return f"{Path(path).resolve().name} ({protocol})"
-
-
-def resolved_config(config: TrainConfig) -> dict:
-    """Every field of ``config``, the model's options completed with its defaults; JSON values
-    (tuples as lists), so that a recorded configuration compares equal to a planned one."""
-    from camn.models.registry import resolved_options
-
-    data = {**config.to_dict(), "options": resolved_options(config.model, **config.options)}
-    return json.loads(json.dumps(data))
-
-
-@functools.cache
-def git_commit() -> str | None:
-    """The commit of the checkout camn is imported from, with ``+dirty`` when tracked files
-    differ from it; None outside a git checkout (an installed package) or without git."""
-    package = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(package), *args], capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()
-
-    try:
-        git("ls-files", "--error-unmatch", Path(__file__).name)  # camn's own checkout
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def environment(device: str, precision: str) -> dict:
-    """What a run ran on: camn's version and commit, torch's version, the device (and the
-    GPU's name), the precision and this process's torch thread count."""
-    import torch
-
-    from camn.train.distributed import resolve_device
-
-    resolved = resolve_device(device)
-    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
-    return {
-        "camn": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-        "python": platform.python_version(), "device": str(resolved), "device_name": name,
-        "precision": precision, "threads": torch.get_num_threads(),
-    }
-
-
 # --------------------------------------------------------------------------- camn train
 
 
-def data_summary(store: PreparedStore) -> dict:
-    schema = store.schema
-    keys = ("protocol", "seed", "max_len", "attributes", "splits", "num_users", "num_items")
-    return {"path": str(store.root.resolve()), **{key: schema[key] for key in keys}}
-
-
-def summarise(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> dict:
+def train_results(store: PreparedStore, config: TrainConfig, runs: list[dict]) -> dict:
     """The ``results.json`` document of one ``camn train`` run from its seeds' trainer results:
     each metric's :class:`Stat`, the resolved configuration, the environment, and every seed
     as a :class:`RunResult` (``runs``, the schema of a benchmark's ``results.jsonl`` lines)."""
@@ -477,9 +352,3 @@ def mean_health(healths: Sequence[dict]) -> dict:
         means = [finite_mean(column) for column in zip(*per_seed, strict=True)]
         out[key] = means[0] if key == "diversity" else means
     return out
-
-
-def finite_mean(values: Iterable[float | None]) -> float | None:
-    """The mean of the finite values; None where there is none."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None

@@ -54,14 +54,8 @@ from camn.experiments.tables import (
     summary_dict,
 )
 from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
-from camn.results import (
-    ResultsLog,
-    RunResult,
-    dataset_name,
-    environment,
-    resolved_config,
-    write_csv,
-)
+from camn.provenance import dataset_name, environment, resolved_config
+from camn.results import ResultsLog, RunResult, write_csv
 
 __all__ = ["Dataset", "Outcome", "Run", "Settings", "run_benchmark", "train_run"]
 RESULTS, EXPORT, RECORD = "results.jsonl", "results.csv", "benchmark.json"

@@ -11,7 +11,8 @@
    item-level and user-level clicks, against chance 1/k, for every model that routes.
 
 The training settings are chosen for time, not for the paper's numbers: the ``last`` protocol
-gives 9,600 training samples, so batch 256 (SPEC section 5, lesson 1) and a few epochs.
+gives 9,600 training samples, so batch 256 (a small training set wants many steps an epoch) and a
+few epochs.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from camn.experiments.benchmark import (
 from camn.experiments.tables import (
     ROUTING,
     ablation_rows,
-    display,
     paired_test,
     paper_order,
     summarize,
 )
+from camn.models.registry import display_name
 from camn.outputs import DEMO, check_output
-from camn.results import Stat
+from camn.stats import Stat
 
 # the demo's own layer of defaults, between TrainConfig's and the command line
 DEMO_DEFAULTS = {"models": "all", "seeds": 2, "seed": 1, "jobs": min(2, available_cores()),
@@ -64,24 +65,24 @@ def report(outcome: Outcome) -> str:
     metrics = ["test_auc", "test_gauc", "samples_per_second", *ROUTING]
     summary = summarize(outcome.rows, metrics).get(dataset.name, {})
     models = [m for m in paper_order(outcome.models) if m in summary]
-    width = max([11, *(len(display(m)) for m in models)])
+    width = max([11, *(len(display_name(m)) for m in models)])
     lines = [f"Test AUC on {dataset.name}, mean ± std over seeds {outcome.seeds}:", ""]
-    lines += [f"  {display(m):<{width}} AUC {summary[m]['test_auc'].cell()}   "
+    lines += [f"  {display_name(m):<{width}} AUC {summary[m]['test_auc'].cell()}   "
               f"gAUC {summary[m]['test_gauc'].cell()}   "
               f"{summary[m]['samples_per_second'].mean:>9,.0f} samples/s" for m in models]
     test = paired_test(outcome.rows, dataset.name, "camn", "dmin")
     if test is not None:
-        lines += ["", f"CAMN vs DMIN: {test.verdict()}"]
+        lines += ["", f"CAMN vs DMIN: {test.verdict(display_name)}"]
     routed = [m for m in models if summary[m]["routing_overall"].n]
     if routed:
         lines += ["", f"Routing recovery: share of history clicks whose top routing score falls "
                       f"on the planted driver (chance 1/k = 1/{k} = {1 / k:.2f}):", ""]
-        lines += [f"  {display(m):<{width}} overall {_mean(summary[m]['routing_overall'])}   "
+        lines += [f"  {display_name(m):<{width}} overall {_mean(summary[m]['routing_overall'])}   "
                   f"item-level {_mean(summary[m]['routing_item'])}   "
                   f"user-level {_mean(summary[m]['routing_user'])}   (best relabelling: "
                   f"item {_mean(summary[m]['routing_item_matched'])}, "
                   f"user {_mean(summary[m]['routing_user_matched'])})" for m in routed]
-        lines += [f"  {display(m):<{width}} no router (P = 1): nothing to recover"
+        lines += [f"  {display_name(m):<{width}} no router (P = 1): nothing to recover"
                   for m in ablation_rows(models) if m.endswith("-loss") and m not in routed]
         lines += ["", *READING]
     lines += ["", f"Full tables: {outcome.out / 'table.md'} (plot: auc.png, rows: "

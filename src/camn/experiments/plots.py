@@ -14,8 +14,9 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from camn.experiments.tables import display, paper_order
-from camn.results import Stat
+from camn.experiments.tables import paper_order
+from camn.models.registry import display_name
+from camn.stats import Stat
 
 
 def plot_auc(
@@ -39,7 +40,7 @@ def plot_auc(
     colours = [colormaps["tab20"](i % 20) for i in range(len(models))]
     for i, model in enumerate(models):
         axes.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(means[i]), width, yerr=stds[i],
-                 capsize=2, label=display(model), color=colours[i])
+                 capsize=2, label=display_name(model), color=colours[i])
     finite = means[np.isfinite(means)]
     if finite.size:
         low = float((finite - stds[np.isfinite(means)]).min())

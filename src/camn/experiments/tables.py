@@ -1,12 +1,10 @@
-"""The paper's Table 2 (models x datasets, test AUC) and Table 3 (ablations), with statistics.
+"""Table 2 (models x datasets, test AUC) and Table 3 (ablations), with paired tests.
 
-Every cell is the mean ± sample standard deviation (ddof = 1) over seeds, as in the paper
-(Sec. 3.2: five seeds, mean and std of test AUC): :class:`camn.results.Stat`, the one rule of
-every table and summary. The paper does not say whether its lead is
-larger than chance; here CAMN and DMIN are compared *paired* over seeds (same seed, same data
-split, same batches order where the trainer seeds them): on one split the per-seed differences
-are far less noisy than the two models' own spreads (SPEC section 5), and a paired t-test
-(``scipy.stats.ttest_rel``) over them says whether the lead is more than seed noise.
+Every cell is the mean ± sample standard deviation (ddof = 1) over seeds:
+:class:`camn.stats.Stat`, the one rule of every table and summary. Each CAMN build is compared
+*paired* over seeds with DMIN, the model it builds on, and with its ablations
+(:class:`camn.stats.PairedTest`). Display names and the ablations of each model come from the
+registry (``@register(..., display=..., ablation_of=...)``).
 """
 
 from __future__ import annotations
@@ -14,41 +12,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-import numpy as np
-from scipy import stats
+from camn.models.registry import ablations, display_name, model_names
+from camn.results import HEALTH_METRICS, RunResult
+from camn.stats import ALPHA, PairedTest, Stat, format_p
 
-from camn.results import HEALTH_METRICS, RunResult, Stat, finite_or_none
-
-ALPHA = 0.05  # significance level of the paired t-test
-ABLATIONS = ("camn-loss", "camn-route", "camn")  # the paper's Table 3, in its row order
-# CAMN builds with their own Table 3 rows (``<name>-loss``, ``<name>-route``, ``<name>``)
-FAMILIES = ("camn", "camn-dense", "camn-standalone")
-# the paper's rows: what ``--models all`` runs
+# the paper's rows, in its Table 2 and Table 3 order: what ``--models all`` runs
 PAPER_MODELS = ("wide-deep", "pnn", "din", "dien", "dhan", "mind", "comirec-sa", "dmin",
-                *ABLATIONS)
-# registered beyond the paper's rows and ordered after them: run by name
-VARIANTS = (
-    "camn-dense-loss", "camn-dense-route", "camn-dense", "camn-tied",
-    "camn-standalone-loss", "camn-standalone-route", "camn-standalone",
-)
-# the paper's Table 2 row order; models it lacks (DIN) go where they belong by family
-PAPER_ORDER = (*PAPER_MODELS, *VARIANTS)
-DISPLAY = {
-    "wide-deep": "Wide&Deep", "pnn": "PNN", "din": "DIN", "dien": "DIEN", "dhan": "DHAN",
-    "mind": "MIND", "comirec-sa": "ComiRec-SA", "dmin": "DMIN", "camn": "CAMN",
-    "camn-route": "CAMN-route", "camn-loss": "CAMN-loss", "camn-dense": "CAMN-dense",
-    "camn-dense-route": "CAMN-dense-route", "camn-dense-loss": "CAMN-dense-loss",
-    "camn-standalone": "CAMN-standalone", "camn-standalone-route": "CAMN-standalone-route",
-    "camn-standalone-loss": "CAMN-standalone-loss", "camn-tied": "CAMN-tied",
-}
+                "camn-loss", "camn-route", "camn")
+REFERENCE = "dmin"  # what every model with ablations is compared with: DMIN, the one CAMN builds on
+# extensions beyond the paper and what each is compared with
+EXTENSIONS = (("camn-tied", "dmin"), ("camn-tied", "camn"))
 ROUTING = ("routing_overall", "routing_item", "routing_user", "routing_item_matched",
            "routing_user_matched")
-
-
-def display(model: str) -> str:
-    return DISPLAY.get(model, model)
 
 
 def all_models(registered: Iterable[str]) -> list[str]:
@@ -58,26 +34,40 @@ def all_models(registered: Iterable[str]) -> list[str]:
     return [m for m in PAPER_MODELS if m in present]
 
 
-def ablation_rows(models: Iterable[str]) -> list[str]:
-    """The Table 3 rows among ``models``: each CAMN family's ``-loss``, ``-route`` and full
-    model, family by family."""
-    present = set(models)
-    rows = [f"{family}{suffix}" for family in FAMILIES for suffix in ("-loss", "-route", "")]
-    return [m for m in rows if m in present]
+def ablation_rows(models: Sequence[str]) -> list[str]:
+    """The Table 3 rows among ``models`` (in row order): each model's registered ablations,
+    then the model itself, model by model."""
+    present, families = set(models), ablations()
+    return [m for family in paper_order(families) for m in (*families[family], family)
+            if m in present]
 
 
 def comparison_pairs() -> list[tuple[str, str]]:
-    """The paired comparisons of every CAMN family (against DMIN and its two ablations) and of
-    the extension ``camn-tied`` (against DMIN and CAMN)."""
-    pairs = [(f, b) for f in FAMILIES for b in ("dmin", f"{f}-route", f"{f}-loss")]
-    return [*pairs, ("camn-tied", "dmin"), ("camn-tied", "camn")]
+    """The paired comparisons: every model that has ablations against DMIN and against each
+    of them, then the extensions'."""
+    families = ablations()
+    return [*((family, b) for family in paper_order(families)
+              for b in (REFERENCE, *families[family])), *EXTENSIONS]
 
 
 def paper_order(models: Iterable[str]) -> list[str]:
-    """Models in the paper's row order; unknown models after, in their given order."""
+    """Models in the paper's row order; the other registered ones after them by name, each
+    ablation just before the model it ablates; unknown models last, in their given order."""
     models = list(dict.fromkeys(models))
-    rank = {name: i for i, name in enumerate(PAPER_ORDER)}
-    return sorted(models, key=lambda m: (rank.get(m, len(rank)), models.index(m)))
+    rank = {name: i for i, name in enumerate(PAPER_MODELS)}
+    ablated = {name: family for family, names in ablations().items() for name in names}
+    registered = set(model_names())
+
+    def key(model: str) -> tuple:
+        if model in rank:
+            return (0, rank[model])
+        if model in ablated:
+            return (1, ablated[model], 0, model)
+        if model in registered:
+            return (1, model, 1, model)
+        return (2, models.index(model))
+
+    return sorted(models, key=key)
 
 
 def metric_values(
@@ -100,71 +90,8 @@ def summarize(
     return out
 
 
-@dataclass(frozen=True)
-class PairedTest:
-    """Model ``a`` minus model ``b`` on the seeds both have: a paired t-test over seeds.
-
-    ``spread`` is the larger of the two models' own seed stds: the lead "exceeds the spread of
-    seeds" when the mean difference is larger than it.
-    """
-
-    a: str
-    b: str
-    seeds: tuple[int, ...]
-    mean: float
-    std: float
-    t: float
-    p: float
-    spread: float
-
-    @property
-    def n(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def significant(self) -> bool:
-        return self.n > 1 and math.isfinite(self.p) and self.p < ALPHA
-
-    @property
-    def exceeds_spread(self) -> bool:
-        """``a`` leads ``b`` by more than either model's own seed std."""
-        return self.n > 1 and self.mean > self.spread
-
-    def verdict(self) -> str:
-        """A plain sentence, e.g. "CAMN > DMIN by 0.0040 ± 0.0020 (paired t-test over 5 seeds,
-        p = 0.03)"."""
-        a, b = display(self.a), display(self.b)
-        if self.n < 2:
-            return f"too few paired seeds for a test ({self.n}; need 2)"
-        if self.std == 0:
-            if self.mean == 0:
-                return f"no difference: {a} and {b} give identical results on every seed"
-            hi, lo = (a, b) if self.mean > 0 else (b, a)
-            return (f"{hi} > {lo} by exactly {abs(self.mean):.4f} on all {self.n} seeds "
-                    "(zero spread: the t-test is undefined)")
-        test = f"paired t-test over {self.n} seeds, {format_p(self.p)}"
-        if not self.significant:
-            difference = f"{a} − {b} = {self.mean:+.4f} ± {self.std:.4f}"
-            return f"no significant difference ({difference}, {test})"
-        hi, lo = (a, b) if self.mean > 0 else (b, a)
-        return f"{hi} > {lo} by {abs(self.mean):.4f} ± {self.std:.4f} ({test})"
-
-    def to_dict(self) -> dict:
-        return {
-            "a": self.a, "b": self.b, "seeds": list(self.seeds), "mean_difference": self.mean,
-            "std_difference": finite_or_none(self.std), "t": finite_or_none(self.t),
-            "p": finite_or_none(self.p),
-            "seed_spread": finite_or_none(self.spread), "exceeds_spread": self.exceeds_spread,
-            "significant": self.significant, "alpha": ALPHA, "verdict": self.verdict(),
-        }
-
-
 def fmt(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "–"
-
-
-def format_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def paired_test(
@@ -172,20 +99,7 @@ def paired_test(
 ) -> PairedTest | None:
     """Paired comparison of ``a`` and ``b`` over their common seeds; None if one is missing."""
     va, vb = metric_values(rows, dataset, a, metric), metric_values(rows, dataset, b, metric)
-    if not va or not vb:
-        return None
-    seeds = tuple(sorted(set(va) & set(vb)))
-    x, y = np.array([va[s] for s in seeds]), np.array([vb[s] for s in seeds])
-    diff = x - y
-    n = len(seeds)
-    mean = float(diff.mean()) if n else math.nan
-    std = float(diff.std(ddof=1)) if n > 1 else math.nan
-    t = p = math.nan
-    if n > 1 and std > 0:
-        result = stats.ttest_rel(x, y)
-        t, p = float(result.statistic), float(result.pvalue)
-    spread = max(Stat.of(va.values()).std, Stat.of(vb.values()).std)
-    return PairedTest(a, b, seeds, mean, std, t, p, spread)
+    return PairedTest.of(a, b, va, vb) if va and vb else None
 
 
 def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
@@ -213,7 +127,7 @@ def auc_table(
         text = stat.cell(seeds=seeds)
         return f"**{text}**" if stat.mean == best[ds] else text
 
-    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+    return _table(["model", *datasets], ([display_name(m), *(cell(ds, m) for ds in datasets)]
                                          for m in models))
 
 
@@ -230,7 +144,7 @@ def metrics_table(
             out += [stats_[k].cell() if stats_ else "–" for k in ("test_gauc", "test_logloss")]
         return out
 
-    return _table(header, ([display(m), *cells(m)] for m in models))
+    return _table(header, ([display_name(m), *cells(m)] for m in models))
 
 
 def speed_table(
@@ -245,7 +159,7 @@ def speed_table(
         return (f"{s['samples_per_second'].mean:,.0f}/s, {s['epochs'].mean:.1f} epochs, "
                 f"{s['train_seconds'].mean:,.0f} s")
 
-    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+    return _table(["model", *datasets], ([display_name(m), *(cell(ds, m) for ds in datasets)]
                                          for m in models))
 
 
@@ -266,7 +180,7 @@ def routing_table(
             return "–"
         return " / ".join(f"{s[k].mean:.3f}" for k in ROUTING)
 
-    return _table(header, ([display(m), *(cell(ds, m) for ds in datasets)] for m in models))
+    return _table(header, ([display_name(m), *(cell(ds, m) for ds in datasets)] for m in models))
 
 
 def health_table(
@@ -283,7 +197,7 @@ def health_table(
         return (f"{s['attention_entropy'].mean:.3f} / {s['attention_abs_logit'].mean:.3f} / "
                 + (f"{diversity.mean:.3f}" if diversity.n else "–"))
 
-    return _table(["model", *datasets], ([display(m), *(cell(ds, m) for ds in datasets)]
+    return _table(["model", *datasets], ([display_name(m), *(cell(ds, m) for ds in datasets)]
                                          for m in models))
 
 
@@ -299,11 +213,11 @@ def comparison_lines(
                 continue
             lead = ("yes" if test.exceeds_spread else "no") if test.n > 1 else "–"
             body.append([
-                ds, f"{display(a)} − {display(b)}", str(test.n),
+                ds, f"{display_name(a)} − {display_name(b)}", str(test.n),
                 f"{test.mean:+.4f} ± {fmt(test.std)}", fmt(test.spread), lead,
                 "–" if not math.isfinite(test.t) else f"{test.t:.2f}",
                 "–" if not math.isfinite(test.p) else format_p(test.p).removeprefix("p = "),
-                test.verdict(),
+                test.verdict(display_name),
             ])
     if not body:
         return []
@@ -330,7 +244,7 @@ def settings_by_scope(configs: Mapping[tuple[str, str], Mapping[str, object]]
         scopes[dataset] = shared
         for (ds, model), config in configs.items():
             if ds == dataset:
-                scopes[f"{ds}, {display(model)}"] = items(config) - every - shared
+                scopes[f"{ds}, {display_name(model)}"] = items(config) - every - shared
     order = {key: i for i, key in enumerate(next(iter(configs.values()), {}))}
     return {scope: {key: json.loads(text) for key, text in sorted(
                 pairs, key=lambda pair: (order.get(pair[0], len(order)), pair[0]))}
@@ -362,8 +276,8 @@ def render_markdown(
                "train_seconds", "samples_per_second", *ROUTING, *HEALTH_METRICS]
     summary = summarize(rows, metrics)
     models = paper_order(models)
-    ablations = ablation_rows(models)
-    main = [m for m in models if m not in ablations or m in FAMILIES]
+    table3 = ablation_rows(models)
+    main = [m for m in models if m not in table3 or m in ablations()]
     n = len(seeds)
     lines = [
         "# Benchmark results", "",
@@ -377,9 +291,9 @@ def render_markdown(
               for ds in datasets]
     lines += ["", "## Table 2: comparison with baselines (test AUC)", ""]
     lines += auc_table(summary, datasets, main, n)
-    if ablations:
+    if table3:
         lines += ["", "## Table 3: ablation study (test AUC)", ""]
-        lines += auc_table(summary, datasets, ablations, n)
+        lines += auc_table(summary, datasets, table3, n)
     comparison = comparison_lines(rows, datasets, comparison_pairs())
     if comparison:
         lines += [
@@ -444,6 +358,6 @@ def summary_dict(
         for a, b in comparison_pairs():
             test = paired_test(rows, ds, a, b)
             if test is not None:
-                entry["paired_tests"][f"{a} vs {b}"] = test.to_dict()
+                entry["paired_tests"][f"{a} vs {b}"] = test.to_dict(display_name)
         out["datasets"][ds] = entry
     return out

@@ -125,14 +125,18 @@ HEADS = ("dense", "slot")
 ROUTERS = ("joint", "attribute")
 
 
-@register("camn")
-@register("camn-route", summary="CAMN without the diversity loss (Table 3)", alpha=0.0)
-@register("camn-loss", summary="CAMN without the routing module (Table 3)", routing=False)
+@register("camn", display="CAMN")
+@register("camn-route", summary="CAMN without the diversity loss (Table 3)", ablation_of="camn",
+          alpha=0.0)
+@register("camn-loss", summary="CAMN without the routing module (Table 3)", ablation_of="camn",
+          routing=False)
 @register("camn-dense", summary="CAMN on DMIN's dense Q/K/V split into k heads (reading b)",
           heads="dense")
-@register("camn-dense-route", summary="camn-dense without the diversity loss", heads="dense",
+@register("camn-dense-route", summary="camn-dense without the diversity loss",
+          ablation_of="camn-dense", heads="dense",
           alpha=0.0)
-@register("camn-dense-loss", summary="camn-dense without the routing module", heads="dense",
+@register("camn-dense-loss", summary="camn-dense without the routing module",
+          ablation_of="camn-dense", heads="dense",
           routing=False)
 @register("camn-tied", summary="Extension beyond the paper: routing column r tied to attribute r",
           heads="dense", tie_weight=1.0)

@@ -35,14 +35,20 @@ from camn.models.layers import (
 from camn.models.registry import register
 
 
-@register("camn-standalone")
+@register("camn-standalone", display="CAMN-standalone")
 @register("camn-standalone-route", summary="camn-standalone without the diversity loss",
+          ablation_of="camn-standalone",
           alpha=0.0)
 @register("camn-standalone-loss", summary="camn-standalone without the routing module",
+          ablation_of="camn-standalone",
           routing=False)
 @register("camn-standalone-paper",
           summary="camn-standalone with the CAMN paper's output inputs [target, interests]",
           pooled_history=False)
+@register("camn-standalone-paper-route", summary="camn-standalone-paper without the diversity loss",
+          ablation_of="camn-standalone-paper", pooled_history=False, alpha=0.0)
+@register("camn-standalone-paper-loss", summary="camn-standalone-paper without the routing module",
+          ablation_of="camn-standalone-paper", pooled_history=False, routing=False)
 @register("camn-standalone-residual",
           summary="camn-standalone with a residual + LayerNorm around Eq. 5-6 (an extension)",
           residual_norm=True)

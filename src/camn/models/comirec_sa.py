@@ -25,7 +25,7 @@ from camn.models.layers import (
 from camn.models.registry import register
 
 
-@register("comirec-sa")
+@register("comirec-sa", display="ComiRec-SA")
 @register("comirec-sa-paper",
           summary="ComiRec-SA's head on what its paper scores: [target, read-out]",
           pooled_history=False, activation="prelu")

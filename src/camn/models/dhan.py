@@ -56,7 +56,7 @@ class Levels(NamedTuple):
     group_weights: torch.Tensor  # group attention weights (B, L), zero off ``present``
 
 
-@register("dhan")
+@register("dhan", display="DHAN")
 class DHAN(CTRModel):
     """DHAN (Xu et al., SIGIR 2020): item-level then group-level target attention.
 

@@ -126,7 +126,7 @@ class AUGRU(nn.Module):
         return rows.unsort(state)
 
 
-@register("dien")
+@register("dien", display="DIEN")
 class DIEN(CTRModel):
     """DIEN (Zhou et al., AAAI 2019): GRU interest extractor + auxiliary loss, AUGRU evolution.
 

@@ -24,7 +24,7 @@ from camn.models.layers import (
 from camn.models.registry import register
 
 
-@register("din")
+@register("din", display="DIN")
 @register("din-paper", summary="DIN with the DIN paper's output inputs [target, interest]",
           pooled_history=False)
 class DIN(CTRModel):

@@ -18,7 +18,7 @@ from camn.models.layers import Packing, dmin_blocks
 from camn.models.registry import register
 
 
-@register("dmin")
+@register("dmin", display="DMIN")
 class DMIN(CTRModel):
     """DMIN (Xiao et al., CIKM 2020): behaviour refiner + multi-interest extractor.
 

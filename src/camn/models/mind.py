@@ -43,7 +43,7 @@ def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.
     return counts.clamp(1, max_interests)
 
 
-@register("mind")
+@register("mind", display="MIND")
 @register("mind-paper", summary="MIND's head on what its paper scores: [target, user vector]",
           pooled_history=False, activation="prelu")
 class MIND(CTRModel):

@@ -26,7 +26,7 @@ def pairwise_inner_products(
     return gram[:, rows, cols]
 
 
-@register("pnn")
+@register("pnn", display="PNN")
 class PNN(CTRModel):
     """IPNN (Qu et al., ICDM 2016): field embeddings and their pairwise inner products, MLP.
 

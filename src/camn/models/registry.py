@@ -1,6 +1,9 @@
 """Model registry: ``@register("name", **preset)`` on a model class; ``build_model`` by name.
 
-A class can be registered under several names with preset options (CAMN's ablations).
+A class can be registered under several names with preset options (CAMN's ablations). The
+registry also says how tables show a model: its display name (``display=`` on a class's base
+name; a preset ``<base>-<suffix>`` shows as ``<Display>-<suffix>``) and the model a preset is
+an ablation of (``ablation_of=``), which groups Table 3's rows.
 Every option is a keyword argument of the class's ``__init__``; ``resolved_options`` gives the
 full set with defaults, which the trainer saves next to the weights.
 
@@ -33,19 +36,24 @@ class ModelEntry:
     cls: type[CTRModel]
     preset: dict
     summary: str
+    display: str = ""  # the name in tables; empty: derived (display_name)
+    ablation_of: str | None = None  # the model this preset ablates (a Table 3 row of it)
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, summary: str = "", **preset):
-    """Class decorator registering ``cls`` as ``name`` with preset options."""
+def register(name: str, summary: str = "", *, display: str = "", ablation_of: str | None = None,
+             **preset):
+    """Class decorator registering ``cls`` as ``name`` with preset options; ``display`` names it
+    in tables, ``ablation_of`` the model whose Table 3 rows it joins."""
 
     def decorate(cls: type[CTRModel]) -> type[CTRModel]:
         if name in _MODELS:
             raise ValueError(f"model name {name!r} registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
-        _MODELS[name] = ModelEntry(name, cls, dict(preset), summary or (doc[0] if doc else ""))
+        _MODELS[name] = ModelEntry(name, cls, dict(preset), summary or (doc[0] if doc else ""),
+                                   display, ablation_of)
         return cls
 
     return decorate
@@ -73,6 +81,37 @@ def get_entry(name: str) -> ModelEntry:
     if name not in entries:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(entries)}")
     return entries[name]
+
+
+def display_name(name: str) -> str:
+    """How tables name model ``name``: its own ``display``, else that of the name of its class
+    it extends (``camn-dense-route`` -> "CAMN" + "-dense-route"), else ``name`` itself (also for
+    a name that is not registered)."""
+    entries = model_entries()
+    entry = entries.get(name)
+    if entry is None or entry.display:
+        return name if entry is None else entry.display
+    bases = [other for other in entries.values() if other.cls is entry.cls and other.display
+             and name.startswith(f"{other.name}-")]
+    if not bases:
+        return name
+    base = max(bases, key=lambda other: len(other.name))
+    return base.display + name.removeprefix(base.name)
+
+
+def ablations() -> dict[str, list[str]]:
+    """Each model that has registered ablations -> their names, sorted; ValueError where an
+    ``ablation_of`` names no registered model."""
+    entries = model_entries()
+    out: dict[str, list[str]] = {}
+    for entry in entries.values():
+        if entry.ablation_of is None:
+            continue
+        if entry.ablation_of not in entries:
+            raise ValueError(f"model {entry.name!r} is registered as an ablation of "
+                             f"{entry.ablation_of!r}, which is not a registered model")
+        out.setdefault(entry.ablation_of, []).append(entry.name)
+    return {model: sorted(names) for model, names in out.items()}
 
 
 def _defaults(entry: ModelEntry) -> dict:

@@ -32,7 +32,7 @@ def cross_bucket(target: torch.Tensor, history: torch.Tensor, buckets: int) -> t
     return key % buckets
 
 
-@register("wide-deep")
+@register("wide-deep", display="Wide&Deep")
 class WideDeep(CTRModel):
     """Wide & Deep (Cheng et al., 2016): logit = wide linear model + deep MLP, no sequence model.
 

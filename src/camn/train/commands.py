@@ -19,7 +19,7 @@ from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
 from camn.outputs import RUN, check_output
-from camn.results import Stat
+from camn.stats import Stat
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
 from camn.train.history import console

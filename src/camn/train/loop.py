@@ -47,7 +47,8 @@ from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.layers import PACKED_PAIRS, PACKED_ROWS, packed_positions
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, check_output, swap_in
-from camn.results import data_summary, summarise
+from camn.provenance import data_summary
+from camn.results import train_results
 from camn.train import distributed
 from camn.train.checkpoints import (
     Progress,
@@ -624,7 +625,7 @@ def train_seeds(
         runs.append(kept)
     if not context.is_main:
         return {}
-    results = summarise(store, config, runs)
+    results = train_results(store, config, runs)
     write_json(staging / "results.json", results)
     (staging / SETTINGS).unlink()  # results.json has them; a finished run has nothing to resume
     swap_in(staging, out, RUN)

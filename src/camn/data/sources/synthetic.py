@@ -50,47 +50,13 @@ kept (``driver``, ``driver_kind``):
 
 Each user makes ``3 + Poisson(clicks_per_user - 3)`` clicks at increasing times.
 
-The default, and how it was found. The default is the value-pool history mode
-(``item_driver="category", follow=0.9, item_share=0.95, follow_pool="value", users=6000,
-clicks_per_user=5``): the one store found at the demo's cost on which the order of the models
-means something (measurements at the end of this paragraph). With the earlier default, the
-salience generator (``item_driver="salient", follow=0, item_share=0.5, users=3000,
-clicks_per_user=12``), item-level clicks are independent of the
-history: a uniform draw among the salient items, the 30% of the items that take over half of all
-clicks. Item popularity alone then ranks the ``last`` test set at AUC 0.67 against uniform
-negatives, and every model, static or sequential, ties at 0.66-0.70: the data cannot show what
-routing adds. ``--item-driver category --follow 0.8 --item-share 0.8`` was built to change that:
-clicks are spread evenly over the items (popularity alone: test AUC 0.46), and an item-level click
-is predictable only from the history: it shares one earlier item's value in the slot that drove
-*that* item, while chance matches in its other slots (frequent in small vocabularies such as
-price band's 8 values) carry no signal, so a model has to tell which attribute of a history item
-carried the click. Measured (3 seeds, batch 256, 4 epochs): on ``last`` its 4,800 training rows
-are too few for the sequence models (Wide&Deep 0.749, PNN 0.724, DIN 0.634, DMIN 0.640, CAMN
-0.641), and pooled per-slot match counts (Wide&Deep's match crosses, PNN's inner products) get
-much of the signal (rarity-weighted match counts over all slots: AUC 0.76; each history item
-counted in its own driving slot only: 0.79; the generator's own probability: 0.89). On
-``--protocol sliding`` (52,658 training rows) the sequence models lead only slightly (DIN
-0.803 ± 0.015, DMIN 0.814, CAMN 0.816 against Wide&Deep 0.792 ± 0.003, one seed where no ± is
-given). More users with shorter histories, at the demo's cost, do not change that:
-``--item-driver category --follow 0.8 --item-share 0.95 --users 6000 --clicks-per-user 5`` on
-``last`` gives 9,600 training rows at DMIN's time per run of the default (about 23 s on one
-core) and no popularity shortcut (test AUC 0.51), yet (3 seeds, batch 256, 4 epochs) PNN
-0.826 ± 0.007 leads DMIN 0.814 ± 0.004, CAMN 0.807-0.816 (either reading, the ablations, the
-tied extension) and Wide&Deep 0.798 ± 0.010, and routing on or off differs by 0.003 (paired,
-p = 0.59). The data says why: the target's own category names its driving slot, so match
-counts in the target's driving slot, which a static model can learn, leave little to routing
-(logistic regressions, 24,000 training rows of that setting: plain per-slot match counts
-0.783, with the counts in the target's driving slot 0.838, with each history item also counted
-in its own driving slot only 0.864). ``--follow-pool value`` removes that shortcut (the
-target's category no longer names the slot that brought it): with ``--follow 0.9`` and the
-same other options the same logistic regressions give 0.753, 0.777 and 0.845 (popularity alone
-0.63, from the Zipf-like values), and (3 seeds, batch 256, 4 epochs, about 22 s a DMIN run on
-one core) the sequence models now lead the static ones (DMIN 0.798 ± 0.007, DIN 0.791 ± 0.008
-against PNN 0.780 ± 0.010 and Wide&Deep 0.769 ± 0.001; DMIN - PNN +0.018, paired, p = 0.014).
-Routing still adds nothing there (every CAMN variant 0.794-0.798, CAMN - CAMN-loss -0.003,
-p = 0.34): a history item's driver is a function of its own category, which any attention over
-whole item vectors sees. On the salience store the paper's routing recovers 0.19-0.27 of
-the item-level drivers and the tied extension 0.80; here 0.17 and 0.46.
+The default is the value-pool history mode (``item_driver="category", follow=0.9,
+item_share=0.95, follow_pool="value", users=6000, clicks_per_user=5``): a click that follows an
+earlier one lands on any item carrying the followed value, so the target's own attributes do not
+name the slot that brought it.
+The salience mode (``item_driver="salient", follow=0, item_share=0.5, users=3000,
+clicks_per_user=12``) makes item-level clicks independent of the history: what the routing
+recovers there, and how the default was chosen, is in docs/results.md ("Synthetic data").
 
 Everything is vectorised with numpy: no loop over users or clicks (``follow_pool="value"``
 takes one vectorised step per depth of the follow chains, a handful).
