@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,19 @@ class AttributeClickLoss(nn.Module):
             return states.new_zeros(())
         positive, negative = self.scores(states, *clicked), self.scores(states, *drawn)
         return F.softplus(-positive).mean() + F.softplus(negative).mean()
+
+
+class CAMNPass(NamedTuple):
+    """One pass of CAMN's blocks over a batch."""
+
+    logits: torch.Tensor  # (B,)
+    scores: torch.Tensor | None  # P (B, L, k), zero at padding; None without routing
+    packing: Packing
+    attributes: torch.Tensor  # packed attribute embeddings (N, k, d)
+    items: torch.Tensor  # packed item vectors (N, D)
+    refined: torch.Tensor  # the refiner's states (N, D)
+    key_scale: torch.Tensor | None  # P as the extractor's key scale (k, B, L)
+    attention: torch.Tensor  # the extractor's self-attention (k, B, L, L)
 
 
 HEADS = ("dense", "slot")
@@ -255,7 +269,9 @@ class CAMN(CTRModel):
             return None
         return packing.unpack(self.router(attributes))
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> CAMNPass:
+        """DMIN's blocks with the routing on ``batch``: the logits and what the losses and the
+        health read."""
         packing = Packing.of(batch)
         attributes = self.embedding(packing.pack(batch["history"]))  # (N, k, d)
         items = attributes.flatten(-2)  # (N, D)
@@ -265,55 +281,50 @@ class CAMN(CTRModel):
         key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
         interests, _, attention = self.extractor(refined, target, packing, key_scale)  # Eq. 4
         logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
-        terms = {}
-        if self.report_health:
-            terms = self.extractor.health(refined, packing, attention, key_scale)
-        if not extra_losses:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms, scores)
-        aux, loss_terms = self.losses(batch, packing, attributes, items, refined, scores,
-                                      attention)
-        return ModelOutput(logits, aux, terms | loss_terms, scores)
+        return CAMNPass(logits, scores, packing, attributes, items, refined, key_scale, attention)
 
-    def losses(
-        self,
-        batch: Batch,
-        packing: Packing,
-        attributes: torch.Tensor,
-        items: torch.Tensor,
-        refined: torch.Tensor,
-        scores: torch.Tensor | None,
-        attention: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        run = self.run(batch)
+        if not extra_losses:
+            return ModelOutput(run.logits, self.no_aux_loss(run.logits), {}, run.scores)
+        aux, terms = self.losses(batch, run)
+        return ModelOutput(run.logits, aux, terms, run.scores)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the extractor's attention health (k heads, P scaling
+        included) and L_d."""
+        run = self.run(batch)
+        health = self.extractor.health(run.refined, run.packing, run.attention, run.key_scale)
+        return ModelOutput(run.logits, self.no_aux_loss(run.logits), health, run.scores)
+
+    def losses(self, batch: Batch, run: CAMNPass) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The extra losses, weighted and summed (Eq. 8 without the BCE), and their unweighted
-        terms: DMIN's next-click loss, the diversity loss (Eq. 7) over the extractor's attention
-        (k, B, L, L), and the extension's ``AttributeClickLoss`` where it is on. attributes
-        (N, k, d), items (N, D) and refined (N, D) are packed, scores P (B, L, k) or None."""
-        aux, terms = refined.new_zeros(()), {}
+        terms: DMIN's next-click loss, the diversity loss (Eq. 7) over the extractor's
+        attention, and the extension's ``AttributeClickLoss`` where it is on."""
+        packing = run.packing
+        aux, terms = run.refined.new_zeros(()), {}
         if self.aux_weight:
             negatives = self.embedding(packing.pack(self.history_negatives(batch))).flatten(-2)
-            next_click = self.next_click.packed(refined, items, negatives, packing)
+            next_click = self.next_click(run.refined, run.items, negatives, packing)
             aux, terms["next_click"] = self.aux_weight * next_click, next_click.detach()
-        diversity = diversity_loss(attention.transpose(0, 1), packing.mask, self.distinct_pairs)
+        diversity = diversity_loss(run.attention.transpose(0, 1), packing.mask,
+                                   self.distinct_pairs)
         terms["diversity"] = diversity.detach()
         if self.alpha:
             aux = aux + self.alpha * diversity
         if self.tie is not None:
-            tie = self.attribute_click(batch, packing, attributes, refined, scores)
+            tie = self.attribute_click(batch, run)
             aux, terms["attribute_click"] = aux + self.tie_weight * tie, tie.detach()
         return aux, terms
-    def attribute_click(
-        self,
-        batch: Batch,
-        packing: Packing,
-        attributes: torch.Tensor,
-        refined: torch.Tensor,
-        scores: torch.Tensor,
-    ) -> torch.Tensor:
+
+    def attribute_click(self, batch: Batch, run: CAMNPass) -> torch.Tensor:
         """The extension's ``AttributeClickLoss`` on the (t, t + 1) pairs of DMIN's auxiliary
-        loss: attributes (N, k, d) and refined (N, D) packed, scores P (B, L, k)."""
+        loss."""
+        packing = run.packing
         pairs = packing.next_pairs()
         following = pairs + 1
         drawn_ids = packing.pack(self.history_negatives(batch))[following]
         drawn = self.embedding(drawn_ids)  # (M, k, d)
-        clicked = (attributes[following], packing.pack(scores)[following])
-        return self.tie.pair_loss(refined[pairs], clicked, (drawn, self.router(drawn)))
+        clicked = (run.attributes[following], packing.pack(run.scores)[following])
+        return self.tie.pair_loss(run.refined[pairs], clicked, (drawn, self.router(drawn)))

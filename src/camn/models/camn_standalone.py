@@ -29,6 +29,7 @@ from camn.models.layers import (
     TargetAttention,
     attention_health,
     diversity_loss,
+    health_terms,
     masked_softmax,
     pool_history,
 )
@@ -80,8 +81,7 @@ class CAMNStandalone(CTRModel):
     ``camn-standalone-loss`` has no routing module (P = 1 everywhere, ``routing=False``) but
     keeps the diversity loss. ``camn-standalone-residual`` is the extension ``residual_norm``.
 
-    Explanations: ``ModelOutput.routing`` (and ``attribute_scores``) is P, (B, L, k), zero at
-    padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
+    Explanations: ``ModelOutput.routing`` is P, (B, L, k), zero at padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
     """
 
     def __init__(
@@ -161,12 +161,9 @@ class CAMNStandalone(CTRModel):
         refined = self.norms[0](refined + items.transpose(1, 2))
         return self.norms[1](refined + self.ffn(refined)), attention, logits
 
-    def attribute_scores(self, batch: Batch) -> torch.Tensor:
-        """P (B, L, k) of every history click (zero at padding): the model's explanation."""
-        history, _ = self.embed(batch)
-        return self.route(history) * batch["mask"][..., None].to(history.dtype)
-
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+        """logits (B,), P (B, L, k) zero at padding (None without routing), and what the losses
+        and the health read: attention A and its logits (B, k, L, L), mask (B, L)."""
         mask = batch["mask"]
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         scores = self.route(history)  # (B, L, k)
@@ -176,21 +173,24 @@ class CAMNStandalone(CTRModel):
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
         logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask))
         routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
-        terms = self.health(attention, attention_logits, mask) if self.report_health else {}
+        return logits, routing, (attention, attention_logits, mask)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, routing, (attention, _, mask) = self.run(batch)
         if not extra_losses:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms, routing)
+            return ModelOutput(logits, self.no_aux_loss(logits), {}, routing)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
-        return ModelOutput(logits, aux, terms | {"diversity": diversity.detach()}, routing)
+        return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)
 
     @torch.no_grad()
-    def health(
-        self, attention: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The k heads' attention health (``attention_health``, per head) and L_d (Eq. 7):
-        attention and logits (B, k, L, L); every real item attends every real item."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the k heads' attention health and L_d; every real item
+        attends every real item."""
+        logits, routing, (attention, attention_logits, mask) = self.run(batch)
         allowed = mask[:, None, :] & mask[:, :, None]  # real queries, real keys
         entropy, abs_logit = attention_health(attention.transpose(0, 1),
-                                              logits.transpose(0, 1), allowed)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit,
-                "diversity": diversity_loss(attention, mask, self.distinct_pairs)}
+                                              attention_logits.transpose(0, 1), allowed)
+        health = health_terms(entropy, abs_logit)
+        health["diversity"] = diversity_loss(attention, mask, self.distinct_pairs)
+        return ModelOutput(logits, self.no_aux_loss(logits), health, routing)

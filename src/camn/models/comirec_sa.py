@@ -18,6 +18,7 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     attention_health,
+    health_terms,
     label_aware_attention,
     masked_softmax,
     pool_history,
@@ -115,14 +116,15 @@ class ComiRecSA(CTRModel):
         interests = self.interests(items, mask)  # (B, K, D)
         readout, _ = label_aware_attention(interests, target, hard=self.hard)  # (B, D)
         logits = self.head(readout, target, pool_history(items, mask))
-        terms = self.health(items, mask) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return ModelOutput(logits, self.no_aux_loss(logits))
 
     @torch.no_grad()
-    def health(self, items: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The K heads' health, (K,) each. A's logits are computed again (forward keeps only
-        A): one more pass of W_1 and W_2, at evaluation only."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the K heads' health, (K,) each. A's logits are computed
+        again (``forward`` keeps only A): one more pass of W_1 and W_2."""
+        output = self(batch)
+        items = self.embedding(batch["history"]).flatten(2)  # (B, L, D)
         logits = self.attention_logits(items).transpose(0, 1)  # (K, B, L)
-        weights = masked_softmax(logits, mask[None])
-        entropy, abs_logit = attention_health(weights, logits, mask)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+        weights = masked_softmax(logits, batch["mask"][None])
+        output.aux_terms = health_terms(*attention_health(weights, logits, batch["mask"]))
+        return output

@@ -20,6 +20,7 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     attention_health,
+    health_terms,
     label_aware_attention,
     masked_softmax,
     pool_history,
@@ -196,7 +197,9 @@ class MIND(CTRModel):
                 logits = logits + torch.einsum("bld,bkd->blk", mapped_iter, capsules)
         return capsules, coupling, capsules_valid, logits
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """logits (B,), and what the health reads: the last round's coupling w and the
+        routing logits b it saw (B, L, K), mask (B, L), capsule mask (B, K)."""
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
         mask = batch["mask"]
@@ -206,16 +209,17 @@ class MIND(CTRModel):
         query = target if self.target_projection is None else self.target_projection(target)
         user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
         logits = self.head(user, target, pool_history(items, mask))
-        terms = self.health(coupling, routing_logits, mask, valid) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return logits, (coupling, routing_logits, mask, valid)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, _ = self.run(batch)
+        return ModelOutput(logits, self.no_aux_loss(logits))
 
     @torch.no_grad()
-    def health(
-        self, coupling: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
-        valid: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """The routing's health, (1,) each, from the coupling w and logits b (B, L, K): rows
-        are the real behaviours, keys the capsules each user has (``valid`` (B, K))."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the routing's health, (1,) each: rows are the real
+        behaviours, keys the capsules each user has."""
+        logits, (coupling, routing_logits, mask, valid) = self.run(batch)
         allowed = mask[:, :, None] & valid[:, None, :]  # (B, L, K)
-        entropy, abs_logit = attention_health(coupling[None], logits[None], allowed)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+        health = attention_health(coupling[None], routing_logits[None], allowed)
+        return ModelOutput(logits, self.no_aux_loss(logits), health_terms(*health))
