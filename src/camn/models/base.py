@@ -96,10 +96,10 @@ class CTRModel(nn.Module):
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> ModelOutput:
-        """The evaluation pass, without gradients: ``forward(batch)``'s output, with the health of the model's
-        attention heads in ``aux_terms``, per head: ``attention_entropy`` and
-        ``attention_abs_logit`` (``layers.attention_health``), and where a diversity loss
-        exists ``diversity`` (L_d, Eq. 7, over the same heads). Validation and ``camn
-        explain`` ask for it; prediction, export and training call ``forward`` and do not pay
-        for it. A model without attention heads has nothing to add."""
+        """The evaluation pass, without gradients: ``forward(batch)``'s output, with the health
+        of the model's attention heads in ``aux_terms``, per head: ``attention_entropy`` and
+        ``attention_abs_logit`` (``layers.attention_health``), and for DMIN's and CAMN's heads
+        ``diversity`` (L_d, Eq. 7, over the same heads). Validation and ``camn explain`` ask
+        for it; prediction, export and training call ``forward`` and do not pay for it. A model
+        without attention heads has nothing to add."""
         return self(batch)

@@ -4,11 +4,10 @@ Zhou, Fan, Huang, Li, Tang, Yu. "Multi-Interest Refinement by Collaborative Attr
 for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3557652.
 
 This was the project's first reading of the paper: thin per-attribute heads of width d over the
-raw attribute embeddings, no residuals, DMIN's target attention and an MLP on top. It trails
-DMIN on every real set and its attention stays uniform, so the routing and the diversity loss
-have nothing to act on. The paper's model is DMIN with the routing inside its extractor
-(``camn``, :mod:`camn.models.camn`); this one stays registered, with its ablations, so that
-every earlier number can be reproduced.
+raw attribute embeddings, no residuals, DMIN's target attention and an MLP on top. The paper's
+model is DMIN with the routing inside its extractor (``camn``, :mod:`camn.models.camn`); this
+one stays registered, with its ablations, so that every earlier number can be reproduced (how it
+compares: docs/results.md, "The first diagnosis (the paper's equations alone)").
 
 Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size.
 """
@@ -68,12 +67,11 @@ class CAMNStandalone(CTRModel):
       history, target * sum-pooled history, interest_1 .. interest_k], batch norm on the
       input, 200 -> 80 -> 1 with Dice, so that this model differs from the others in how it
       refines the history only. The paper's CAMN feeds [target, interest_1 .. interest_k]
-      (``camn-standalone-paper``, ``pooled_history=False``); see docs/results.md for what the
-      pooled inputs are worth here.
+      (``camn-standalone-paper``, ``pooled_history=False``).
     - ``normalize_items=True`` (an extension, off by default) puts a LayerNorm on each attribute
-      embedding before Eq. 4-6. With small embeddings (norm ~0.1 after training on Beauty) the
-      logits of Eq. 4 stay near 0 (~1e-4), the attention is uniform and the P scaling has no
-      effect; normalised inputs give the attention, and so the routing, something to act on.
+      embedding before Eq. 4-6: with small embeddings the logits of Eq. 4 stay near 0, the
+      attention is uniform and the P scaling has no effect; normalised inputs give the
+      attention, and so the routing, something to act on.
     - Diversity loss, Eq. 7 (``layers.diversity_loss``); asked for the extra losses, the model
       returns aux_loss = alpha * L_d (Eq. 8; the trainer adds the BCE of Eq. 9).
 
@@ -81,7 +79,8 @@ class CAMNStandalone(CTRModel):
     ``camn-standalone-loss`` has no routing module (P = 1 everywhere, ``routing=False``) but
     keeps the diversity loss. ``camn-standalone-residual`` is the extension ``residual_norm``.
 
-    Explanations: ``ModelOutput.routing`` is P, (B, L, k), zero at padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
+    Explanations: ``ModelOutput.routing`` is P, (B, L, k), zero at padding positions: P[b, j, :]
+    says which attributes made user b click item j (Figure 1).
     """
 
     def __init__(

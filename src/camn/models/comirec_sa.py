@@ -1,4 +1,4 @@
-"""ComiRec-SA: the self-attentive multi-interest extractor of ComiRec, as a CTR baseline (SPEC 3).
+"""ComiRec-SA: the self-attentive multi-interest extractor of ComiRec, as a CTR baseline.
 
 Cen, Zhang, Zou, Zhou, Yang, Tang. "Controllable Multi-Interest Framework for Recommendation",
 KDD 2020, https://doi.org/10.1145/3394486.3403344; official code github THUDM/ComiRec
@@ -48,20 +48,20 @@ class ComiRecSA(CTRModel):
     - W_1 (D -> ``hidden_factor`` * D, tanh) and W_2 (-> K) are dense layers with biases: the
       official code's ``dense(hidden_size * 4, tanh)`` and ``dense(num_heads)`` with
       hidden_size equal to the item width, hence ``hidden_factor = 4``.
-    - K = ``num_interests``, default k (SPEC 3).
+    - K = ``num_interests``, default k (one interest per attribute, as CAMN).
 
     Read-out (the code's ``atten``): weights = softmax over the K interests of <v_j, e_t>
     (MIND's label-aware attention with p = 1, ``layers.label_aware_attention``), read-out =
     sum_j weights_j v_j.
-    ComiRec's training picks the argmax interest (``readout="hard"``); the CTR baseline of
-    SPEC 3 uses the soft read-out by default, which gives every interest gradient.
+    ComiRec's training picks the argmax interest (``readout="hard"``); the soft read-out is the
+    default here, as it gives every interest gradient.
 
     Output: the shared ``layers.OutputHead``, DMIN's output network: [e_t, sum-pooled history,
     e_t * sum-pooled history, read-out], batch norm on the input, 200 -> 80 -> 1 with Dice.
     ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
     only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
 
-    Attention health (``base.reporting_health``, H = K, one value an interest head): the
+    Attention health (``evaluate``, H = K, one value an interest head): the
     entropy of each row of A relative to uniform over the real positions, and the mean |logit|
     of W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted.
     """

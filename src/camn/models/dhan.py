@@ -2,7 +2,7 @@
 
 Xu, He, Tan, Li, Lang, Guo. "Deep Interest with Hierarchical Attention Network for
 Click-Through Rate Prediction", SIGIR 2020, https://doi.org/10.1145/3397271.3401310.
-No official code is public; this follows the paper's description and SPEC 3.
+No official code is public; this follows the paper's description.
 
 Shapes: B batch, L history length, k attribute slots, d embedding size, D = k*d item width.
 """
@@ -75,7 +75,7 @@ class DHAN(CTRModel):
        200 -> 80 -> 1 with Dice.
     No per-model tuning was done.
 
-    Attention health (``base.reporting_health``, H = 2, one value a level): [item level, group
+    Attention health (``evaluate``, H = 2, one value a level): [item level, group
     level]; the item level's raw scores are no distribution, so as DIN's its entropy is that of
     |s_j| / sum |s| (a concentration measure, ``layers.unnormalised_health``), the group level's
     is its softmax's entropy over the groups present (rows with one group left out; without

@@ -29,8 +29,9 @@ from camn.models.layers import (
 )
 from camn.models.registry import register
 
-# Packed recurrences (1.8x on Amazon Beauty `sliding`, a third of the positions real) lost
-# 5-18% on MovieLens-100K `sliding` (91% real): batches fuller than this are stepped whole.
+# The share of real positions up to which the recurrences step the real items only: fuller
+# batches are stepped whole, where packing costs more than it saves (docs/performance.md,
+# "packed recurrences (DIEN)").
 PACKED_UP_TO = 0.75
 
 
@@ -153,7 +154,7 @@ class DIEN(CTRModel):
        per-model tuning was done. ``pooled_history=False`` leaves [target, final state],
        FuxiCTR's default (``enable_sum_pooling=False``).
 
-    Attention health (``base.reporting_health``, H = 1): that of a_t (step 3), a softmax over
+    Attention health (``evaluate``, H = 1): that of a_t (step 3), a softmax over
     the real positions: its entropy relative to uniform over them and the mean |score| its
     softmax saw (``layers.target_attention_health``).
     """

@@ -43,10 +43,10 @@ class DIN(CTRModel):
     target * sum-pooled history, v_U], batch norm on the input, then 200 -> 80 -> 1 with Dice
     (the DIEN code base's DIN, which DMIN's code and paper compare against). No per-model
     tuning was done. ``din-paper`` (``pooled_history=False``) drops the two sum-pooled inputs,
-    leaving the DIN paper's [target, v_U] (FuxiCTR's DIN); on the small Beauty ``last`` set
-    that costs about 0.05 AUC (docs/results.md, "Faithfulness against FuxiCTR").
+    leaving the DIN paper's [target, v_U] (FuxiCTR's DIN; what that costs: docs/results.md,
+    "Faithfulness against FuxiCTR").
 
-    Attention health (``base.reporting_health``, H = 1): the raw scores are no distribution,
+    Attention health (``evaluate``, H = 1): the raw scores are no distribution,
     so ``attention_abs_logit`` is the mean |w_j| over the real keys and ``attention_entropy``
     the normalised entropy of |w_j| / sum |w| over them, a concentration measure of the
     unnormalised weights, not a softmax's entropy (``layers.unnormalised_health``; with

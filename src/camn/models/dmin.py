@@ -6,7 +6,7 @@ Official TF code: github.com/mengxiaozhibo/DMIN (built on DIEN's), functions
 ``self_multi_head_attn``, ``self_multi_head_attn_v2`` and ``din_attention_new``.
 
 Shapes: B batch, L history length, k attribute slots (= interests), d embedding size,
-D = k*d item width, H heads, e per-head width.
+D = k*d item width, N packed rows (``layers.Packing``).
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ class DMIN(CTRModel):
        200 -> 80 -> 1 with Dice (official ``build_fcn_net``, less the user-id embedding). No
        per-model tuning was done. ``pooled_history=False`` leaves [target, interest_1..k],
        FuxiCTR's default (``enable_sum_pooling=False``).
-    All heads run as batched tensor operations; after the extractor's attention only the real
-    positions are computed (packed head-major (k, N, D), N = number of real items). Cost:
-    the k per-head FFNs (D -> 2D -> D) and target attentions of width D make the extractor
-    about k times DIN's attention in FLOPs; that is the official design (4 heads of width 36
-    there, k = 6 heads of width 108 here), kept as is.
+    All heads run as batched tensor operations on the rows of a ``layers.Packing`` (the real
+    items on the CPU, or the batch's ``packed_positions``). The k per-head FFNs and target
+    attentions of width D make the extractor about k times DIN's attention in FLOPs: the
+    official design (4 heads of width 36 there), kept as is. The evaluation pass
+    (``evaluate``) reports the extractor's attention health per head and L_d (Eq. 7 of CAMN)
+    over its heads (``MultiInterestExtractor.health``).
     """
 
     needs_history_negatives = True

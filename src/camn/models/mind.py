@@ -1,4 +1,4 @@
-"""MIND: Multi-Interest Network with Dynamic routing, as a pointwise CTR baseline (SPEC 3).
+"""MIND: Multi-Interest Network with Dynamic routing, as a pointwise CTR baseline.
 
 Li, Liu, Wu, Xu, Zhao, Huang, Kang, Chen, Li, Lee. "Multi-Interest Network with Dynamic Routing
 for Recommendation at Tmall", CIKM 2019, https://doi.org/10.1145/3357384.3357814.
@@ -74,9 +74,9 @@ class MIND(CTRModel):
     - ``detach_routing`` (default True, ComiRec's ``stop_grad``): the rounds that only update
       b see S c_i without gradient; the last round's capsules carry the gradient to S and the
       embeddings.
-    - ``adaptive_interests`` (off: SPEC 3 fixes K = k): K'_u = max(1, min(K, floor(log2 l_u)))
-      capsules per user (the paper's adaptive K), the others masked in the routing softmax
-      and the read-out.
+    - ``adaptive_interests`` (off: K = k interests, one per attribute, as CAMN):
+      K'_u = max(1, min(K, floor(log2 l_u))) capsules per user (the paper's adaptive K), the
+      others masked in the routing softmax and the read-out.
 
     After routing, ``capsule_relu`` (default True) applies one shared Linear(D', D') + ReLU to
     every capsule: the paper's ReLU layers between capsules and label-aware attention (Fig. 2),
@@ -86,14 +86,15 @@ class MIND(CTRModel):
     non-negative integer, since the dot products can be negative), ``readout="hard"`` for
     p -> inf. The target e_t is projected to D' by a linear map when D' != D.
 
-    Output (a CTR head, the paper's retrieval loss replaced as SPEC 3 says): the shared
+    Output (a CTR head in place of the paper's retrieval loss, so that MIND scores clicks as
+    every model here does): the shared
     ``layers.OutputHead``, DMIN's output network: [e_t (D), sum-pooled history, e_t *
     sum-pooled history, v_u (D')], batch norm on the input, 200 -> 80 -> 1 with Dice, so that
     MIND differs from the other sequence models in its sequence module only.
     ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, v_u] only, the
     target and the user vector that MIND's own score <v_u, e_t> reads, with PReLU.
 
-    Attention health (``base.reporting_health``, H = 1): that of the routing, whose keys are
+    Attention health (``evaluate``, H = 1): that of the routing, whose keys are
     the capsules: for each real behaviour the entropy of its last-round coupling coefficients
     w_i. over the K capsules (relative to uniform over them; 1 = the behaviour feeds every
     interest alike), and the mean |b_ij| of the logits that softmax saw (their start is drawn

@@ -28,10 +28,10 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
 def causal_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B, L) real-item mask -> (B, L, L) bool: query i may attend key j iff j <= i and j is real.
 
-    Boolean, used with ``masked_fill(-inf)``: blocked entries get exactly zero weight (FuxiCTR's
-    DMIN added a float 0/1 mask to the logits instead, SPEC 5). The official code masks only
-    the future; with left-aligned histories the padding mask changes nothing for real queries
-    and keeps padding keys out of the padding rows too.
+    Boolean, used with ``masked_fill(-inf)``: blocked entries get exactly zero weight (a float
+    0/1 mask, as FuxiCTR's DMIN passes to PyTorch's attention, is added to the logits and blocks
+    nothing). The official code masks only the future; with left-aligned histories the padding
+    mask changes nothing for real queries and keeps padding keys out of the padding rows too.
     """
     length = mask.shape[1]
     lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()

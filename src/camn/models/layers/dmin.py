@@ -1,8 +1,8 @@
 """DMIN's blocks, which CAMN builds on: causal self-attention, the behaviour refiner, the
 multi-interest extractor, and the next-click loss (DIEN's, on DMIN's refined states too).
 
-Shapes: B batch, L history length, H heads, e per-head width, D item width, N packed rows
-(``Packing``), M next-click pairs.
+Shapes: B batch, L history length, H heads, e per-head width, D item width, S state width,
+N packed rows (``Packing``), M next-click pairs.
 """
 
 from __future__ import annotations
@@ -22,55 +22,9 @@ from camn.models.layers.attention import (
     masked_softmax,
 )
 from camn.models.layers.head import MLP, OutputHead
-from camn.models.layers.health import attention_health
+from camn.models.layers.health import attention_health, health_terms
 from camn.models.layers.packing import Packing
 from camn.models.layers.routing import diversity_loss
-
-
-class NextClickLoss(nn.Module):
-    """DIEN's auxiliary loss (paper Eq. 5), also DMIN's on its refined states (and CAMN's).
-
-    For every t with a real next item, the state h_t must score the next clicked item e_{t+1}
-    as a click and the drawn item e'_{t+1} as a non-click:
-        L_aux = mean over real pairs of -[log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))]
-    with s = sigmoid(MLP([h, e])), the MLP being the official auxiliary_net: batch norm on the
-    input, 100 -> 50 sigmoid layers (its 2-way softmax output is the 1-logit sigmoid here).
-    Only real pairs are fed to the network (so padding neither enters the loss nor the batch
-    norm statistics), and positives and negatives share one batch-norm batch. The official code
-    averages over all B * (L - 1) slots, padding counted as zero; the mean over real pairs
-    here does not shrink the loss of short histories.
-    """
-
-    def __init__(self, state_dim: int, item_dim: int, hidden: Sequence[int] = (100, 50)) -> None:
-        super().__init__()
-        self.net = MLP(state_dim + item_dim, tuple(hidden), 1, "sigmoid", input_norm=True)
-
-    def forward(
-        self,
-        states: torch.Tensor,
-        items: torch.Tensor,
-        negatives: torch.Tensor,
-        packing: Packing,
-    ) -> torch.Tensor:
-        """states (N, S), the items and the drawn negatives (N, D) at the rows of ``packing``
-        -> scalar loss over the pairs (t, t + 1) whose t + 1 is real."""
-        pairs = packing.next_pairs()  # rows t whose t + 1 is real
-        return self.pair_loss(states[pairs], items[pairs + 1], negatives[pairs + 1])
-
-    def pair_loss(
-        self, states: torch.Tensor, clicked: torch.Tensor, drawn: torch.Tensor
-    ) -> torch.Tensor:
-        """The loss of N real pairs: states (N, H), next clicked and drawn items (N, D)."""
-        count = len(states)
-        if count == 0:
-            return states.new_zeros(())
-        inputs = torch.cat(
-            [torch.cat([states, clicked], -1), torch.cat([states, drawn], -1)], dim=0
-        )
-        logits = self.net(inputs).squeeze(-1)  # (2N,)
-        labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
-        return 2 * F.binary_cross_entropy_with_logits(logits, labels)
-
 
 
 class CausalSelfAttention(nn.Module):
@@ -231,10 +185,54 @@ class MultiInterestExtractor(nn.Module):
         logits, _ = self.attention.logits(refined, packing, key_scale)
         mask = packing.mask
         allowed = causal_mask(mask) & mask[:, :, None]  # real queries, their real past keys
-        entropy, abs_logit = attention_health(attention, logits, allowed)
-        diversity = diversity_loss(attention.transpose(0, 1), mask)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit,
-                "diversity": diversity}
+        terms = health_terms(*attention_health(attention, logits, allowed))
+        terms["diversity"] = diversity_loss(attention.transpose(0, 1), mask)
+        return terms
+
+
+class NextClickLoss(nn.Module):
+    """DIEN's auxiliary loss (paper Eq. 5), also DMIN's on its refined states (and CAMN's).
+
+    For every t with a real next item, the state h_t must score the next clicked item e_{t+1}
+    as a click and the drawn item e'_{t+1} as a non-click:
+        L_aux = mean over real pairs of -[log s(h_t, e_{t+1}) + log(1 - s(h_t, e'_{t+1}))]
+    with s = sigmoid(MLP([h, e])), the MLP being the official auxiliary_net: batch norm on the
+    input, 100 -> 50 sigmoid layers (its 2-way softmax output is the 1-logit sigmoid here).
+    Only real pairs are fed to the network (so padding neither enters the loss nor the batch
+    norm statistics), and positives and negatives share one batch-norm batch. The official code
+    averages over all B * (L - 1) slots, padding counted as zero; the mean over real pairs
+    here does not shrink the loss of short histories.
+    """
+
+    def __init__(self, state_dim: int, item_dim: int, hidden: Sequence[int] = (100, 50)) -> None:
+        super().__init__()
+        self.net = MLP(state_dim + item_dim, tuple(hidden), 1, "sigmoid", input_norm=True)
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        items: torch.Tensor,
+        negatives: torch.Tensor,
+        packing: Packing,
+    ) -> torch.Tensor:
+        """states (N, S), the items and the drawn negatives (N, D) at the rows of ``packing``
+        -> scalar loss over the pairs (t, t + 1) whose t + 1 is real."""
+        pairs = packing.next_pairs()  # rows t whose t + 1 is real
+        return self.pair_loss(states[pairs], items[pairs + 1], negatives[pairs + 1])
+
+    def pair_loss(
+        self, states: torch.Tensor, clicked: torch.Tensor, drawn: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of M real pairs: states (M, S), next clicked and drawn items (M, D)."""
+        count = len(states)
+        if count == 0:
+            return states.new_zeros(())
+        inputs = torch.cat(
+            [torch.cat([states, clicked], -1), torch.cat([states, drawn], -1)], dim=0
+        )
+        logits = self.net(inputs).squeeze(-1)  # (2M,)
+        labels = torch.cat([logits.new_ones(count), logits.new_zeros(count)])
+        return 2 * F.binary_cross_entropy_with_logits(logits, labels)
 
 
 def dmin_blocks(
@@ -261,4 +259,3 @@ def dmin_blocks(
         hidden=tuple(mlp_hidden), activation=activation,
     )
     return refiner, next_click, extractor, head
-

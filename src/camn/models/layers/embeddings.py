@@ -12,7 +12,7 @@ from torch import nn
 
 
 class AttributeEmbedding(nn.Module):
-    """The k attribute tables as one lookup (SPEC 1: one table per slot, id 0 pad, id 1 unknown).
+    """The k attribute tables as one lookup: one table per slot, id 0 padding, id 1 unknown.
 
     The tables are stacked into one ``nn.Embedding`` with per-slot offsets, so the k slots are
     embedded by a single gather. Padding (id 0) always embeds to zeros.
@@ -43,10 +43,9 @@ class AttributeEmbedding(nn.Module):
         return f"vocab_sizes={self.vocab_sizes}, dim={self.dim}"
 
 
-
 def item_vectors(history: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, k, d), (B, k, d) -> history items (B, L, D), target item (B, D): the k attribute
-    embeddings concatenated, every model's item vector (SPEC 3)."""
+    embeddings concatenated, every model's item vector."""
     return history.flatten(-2), target.flatten(-2)
 
 

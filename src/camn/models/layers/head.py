@@ -95,8 +95,8 @@ class OutputHead(nn.Module):
     only, is DMIN's output network (official ``build_fcn_net`` of the DIEN code base, less its
     user-id embedding: no model here embeds user ids, users of the test split are unseen):
     [t, s, t * s, features], BatchNorm, 200 -> 80 Dice -> 1. ``pooled_history=False`` leaves
-    [t, features], the form of the DIN and CAMN papers and FuxiCTR's default; on small data the
-    explicit product t * s is worth a lot (docs/results.md, "Faithfulness against FuxiCTR").
+    [t, features], the form of the DIN and CAMN papers and FuxiCTR's default (what the pooled
+    inputs are worth: docs/results.md, "Faithfulness against FuxiCTR").
     ``with_target=False`` (the static models, whose fields already hold the target) feeds the
     features alone.
     """
