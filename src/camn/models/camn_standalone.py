@@ -53,14 +53,9 @@ class CAMNStandalone(CTRModel):
 
     - Routing, Eq. 1-3 (``CollaborativeRouting``): P = Softmax(keepTopq(LayerNorm(X) W_h, q)),
       P (B, L, k); q defaults to ceil(k / 2) (the paper gives none).
-    - Scaled attention, Eq. 4. The paper's ``P ⊙ (l x l logits)`` does not type-check; the reading
-      taken here scales column j of head r by the key item's score (``scale_side="key"``):
-      logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
-      ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to -inf
-      after the scaling; there is no causal mask. A_r = softmax over j.
-    - Eq. 5: X^_r = A_r (X_r W_r^V). Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, with one
-      FFN (W_1, W_2 of d x d) shared by the k heads. ``residual_norm=True`` wraps both steps in a
-      residual connection and LayerNorm as DMIN does (off by default: the equations have none).
+    - Eq. 4-6 on thin heads of width d, head r on attribute r (``attention_logits``,
+      ``refine``). ``residual_norm=True`` wraps Eq. 5-6 in a residual connection and LayerNorm
+      as DMIN does (off by default: the equations have none).
     - Interest extractor (DMIN's): per head a target attention with a learned positional
       embedding pools X~_r into interest_r (B, d).
     - Output: the shared ``layers.OutputHead``, DMIN's output network: [target, sum-pooled
@@ -133,7 +128,14 @@ class CAMNStandalone(CTRModel):
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Eq. 4 inside the softmax: items (B, L, k, d), P (B, L, k), mask (B, L) ->
-        scaled logits (B, k, L, L), -inf at padding keys."""
+        scaled logits (B, k, L, L), -inf at padding keys.
+
+        The paper's ``P ⊙ (l x l logits)`` does not type-check; the reading taken here scales
+        column j of head r by the key item's score (``scale_side="key"``):
+        logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
+        ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to
+        -inf after the scaling; there is no causal mask.
+        """
         queries = self.query(items)  # (B, L, k, d)
         keys = self.key(items)  # (B, L, k, d)
         # Scaling logit column j (row i) by P[j, r] / sqrt(d) equals scaling key j (query i)
@@ -150,7 +152,9 @@ class CAMNStandalone(CTRModel):
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d), attention A and its logits
-        (B, k, L, L)."""
+        (B, k, L, L). A_r = softmax over j of Eq. 4's logits; Eq. 5: X^_r = A_r (X_r W_r^V);
+        Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, one FFN (W_1, W_2 of d x d) shared by
+        the k heads."""
         logits = self.attention_logits(items, scores, mask)
         attention = masked_softmax(logits, mask[:, None, None, :])  # (B, k, L, L)
         values = self.value(items).transpose(1, 2)  # (B, k, L, d)

@@ -60,10 +60,6 @@ class ComiRecSA(CTRModel):
     e_t * sum-pooled history, read-out], batch norm on the input, 200 -> 80 -> 1 with Dice.
     ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
     only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
-
-    Attention health (``evaluate``, H = K, one value an interest head): the
-    entropy of each row of A relative to uniform over the real positions, and the mean |logit|
-    of W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted.
     """
 
     def __init__(
@@ -120,8 +116,10 @@ class ComiRecSA(CTRModel):
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> ModelOutput:
-        """``forward``'s output with the K heads' health, (K,) each. A's logits are computed
-        again (``forward`` keeps only A): one more pass of W_1 and W_2."""
+        """``forward``'s output with the K heads' health, (K,) each: the entropy of each row
+        of A relative to uniform over the real positions, and the mean |logit| of
+        W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted. A's
+        logits are computed again (``forward`` keeps only A): one more pass of W_1 and W_2."""
         output = self(batch)
         items = self.embedding(batch["history"]).flatten(2)  # (B, L, D)
         logits = self.attention_logits(items).transpose(0, 1)  # (K, B, L)
