@@ -170,3 +170,15 @@ def test_comirec_heads_are_reported_in_order() -> None:
     terms = health(model, make_batch())
     torch.testing.assert_close(terms["attention_entropy"], torch.ones(K))
     torch.testing.assert_close(terms["attention_abs_logit"], torch.tensor([0.1, 0.2, 0.3]))
+
+
+@pytest.mark.parametrize("name", ["pnn", "wide-deep", *MODELS, "dmin", "camn"])
+def test_the_evaluation_pass_is_forward_without_gradients(name: str) -> None:
+    """``evaluate`` scores as ``forward`` does, builds no graph, and a model without attention
+    heads (PNN, Wide&Deep) adds nothing to it."""
+    torch.manual_seed(0)
+    model, batch = build_model(name, SPEC, embed_dim=D, mlp_hidden=[8]).eval(), make_batch()
+    evaluated = model.evaluate(batch)
+    assert torch.equal(evaluated.logits, model(batch).logits)
+    assert not evaluated.logits.requires_grad
+    assert bool(evaluated.aux_terms) == (name not in {"pnn", "wide-deep"})

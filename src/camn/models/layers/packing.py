@@ -18,18 +18,6 @@ def steps_every_position(mask: torch.Tensor) -> bool:
     return mask.device.type != "cpu" or torch.compiler.is_compiling()
 
 
-def packed_positions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The real rows of ``mask`` (B, L) and their next-click pairs, as batch entries.
-
-    Found outside the model (the trainer's batches carry them for models with ``packs_rows``,
-    from the host's copy of the lengths), they reach ``Packing.of`` as inputs: no device
-    synchronisation finds them, and their count is an input's size, not a value found inside
-    the graph, so ``torch.compile`` traces the packed rows without a graph break.
-    """
-    packing = Packing(mask, dense=False)
-    return {PACKED_ROWS: packing.rows, PACKED_PAIRS: packing.next_pairs()}
-
-
 class Packing:
     """The history positions a model computes, one row each: packed tensors are (N, ...).
 
@@ -40,8 +28,9 @@ class Packing:
     costs more there than the padding's arithmetic; padding rows are computed and masked.
     Under ``torch.compile`` the rows are dense too: a row count found inside the graph would
     break it. A batch that brings its rows (``packed_positions``, ``Packing.of``: the
-    trainer's, on every device) is packed everywhere, without either cost. Either way
-    ``unpack`` gives zeros at padding and ``sum_per_sample`` sums real rows only.
+    trainer's, on every device) is packed everywhere, without either cost. The layers run one
+    code on the rows of either kind: ``unpack`` gives zeros at padding and ``sum_per_sample``
+    sums real rows only.
     """
 
     def __init__(
@@ -119,3 +108,14 @@ class Packing:
         has_next = (self.position + 1 < self.length) & self.mask[self.sample, following]
         return has_next.nonzero().squeeze(-1)
 
+
+def packed_positions(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The real rows of ``mask`` (B, L) and their next-click pairs, as batch entries.
+
+    Found outside the model (the trainer's batches carry them for models with ``packs_rows``,
+    from the host's copy of the lengths), they reach ``Packing.of`` as inputs: no device
+    synchronisation finds them, and their count is an input's size, not a value found inside
+    the graph, so ``torch.compile`` traces the packed rows without a graph break.
+    """
+    packing = Packing(mask, dense=False)
+    return {PACKED_ROWS: packing.rows, PACKED_PAIRS: packing.next_pairs()}
