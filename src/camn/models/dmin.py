@@ -21,16 +21,6 @@ from camn.models.layers import Packing, dmin_blocks
 from camn.models.registry import register
 
 
-class DMINPass(NamedTuple):
-    """One pass of DMIN's blocks over a batch."""
-
-    logits: torch.Tensor  # (B,)
-    packing: Packing
-    items: torch.Tensor  # packed item vectors (N, D)
-    refined: torch.Tensor  # the refiner's states (N, D)
-    attention: torch.Tensor  # the extractor's self-attention (k, B, L, L)
-
-
 @register("dmin")
 class DMIN(CTRModel):
     """DMIN (Xiao et al., CIKM 2020): behaviour refiner + multi-interest extractor.
@@ -111,3 +101,13 @@ class DMIN(CTRModel):
         run = self.run(batch)
         health = self.extractor.health(run.refined, run.packing, run.attention)
         return ModelOutput(run.logits, self.no_aux_loss(run.logits), health)
+
+
+class DMINPass(NamedTuple):
+    """One pass of DMIN's blocks over a batch."""
+
+    logits: torch.Tensor  # (B,)
+    packing: Packing
+    items: torch.Tensor  # packed item vectors (N, D)
+    refined: torch.Tensor  # the refiner's states (N, D)
+    attention: torch.Tensor  # the extractor's self-attention (k, B, L, L)
