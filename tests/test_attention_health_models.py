@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from camn.models import FeatureSpec, build_model
-from camn.models.base import CTRModel, reporting_health
+from camn.models.base import CTRModel
 from camn.models.layers import item_vectors, unnormalised_health
 
 K, D, LENGTH = 3, 4, 6
@@ -44,8 +44,7 @@ def make_batch(lengths: list[int] = LENGTHS, seed: int = 0) -> dict[str, torch.T
 
 
 def health(model: CTRModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    with reporting_health(model):
-        return model(batch).aux_terms
+    return model.evaluate(batch).aux_terms
 
 
 def constant_scores(attention: torch.nn.Module, value: float) -> None:
@@ -60,7 +59,7 @@ def test_health_is_per_head_and_only_when_asked(name: str) -> None:
     model, batch = make_model(name), make_batch()
     assert not HEALTH & set(model(batch).aux_terms)  # evaluation without asking pays nothing
     terms = health(model, batch)
-    assert not model.report_health
+    assert not HEALTH & set(model(batch).aux_terms)  # the evaluation pass leaves no state
     assert set(terms) == HEALTH
     entropy, abs_logit = terms["attention_entropy"], terms["attention_abs_logit"]
     assert entropy.shape == abs_logit.shape == (HEADS[name],)
@@ -72,8 +71,7 @@ def test_health_is_per_head_and_only_when_asked(name: str) -> None:
 def test_logits_are_bit_identical_with_and_without_health(name: str) -> None:
     model, batch = make_model(name), make_batch()
     plain = model(batch).logits
-    with reporting_health(model):
-        reported = model(batch).logits
+    reported = model.evaluate(batch).logits
     assert torch.equal(plain, reported)
 
 
@@ -172,3 +170,15 @@ def test_comirec_heads_are_reported_in_order() -> None:
     terms = health(model, make_batch())
     torch.testing.assert_close(terms["attention_entropy"], torch.ones(K))
     torch.testing.assert_close(terms["attention_abs_logit"], torch.tensor([0.1, 0.2, 0.3]))
+
+
+@pytest.mark.parametrize("name", ["pnn", "wide-deep", *MODELS, "dmin", "camn"])
+def test_the_evaluation_pass_is_forward_without_gradients(name: str) -> None:
+    """``evaluate`` scores as ``forward`` does, builds no graph, and a model without attention
+    heads (PNN, Wide&Deep) adds nothing to it."""
+    torch.manual_seed(0)
+    model, batch = build_model(name, SPEC, embed_dim=D, mlp_hidden=[8]).eval(), make_batch()
+    evaluated = model.evaluate(batch)
+    assert torch.equal(evaluated.logits, model(batch).logits)
+    assert not evaluated.logits.requires_grad
+    assert bool(evaluated.aux_terms) == (name not in {"pnn", "wide-deep"})

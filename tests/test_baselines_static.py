@@ -153,7 +153,7 @@ def test_default_head_is_dmins_and_the_paper_preset_reads_target_and_user_vector
     items, target = history.flatten(2), target.flatten(1)
     with torch.no_grad():
         if name == "mind":
-            capsules, _, valid = paper.route(items, batch["mask"])
+            capsules, _, valid = paper.routing(items, batch["mask"])[:3]
             user, _ = label_aware_attention(paper.capsule_layer(capsules), target, valid=valid)
         else:
             user, _ = label_aware_attention(paper.interests(items, batch["mask"]), target)
@@ -221,7 +221,7 @@ def test_mind_routing_matches_algorithm_1_and_masks_padding(adaptive) -> None:
     lengths = [1, 2, 4, 5, 8]
     batch = make_batch(spec, lengths)
     items = model.embedding(batch["history"]).flatten(2) * 20  # larger norms: squash non-trivial
-    capsules, coupling, valid = model.route(items, batch["mask"])
+    capsules, coupling, valid = model.routing(items, batch["mask"])[:3]
     assert capsules.shape == (5, 3, spec.num_slots * 18) and coupling.shape == (5, 8, 3)
     real = batch["mask"]
     torch.testing.assert_close(coupling.sum(-1)[real], torch.ones(int(real.sum())))
@@ -245,12 +245,12 @@ def test_mind_random_routing_init_is_redrawn_in_training_only() -> None:
     model = build_model("mind", spec, routing_init="random")
     batch = make_batch(spec, varied_lengths(spec, 16))
     items = model.embedding(batch["history"]).flatten(2) * 20
-    first, _, _ = model.train().route(items, batch["mask"])
-    second, _, _ = model.route(items, batch["mask"])
+    first, _, _ = model.train().routing(items, batch["mask"])[:3]
+    second, _, _ = model.routing(items, batch["mask"])[:3]
     assert not torch.allclose(first, second)
     model.eval()
-    torch.testing.assert_close(model.route(items, batch["mask"])[0], model.route(items,
-                               batch["mask"])[0])
+    torch.testing.assert_close(model.routing(items, batch["mask"])[0],
+                               model.routing(items, batch["mask"])[0])
     assert "initial_logits" in model.state_dict()
 
 

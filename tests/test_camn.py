@@ -11,7 +11,6 @@ from torch import nn
 
 import camn.models.camn as camn_module
 from camn.models import FeatureSpec, build_model
-from camn.models.base import reporting_health
 from camn.models.camn import CAMN, AttributeClickLoss, AttributeRouting, SlotAttention
 from camn.models.layers import (
     CausalSelfAttention,
@@ -430,9 +429,7 @@ def test_tied_aux_loss_adds_the_weighted_attribute_click_loss() -> None:
     assert terms["attribute_click"] > 0
     expected = terms["next_click"] + 0.5 * terms["diversity"] + 2.0 * terms["attribute_click"]
     torch.testing.assert_close(output.aux_loss, expected)
-    packing, refined, scores, _ = inputs(model, batch)
-    attributes = model.embedding(packing.pack(batch["history"]))
-    direct = model.attribute_click(batch, packing, attributes, refined, scores)
+    direct = model.attribute_click(batch, model.run(batch))
     torch.testing.assert_close(terms["attribute_click"], direct)
     # through the routing of the clicked items, the extension's loss alone reaches W_h
     model.zero_grad()
@@ -465,9 +462,8 @@ def test_health_terms_are_per_head_and_only_when_asked(name: str) -> None:
     assert set(model.train()(batch, extra_losses=True).aux_terms) == {"next_click", "diversity"}
     assert model.train()(batch).aux_terms == {}
     assert model.eval()(batch).aux_terms == {}  # prediction and export do not pay for it
-    with reporting_health(model):
-        terms = model.eval()(batch).aux_terms
-    assert not model.report_health
+    terms = model.evaluate(batch).aux_terms
+    assert model(batch).aux_terms == {}  # the evaluation pass leaves no state behind
     assert set(terms) == {"attention_entropy", "attention_abs_logit", "diversity"}
     entropy, abs_logit = terms["attention_entropy"], terms["attention_abs_logit"]
     assert entropy.shape == abs_logit.shape == (K,)
@@ -492,8 +488,7 @@ def test_dmin_reports_the_same_health_as_camn_without_routing() -> None:
     camn = make_model("camn-dense-loss")
     camn.load_state_dict(dmin.state_dict())
     batch = make_batch(10)
-    with reporting_health(camn), reporting_health(dmin):
-        ours, theirs = camn.eval()(batch).aux_terms, dmin.eval()(batch).aux_terms
+    ours, theirs = camn.eval().evaluate(batch).aux_terms, dmin.eval().evaluate(batch).aux_terms
     assert set(ours) == set(theirs)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name])

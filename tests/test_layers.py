@@ -141,16 +141,22 @@ def test_output_head_default_is_dmins_network_and_static_heads_read_features_onl
         OutputHead(0, 7, with_target=False)
 
 
+def next_click(
+    loss: NextClickLoss, tensors: tuple[torch.Tensor, ...], mask: torch.Tensor, dense: bool
+) -> torch.Tensor:
+    packing = Packing(mask, dense=dense)
+    return loss(*(packing.pack(x) for x in tensors), packing)
+
+
 def test_next_click_loss_on_packed_rows_equals_the_padded_form() -> None:
-    """Packed rows (DMIN's refiner states) and (B, L) tensors (DIEN's GRU states) give the
+    """Packed rows (the CPU's) and every row, padding included (an accelerator's) give the
     same loss: 2 x the mean BCE over the pairs (t, t + 1) with a real next item."""
     torch.manual_seed(0)
     loss = NextClickLoss(4, 3, hidden=(5,)).eval()  # eval: batch norm with fixed statistics
     states, items, drawn = torch.randn(3, 5, 4), torch.randn(3, 5, 3), torch.randn(3, 5, 3)
     mask = torch.arange(5)[None] < torch.tensor([5, 1, 3])[:, None]
-    padded = loss(states, items, drawn, mask)
-    packing = Packing(mask)
-    packed = loss.packed(*(packing.pack(x) for x in (states, items, drawn)), packing)
+    padded = next_click(loss, (states, items, drawn), mask, dense=True)
+    packed = next_click(loss, (states, items, drawn), mask, dense=False)
     torch.testing.assert_close(packed, padded)
     pairs = [(b, t) for b in range(3) for t in range(4) if mask[b, t + 1]]  # 4 + 0 + 2 pairs
     assert len(pairs) == 6
@@ -163,7 +169,7 @@ def test_next_click_loss_on_packed_rows_equals_the_padded_form() -> None:
     expected = -(torch.log(torch.sigmoid(positive)) + torch.log(1 - torch.sigmoid(negative)))
     torch.testing.assert_close(padded, expected.mean())
     single = (torch.arange(5) < 1).expand(3, 5)  # one item each: no pair, loss 0
-    assert loss(states, items, drawn, single) == 0
+    assert next_click(loss, (states, items, drawn), single, dense=False) == 0
 
 
 def naive_target_attention(
@@ -222,9 +228,10 @@ def test_target_attention_equals_naive_loop(
     sequences, target = torch.randn(2, 3, 5, 4), torch.randn(2, target_dim)
     mask = torch.tensor([[True, True, True, False, False], [True] * 5])
     expected_pooled, expected_weights = naive_target_attention(layer, sequences, target, mask)
-    # forward: the packed path on the CPU; forward_dense: the path taken on accelerators
-    for pooled, weights in (layer(sequences, target, mask),
-                            layer.forward_dense(sequences, target, mask)):
+    # the packed rows of the CPU, and every row: the path taken on accelerators
+    dense = Packing(mask, dense=True)
+    for pooled, weights in (layer(sequences, target, mask), layer.forward_packed(
+            dense.pack_heads(sequences.transpose(0, 1)), target, dense)):
         torch.testing.assert_close(weights, expected_weights)
         torch.testing.assert_close(pooled, expected_pooled)
         assert torch.all(weights[0, :, 3:] == 0)

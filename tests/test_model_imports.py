@@ -13,6 +13,13 @@ PACKAGE = "camn.models"
 SHARED = {"layers", "base", "registry"}  # what a model module may import from the package
 MODELS_DIR = Path(camn.models.__file__).parent
 MODULES = sorted(path.stem for path in MODELS_DIR.glob("*.py") if path.stem != "__init__")
+LAYERS = sorted((MODELS_DIR / "layers").glob("*.py"))  # the shared layers, a package
+
+
+def source(name: str) -> str:
+    """The text of module ``name`` of the package (every file of it for the layers)."""
+    paths = LAYERS if name == "layers" else [MODELS_DIR / f"{name}.py"]
+    return "\n".join(path.read_text() for path in paths)
 
 
 def package_imports(source: str) -> set[str]:
@@ -57,11 +64,15 @@ def test_the_package_has_model_modules() -> None:
 
 @pytest.mark.parametrize("name", [m for m in MODULES if m not in SHARED])
 def test_a_model_module_imports_only_the_shared_modules(name: str) -> None:
-    imported = package_imports((MODELS_DIR / f"{name}.py").read_text())
+    imported = package_imports(source(name))
     assert imported <= SHARED, f"models/{name}.py imports {sorted(imported - SHARED)}"
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
 def test_the_shared_modules_import_no_model_module(name: str) -> None:
-    imported = package_imports((MODELS_DIR / f"{name}.py").read_text())
-    assert imported <= SHARED, f"models/{name}.py imports {sorted(imported - SHARED)}"
+    imported = package_imports(source(name))
+    assert imported <= SHARED, f"models/{name} imports {sorted(imported - SHARED)}"
+
+
+def test_the_layers_package_is_read_file_by_file() -> None:
+    assert {"attention", "dmin", "embeddings", "packing", "routing"} <= {p.stem for p in LAYERS}

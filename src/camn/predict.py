@@ -34,7 +34,7 @@ import torch
 from camn.argtypes import seed_int
 from camn.data.raw import ACTION, DataError
 from camn.data.store import USERS, PreparedStore
-from camn.models.base import CTRModel, FeatureSpec, reporting_health
+from camn.models.base import CTRModel, FeatureSpec
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model
 from camn.train.metrics import TermAverages
 
@@ -469,14 +469,13 @@ class Predictor:
 
     @torch.no_grad()
     def health(self, rows: Encoded) -> dict[str, float | list[float]]:
-        """The model's attention health over ``rows`` (``base.reporting_health``: per head
+        """The model's attention health over ``rows`` (``CTRModel.evaluate``: per head
         ``attention_entropy`` and ``attention_abs_logit``, and ``diversity``), averaged over
         the rows; empty for a model without attention heads."""
         terms = TermAverages()
-        with reporting_health(self.model):
-            for start in range(0, len(rows), self.batch_size):
-                batch = self.batch(rows, start, start + self.batch_size)
-                terms.add(self.model(batch).aux_terms, len(batch["target"]))
+        for start in range(0, len(rows), self.batch_size):
+            batch = self.batch(rows, start, start + self.batch_size)
+            terms.add(self.model.evaluate(batch).aux_terms, len(batch["target"]))
         return terms.averages()
 
     @property

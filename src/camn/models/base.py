@@ -11,8 +11,6 @@ trainer's loss; extra losses may use the history and the drawn ``history_negativ
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -52,8 +50,8 @@ class FeatureSpec:
 class ModelOutput:
     """logits (B,); aux_loss: the weighted sum of the extra losses where the forward pass was
     asked for them (``extra_losses=True``), else a zero scalar; aux_terms: detached scalars or
-    per-head vectors for logging, the unweighted extra-loss terms (when asked) and any
-    diagnostics a model reports outside training (CAMN's attention health); routing: (B, L, k)
+    per-head vectors for logging, the unweighted extra-loss terms (when asked) and the
+    attention health of the evaluation pass (``CTRModel.evaluate``); routing: (B, L, k)
     attribute scores of every history click where the model has them (CAMN's P), else None."""
 
     logits: torch.Tensor
@@ -67,7 +65,6 @@ class CTRModel(nn.Module):
 
     needs_history_negatives: ClassVar[bool] = False
     packs_rows: ClassVar[bool] = False  # reads ``layers.packed_positions`` from its batches
-    report_health: bool = False  # set by ``reporting_health``: attention health in aux_terms
 
     def __init__(self, spec: FeatureSpec, embed_dim: int = 18) -> None:
         super().__init__()
@@ -97,16 +94,12 @@ class CTRModel(nn.Module):
         """Click logits of ``batch``; with ``extra_losses`` also the model's extra losses."""
         raise NotImplementedError
 
-
-@contextlib.contextmanager
-def reporting_health(model: nn.Module) -> Iterator[None]:
-    """Within the block a model with attention heads adds their health to ``aux_terms``, per
-    head: ``attention_entropy`` and ``attention_abs_logit`` (``layers.attention_health``), and
-    ``diversity`` (L_d, Eq. 7, over the same heads). Evaluation asks for it; prediction, export
-    and training do not pay for it."""
-    previous = getattr(model, "report_health", False)
-    model.report_health = True
-    try:
-        yield
-    finally:
-        model.report_health = previous
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """The evaluation pass, without gradients: ``forward(batch)``'s output, with the health
+        of the model's attention heads in ``aux_terms``, per head: ``attention_entropy`` and
+        ``attention_abs_logit`` (``layers.attention_health``), and for DMIN's and CAMN's heads
+        ``diversity`` (L_d, Eq. 7, over the same heads). Validation and ``camn explain`` ask
+        for it; prediction, export and training call ``forward`` and do not pay for it. A model
+        without attention heads has nothing to add."""
+        return self(batch)

@@ -4,23 +4,39 @@ Zhou, Fan, Huang, Li, Tang, Yu. "Multi-Interest Refinement by Collaborative Attr
 for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3557652.
 
 The paper "integrate[s] a dynamic collaborative attribute routing module into Transformer",
-pools its heads "following previous practices in DMIN", uses DMIN's settings, and its Table 3
-gives CAMN-loss (no routing) on its Industry set exactly DMIN's AUC: take the routing away and
+pools its heads "following previous practices in DMIN", uses DMIN's settings, and in its Table 3
+CAMN-loss (no routing) scores exactly as DMIN on its Industry set: take the routing away and
 DMIN is left. So CAMN here is DMIN plus routing: the same blocks as
-:class:`~camn.models.dmin.DMIN` (``layers.BehaviourRefiner``, ``layers.NextClickLoss``,
-``layers.MultiInterestExtractor``, ``layers.OutputHead``), built in the same order, plus what
+:class:`~camn.models.dmin.DMIN` (``layers.dmin_blocks``), built in the same order, plus what
 the paper adds: the routing scores P (Eq. 1-3) scale the logits of the extractor's k heads, one
 per attribute (Eq. 4), and a diversity loss over those heads (Eq. 7). The equations alone,
 built as a model of their own, are ``camn-standalone`` (:mod:`camn.models.camn_standalone`).
 
+"Head r" has two readings (``heads``): (b) ``"dense"``, DMIN's dense Q/K/V over the whole item
+vector split into k heads of width d, logits / sqrt(D) as DMIN's code (with P = 1 and alpha = 0
+exactly DMIN, which a test checks); (a) ``"slot"``, head r's Q/K/V from attribute slot r of the
+refined item vector with per-head d x d maps, logits / sqrt(d), as Eq. 4 writes
+(``SlotAttention``). ``camn`` is (a), the reading chosen on validation (docs/results.md,
+"Beauty `last` (batch 256): both readings"); ``camn-dense`` is (b). Rows written before that
+choice named (a) ``camn-slot`` and (b) ``camn``; ``camn.results.current_names`` reads them.
+
+Extension beyond the paper, off in ``camn`` and its ablations: nothing in Eq. 2-4 ties routing
+column r to attribute r other than "it scales head r", so the router may sort items by their
+driving attribute under another label, and its top score is then no explanation.
+``tie_weight`` > 0 adds ``AttributeClickLoss`` to the auxiliary loss with that weight
+(``camn-tied`` is ``camn-dense`` with ``tie_weight=1``); ``router="attribute"``
+(``AttributeRouting``) computes logit r from attribute r's embedding alone. What each recovers
+on planted data: docs/results.md, "Routing recovery on the synthetic data".
+
 Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size,
-D = k*d item width, N packed rows (``layers.Packing``).
+D = k*d item width, N packed rows (``layers.Packing``), M next-click pairs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +137,19 @@ class AttributeClickLoss(nn.Module):
         return F.softplus(-positive).mean() + F.softplus(negative).mean()
 
 
+class CAMNPass(NamedTuple):
+    """One pass of CAMN's blocks over a batch."""
+
+    logits: torch.Tensor  # (B,)
+    scores: torch.Tensor | None  # P (B, L, k), zero at padding; None without routing
+    packing: Packing
+    attributes: torch.Tensor  # packed attribute embeddings (N, k, d)
+    items: torch.Tensor  # packed item vectors (N, D)
+    refined: torch.Tensor  # the refiner's states (N, D)
+    key_scale: torch.Tensor | None  # P as the extractor's key scale (k, B, L)
+    attention: torch.Tensor  # the extractor's self-attention (k, B, L, L)
+
+
 HEADS = ("dense", "slot")
 ROUTERS = ("joint", "attribute")
 
@@ -143,11 +172,8 @@ ROUTERS = ("joint", "attribute")
 class CAMN(CTRModel):
     """CAMN (Zhou et al., CIKM 2022): DMIN whose extractor heads are scaled by attribute routing.
 
-    Everything of :class:`~camn.models.dmin.DMIN` is kept as it is, from the same shared
-    blocks: the behaviour refiner and its auxiliary loss, the extractor's per-head output
-    projection, residual, LayerNorm and FFN, the target attention with positional embedding
-    pooling each head into one interest, and the output network. The extractor has k heads,
-    one per attribute. What the paper adds:
+    DMIN's blocks as they are (refiner, next-click loss, extractor with k heads, one per
+    attribute, output head), and what the paper adds:
 
     - Routing, Eq. 1-3 (``layers.CollaborativeRouting``) on each history item's raw attribute
       embeddings: P = Softmax(keepTopq(LayerNorm(X) W_h, q)), (B, L, k); q defaults to
@@ -157,47 +183,17 @@ class CAMN(CTRModel):
       ``P ⊙ (l x l logits)`` does not type-check; this reading matches "the attribute assigned
       higher scores will have more relevance with others".
     - Diversity loss, Eq. 7 (``layers.diversity_loss``) over the extractor's k attention
-      matrices; aux_loss = DMIN's auxiliary loss + alpha * L_d (Eq. 8; the trainer adds Eq. 9's
-      BCE). alpha = 1e-4 as in the paper (Sec. 3.2).
+      matrices; aux_loss = DMIN's next-click loss + alpha * L_d (Eq. 8; the trainer adds Eq. 9's
+      BCE), alpha = 1e-4 as in the paper (Sec. 3.2).
 
-    "Head r" has two readings (``heads``):
-
-    - ``"dense"`` (b): DMIN's dense Q/K/V over the whole item vector, split into k heads of
-      width ceil(k*d / k) = d, logits / sqrt(D) (DMIN's code). With P = 1 and alpha = 0 this is
-      exactly DMIN (a test checks it).
-    - ``"slot"`` (a): head r's Q/K/V from attribute slot r of the refined item vector with
-      per-head d x d maps, logits / sqrt(d), as Eq. 4 writes (``SlotAttention``).
-
-    ``camn`` is reading (a), chosen on Beauty ``last``'s validation AUC (5 seeds: 0.8297
-    against 0.8291 for (b), far inside the seed noise); ``camn-dense`` is reading (b). Rows
-    written before this choice named (a) ``camn-slot`` and (b) ``camn``; they are read under
-    today's names (``camn.results.current_names``).
-
-    Extension, beyond the paper, off in ``camn`` and its ablations. Nothing in Eq. 2-4 ties
-    routing column r to attribute r other than "it scales head r": on planted data the router
-    sorts items by their driving attribute, but under another label, so its top score is no
-    explanation. ``tie_weight`` > 0 adds ``AttributeClickLoss`` (the next click explained
-    attribute by attribute, mixed by P) to the auxiliary loss with that weight; ``camn-tied``
-    is ``camn-dense`` with ``tie_weight=1``. ``router="attribute"`` (``AttributeRouting``) computes
-    logit r from attribute r's embedding alone. On the salience synthetic store (3 seeds) the
-    top routed attribute is the planted driver of 0.19-0.27 of item-level clicks for the
-    paper's model in either reading (chance 0.20), 0.80 with the loss, 0.79 with the loss, the
-    per-attribute router and the slot reading together, 0.26 with those two but not the loss.
-    On the default (value-pool) store: 0.17 in reading (a), 0.30 in (b), 0.46 with the loss.
-
-    Ablations (Table 3): ``camn-route`` is alpha = 0; ``camn-loss`` has no routing module
-    (P = 1: DMIN with k attribute heads plus the diversity loss); ``camn-dense``,
-    ``camn-dense-route`` and ``camn-dense-loss`` are the same three in reading (b).
+    Ablations (Table 3): ``camn-route`` is alpha = 0, ``camn-loss`` has no routing module (P = 1);
+    ``camn-dense-route`` and ``camn-dense-loss`` are the same in reading (b).
 
     Outputs: ``routing`` is P (B, L, k), zero at padding: P[b, j, :] says which attributes made
-    user b click item j (the paper's Figure 1). ``aux_loss`` is 0 unless the forward pass is
-    asked for the extra losses (the trainer's batches), as DMIN's; then ``aux_terms`` holds
-    the unweighted ``next_click``, ``diversity`` and, where the extension is on,
-    ``attribute_click``. Under ``base.reporting_health`` (evaluation) ``aux_terms`` also holds
-    the extractor's attention health, per head (k,): ``attention_entropy`` (mean entropy over
-    the keys a query may see, relative to uniform over them; 1 = uniform),
-    ``attention_abs_logit`` (mean |logit| over those (query, key) pairs, P scaling included)
-    and ``diversity`` (L_d over the heads), as DMIN's (``MultiInterestExtractor.health``).
+    user b click item j (the paper's Figure 1). Asked for the extra losses, ``aux_terms`` holds
+    the unweighted ``next_click``, ``diversity`` and, with the extension, ``attribute_click``.
+    The evaluation pass (``evaluate``) reports the extractor's attention health per head, P
+    scaling included, and L_d over the heads (``MultiInterestExtractor.health``).
     """
 
     needs_history_negatives = True
@@ -259,7 +255,9 @@ class CAMN(CTRModel):
             return None
         return packing.unpack(self.router(attributes))
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> CAMNPass:
+        """DMIN's blocks with the routing on ``batch``: the logits and what the losses and the
+        health read."""
         packing = Packing.of(batch)
         attributes = self.embedding(packing.pack(batch["history"]))  # (N, k, d)
         items = attributes.flatten(-2)  # (N, D)
@@ -269,55 +267,50 @@ class CAMN(CTRModel):
         key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
         interests, _, attention = self.extractor(refined, target, packing, key_scale)  # Eq. 4
         logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
-        terms = {}
-        if self.report_health:
-            terms = self.extractor.health(refined, packing, attention, key_scale)
-        if not extra_losses:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms, scores)
-        aux, loss_terms = self.losses(batch, packing, attributes, items, refined, scores,
-                                      attention)
-        return ModelOutput(logits, aux, terms | loss_terms, scores)
+        return CAMNPass(logits, scores, packing, attributes, items, refined, key_scale, attention)
 
-    def losses(
-        self,
-        batch: Batch,
-        packing: Packing,
-        attributes: torch.Tensor,
-        items: torch.Tensor,
-        refined: torch.Tensor,
-        scores: torch.Tensor | None,
-        attention: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        run = self.run(batch)
+        if not extra_losses:
+            return ModelOutput(run.logits, self.no_aux_loss(run.logits), {}, run.scores)
+        aux, terms = self.losses(batch, run)
+        return ModelOutput(run.logits, aux, terms, run.scores)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the extractor's attention health (k heads, P scaling
+        included) and L_d."""
+        run = self.run(batch)
+        health = self.extractor.health(run.refined, run.packing, run.attention, run.key_scale)
+        return ModelOutput(run.logits, self.no_aux_loss(run.logits), health, run.scores)
+
+    def losses(self, batch: Batch, run: CAMNPass) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The extra losses, weighted and summed (Eq. 8 without the BCE), and their unweighted
-        terms: DMIN's next-click loss, the diversity loss (Eq. 7) over the extractor's attention
-        (k, B, L, L), and the extension's ``AttributeClickLoss`` where it is on. attributes
-        (N, k, d), items (N, D) and refined (N, D) are packed, scores P (B, L, k) or None."""
-        aux, terms = refined.new_zeros(()), {}
+        terms: DMIN's next-click loss, the diversity loss (Eq. 7) over the extractor's
+        attention, and the extension's ``AttributeClickLoss`` where it is on."""
+        packing = run.packing
+        aux, terms = run.refined.new_zeros(()), {}
         if self.aux_weight:
             negatives = self.embedding(packing.pack(self.history_negatives(batch))).flatten(-2)
-            next_click = self.next_click.packed(refined, items, negatives, packing)
+            next_click = self.next_click(run.refined, run.items, negatives, packing)
             aux, terms["next_click"] = self.aux_weight * next_click, next_click.detach()
-        diversity = diversity_loss(attention.transpose(0, 1), packing.mask, self.distinct_pairs)
+        diversity = diversity_loss(run.attention.transpose(0, 1), packing.mask,
+                                   self.distinct_pairs)
         terms["diversity"] = diversity.detach()
         if self.alpha:
             aux = aux + self.alpha * diversity
         if self.tie is not None:
-            tie = self.attribute_click(batch, packing, attributes, refined, scores)
+            tie = self.attribute_click(batch, run)
             aux, terms["attribute_click"] = aux + self.tie_weight * tie, tie.detach()
         return aux, terms
-    def attribute_click(
-        self,
-        batch: Batch,
-        packing: Packing,
-        attributes: torch.Tensor,
-        refined: torch.Tensor,
-        scores: torch.Tensor,
-    ) -> torch.Tensor:
+
+    def attribute_click(self, batch: Batch, run: CAMNPass) -> torch.Tensor:
         """The extension's ``AttributeClickLoss`` on the (t, t + 1) pairs of DMIN's auxiliary
-        loss: attributes (N, k, d) and refined (N, D) packed, scores P (B, L, k)."""
+        loss."""
+        packing = run.packing
         pairs = packing.next_pairs()
         following = pairs + 1
         drawn_ids = packing.pack(self.history_negatives(batch))[following]
         drawn = self.embedding(drawn_ids)  # (M, k, d)
-        clicked = (attributes[following], packing.pack(scores)[following])
-        return self.tie.pair_loss(refined[pairs], clicked, (drawn, self.router(drawn)))
+        clicked = (run.attributes[following], packing.pack(run.scores)[following])
+        return self.tie.pair_loss(run.refined[pairs], clicked, (drawn, self.router(drawn)))

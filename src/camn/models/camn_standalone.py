@@ -4,11 +4,10 @@ Zhou, Fan, Huang, Li, Tang, Yu. "Multi-Interest Refinement by Collaborative Attr
 for Click-Through Rate Prediction", CIKM 2022, https://doi.org/10.1145/3511808.3557652.
 
 This was the project's first reading of the paper: thin per-attribute heads of width d over the
-raw attribute embeddings, no residuals, DMIN's target attention and an MLP on top. It trails
-DMIN on every real set and its attention stays uniform, so the routing and the diversity loss
-have nothing to act on. The paper's model is DMIN with the routing inside its extractor
-(``camn``, :mod:`camn.models.camn`); this one stays registered, with its ablations, so that
-every earlier number can be reproduced.
+raw attribute embeddings, no residuals, DMIN's target attention and an MLP on top. The paper's
+model is DMIN with the routing inside its extractor (``camn``, :mod:`camn.models.camn`); this
+one stays registered, with its ablations, so that every earlier number can be reproduced (how it
+compares: docs/results.md, "The first diagnosis (the paper's equations alone)").
 
 Shapes: B batch, L history length, k attribute slots (= heads = interests), d embedding size.
 """
@@ -29,6 +28,7 @@ from camn.models.layers import (
     TargetAttention,
     attention_health,
     diversity_loss,
+    health_terms,
     masked_softmax,
     pool_history,
 )
@@ -59,26 +59,20 @@ class CAMNStandalone(CTRModel):
 
     - Routing, Eq. 1-3 (``CollaborativeRouting``): P = Softmax(keepTopq(LayerNorm(X) W_h, q)),
       P (B, L, k); q defaults to ceil(k / 2) (the paper gives none).
-    - Scaled attention, Eq. 4. The paper's ``P ⊙ (l x l logits)`` does not type-check; the reading
-      taken here scales column j of head r by the key item's score (``scale_side="key"``):
-      logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
-      ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to -inf
-      after the scaling; there is no causal mask. A_r = softmax over j.
-    - Eq. 5: X^_r = A_r (X_r W_r^V). Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, with one
-      FFN (W_1, W_2 of d x d) shared by the k heads. ``residual_norm=True`` wraps both steps in a
-      residual connection and LayerNorm as DMIN does (off by default: the equations have none).
+    - Eq. 4-6 on thin heads of width d, head r on attribute r (``attention_logits``,
+      ``refine``). ``residual_norm=True`` wraps Eq. 5-6 in a residual connection and LayerNorm
+      as DMIN does (off by default: the equations have none).
     - Interest extractor (DMIN's): per head a target attention with a learned positional
       embedding pools X~_r into interest_r (B, d).
     - Output: the shared ``layers.OutputHead``, DMIN's output network: [target, sum-pooled
       history, target * sum-pooled history, interest_1 .. interest_k], batch norm on the
       input, 200 -> 80 -> 1 with Dice, so that this model differs from the others in how it
       refines the history only. The paper's CAMN feeds [target, interest_1 .. interest_k]
-      (``camn-standalone-paper``, ``pooled_history=False``); see docs/results.md for what the
-      pooled inputs are worth here.
+      (``camn-standalone-paper``, ``pooled_history=False``).
     - ``normalize_items=True`` (an extension, off by default) puts a LayerNorm on each attribute
-      embedding before Eq. 4-6. With small embeddings (norm ~0.1 after training on Beauty) the
-      logits of Eq. 4 stay near 0 (~1e-4), the attention is uniform and the P scaling has no
-      effect; normalised inputs give the attention, and so the routing, something to act on.
+      embedding before Eq. 4-6: with small embeddings the logits of Eq. 4 stay near 0, the
+      attention is uniform and the P scaling has no effect; normalised inputs give the
+      attention, and so the routing, something to act on.
     - Diversity loss, Eq. 7 (``layers.diversity_loss``); asked for the extra losses, the model
       returns aux_loss = alpha * L_d (Eq. 8; the trainer adds the BCE of Eq. 9).
 
@@ -86,8 +80,8 @@ class CAMNStandalone(CTRModel):
     ``camn-standalone-loss`` has no routing module (P = 1 everywhere, ``routing=False``) but
     keeps the diversity loss. ``camn-standalone-residual`` is the extension ``residual_norm``.
 
-    Explanations: ``ModelOutput.routing`` (and ``attribute_scores``) is P, (B, L, k), zero at
-    padding positions: P[b, j, :] says which attributes made user b click item j (Figure 1).
+    Explanations: ``ModelOutput.routing`` is P, (B, L, k), zero at padding positions: P[b, j, :]
+    says which attributes made user b click item j (Figure 1).
     """
 
     def __init__(
@@ -140,7 +134,14 @@ class CAMNStandalone(CTRModel):
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Eq. 4 inside the softmax: items (B, L, k, d), P (B, L, k), mask (B, L) ->
-        scaled logits (B, k, L, L), -inf at padding keys."""
+        scaled logits (B, k, L, L), -inf at padding keys.
+
+        The paper's ``P ⊙ (l x l logits)`` does not type-check; the reading taken here scales
+        column j of head r by the key item's score (``scale_side="key"``):
+        logits_r[b, i, j] = P[b, j, r] * <X_r W_r^Q [b, i], X_r W_r^K [b, j]> / sqrt(d);
+        ``scale_side="query"`` scales row i by P[b, i, r] instead. Padding keys are set to
+        -inf after the scaling; there is no causal mask.
+        """
         queries = self.query(items)  # (B, L, k, d)
         keys = self.key(items)  # (B, L, k, d)
         # Scaling logit column j (row i) by P[j, r] / sqrt(d) equals scaling key j (query i)
@@ -157,7 +158,9 @@ class CAMNStandalone(CTRModel):
         self, items: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eq. 4-6: items (B, L, k, d) -> X~ (B, k, L, d), attention A and its logits
-        (B, k, L, L)."""
+        (B, k, L, L). A_r = softmax over j of Eq. 4's logits; Eq. 5: X^_r = A_r (X_r W_r^V);
+        Eq. 6: X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2, one FFN (W_1, W_2 of d x d) shared by
+        the k heads."""
         logits = self.attention_logits(items, scores, mask)
         attention = masked_softmax(logits, mask[:, None, None, :])  # (B, k, L, L)
         values = self.value(items).transpose(1, 2)  # (B, k, L, d)
@@ -167,12 +170,9 @@ class CAMNStandalone(CTRModel):
         refined = self.norms[0](refined + items.transpose(1, 2))
         return self.norms[1](refined + self.ffn(refined)), attention, logits
 
-    def attribute_scores(self, batch: Batch) -> torch.Tensor:
-        """P (B, L, k) of every history click (zero at padding): the model's explanation."""
-        history, _ = self.embed(batch)
-        return self.route(history) * batch["mask"][..., None].to(history.dtype)
-
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+        """logits (B,), P (B, L, k) zero at padding (None without routing), and what the losses
+        and the health read: attention A and its logits (B, k, L, L), mask (B, L)."""
         mask = batch["mask"]
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         scores = self.route(history)  # (B, L, k)
@@ -182,21 +182,24 @@ class CAMNStandalone(CTRModel):
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
         logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask))
         routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
-        terms = self.health(attention, attention_logits, mask) if self.report_health else {}
+        return logits, routing, (attention, attention_logits, mask)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, routing, (attention, _, mask) = self.run(batch)
         if not extra_losses:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms, routing)
+            return ModelOutput(logits, self.no_aux_loss(logits), {}, routing)
         diversity = diversity_loss(attention, mask, self.distinct_pairs)
         aux = self.alpha * diversity if self.alpha else self.no_aux_loss(logits)
-        return ModelOutput(logits, aux, terms | {"diversity": diversity.detach()}, routing)
+        return ModelOutput(logits, aux, {"diversity": diversity.detach()}, routing)
 
     @torch.no_grad()
-    def health(
-        self, attention: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The k heads' attention health (``attention_health``, per head) and L_d (Eq. 7):
-        attention and logits (B, k, L, L); every real item attends every real item."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the k heads' attention health and L_d; every real item
+        attends every real item."""
+        logits, routing, (attention, attention_logits, mask) = self.run(batch)
         allowed = mask[:, None, :] & mask[:, :, None]  # real queries, real keys
         entropy, abs_logit = attention_health(attention.transpose(0, 1),
-                                              logits.transpose(0, 1), allowed)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit,
-                "diversity": diversity_loss(attention, mask, self.distinct_pairs)}
+                                              attention_logits.transpose(0, 1), allowed)
+        health = health_terms(entropy, abs_logit)
+        health["diversity"] = diversity_loss(attention, mask, self.distinct_pairs)
+        return ModelOutput(logits, self.no_aux_loss(logits), health, routing)

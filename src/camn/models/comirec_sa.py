@@ -1,4 +1,4 @@
-"""ComiRec-SA: the self-attentive multi-interest extractor of ComiRec, as a CTR baseline (SPEC 3).
+"""ComiRec-SA: the self-attentive multi-interest extractor of ComiRec, as a CTR baseline.
 
 Cen, Zhang, Zou, Zhou, Yang, Tang. "Controllable Multi-Interest Framework for Recommendation",
 KDD 2020, https://doi.org/10.1145/3394486.3403344; official code github THUDM/ComiRec
@@ -18,6 +18,7 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     attention_health,
+    health_terms,
     label_aware_attention,
     masked_softmax,
     pool_history,
@@ -47,22 +48,18 @@ class ComiRecSA(CTRModel):
     - W_1 (D -> ``hidden_factor`` * D, tanh) and W_2 (-> K) are dense layers with biases: the
       official code's ``dense(hidden_size * 4, tanh)`` and ``dense(num_heads)`` with
       hidden_size equal to the item width, hence ``hidden_factor = 4``.
-    - K = ``num_interests``, default k (SPEC 3).
+    - K = ``num_interests``, default k (one interest per attribute, as CAMN).
 
     Read-out (the code's ``atten``): weights = softmax over the K interests of <v_j, e_t>
     (MIND's label-aware attention with p = 1, ``layers.label_aware_attention``), read-out =
     sum_j weights_j v_j.
-    ComiRec's training picks the argmax interest (``readout="hard"``); the CTR baseline of
-    SPEC 3 uses the soft read-out by default, which gives every interest gradient.
+    ComiRec's training picks the argmax interest (``readout="hard"``); the soft read-out is the
+    default here, as it gives every interest gradient.
 
     Output: the shared ``layers.OutputHead``, DMIN's output network: [e_t, sum-pooled history,
     e_t * sum-pooled history, read-out], batch norm on the input, 200 -> 80 -> 1 with Dice.
     ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
     only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
-
-    Attention health (``base.reporting_health``, H = K, one value an interest head): the
-    entropy of each row of A relative to uniform over the real positions, and the mean |logit|
-    of W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted.
     """
 
     def __init__(
@@ -115,14 +112,17 @@ class ComiRecSA(CTRModel):
         interests = self.interests(items, mask)  # (B, K, D)
         readout, _ = label_aware_attention(interests, target, hard=self.hard)  # (B, D)
         logits = self.head(readout, target, pool_history(items, mask))
-        terms = self.health(items, mask) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return ModelOutput(logits, self.no_aux_loss(logits))
 
     @torch.no_grad()
-    def health(self, items: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The K heads' health, (K,) each. A's logits are computed again (forward keeps only
-        A): one more pass of W_1 and W_2, at evaluation only."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the K heads' health, (K,) each: the entropy of each row
+        of A relative to uniform over the real positions, and the mean |logit| of
+        W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted. A's
+        logits are computed again (``forward`` keeps only A): one more pass of W_1 and W_2."""
+        output = self(batch)
+        items = self.embedding(batch["history"]).flatten(2)  # (B, L, D)
         logits = self.attention_logits(items).transpose(0, 1)  # (K, B, L)
-        weights = masked_softmax(logits, mask[None])
-        entropy, abs_logit = attention_health(weights, logits, mask)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+        weights = masked_softmax(logits, batch["mask"][None])
+        output.aux_terms = health_terms(*attention_health(weights, logits, batch["mask"]))
+        return output

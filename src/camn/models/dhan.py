@@ -2,7 +2,7 @@
 
 Xu, He, Tan, Li, Lang, Guo. "Deep Interest with Hierarchical Attention Network for
 Click-Through Rate Prediction", SIGIR 2020, https://doi.org/10.1145/3397271.3401310.
-No official code is public; this follows the paper's description and SPEC 3.
+No official code is public; this follows the paper's description.
 
 Shapes: B batch, L history length, k attribute slots, d embedding size, D = k*d item width.
 """
@@ -18,10 +18,10 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     TargetAttention,
+    health_terms,
     item_vectors,
     masked_softmax,
     pool_history,
-    target_attention_health,
 )
 from camn.models.registry import register
 
@@ -75,7 +75,7 @@ class DHAN(CTRModel):
        200 -> 80 -> 1 with Dice.
     No per-model tuning was done.
 
-    Attention health (``base.reporting_health``, H = 2, one value a level): [item level, group
+    Attention health (``evaluate``, H = 2, one value a level): [item level, group
     level]; the item level's raw scores are no distribution, so as DIN's its entropy is that of
     |s_j| / sum |s| (a concentration measure, ``layers.unnormalised_health``), the group level's
     is its softmax's entropy over the groups present (rows with one group left out; without
@@ -121,24 +121,27 @@ class DHAN(CTRModel):
         return Levels(item_level[:, 0], group_level[:, 0], scores[:, 0], vectors, first,
                       group_weights[:, 0])
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, tuple]:
+        """logits (B,), and what the health reads: items (B, L, D), target (B, D), the levels."""
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         levels = self.interests(batch, items, target)
         features = torch.cat([levels.item, levels.group], dim=-1)  # (B, 2D)
         logits = self.head(features, target, pool_history(items, batch["mask"]))
-        terms = self.health(items, target, batch["mask"], levels) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return logits, (items, target, levels)
 
-    def health(
-        self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, levels: Levels
-    ) -> dict[str, torch.Tensor]:
-        """The two levels' health, (2,) each: [item level, group level]."""
-        item = target_attention_health(
-            self.item_attention, items[:, None], target, mask, levels.item_scores[:, None]
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, _ = self.run(batch)
+        return ModelOutput(logits, self.no_aux_loss(logits))
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the two levels' health, (2,) each: [item, group]."""
+        logits, (items, target, levels) = self.run(batch)
+        item = self.item_attention.health(
+            items[:, None], target, batch["mask"], levels.item_scores[:, None]
         )
-        group = target_attention_health(
-            self.group_attention, levels.group_vectors[:, None], target, levels.present,
-            levels.group_weights[:, None],
+        group = self.group_attention.health(
+            levels.group_vectors[:, None], target, levels.present, levels.group_weights[:, None]
         )
-        return {"attention_entropy": torch.cat([item[0], group[0]]),
-                "attention_abs_logit": torch.cat([item[1], group[1]])}
+        health = health_terms(torch.cat([item[0], group[0]]), torch.cat([item[1], group[1]]))
+        return ModelOutput(logits, self.no_aux_loss(logits), health)

@@ -20,16 +20,18 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     NextClickLoss,
     OutputHead,
+    Packing,
     TargetAttention,
+    health_terms,
     item_vectors,
     pool_history,
     steps_every_position,
-    target_attention_health,
 )
 from camn.models.registry import register
 
-# Packed recurrences (1.8x on Amazon Beauty `sliding`, a third of the positions real) lost
-# 5-18% on MovieLens-100K `sliding` (91% real): batches fuller than this are stepped whole.
+# The share of real positions up to which the recurrences step the real items only: fuller
+# batches are stepped whole, where packing costs more than it saves (docs/performance.md,
+# "packed recurrences (DIEN)").
 PACKED_UP_TO = 0.75
 
 
@@ -78,7 +80,8 @@ class AUGRU(nn.Module):
     The paper's equations are followed; the official VecAttGRUCell instead scales the TF
     keep-gate, h_t = (1 - a_t) u_t h_{t-1} + (1 - (1 - a_t) u_t) h~_t, which overwrites the state
     when a_t = 0. Here a_t = 0 (every padding step) leaves the state exactly unchanged, so
-    running the recurrence over the real steps only (``forward_packed``) gives the same state.
+    running the recurrence over the real steps only (``forward`` with ``rows``) gives the same
+    state.
     The input projections of all steps are one matrix product; only the recurrence loops over t.
     """
 
@@ -99,31 +102,35 @@ class AUGRU(nn.Module):
         candidate = torch.tanh(torch.addcmul(x_h, reset, h_h))
         return torch.addcmul(state, update * weight, candidate - state)  # Eq. 6-7
 
-    def forward(self, inputs: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """inputs (B, L, I), attention (B, L) in [0, 1] -> final state (B, H)."""
-        projected = self.input_map(inputs).unbind(1)  # L x (B, 3H)
-        weights = attention.unsqueeze(-1).unbind(1)  # L x (B, 1)
-        state = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
-        for step, weight in zip(projected, weights, strict=True):
-            state = self.step(step, weight, state)
-        return state
-
-    def forward_packed(
-        self, inputs: torch.Tensor, attention: torch.Tensor, rows: LengthSortedRows
+    def forward(
+        self, inputs: torch.Tensor, attention: torch.Tensor, rows: LengthSortedRows | None = None
     ) -> torch.Tensor:
-        """The same on the real steps: inputs (S, I) and attention (S,) in ``rows``' order
-        (at least one row) -> final state (B, H). Step t updates the states of the
-        ``rows.steps[t]`` histories still running; the others keep the state after their last
-        item."""
+        """inputs (B, L, I), attention (B, L) in [0, 1] -> final state (B, H).
+
+        With ``rows`` the inputs are packed, (S, I) and (S,) in ``rows``' order (at least one
+        row), and only the real steps run: step t updates the ``rows.steps[t]`` histories
+        still running, the others keep the state after their last item."""
+        if rows is None:
+            projected = self.input_map(inputs).unbind(1)  # L x (B, 3H)
+            weights = attention.unsqueeze(-1).unbind(1)  # L x (B, 1)
+            return self.recur(projected, weights, inputs.new_zeros(len(inputs), self.hidden_dim))
         steps = rows.steps.tolist()
         projected = self.input_map(inputs).split(steps)  # T x (n_t, 3H)
         weights = attention.unsqueeze(-1).split(steps)  # T x (n_t, 1)
         state = inputs.new_zeros(steps[0], self.hidden_dim)  # every history with a row
+        return rows.unsort(self.recur(projected, weights, state))
+
+    def recur(
+        self, projected: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+        state: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eq. 6-7 over the steps: the projected inputs (n_t, 3H) and a_t (n_t, 1) of step t
+        update the first n_t rows of ``state`` (n, H) (n_t never grows) -> the final states."""
         for step, weight in zip(projected, weights, strict=True):
             running = len(step)
             updated = self.step(step, weight, state[:running])
             state = torch.cat([updated, state[running:]]) if running < len(state) else updated
-        return rows.unsort(state)
+        return state
 
 
 @register("dien", display="DIEN")
@@ -147,7 +154,7 @@ class DIEN(CTRModel):
        per-model tuning was done. ``pooled_history=False`` leaves [target, final state],
        FuxiCTR's default (``enable_sum_pooling=False``).
 
-    Attention health (``base.reporting_health``, H = 1): that of a_t (step 3), a softmax over
+    Attention health (``evaluate``, H = 1): that of a_t (step 3), a softmax over
     the real positions: its entropy relative to uniform over them and the mean |score| its
     softmax saw (``layers.target_attention_health``).
     """
@@ -180,18 +187,30 @@ class DIEN(CTRModel):
             hidden=tuple(mlp_hidden), activation=activation,
         )
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
-        history, target = self.embed(batch)
-        items, target = item_vectors(history, target)  # (B, L, D), (B, D)
+    def run(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """logits (B,), and what the losses and the health read: items (B, L, D), target
+        (B, D), mask (B, L), GRU states (B, L, H) and attention a_t (B, 1, L)."""
+        items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         states, weights, final = self.interest_states(items, target, mask)
         logits = self.head(final, target, pool_history(items, mask))
-        terms = self.health(states, target, mask, weights) if self.report_health else {}
+        return logits, (items, target, mask, states, weights)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, (items, _, mask, states, _) = self.run(batch)
         if not extra_losses or self.aux_weight == 0:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms)
+            return ModelOutput(logits, self.no_aux_loss(logits))
         negatives = self.embedding(self.history_negatives(batch)).flatten(-2)  # (B, L, D)
-        aux = self.next_click(states, items, negatives, mask)
-        return ModelOutput(logits, self.aux_weight * aux, terms | {"next_click": aux.detach()})
+        packing = Packing(mask)
+        aux = self.next_click(*(packing.pack(x) for x in (states, items, negatives)), packing)
+        return ModelOutput(logits, self.aux_weight * aux, {"next_click": aux.detach()})
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the health of a_t, (1,) each."""
+        logits, (_, target, mask, states, weights) = self.run(batch)
+        health = self.attention.health(states[:, None], target, mask, weights)
+        return ModelOutput(logits, self.no_aux_loss(logits), health_terms(*health))
 
     def interest_states(
         self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
@@ -215,14 +234,4 @@ class DIEN(CTRModel):
         states = rows.unpack(packed.data)
         _, weights = self.attention(states[:, None], target, mask)
         attention = weights[:, 0].flatten().index_select(0, rows.rows)  # (S,)
-        return states, weights, self.evolution.forward_packed(packed.data, attention, rows)
-
-    def health(
-        self, states: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-        weights: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """The health of a_t, (1,) each: states (B, L, H), weights (B, 1, L)."""
-        entropy, abs_logit = target_attention_health(
-            self.attention, states[:, None], target, mask, weights
-        )
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+        return states, weights, self.evolution(packed.data, attention, rows)

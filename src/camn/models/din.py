@@ -17,9 +17,9 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     TargetAttention,
+    health_terms,
     item_vectors,
     pool_history,
-    target_attention_health,
 )
 from camn.models.registry import register
 
@@ -43,10 +43,10 @@ class DIN(CTRModel):
     target * sum-pooled history, v_U], batch norm on the input, then 200 -> 80 -> 1 with Dice
     (the DIEN code base's DIN, which DMIN's code and paper compare against). No per-model
     tuning was done. ``din-paper`` (``pooled_history=False``) drops the two sum-pooled inputs,
-    leaving the DIN paper's [target, v_U] (FuxiCTR's DIN); on the small Beauty ``last`` set
-    that costs about 0.05 AUC (docs/results.md, "Faithfulness against FuxiCTR").
+    leaving the DIN paper's [target, v_U] (FuxiCTR's DIN; what that costs: docs/results.md,
+    "Faithfulness against FuxiCTR").
 
-    Attention health (``base.reporting_health``, H = 1): the raw scores are no distribution,
+    Attention health (``evaluate``, H = 1): the raw scores are no distribution,
     so ``attention_abs_logit`` is the mean |w_j| over the real keys and ``attention_entropy``
     the normalised entropy of |w_j| / sum |w| over them, a concentration measure of the
     unnormalised weights, not a softmax's entropy (``layers.unnormalised_health``; with
@@ -84,23 +84,26 @@ class DIN(CTRModel):
     def interest(
         self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """items (B, L, D), target (B, D) -> v_U (B, D) and the weights (B, L)."""
+        """items (B, L, D), target (B, D) -> v_U (B, D) and the weights w (B, L)."""
         pooled, weights = self.attention(items[:, None], target, mask)
         return pooled[:, 0], weights[:, 0]
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """logits (B,), and what the health reads: items (B, L, D), target (B, D), mask (B, L)
+        and the weights w (B, L)."""
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         interest, weights = self.interest(items, target, mask)
         logits = self.head(interest, target, pool_history(items, mask))
-        terms = self.health(items, target, mask, weights) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return logits, (items, target, mask, weights)
 
-    def health(
-        self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The target attention's health, (1,) each, from its weights (B, L)."""
-        entropy, abs_logit = target_attention_health(
-            self.attention, items[:, None], target, mask, weights[:, None]
-        )
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, _ = self.run(batch)
+        return ModelOutput(logits, self.no_aux_loss(logits))
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the target attention's health, (1,) each."""
+        logits, (items, target, mask, weights) = self.run(batch)
+        health = self.attention.health(items[:, None], target, mask, weights[:, None])
+        return ModelOutput(logits, self.no_aux_loss(logits), health_terms(*health))

@@ -6,12 +6,15 @@ Official TF code: github.com/mengxiaozhibo/DMIN (built on DIEN's), functions
 ``self_multi_head_attn``, ``self_multi_head_attn_v2`` and ``din_attention_new``.
 
 Shapes: B batch, L history length, k attribute slots (= interests), d embedding size,
-D = k*d item width, H heads, e per-head width.
+D = k*d item width, N packed rows (``layers.Packing``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import Packing, dmin_blocks
@@ -41,11 +44,12 @@ class DMIN(CTRModel):
        200 -> 80 -> 1 with Dice (official ``build_fcn_net``, less the user-id embedding). No
        per-model tuning was done. ``pooled_history=False`` leaves [target, interest_1..k],
        FuxiCTR's default (``enable_sum_pooling=False``).
-    All heads run as batched tensor operations; after the extractor's attention only the real
-    positions are computed (packed head-major (k, N, D), N = number of real items). Cost:
-    the k per-head FFNs (D -> 2D -> D) and target attentions of width D make the extractor
-    about k times DIN's attention in FLOPs; that is the official design (4 heads of width 36
-    there, k = 6 heads of width 108 here), kept as is.
+    All heads run as batched tensor operations on the rows of a ``layers.Packing`` (the real
+    items on the CPU, or the batch's ``packed_positions``). The k per-head FFNs and target
+    attentions of width D make the extractor about k times DIN's attention in FLOPs: the
+    official design (4 heads of width 36 there), kept as is. The evaluation pass
+    (``evaluate``) reports the extractor's attention health per head and L_d (Eq. 7 of CAMN)
+    over its heads (``MultiInterestExtractor.health``).
     """
 
     needs_history_negatives = True
@@ -73,16 +77,37 @@ class DMIN(CTRModel):
             pooled_history=pooled_history, input_norm=input_norm,
         )
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> DMINPass:
+        """Blocks 1, 3 and 4 on ``batch``: the logits and what the losses and health read."""
         packing = Packing.of(batch)
         items = self.embedding(packing.pack(batch["history"])).flatten(-2)  # (N, D)
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
         refined = self.refiner(items, packing)  # (N, D)
         interests, _, attention = self.extractor(refined, target, packing)  # (B, k, D)
         logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
-        terms = self.extractor.health(refined, packing, attention) if self.report_health else {}
+        return DMINPass(logits, packing, items, refined, attention)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        run = self.run(batch)
         if not extra_losses or self.aux_weight == 0:
-            return ModelOutput(logits, self.no_aux_loss(logits), terms)
-        negatives = self.embedding(packing.pack(self.history_negatives(batch))).flatten(-2)
-        aux = self.next_click.packed(refined, items, negatives, packing)
-        return ModelOutput(logits, self.aux_weight * aux, terms | {"next_click": aux.detach()})
+            return ModelOutput(run.logits, self.no_aux_loss(run.logits))
+        negatives = self.embedding(run.packing.pack(self.history_negatives(batch))).flatten(-2)
+        aux = self.next_click(run.refined, run.items, negatives, run.packing)  # block 2
+        return ModelOutput(run.logits, self.aux_weight * aux, {"next_click": aux.detach()})
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the extractor's attention health (k heads) and L_d."""
+        run = self.run(batch)
+        health = self.extractor.health(run.refined, run.packing, run.attention)
+        return ModelOutput(run.logits, self.no_aux_loss(run.logits), health)
+
+
+class DMINPass(NamedTuple):
+    """One pass of DMIN's blocks over a batch."""
+
+    logits: torch.Tensor  # (B,)
+    packing: Packing
+    items: torch.Tensor  # packed item vectors (N, D)
+    refined: torch.Tensor  # the refiner's states (N, D)
+    attention: torch.Tensor  # the extractor's self-attention (k, B, L, L)

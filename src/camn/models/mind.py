@@ -1,4 +1,4 @@
-"""MIND: Multi-Interest Network with Dynamic routing, as a pointwise CTR baseline (SPEC 3).
+"""MIND: Multi-Interest Network with Dynamic routing, as a pointwise CTR baseline.
 
 Li, Liu, Wu, Xu, Zhao, Huang, Kang, Chen, Li, Lee. "Multi-Interest Network with Dynamic Routing
 for Recommendation at Tmall", CIKM 2019, https://doi.org/10.1145/3357384.3357814.
@@ -20,6 +20,7 @@ from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import (
     OutputHead,
     attention_health,
+    health_terms,
     label_aware_attention,
     masked_softmax,
     pool_history,
@@ -49,33 +50,10 @@ def adaptive_interest_count(lengths: torch.Tensor, max_interests: int) -> torch.
 class MIND(CTRModel):
     """MIND (Li et al., CIKM 2019): dynamic-routing interest capsules, label-aware read-out.
 
-    K interest capsules by B2I dynamic routing, then label-aware attention with the target;
-    [user vector, target] -> MLP -> logit.
-
-    Behaviour-to-interest (B2I) dynamic routing (the paper's multi-interest extractor layer,
-    Algorithm 1), over the history items c_i (the k attribute embeddings concatenated, width
-    D = k*d, the project's item vector for every model; MIND itself averages an item's id
-    embeddings):
-
-    - one bilinear map S (D -> D', no bias) shared by every behaviour and capsule (B2I's change
-      to CapsNet, which has one map per pair); D' = ``interest_dim`` (default D);
-    - routing logits b_ij (i behaviour, j capsule) start random (the paper draws them from a
-      normal distribution because with a shared S equal starts would give K identical
-      capsules); for ``iterations`` rounds (3):
-      w_ij = softmax_j(b_ij) (over the capsules, per behaviour), z_j = sum_i w_ij S c_i,
-      u_j = squash(z_j), b_ij += u_j^T S c_i. Padded behaviours get w_ij = 0, so they
-      contribute nothing and each real behaviour's w_i. sums to 1.
-    - Initial logits (a choice the paper leaves open): ``routing_init="fixed"`` (default) draws
-      b (K, L) once at construction (truncated normal, std ``init_std``, stored as a buffer and
-      saved with the weights), so training and inference are deterministic given the model;
-      ``"random"`` redraws b (B, L, K) at every training forward as the paper and ComiRec's code
-      do, and uses the fixed buffer in eval mode.
-    - ``detach_routing`` (default True, ComiRec's ``stop_grad``): the rounds that only update
-      b see S c_i without gradient; the last round's capsules carry the gradient to S and the
-      embeddings.
-    - ``adaptive_interests`` (off: SPEC 3 fixes K = k): K'_u = max(1, min(K, floor(log2 l_u)))
-      capsules per user (the paper's adaptive K), the others masked in the routing softmax
-      and the read-out.
+    K interest capsules by behaviour-to-interest (B2I) dynamic routing (``routing``) over the
+    history items c_i (the k attribute embeddings concatenated, width D = k*d, the item vector
+    of every model here; MIND itself averages an item's id embeddings), then label-aware
+    attention with the target.
 
     After routing, ``capsule_relu`` (default True) applies one shared Linear(D', D') + ReLU to
     every capsule: the paper's ReLU layers between capsules and label-aware attention (Fig. 2),
@@ -85,19 +63,12 @@ class MIND(CTRModel):
     non-negative integer, since the dot products can be negative), ``readout="hard"`` for
     p -> inf. The target e_t is projected to D' by a linear map when D' != D.
 
-    Output (a CTR head, the paper's retrieval loss replaced as SPEC 3 says): the shared
-    ``layers.OutputHead``, DMIN's output network: [e_t (D), sum-pooled history, e_t *
-    sum-pooled history, v_u (D')], batch norm on the input, 200 -> 80 -> 1 with Dice, so that
-    MIND differs from the other sequence models in its sequence module only.
-    ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, v_u] only, the
-    target and the user vector that MIND's own score <v_u, e_t> reads, with PReLU.
-
-    Attention health (``base.reporting_health``, H = 1): that of the routing, whose keys are
-    the capsules: for each real behaviour the entropy of its last-round coupling coefficients
-    w_i. over the K capsules (relative to uniform over them; 1 = the behaviour feeds every
-    interest alike), and the mean |b_ij| of the logits that softmax saw (their start is drawn
-    with std ``init_std``, so neither is uniform at initialisation); the label-aware read-out
-    over the K interests is not counted.
+    Output, a CTR head in place of the paper's retrieval loss (so that MIND scores clicks as
+    every model here does): the shared ``layers.OutputHead``, DMIN's output network: [e_t (D),
+    sum-pooled history, e_t * sum-pooled history, v_u (D')], batch norm on the input,
+    200 -> 80 -> 1 with Dice, so that MIND differs from the other sequence models in its
+    sequence module only. ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds
+    [e_t, v_u] only, what MIND's own score <v_u, e_t> reads, with PReLU.
     """
 
     def __init__(
@@ -169,19 +140,29 @@ class MIND(CTRModel):
             return nn.init.trunc_normal_(fresh, std=self.init_std)
         return self.initial_logits[:length].expand(batch, -1, -1)
 
-    def route(
-        self, items: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B2I dynamic routing (Algorithm 1): items (B, L, D), mask (B, L) -> capsules u
-        (B, K, D') after squash, coupling coefficients w (B, L, K) of the last round (rows sum
-        to 1 at real behaviours, 0 at padding), and the capsule mask (B, K)."""
-        return self.routing(items, mask)[:3]
-
     def routing(
         self, items: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``route``'s capsules, coupling and capsule mask, and the routing logits b
-        (B, L, K) that the last round's softmax saw."""
+        """B2I dynamic routing (the paper's Algorithm 1): items (B, L, D), mask (B, L) ->
+        capsules u (B, K, D') after squash, the last round's coupling w (B, L, K) (rows sum to
+        1 at real behaviours, 0 at padding), the capsule mask (B, K), and the logits b
+        (B, L, K) that the last round's softmax saw.
+
+        - One bilinear map S (D -> D', no bias) shared by every behaviour and capsule (B2I's
+          change to CapsNet, which has one map per pair); D' = ``interest_dim`` (default D).
+        - Logits b_ij (i behaviour, j capsule) start random (with a shared S equal starts
+          would give K identical capsules); for ``iterations`` rounds: w_ij = softmax_j(b_ij),
+          z_j = sum_i w_ij S c_i, u_j = squash(z_j), b_ij += u_j^T S c_i. Padded behaviours
+          get w_ij = 0; each real behaviour's w_i. sums to 1.
+        - The start (the paper leaves it open): ``routing_init="fixed"`` draws b (K, L) once at
+          construction (truncated normal, std ``init_std``, a buffer saved with the weights),
+          so a model scores deterministically; ``"random"`` redraws b (B, L, K) at every
+          training forward as the paper and ComiRec's code do (the fixed buffer in eval mode).
+        - ``detach_routing`` (ComiRec's ``stop_grad``): the rounds that only update b see
+          S c_i without gradient; the last round's capsules carry it to S and the embeddings.
+        - ``adaptive_interests`` (off: K = k, one interest per attribute, as CAMN): K'_u =
+          max(1, min(K, floor(log2 l_u))) capsules per user, the others masked.
+        """
         mapped = self.bilinear(items)  # S c_i, (B, L, D')
         mapped_iter = mapped.detach() if self.detach_routing else mapped
         capsules_valid = self.capsule_mask(mask)  # (B, K)
@@ -196,7 +177,9 @@ class MIND(CTRModel):
                 logits = logits + torch.einsum("bld,bkd->blk", mapped_iter, capsules)
         return capsules, coupling, capsules_valid, logits
 
-    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+    def run(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """logits (B,), and what the health reads: the last round's coupling w and the
+        routing logits b it saw (B, L, K), mask (B, L), capsule mask (B, K)."""
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         items, target = history.flatten(2), target.flatten(1)  # (B, L, D), (B, D)
         mask = batch["mask"]
@@ -206,16 +189,20 @@ class MIND(CTRModel):
         query = target if self.target_projection is None else self.target_projection(target)
         user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
         logits = self.head(user, target, pool_history(items, mask))
-        terms = self.health(coupling, routing_logits, mask, valid) if self.report_health else {}
-        return ModelOutput(logits, self.no_aux_loss(logits), terms)
+        return logits, (coupling, routing_logits, mask, valid)
+
+    def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
+        logits, _ = self.run(batch)
+        return ModelOutput(logits, self.no_aux_loss(logits))
 
     @torch.no_grad()
-    def health(
-        self, coupling: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
-        valid: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """The routing's health, (1,) each, from the coupling w and logits b (B, L, K): rows
-        are the real behaviours, keys the capsules each user has (``valid`` (B, K))."""
+    def evaluate(self, batch: Batch) -> ModelOutput:
+        """``forward``'s output with the routing's health, (1,) each: the keys are the capsules
+        each user has, the rows the real behaviours; the entropy of a behaviour's last-round
+        coupling w_i. over them (1 = it feeds every interest alike) and the mean |b_ij| that
+        softmax saw (drawn with std ``init_std`` at the start, so neither is uniform at
+        initialisation). The label-aware read-out over the K interests is not counted."""
+        logits, (coupling, routing_logits, mask, valid) = self.run(batch)
         allowed = mask[:, :, None] & valid[:, None, :]  # (B, L, K)
-        entropy, abs_logit = attention_health(coupling[None], logits[None], allowed)
-        return {"attention_entropy": entropy, "attention_abs_logit": abs_logit}
+        health = attention_health(coupling[None], routing_logits[None], allowed)
+        return ModelOutput(logits, self.no_aux_loss(logits), health_terms(*health))

@@ -1,4 +1,4 @@
-"""PNN (inner-product variant, IPNN) on the target's and the pooled history's fields (SPEC 3).
+"""PNN (inner-product variant, IPNN) on the target's and the pooled history's fields.
 
 Qu, Cai, Ren, Zhang, Yu, Wen, Wang. "Product-based Neural Networks for User Response
 Prediction", ICDM 2016, https://doi.org/10.1109/ICDM.2016.0151; official code
@@ -32,7 +32,7 @@ class PNN(CTRModel):
 
     No sequence model.
 
-    Fields (SPEC 3): the target's k attribute embeddings and the history's k attribute
+    Fields: the target's k attribute embeddings and the history's k attribute
     embeddings pooled over the real positions (``history_pool``: "sum" by default, or "mean"),
     F = 2k fields of width d (the embedding layer of the paper's Fig. 1).
 

@@ -1,4 +1,4 @@
-"""Wide & Deep on the target's attribute fields and the pooled history fields (SPEC 3).
+"""Wide & Deep on the target's attribute fields and the pooled history fields.
 
 Cheng, Koc, Harmsen, Shaked, Chandra, Aradhye, Anderson, Corrado, Chai, Ispir, Anil, Haque,
 Hong, Jain, Liu, Shah. "Wide & Deep Learning for Recommender Systems", DLRS 2016,
@@ -36,9 +36,8 @@ def cross_bucket(target: torch.Tensor, history: torch.Tensor, buckets: int) -> t
 class WideDeep(CTRModel):
     """Wide & Deep (Cheng et al., 2016): logit = wide linear model + deep MLP, no sequence model.
 
-    Fields (SPEC 3): the target's k attribute fields and the history's k attribute fields
-    pooled over the real positions (``history_pool``: "sum" by default, as SPEC 3 says; "mean"
-    divides by the length).
+    Fields: the target's k attribute fields and the history's k attribute fields pooled over
+    the real positions (``history_pool``: "sum" by default; "mean" divides by the length).
 
     Deep part (paper Sec. 3.2): the shared ``layers.OutputHead`` on the 2k field embeddings
     concatenated (2k*d) alone (they already hold the target; no sum-pooled inputs: the wide

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import roc_auc_score
 
 from camn.data.store import PreparedStore
-from camn.models.base import CTRModel, reporting_health
+from camn.models.base import CTRModel
 
 ITEM_LEVEL, USER_LEVEL = 0, 1  # driver kinds of the synthetic source
 EPS = 1e-7
@@ -150,7 +150,7 @@ def predict(
     model: CTRModel, store: PreparedStore, split: str, batch_size: int, device: torch.device | str
 ) -> Predictions:
     """Score every sample of ``split`` in store order (eval mode, no history negatives),
-    with the model's attention health averaged in ``terms`` (``base.reporting_health``)."""
+    with the model's attention health averaged in ``terms`` (``CTRModel.evaluate``)."""
     model.eval()
     device = torch.device(device)
     parts: dict[str, list[torch.Tensor]] = {"index": [], "user": [], "label": [], "logit": []}
@@ -158,8 +158,7 @@ def predict(
     terms = TermAverages()
     for batch in store.batches(split, batch_size):
         inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-        with reporting_health(model):
-            output = model(inputs)
+        output = model.evaluate(inputs)
         terms.add(output.aux_terms, len(batch["label"]))
         parts["index"].append(batch["index"])
         parts["user"].append(batch["user"])
