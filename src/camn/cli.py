@@ -11,7 +11,7 @@ from pathlib import Path
 
 from camn import __version__
 from camn.data.raw import DataError
-from camn.outputs import STORE, check_output, identify
+from camn.outputs import STORE, check_output, describe_os_error, identify
 
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
 # "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
@@ -167,7 +167,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. Exit status: 0 done, 2 a user error (``camn: error: ...``), 130 Ctrl-C
+    """Run one command. Exit status: 0 done, 2 a user error (``camn: error: ...``, also a
+    file that cannot be read or written: its path and the reason), 130 Ctrl-C
     (``camn: interrupted``), 141 stdout closed early (``camn ... | head``: quietly, as a program
     ended by SIGPIPE), argparse's own 2 for a bad command line."""
     try:
@@ -189,6 +190,11 @@ def _run(argv: Sequence[str] | None) -> int:
         return args.handler(args)
     except DataError as error:
         print(f"camn: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # a file camn cannot read or write, named with the reason
+        print(f"camn: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("camn: interrupted", file=sys.stderr)
