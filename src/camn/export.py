@@ -82,10 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sidecar = sidecar_path(args.out)
     inputs = model_inputs(args.run, args.seed, args.data)
-    check_output_file(args.out, f"an export written by camn (no camn sidecar {sidecar.name} "
-                      "names it)", is_export, force=args.force, inputs=inputs)
+    check_output_file(args.out, f"an export written by camn (no camn sidecar {args.out.name}"
+                      ".json names it)", is_export, force=args.force, inputs=inputs)
+    sidecar = sidecar_path(args.out)  # a file's: ``--out .`` is refused above
     check_output_file(sidecar, "the sidecar of an export written by camn", is_sidecar,
                       force=args.force, inputs=inputs, option="--out's sidecar")
     if args.format == "onnx":
