@@ -247,16 +247,20 @@ def evaluate_run(run: Path, store: PreparedStore, split: str, device: torch.devi
     return summary
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def trained_store(run: Path) -> Path:
+    """The store ``run`` was trained on, as its first seed's ``config.json`` records it."""
     from camn.predict import run_store_path
 
+    path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
+    if not (path / "schema.json").is_file():
+        raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
+                        "name the store to evaluate on with --data")
+    return path
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    if args.data is None:  # the store the run's first seed was trained on
-        path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
-        if not (path / "schema.json").is_file():
-            raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
-                            "name the store to evaluate on with --data")
-    store = PreparedStore(args.data if args.data is not None else path)
+    store = PreparedStore(args.data if args.data is not None else trained_store(run))
     summary = evaluate_run(run, store, args.split, resolve_device(args.device))
     for seed, metrics in summary["seeds"].items():
         line = f"seed {seed}: AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f}, " \

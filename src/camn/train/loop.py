@@ -644,10 +644,10 @@ def train_seeds(
             lock.acquire()  # refused while another process writes this run
             if resume:
                 check_same(out, read_settings(out), run_settings(store, config, seeds))
-            else:
+        try:
+            if context.is_main and not resume:
                 start_staging(staging, run_settings(store, config, seeds))
                 lock.acquire()  # the new folder
-        try:
             runs = seed_results(store, config, seeds, staging, resume, hooks)
         except Diverged:
             if context.is_main:
