@@ -11,7 +11,7 @@ from pathlib import Path
 
 from camn import __version__
 from camn.data.raw import DataError
-from camn.outputs import STORE, check_output, describe_os_error, identify
+from camn.outputs import STORE, check_output, describe_os_error, identify, writing
 
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
 # "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
@@ -92,10 +92,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
-    schema = prepare(
-        raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
-        report=report, force=args.force,
-    )
+    with writing(args.out):  # the store is written into a temporary folder, removed on failure
+        schema = prepare(
+            raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
+            report=report, force=args.force,
+        )
     print(table1_line(schema))
     for note in raw.notes:
         print(note)

@@ -309,21 +309,18 @@ def replacing(out: str | Path, kind: str) -> Iterator[Path]:
     On any failure, Ctrl-C included, only the temporary folder is removed.
     """
     out = Path(out)
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}")
-        tmp.mkdir()  # with the user's umask, unlike tempfile.mkdtemp's 0700
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}")
+    tmp.mkdir()  # with the user's umask, unlike tempfile.mkdtemp's 0700
     try:
-        with writing(out):
-            yield tmp
-            old = _set_aside(out, kind, tmp.with_name(tmp.name + ".old"))
+        yield tmp
+        old = _set_aside(out, kind, tmp.with_name(tmp.name + ".old"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the folder made above, nothing else
         raise
-    with writing(out):
-        tmp.rename(out)
-        if old is not None:
-            remove_owned(old, kind)
+    tmp.rename(out)
+    if old is not None:
+        remove_owned(old, kind)
 
 
 def swap_in(new: str | Path, out: str | Path, kind: str) -> None:
