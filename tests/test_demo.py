@@ -73,6 +73,8 @@ def test_demo_prints_auc_verdict_and_routing_recovery_and_resumes(tmp_path, monk
             "(best relabelling: item 0.900, user 0.550)") in printed
     assert "CAMN-route  overall 0.410" in printed
     assert "CAMN-loss   no router" in printed
+    for term in ("routing recovery", "item-level", "user-level", "best relabelling"):
+        assert [line for line in printed.splitlines() if line.startswith(f"- {term}: ")]
     assert (tmp_path / "demo" / "benchmark" / "table.md").is_file()
     CALLS.clear()
     assert main(argv) == 0

@@ -104,7 +104,15 @@ def test_existing_outputs_are_kept(trained_run: Callable[[str], Path], tmp_path:
     argv = ["export", "--run", str(trained_run("din")), "--format", "torchscript", "--out",
             str(out)]
     assert main(argv) == 2
+    assert capsys.readouterr().err == (f"camn: error: --out's sidecar {out}.json already "
+                                       "exists; pass --force to overwrite it\n")
+    assert main([*argv, "--force"]) == 2  # the sidecar is not camn's: kept
     assert capsys.readouterr().err == (
-        f"camn: error: --out: {out}.json already exists; pass --force to overwrite it\n")
-    assert main([*argv, "--force"]) == 0
+        f"camn: error: --out's sidecar {out}.json is not the sidecar of an export written by "
+        "camn; --force replaces only such a file, camn will not write over it; choose another "
+        "file\n")
+    assert Path(f"{out}.json").read_text() == "mine"
+    Path(f"{out}.json").unlink()
+    assert main(argv) == 0
+    assert main([*argv, "--force"]) == 0  # camn's own export and sidecar: replaced
     assert json.loads(Path(f"{out}.json").read_text())["model"] == "din"

@@ -178,17 +178,21 @@ def test_outputs_and_columns_are_checked(run: Path, candidates: pl.DataFrame, tm
     candidates.head(3).write_csv(source)
     out = tmp_path / "out.csv"
     out.write_text("mine\n")
-    cases = [
-        ([], f"--out {out} already exists; pass --force to overwrite it"),
-        (["--candidate-col", "item"], f"{source}: no column 'item' (the candidates; "
-                                      "--candidate-col); its columns: user, history, candidate"),
-    ]
-    for extra, message in cases:
-        assert score(run, source, out, *extra, *(["--force"] if extra else [])) == 2
-        assert capsys.readouterr().err == f"camn: error: {message}\n"
-        assert out.read_text() == "mine\n"
+    assert score(run, source, out) == 2
+    assert capsys.readouterr().err == (
+        f"camn: error: --out {out} already exists; pass --force to overwrite it\n")
+    assert score(run, source, out, "--force") == 2  # not a scores file: kept
+    assert capsys.readouterr().err == (
+        f"camn: error: --out {out} is not a scores file written by camn (no 'score' column); "
+        "--force replaces only such a file, camn will not write over it; choose another file\n")
+    assert out.read_text() == "mine\n"
+    assert score(run, source, tmp_path / "new.csv", "--candidate-col", "item") == 2
+    assert capsys.readouterr().err == (
+        f"camn: error: {source}: no column 'item' (the candidates; --candidate-col); its "
+        "columns: user, history, candidate\n")
+    assert not (tmp_path / "new.csv").exists()
     assert score(run, source, source, "--force") == 2
     assert capsys.readouterr().err == (
-        f"camn: error: --out {source} is an input file; choose another output file\n")
+        f"camn: error: --out {source} is the input {source}; choose another file\n")
     assert score(run, source, tmp_path / "out.xlsx") == 2
     assert "name a .csv, .tsv, .parquet or .jsonl file" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from camn import __version__
 from camn.data.raw import DataError
-from camn.outputs import STORE, check_output, identify
+from camn.outputs import STORE, check_output, describe_os_error, identify, writing
 
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
 # "module:prefix" means add_<prefix>_arguments and run_<prefix> in that module
@@ -92,10 +92,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
-    schema = prepare(
-        raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
-        report=report, force=args.force,
-    )
+    with writing(args.out):  # the store is written into a temporary folder, removed on failure
+        schema = prepare(
+            raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
+            report=report, force=args.force,
+        )
     print(table1_line(schema))
     for note in raw.notes:
         print(note)
@@ -169,7 +170,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. Exit status: 0 done, 2 a user error (``camn: error: ...``), 130 Ctrl-C
+    """Run one command. Exit status: 0 done, 2 a user error (``camn: error: ...``, also a
+    file that cannot be read or written: its path and the reason), 130 Ctrl-C
     (``camn: interrupted``), 141 stdout closed early (``camn ... | head``: quietly, as a program
     ended by SIGPIPE), argparse's own 2 for a bad command line."""
     try:
@@ -191,6 +193,11 @@ def _run(argv: Sequence[str] | None) -> int:
         return args.handler(args)
     except DataError as error:
         print(f"camn: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # a file camn cannot read or write, named with the reason
+        print(f"camn: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("camn: interrupted", file=sys.stderr)

@@ -163,14 +163,16 @@ def shown(value: object) -> str:
 
 def add_training_flags(
     parser: argparse.ArgumentParser, defaults: Mapping[str, object] | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), config_file: bool = True,
 ) -> None:
     """A flag per training setting (``--weight-decay`` for ``weight_decay``; ``--X/--no-X`` for
     a bool), parsed to None when not given; the help shows the effective default (the
-    command's ``defaults``, else TrainConfig's)."""
+    command's ``defaults``, else TrainConfig's). ``config_file``: whether the command also
+    takes ``--config`` (then the group's help says that the flags override it)."""
     defaults = defaults or {}
     group = parser.add_argument_group(
-        "training settings", "each overrides the --config file's value for every run")
+        "training settings", "each overrides the --config file's value for every run"
+        if config_file else "each applies to every run")
     for setting in training_settings().values():
         if setting.name in exclude:
             continue

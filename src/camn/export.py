@@ -42,7 +42,8 @@ from torch import nn
 from camn import __version__
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.predict import Encoded, Predictor, add_run_arguments, load
+from camn.outputs import check_output_file, writing
+from camn.predict import Encoded, Predictor, add_run_arguments, load, model_inputs
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("history", "mask", "target")
@@ -81,16 +82,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sidecar = sidecar_path(args.out)
-    for path in (args.out, sidecar):
-        if path.is_dir():
-            raise DataError(f"--out: {path} is a folder; name a file")
-        if path.exists() and not args.force:
-            raise DataError(f"--out: {path} already exists; pass --force to overwrite it")
+    inputs = model_inputs(args.run, args.seed, args.data)
+    check_output_file(args.out, f"an export written by camn (no camn sidecar {args.out.name}"
+                      ".json names it)", is_export, force=args.force, inputs=inputs)
+    sidecar = sidecar_path(args.out)  # a file's: ``--out .`` is refused above
+    check_output_file(sidecar, "the sidecar of an export written by camn", is_sidecar,
+                      force=args.force, inputs=inputs, option="--out's sidecar")
     if args.format == "onnx":
         require_serve()
     predictor = load(args.run, args.seed, store=args.data, device="cpu")
-    info = export(predictor, args.format, args.out)
+    with writing(args.out):
+        info = export(predictor, args.format, args.out)
     verified = info["verified"]
     print(f"{predictor.name} (seed {predictor.seed}) exported as {args.format} to {args.out}: "
           f"max |exported - eager| {verified['max_abs_difference']:.1e} on "
@@ -101,6 +103,31 @@ def run(args: argparse.Namespace) -> int:
 
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """The sidecar at ``path`` when it is one camn wrote (JSON with its keys), else None."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    keys = ("camn_version", "format", "file", "inputs", "verified")
+    if not (isinstance(data, dict) and all(key in data for key in keys)
+            and data["format"] in FORMATS):
+        return None
+    return data
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a graph camn exported: its sidecar is camn's and names it."""
+    data = read_sidecar(sidecar_path(path))
+    return data is not None and data["file"] == path.name
+
+
+def is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is the sidecar camn wrote beside an export of that name."""
+    data = read_sidecar(path)
+    return data is not None and path.name == f"{data['file']}.json"
 
 
 def require_serve() -> None:
@@ -119,7 +146,9 @@ def export(predictor: Predictor, fmt: str, out: Path) -> dict:
     with torch.no_grad():
         expected = [graph(*batch).numpy() for batch in batches]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
+    token = secrets.token_hex(4)
+    tmp = out.with_name(f".{out.name}.{token}.partial")
+    tmp_sidecar = out.with_name(f".{out.name}.json.{token}.partial")
     try:
         if fmt == "onnx":
             runtime = export_onnx(graph, batches[0], tmp, predictor.name)
@@ -133,10 +162,12 @@ def export(predictor: Predictor, fmt: str, out: Path) -> dict:
                 f"|exported - eager| = {difference:.3g} > {TOLERANCE:g}; nothing was written"
             )
         info = sidecar(predictor, fmt, out, [len(b[0]) for b in batches], difference)
-        os.replace(tmp, out)
+        tmp_sidecar.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out)  # both files are complete: a failure before leaves neither
+        os.replace(tmp_sidecar, sidecar_path(out))
     finally:
         tmp.unlink(missing_ok=True)
-    sidecar_path(out).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        tmp_sidecar.unlink(missing_ok=True)
     return info
 
 

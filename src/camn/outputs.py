@@ -4,7 +4,10 @@ camn deletes only what it wrote itself. An existing folder counts as camn's when
 it is one that camn writes there (the layouts below; a symbolic link never is) and its marker file
 parses as camn's: ``schema.json`` of a prepared store, ``results.json`` or a ``seed_N/config.json``
 of a ``camn train`` run, ``benchmark.json`` of a benchmark. A single foreign file makes the whole
-folder foreign, and camn then neither writes into it nor deletes anything in it.
+folder foreign, and camn then neither writes into it nor deletes anything in it. A single output
+file (``camn export``, ``camn score``) is checked by :func:`check_output_file`: never an input,
+never inside an input or a camn output folder, and replaced only when it is a file of its kind
+that camn wrote.
 
 :func:`check_output` runs before any work (before a large input is read); it touches nothing.
 :func:`replacing` writes a new output into a temporary sibling folder and swaps it in at the end,
@@ -20,7 +23,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from camn.data.raw import DataError
@@ -148,16 +151,16 @@ def _refuse_special(where: str, real: Path, inputs: Iterable[str | Path]) -> Non
             raise DataError(f"{where} contains the input {item}; {CHOOSE}")
 
 
-def _refuse_nested(where: str, real: Path) -> None:
+def _refuse_nested(where: str, real: Path, choose: str = CHOOSE, place: str = "folder") -> None:
     """An output never goes inside another camn output (it would make that one foreign), nor
     below a file (found now, not when the work is done)."""
     for folder in real.parents:
         if folder.exists() and not folder.is_dir():
-            raise DataError(f"{where}: {folder} is a file, not a folder; {CHOOSE}")
+            raise DataError(f"{where}: {folder} is a file, not a folder; {choose}")
         for kind in (STORE, RUN, BENCHMARK):
             if signed(folder, kind):
                 raise DataError(f"{where} is inside {DESCRIPTION[kind]}, {folder}; "
-                                "choose a folder outside it")
+                                f"choose a {place} outside it")
 
 
 def check_output(
@@ -188,6 +191,49 @@ def check_output(
     if path.exists() and any(path.iterdir()):
         _check_existing(path, where, kind, force)
     _refuse_nested(where, real)
+    return path
+
+
+CHOOSE_FILE = "choose another file"
+
+
+def check_output_file(
+    out: str | Path,
+    what: str,
+    owned: Callable[[Path], bool],
+    *,
+    force: bool = False,
+    inputs: Iterable[str | Path] = (),
+    option: str = "--out",
+) -> Path:
+    """Refuse with a DataError unless camn may write the single file ``out``; touches nothing.
+
+    Refused always: a folder, a symbolic link, an ``inputs`` path or a path inside an input
+    folder, a path inside a camn store, run or benchmark folder, and a path below a file. An
+    existing file is replaced only with ``force``, and only when ``owned(out)`` says it is a
+    file camn wrote of this kind (``what``: "an export written by camn", ...).
+    """
+    path = Path(out)
+    where = f"{option} {out}"
+    if path.is_symlink():
+        raise DataError(f"{where} is a symbolic link (to {os.readlink(path)}); camn replaces "
+                        f"only a file it wrote itself; {CHOOSE_FILE}")
+    if path.is_dir():
+        raise DataError(f"{where} is a folder; name a file")
+    real = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if real == source:
+            raise DataError(f"{where} is the input {item}; {CHOOSE_FILE}")
+        if _is_within(real, source):
+            raise DataError(f"{where} is inside the input {item}; choose a file outside it")
+    _refuse_nested(where, real, CHOOSE_FILE, "file")
+    if path.exists():
+        if not force:
+            raise DataError(f"{where} already exists; pass --force to overwrite it")
+        if not owned(path):
+            raise DataError(f"{where} is not {what}; --force replaces only such a file, camn "
+                            f"will not write over it; {CHOOSE_FILE}")
     return path
 
 
@@ -230,6 +276,28 @@ def remove_owned(root: str | Path, kind: str) -> None:
         else:
             entry.unlink()
     root.rmdir()
+
+
+@contextlib.contextmanager
+def writing(out: str | Path, option: str = "--out") -> Iterator[None]:
+    """An OSError raised in the block (a folder camn may not write, a full disk, a read-only
+    file system) as a DataError naming ``out``, the file and the reason. The block's own
+    clean-up has run by then (a temporary file or folder removed)."""
+    try:
+        yield
+    except BrokenPipeError:  # stdout closed: not the output's fault (camn.cli handles it)
+        raise
+    except OSError as error:
+        raise DataError(f"{option} {out} cannot be written: {describe_os_error(error)}") from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """``FILE: reason`` of an OSError (``FILE -> OTHER: reason`` for a rename)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    other = f" -> {error.filename2}" if error.filename2 is not None else ""
+    return f"{error.filename}{other}: {reason}"
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import polars as pl
 import torch
 
 from camn.argtypes import seed_int
+from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import ACTION, DataError
 from camn.data.store import USERS, PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
@@ -677,14 +678,14 @@ def saved_model_dir(run: Path, seed: int | None) -> Path:
     """The saved model folder of ``run``: ``seed_<seed>`` of a ``camn train`` run (its first
     seed by default), or ``run`` itself when it is a saved model folder (``config.json``, as
     ``camn benchmark --keep-runs`` leaves them)."""
-    from camn.train.commands import load_results
+    from camn.train.commands import load_results, seed_folder
 
     if (run / "results.json").is_file():
         seeds = load_results(run)["seeds"]
         seed = seeds[0] if seed is None else seed
         if seed not in seeds:
             raise DataError(f"seed {seed} is not in the run {run}; it has seeds {seeds}")
-        return run / f"seed_{seed}"
+        return seed_folder(run, seed)
     if (run / CONFIG).is_file():
         return run
     if not run.is_dir():
@@ -705,6 +706,18 @@ def run_store_path(directory: Path) -> Path:
                         f"{DAMAGED}, or name the store (store=, --data)")
     return Path(data)
 
+
+
+def model_inputs(run: str | Path, seed: int | None, store: str | Path | None) -> list[Path]:
+    """What a command that loads ``run`` reads, which its output must never be or be inside:
+    the run and its store (``store``, else the one the run records, where it can be read)."""
+    paths = [Path(run)]
+    if store is not None:
+        return [*paths, Path(store)]
+    try:
+        return [*paths, run_store_path(saved_model_dir(Path(run), seed))]
+    except DataError:  # a damaged run: loading it names the problem
+        return paths
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -746,6 +759,7 @@ def load(
     if config["spec"] != FeatureSpec.from_schema(prepared.schema).to_dict():
         raise DataError(f"{root} does not match the store the run was trained on "
                         "(attributes, vocabulary sizes or history length differ)")
+    check_vocabularies(config, prepared)
     if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     return Predictor(model, config, prepared, resolved, batch_size)

@@ -11,7 +11,11 @@ The output is the input rows plus ``score`` (the click probability) and, for mod
 routing scores, ``top_attribute``: the attribute with the largest routing score P summed over
 the row's history items (empty for an empty history). It is written chunk by chunk to a file
 beside ``--out`` and moved there at the end, so memory stays bounded by the chunk size whatever
-the file's size and a failed run leaves no partial output. Bad rows (no candidate, a history
+the file's size and a failed run leaves no partial output; a candidates file without rows gives
+an output of the columns alone (a CSV or TSV header, an empty Parquet table). ``--force``
+replaces an existing ``--out`` only when it is a scores file (one with a ``score`` column), and
+``--out`` is never an input, a file of the run or of its store
+(:func:`camn.outputs.check_output_file`). Bad rows (no candidate, a history
 that does not parse, and the reader's own: see :mod:`camn.data.chunks`) are counted, reported
 with their line as ``camn prepare`` does, and left out; ids the store does not know are scored
 as unknown and counted.
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
+import json
 import os
 import secrets
 import shutil
@@ -37,7 +43,16 @@ from camn.data.chunks import CHUNK_ROWS, LINE, read_chunks
 from camn.data.raw import BadInputReport, DataError
 from camn.data.sources._common import column_list, skip_rows
 from camn.data.sources.table import file_format, read_interactions, read_table
-from camn.predict import Encoded, Predictor, UnknownIds, add_run_arguments, as_ids, load
+from camn.outputs import check_output_file, writing
+from camn.predict import (
+    Encoded,
+    Predictor,
+    UnknownIds,
+    add_run_arguments,
+    as_ids,
+    load,
+    model_inputs,
+)
 
 HISTORY = "__history"  # the history column made from --history
 
@@ -80,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out_format = check_out_file(args.out, [args.candidates, args.history, args.items],
-                                args.force)
+    inputs = [args.candidates, args.history, args.items,
+              *model_inputs(args.run, args.seed, args.data)]
+    out_format = check_out_file(args.out, inputs, args.force)
     in_format = file_format(args.candidates, args.format)
     if not args.candidates.is_file():
         raise DataError(f"{args.candidates}: no such file")
@@ -97,12 +113,14 @@ def run(args: argparse.Namespace) -> int:
                             .drop(LINE))
     histories = None if args.history is None else user_histories(args, predictor, report)
     scorer = ChunkScorer(predictor, args, histories, report)
-    with ChunkWriter(args.out, out_format) as writer, tqdm(
+    with writing(args.out), ChunkWriter(args.out, out_format) as writer, tqdm(
         desc="scoring", unit=" rows", disable=True if args.no_progress else None
     ) as bar:
         for chunk in read_chunks(args.candidates, in_format, report, rows=args.chunk_rows):
             writer.write(scorer.score(chunk))
             bar.update(len(chunk))
+        if not writer.frames and in_format != "jsonl":  # no row: the columns alone
+            writer.write(scorer.score(empty_candidates(args.candidates, in_format)))
     print(f"{scorer.scored:,} row(s) of {args.candidates} scored by {predictor.name} "
           f"(seed {predictor.seed}) -> {args.out}")
     if scorer.unknown.total:
@@ -112,22 +130,55 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_out_file(out: Path, inputs: list[Path | None], force: bool) -> str:
-    """The output's format (from its extension); refuses an existing file without ``force``,
-    a folder, and any input file."""
+    """The output's format (from its extension), once :func:`check_output_file` allows
+    ``out``: never an input, and an existing file only with ``force`` when it is a scores
+    file (:func:`is_scores_file`)."""
     try:
         fmt = file_format(out, None)
     except DataError:
         raise DataError(f"--out {out}: name a .csv, .tsv, .parquet or .jsonl file") from None
     if out.suffix.lower() == ".gz" and fmt == "parquet":
         raise DataError(f"--out {out}: Parquet is compressed already; drop the .gz")
-    for path in inputs:
-        if path is not None and path.exists() and out.exists() and out.samefile(path):
-            raise DataError(f"--out {out} is an input file; choose another output file")
-    if out.is_dir():
-        raise DataError(f"--out {out} is a folder; name an output file")
-    if out.exists() and not force:
-        raise DataError(f"--out {out} already exists; pass --force to overwrite it")
+    check_output_file(out, "a scores file written by camn (no 'score' column)",
+                      lambda path: is_scores_file(path, fmt), force=force,
+                      inputs=[path for path in inputs if path is not None])
     return fmt
+
+
+def is_scores_file(path: Path, fmt: str) -> bool:
+    """Whether ``path`` reads as a ``camn score`` output of format ``fmt``: its columns (the
+    header of a CSV or TSV, the first object of JSON lines, a Parquet schema) hold ``score``."""
+    try:
+        if fmt == "parquet":
+            return "score" in pl.read_parquet_schema(path)
+        with path.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            with (gzip.GzipFile(fileobj=raw) if gz else raw) as stream:
+                first = stream.readline(1 << 20).decode("utf-8").rstrip("\r\n")
+        if fmt == "jsonl":
+            row = json.loads(first)
+            return isinstance(row, dict) and "score" in row
+        names = first.split("," if fmt == "csv" else "\t")
+        return "score" in [name.strip('"') for name in names]
+    except (OSError, ValueError, EOFError, pl.exceptions.PolarsError):
+        return False
+
+
+def empty_candidates(path: Path, fmt: str) -> pl.DataFrame:
+    """The columns of a CSV, TSV or Parquet candidates file without rows (a header only), as
+    a frame of no rows."""
+    if fmt == "parquet":
+        return pl.DataFrame(schema=pl.read_parquet_schema(path)).with_columns(
+            pl.lit(None, pl.Int64).alias(LINE))
+    with path.open("rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        with (gzip.GzipFile(fileobj=raw) if gz else raw) as stream:
+            header = stream.readline(1 << 20)
+    names = pl.read_csv(io.BytesIO(header), separator="," if fmt == "csv" else "\t", n_rows=0,
+                        has_header=True).columns
+    return pl.DataFrame(schema={**{name: pl.String for name in names}, LINE: pl.Int64})
 
 
 def user_histories(args: argparse.Namespace, predictor: Predictor,
@@ -237,7 +288,8 @@ class ChunkWriter:
         self.stack = ExitStack()
         self.stream: IO[bytes] | None = None
         self.header = True  # a CSV or TSV header is still to write
-        self.written = 0
+        self.written = 0  # rows
+        self.frames = 0
 
     def __enter__(self) -> ChunkWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +318,7 @@ class ChunkWriter:
                            include_header=self.header)
             self.header = False
         self.written += len(frame)
+        self.frames += 1
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         self.stack.close()

@@ -53,7 +53,7 @@ from camn.experiments.tables import (
     summarize,
     summary_dict,
 )
-from camn.outputs import BENCHMARK, SEED, check_output, remove_owned
+from camn.outputs import BENCHMARK, SEED, check_output, remove_owned, writing
 from camn.provenance import dataset_name, environment, resolved_config
 from camn.results import ResultsLog, RunResult, write_csv
 
@@ -95,9 +95,39 @@ class Run:
         return (self.dataset, self.model, self.seed)
 
 
+def say(line: str) -> None:
+    """Print a line and flush it: runs in worker processes print too, and a pipe must get
+    every line in the order it was written."""
+    print(line, flush=True)
+
+
+class EpochLine:
+    """A trainer hook (the methods of :class:`camn.train.history.Hook`, which this module
+    does not import: it would import torch) printing one line a finished epoch, naming its
+    run (a benchmark trains several at once)."""
+
+    def __init__(self, run: Run, epochs: int) -> None:
+        self.name, self.epochs = f"{run.dataset} {run.model} seed {run.seed}", epochs
+
+    def start(self, seed: int, history: list[dict]) -> None:
+        pass
+
+    def epoch(self, seed: int, record: dict) -> None:
+        say(f"  {self.name} epoch {record['epoch']}: loss {record['loss']:.4f}, valid AUC "
+            f"{record['valid_auc']:.4f}, {record['seconds']:.1f} s (at most {self.epochs} "
+            "epochs)")
+
+    def end(self, seed: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train_run(run: Run, settings: Settings) -> dict:
     """Train and test one (store, model, seed) with the trainer; returns its result dict with
-    the ``environment`` it ran in."""
+    the ``environment`` it ran in. With ``settings.verbose`` each finished epoch prints a line
+    (:class:`EpochLine`)."""
     from camn.data.store import PreparedStore
     from camn.train.history import console
     from camn.train.loop import train_one
@@ -106,8 +136,10 @@ def train_run(run: Run, settings: Settings) -> dict:
     if run.out_dir is not None:
         remove_owned(run.out_dir, SEED)  # left by an interrupted run
     out_dir = None if run.out_dir is None else Path(run.out_dir)
-    with console(logging.INFO if settings.verbose else logging.WARNING):
-        result = train_one(PreparedStore(run.store), config, seed=run.seed, out_dir=out_dir)
+    hooks = [EpochLine(run, config.epochs)] if settings.verbose else []
+    with console(logging.WARNING):  # the trainer's own epoch lines do not name the run
+        result = train_one(PreparedStore(run.store), config, seed=run.seed, out_dir=out_dir,
+                           hooks=hooks)
     return {**result, "environment": environment(config.device, config.precision)}
 
 
@@ -132,6 +164,10 @@ def resolve_models(spec: str | Sequence[str]) -> list[str]:
     registered = model_names()
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
+    if not names:
+        given = spec if isinstance(spec, str) else ",".join(spec)
+        raise DataError(f"--models {given!r} names no model; give all (the paper's models) "
+                        "or a comma-separated list, e.g. camn,dmin (camn models lists them)")
     if names == ["all"]:
         return all_models(registered)
     unknown = [n for n in names if n not in registered]
@@ -303,7 +339,7 @@ def execute(
     *,
     jobs: int = 1,
     threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[tuple[Run, str]]:
     """Train every run, appending each result as it finishes; returns the failed runs.
 
@@ -383,7 +419,7 @@ def run_benchmark(
     keep_runs: bool = False,
     command: str = "",
     config_file: ConfigFile | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> Outcome:
     """Run what results.jsonl lacks, then write table.md, summary.json, auc.png, results.csv."""
     if not seeds:
@@ -439,9 +475,11 @@ def write_reports(
     return markdown
 
 
-def add_command_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, object]
-                          ) -> None:
-    """What to run, shared by ``camn benchmark`` and ``camn demo`` (None when not given)."""
+def add_command_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, object],
+                          config_file: bool = True) -> None:
+    """What to run, shared by ``camn benchmark`` and ``camn demo`` (None when not given);
+    ``config_file``: whether the command takes ``--config`` (the flags' help says what they
+    override)."""
     parser.add_argument("--models", default=None,
                         help="all (the paper's models), or a comma-separated list "
                         f"(default: {defaults['models']})")
@@ -458,7 +496,7 @@ def add_command_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per run (default: torch's own, or cores / jobs "
                              "with --jobs; the same value gives the same numbers either way)")
-    add_training_flags(parser, defaults, exclude=("progress",))
+    add_training_flags(parser, defaults, exclude=("progress",), config_file=config_file)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -490,13 +528,14 @@ def run(args: argparse.Namespace) -> int:
         for model in resolved.models:
             config = settings.config(store, model)
             check_precision(config.precision, resolve_device(config.device))
-    outcome = run_benchmark(
-        resolved.stores, resolved.models, resolved.seeds, args.out, settings,
-        jobs=resolved.jobs, threads=resolved.threads, keep_runs=args.keep_runs,
-        command=invocation(args, ["benchmark", "--out", args.out]),
-        config_file=resolved.config_file,
-    )
-    print(outcome.markdown)
+    with writing(args.out):
+        outcome = run_benchmark(
+            resolved.stores, resolved.models, resolved.seeds, args.out, settings,
+            jobs=resolved.jobs, threads=resolved.threads, keep_runs=args.keep_runs,
+            command=invocation(args, ["benchmark", "--out", args.out]),
+            config_file=resolved.config_file,
+        )
+    say(outcome.markdown)
     print(f"written: {outcome.out / RESULTS}, results.csv, table.md, summary.json, auc.png")
     for run_, error in outcome.failures:
         print(f"failed: {run_.dataset} {run_.model} seed {run_.seed}: {error}")

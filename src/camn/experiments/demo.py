@@ -8,7 +8,12 @@
    done).
 3. Print test AUC per model (mean ± std over seeds), the paired CAMN vs DMIN verdict, and how
    often CAMN's router (Eq. 1-3) puts its highest score on the planted driver, overall and for
-   item-level and user-level clicks, against chance 1/k, for every model that routes.
+   item-level and user-level clicks, against chance 1/k, for every model that routes, with a
+   line on what each of those numbers means (:data:`GLOSSARY`).
+
+While the runs train, every finished epoch prints one line naming its run (model, seed), and
+every finished run one line with its scores, each line flushed as it is written so that a pipe
+(``camn demo | tee demo.log``) keeps them in the order they happened.
 
 The training settings are chosen for time, not for the paper's numbers: the ``last`` protocol
 gives 9,600 training samples, so batch 256 (a small training set wants many steps an epoch) and a
@@ -29,6 +34,7 @@ from camn.experiments.benchmark import (
     invocation,
     resolve_models,
     run_benchmark,
+    say,
 )
 from camn.experiments.tables import (
     ROUTING,
@@ -84,12 +90,18 @@ def report(outcome: Outcome) -> str:
                   f"user {_mean(summary[m]['routing_user_matched'])})" for m in routed]
         lines += [f"  {display_name(m):<{width}} no router (P = 1): nothing to recover"
                   for m in ablation_rows(models) if m.endswith("-loss") and m not in routed]
-        lines += ["", *READING]
+        lines += ["", *GLOSSARY, "", *READING]
     lines += ["", f"Full tables: {outcome.out / 'table.md'} (plot: auc.png, rows: "
                   "results.jsonl, results.csv)"]
     return "\n".join(lines)
 
 
+GLOSSARY = (
+    "- routing recovery: share of history clicks whose top routing score names the planted driver",
+    "- item-level: clicks driven by a property of the clicked item, the same for every user",
+    "- user-level: clicks driven by the user's own taste for an attribute, whatever the item",
+    "- best relabelling: that share once routing columns are matched one-to-one to attributes",
+)
 READING = (
     "Reading it: the paper's routing sorts items by their driving attribute but under labels of",
     "its own, so its plain recovery stays near chance (and the best relabelling shows what it",
@@ -105,7 +117,7 @@ def _mean(stat: Stat) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="camn-demo", help="output directory (resumable)")
-    add_command_arguments(parser, DEMO_DEFAULTS)
+    add_command_arguments(parser, DEMO_DEFAULTS, config_file=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,15 +125,17 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, DEMO)  # a new, empty or earlier demo folder, nothing else
     # the model options are checked here, before any data is made
     resolved = plan(args, DEMO_DEFAULTS, resolve_models, need_stores=False)
-    settings = Settings(*resolved.settings.layers, progress=False, verbose=False)
-    print(f"camn demo: synthetic clicks with a planted driving attribute -> {out}")
+    settings = Settings(*resolved.settings.layers, progress=False, verbose=True)
+    say(f"camn demo: synthetic clicks with a planted driving attribute -> {out}")
     store = prepare_synthetic(out / "data")
+    say(f"training {len(resolved.models)} model(s) x {len(resolved.seeds)} seed(s), "
+        f"{resolved.jobs} at a time: a line per finished epoch and per finished run")
     outcome = run_benchmark(
         [store], resolved.models, resolved.seeds, out / "benchmark", settings,
         jobs=resolved.jobs, threads=resolved.threads,
         command=invocation(args, ["demo", "--out", args.out]),
     )
-    print()
-    print(report(outcome))
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    say("")
+    say(report(outcome))
+    say(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 1 if outcome.failures else 0

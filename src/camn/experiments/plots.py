@@ -32,7 +32,11 @@ def plot_auc(
             for m in models]
     means = np.array([[s.mean for s in row] for row in stat])  # (models, datasets)
     stds = np.nan_to_num(np.array([[s.std for s in row] for row in stat]))
-    figure = Figure(figsize=(max(6.0, 1.2 + 0.35 * len(models) * len(datasets)), 4.5))
+    columns = 2 if len(models) > 6 else 1
+    legend_width = 1.4 * columns  # inches beside the axes
+    bars_width = max(4.5, 1.2 + 0.35 * len(models) * len(datasets))
+    # constrained layout makes room for the legend outside the axes and the figure's title
+    figure = Figure(figsize=(bars_width + legend_width, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     width = 0.8 / max(len(models), 1)
@@ -49,11 +53,9 @@ def plot_auc(
         axes.set_ylim(max(0.0, low - pad), high + pad)
     axes.set_xticks(x, list(datasets))
     axes.set_ylabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
-    axes.set_title("Test AUC by dataset and model (axis does not start at 0)")
-    axes.legend(fontsize="small", ncol=2 if len(models) > 6 else 1, loc="upper left",
-                bbox_to_anchor=(1.01, 1.0))
+    figure.suptitle("Test AUC by dataset and model (axis does not start at 0)")
+    axes.legend(fontsize="small", ncol=columns, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
     return path

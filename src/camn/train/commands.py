@@ -14,11 +14,12 @@ import torch
 
 from camn.argtypes import positive_int, seed_int
 from camn.config import add_training_flags, plan, training_settings
+from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
-from camn.outputs import RUN, check_output
+from camn.outputs import RUN, check_output, writing
 from camn.stats import Stat
 from camn.train import distributed
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
@@ -61,16 +62,27 @@ def load_results(run: Path) -> dict:
     return results
 
 
+def seed_folder(run: Path, seed: int) -> Path:
+    """``run/seed_<seed>``, a seed that ``results.json`` lists: a DataError when it is gone."""
+    folder = Path(run) / f"seed_{seed}"
+    if not folder.is_dir():
+        raise DataError(f"{folder} is missing: {Path(run) / RESULTS} lists seed {seed} but its "
+                        f"folder is gone (deleted or moved): {DAMAGED}")
+    return folder
+
+
 def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.device):
     """The saved model of one seed, checked against the store it is applied to (whose contents
-    are scanned first: :meth:`PreparedStore.check_contents`)."""
+    are scanned first: :meth:`PreparedStore.check_contents`): the same feature spec and, where
+    the run recorded them, the same vocabularies (:mod:`camn.data.fingerprint`)."""
     store.check_contents()
-    model, config = load_model(Path(run) / f"seed_{seed}", device=str(device))
+    model, config = load_model(seed_folder(run, seed), device=str(device))
     if config["spec"] != FeatureSpec.from_schema(store.schema).to_dict():
         raise DataError(
             f"{store.root} does not match the store the run was trained on "
             f"(attributes, vocabulary sizes or history length differ)"
         )
+    check_vocabularies(config, store)
     train = config.get("train")
     if not (isinstance(train, dict) and type(train.get("eval_batch_size")) is int
             and train["eval_batch_size"] > 0):
@@ -161,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
     check_precision(config.precision, device)
     if resolved.threads:
         torch.set_num_threads(resolved.threads)
-    with distributed.session(device) as context, console():  # the per-epoch lines
+    with writing(out), distributed.session(device) as context, console():  # epoch lines
         results = train_seeds(store, config, resolved.seeds, out)
     if context.is_main:
         print(train_summary(results))
@@ -196,7 +208,7 @@ def run_resume(args: argparse.Namespace) -> int:
     check_precision(config.precision, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with distributed.session(device) as context, console():
+    with writing(run, "--resume"), distributed.session(device) as context, console():
         if context.world_size != settings.world_size:
             raise DataError(f"--resume {run}: the run began with {settings.world_size} "
                             f"process(es), this is {context.world_size}; resume it with as many")
@@ -212,7 +224,8 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by camn train")
-    parser.add_argument("--data", required=True, help="directory of a prepared store")
+    parser.add_argument("--data", help="directory of a prepared store (default: the one the "
+                        "run was trained on)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
                         help="split to score")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -221,6 +234,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_run(run: Path, store: PreparedStore, split: str, device: torch.device) -> dict:
     """Re-score every seed's saved weights of ``run`` on ``split``: per-seed and aggregated."""
     results = load_results(run)
+    if not len(store.split_indices(split)):
+        raise DataError(f"{store.root}: the {split} split has no samples; there is nothing to "
+                        "evaluate (choose another --split)")
     per_seed = {}
     for seed in results["seeds"]:
         model, config = load_seed_model(run, seed, store, device)
@@ -231,9 +247,21 @@ def evaluate_run(run: Path, store: PreparedStore, split: str, device: torch.devi
     return summary
 
 
+def trained_store(run: Path) -> Path:
+    """The store ``run`` was trained on, as its first seed's ``config.json`` records it."""
+    from camn.predict import run_store_path
+
+    path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
+    if not (path / "schema.json").is_file():
+        raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
+                        "name the store to evaluate on with --data")
+    return path
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    store = PreparedStore(args.data)
-    summary = evaluate_run(Path(args.run), store, args.split, resolve_device(args.device))
+    run = Path(args.run)
+    store = PreparedStore(args.data if args.data is not None else trained_store(run))
+    summary = evaluate_run(run, store, args.split, resolve_device(args.device))
     for seed, metrics in summary["seeds"].items():
         line = f"seed {seed}: AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f}, " \
                f"gAUC {metrics['gauc']:.4f}"

@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from camn.data.fingerprint import KEY as VOCABULARIES
+from camn.data.fingerprint import store_fingerprints
+from camn.data.raw import DataError
 from camn.data.store import (
     BATCH_ARRAYS,
     PreparedStore,
@@ -46,7 +49,7 @@ from camn.data.store import (
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.layers import PACKED_PAIRS, PACKED_ROWS, packed_positions
 from camn.models.registry import build_model, resolved_options
-from camn.outputs import RUN, check_output, swap_in
+from camn.outputs import RUN, SEED, check_output, remove_owned, swap_in
 from camn.provenance import data_summary
 from camn.results import train_results
 from camn.train import distributed
@@ -79,14 +82,21 @@ from camn.train.precision import PRECISIONS, autocast, check_precision
 from camn.train.resume import (
     SETTINGS,
     Settings,
+    StagingLock,
     check_same,
+    discard,
     finished_seed,
     read_settings,
+    resumable,
     staging_folder,
     start_staging,
 )
 
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the device
+
+
+class Diverged(DataError):
+    """Training diverged: the epoch's loss, or a parameter, is not a finite number."""
 
 
 def setting(default: object, text: str, **more: object):
@@ -350,6 +360,7 @@ def checkpoint_config(
         "train": config.to_dict(),
         "seed": seed,
         "data": str(store.root.resolve()),
+        VOCABULARIES: store_fingerprints(store),
         "world_size": distributed.current().world_size,
     }
 
@@ -473,6 +484,10 @@ def train_one(
         for hook in hooks:
             hook.end(seed, metrics)
         return metrics
+    except Diverged:
+        if writes:  # its checkpoints would only diverge again
+            remove_owned(out_dir, SEED)
+        raise
     finally:
         for hook in hooks:
             hook.close()
@@ -509,6 +524,7 @@ class Fit:
             pair = torch.stack([total, total.new_tensor(seen)])
             total = distributed.sum_over_ranks(pair, self.context)
             loss = float(total[0] / total[1])  # syncs the device: the epoch's work is done
+            self.check_finite(loss, epoch)
             seconds = time.perf_counter() - start
             record = {"epoch": epoch, "loss": loss, "terms": terms.averages(),
                       **self.validate(), "seconds": seconds,
@@ -526,6 +542,18 @@ class Fit:
             for hook in self.hooks:
                 hook.epoch(self.seed, record)
         return best_state
+
+    def check_finite(self, loss: float, epoch: int) -> None:
+        """Stop with :class:`Diverged` when the epoch's loss or a parameter is NaN or
+        infinite (every rank sees the same summed loss and weights)."""
+        if math.isfinite(loss) and all(bool(torch.isfinite(p).all())
+                                       for p in self.model.parameters()):
+            return
+        what = f"loss is {loss}" if not math.isfinite(loss) else "a weight is nan/inf"
+        raise Diverged(
+            f"training diverged ({what}) at epoch {epoch} of seed {self.seed} with lr "
+            f"{self.config.lr:g}; nothing of it was kept: lower --lr, or set --clip-grad"
+        )
 
     def validate(self) -> dict:
         """``valid_<key>`` of every validation metric (rank 0) and the monitored ``score``
@@ -603,30 +631,58 @@ def train_seeds(
     before training) is replaced entirely, none of its seeds left behind, and until then stays
     as it was. An interrupted run leaves its staging folder; ``resume`` continues it with the
     same settings (finished seeds kept, the interrupted one from its last checkpoint), and a
-    fresh call deletes it first. ``hooks``: see :func:`train_one`. Under torchrun only rank 0
-    writes and gets the results; the other ranks get an empty dict.
+    fresh call deletes it first. A run that fails with nothing to continue from, or whose
+    training diverged, deletes its staging folder (:mod:`camn.train.resume`); while one
+    process writes it, another is refused (:class:`~camn.train.resume.StagingLock`).
+    ``hooks``: see :func:`train_one`. Under torchrun only rank 0 writes and gets the results;
+    the other ranks get an empty dict.
     """
     context, out = distributed.current(), Path(out)
     staging = staging_folder(out)
-    if context.is_main:
-        check_output(out, RUN, force=True)
-        if resume:
-            check_same(out, read_settings(out), run_settings(store, config, seeds))
-        else:
-            start_staging(staging, run_settings(store, config, seeds))
+    with StagingLock(out) as lock:
+        if context.is_main:
+            check_output(out, RUN, force=True)
+            lock.acquire()  # refused while another process writes this run
+            if resume:
+                check_same(out, read_settings(out), run_settings(store, config, seeds))
+        try:
+            if context.is_main and not resume:
+                start_staging(staging, run_settings(store, config, seeds))
+                lock.acquire()  # the new folder
+            runs = seed_results(store, config, seeds, staging, resume, hooks)
+        except Diverged:
+            if context.is_main:
+                discard(staging)
+            raise
+        except Exception:  # Ctrl-C aside: a stopped run is continued with --resume
+            if context.is_main and not resumable(staging):
+                discard(staging)
+            raise
+        if not context.is_main:
+            return {}
+        results = train_results(store, config, runs)
+        write_json(staging / "results.json", results)
+        (staging / SETTINGS).unlink()  # results.json has them: nothing left to resume
+        swap_in(staging, out, RUN)
+    return results
+
+
+def seed_results(
+    store: PreparedStore,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    staging: Path,
+    resume: bool,
+    hooks: Sequence[Hook],
+) -> list[dict]:
+    """Each seed's metrics: a finished seed's kept when resuming, the others trained."""
     runs = []
     for seed in seeds:
         seed_dir = staging / f"seed_{seed}"
         kept = finished_seed(seed_dir) if resume else None
         if kept is None:
             kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks)
-        elif context.is_main:
+        elif distributed.current().is_main:
             LOGGER.info("seed %d: finished before the interruption, kept", seed)
         runs.append(kept)
-    if not context.is_main:
-        return {}
-    results = train_results(store, config, runs)
-    write_json(staging / "results.json", results)
-    (staging / SETTINGS).unlink()  # results.json has them; a finished run has nothing to resume
-    swap_in(staging, out, RUN)
-    return results
+    return runs

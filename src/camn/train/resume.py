@@ -18,18 +18,32 @@ finished seeds, continues the interrupted one after its last checkpointed epoch 
 the rest, then swaps the folder in as a run that was never interrupted (``train.json``
 deleted: ``results.json`` records the settings of a finished run). A fresh
 ``camn train --out RUN --force`` deletes the staging folder before it starts; without
-``--force`` or ``--resume`` the command refuses while one exists. One ``camn train`` (one
-torchrun) per run folder at a time: two at once would share the staging folder.
+``--force`` or ``--resume`` the command refuses while one exists. A run that fails before it
+has anything to continue from (no finished seed, no complete checkpoint: a store that cannot
+be trained on, a folder that cannot be written) deletes its staging folder, and so does a run
+whose training diverged (resuming it would diverge again).
+
+One ``camn train`` (one torchrun) per run folder at a time: the process that writes the
+staging folder holds an advisory lock on it (:class:`StagingLock`, ``flock``) until it ends,
+and a second ``camn train`` or ``--resume`` of the same run is refused while it is held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from camn.data.raw import DataError
 from camn.outputs import RUN, remove_owned
+from camn.train.checkpoints import checkpoints
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one camn train per run folder is on the user
+    fcntl = None
 
 SETTINGS = "train.json"
 METRICS = "metrics.json"
@@ -116,10 +130,90 @@ def finished_seed(seed_dir: Path) -> dict | None:
 
 
 def interrupted_problem(out: Path) -> str | None:
-    """Why a fresh ``camn train --out out`` (without --force) must not start: the unfinished
-    run that lies beside it; None where there is none."""
+    """Why a fresh ``camn train --out out`` (without --force) must not start: a run that
+    another process writes now, or the unfinished run that lies beside it; None where there
+    is none."""
     staging = staging_folder(out)
     if not staging.exists():
         return None
+    if in_use(staging):
+        return busy_message(out)
     return (f"{out} has an interrupted run ({staging}); pass --resume {out} to continue it, "
             "or --force to start again")
+
+
+def busy_message(out: Path) -> str:
+    return (f"{out} is being written by another camn train now ({staging_folder(out)} is in "
+            "use); wait for it to end, or choose another --out")
+
+
+def resumable(staging: Path) -> bool:
+    """Whether the staging folder holds anything to continue from: a finished seed or a
+    complete training checkpoint."""
+    seeds = [path for path in staging.glob("seed_*") if path.is_dir()]
+    return any(finished_seed(seed) is not None or checkpoints(seed) for seed in seeds)
+
+
+def _try_lock(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding its exclusive lock; None where there is no folder.
+    Raises BlockingIOError while another process holds the lock."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(handle)
+        raise
+    return handle
+
+
+def in_use(staging: Path) -> bool:
+    """Whether another process holds the staging folder's lock now."""
+    try:
+        handle = _try_lock(staging)
+    except BlockingIOError:
+        return True
+    if handle is not None:
+        os.close(handle)  # closing releases the lock
+    return False
+
+
+class StagingLock:
+    """The lock of one run's staging folder, held by the process that writes it.
+
+    :meth:`acquire` locks the folder as it is now (a DataError naming the run while another
+    process holds it); :meth:`release` lets go. The lock belongs to the folder itself, so it
+    follows it when it is renamed to the finished run, and ends with the process.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.staging = Path(out), staging_folder(out)
+        self.handle: int | None = None
+
+    def acquire(self) -> None:
+        self.release()
+        try:
+            self.handle = _try_lock(self.staging)
+        except BlockingIOError:
+            raise DataError(busy_message(self.out)) from None
+
+    def release(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
+
+    def __enter__(self) -> StagingLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def discard(staging: Path) -> None:
+    """Delete a staging folder that holds nothing worth keeping, file by file; a folder that
+    cannot be deleted (a file of the user's in it) is left as it is."""
+    with contextlib.suppress(DataError, OSError):
+        remove_owned(staging, RUN)
