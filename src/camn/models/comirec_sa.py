@@ -10,6 +10,7 @@ D item width (k*d).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -64,6 +65,8 @@ class ComiRecSA(CTRModel):
     entropy of each row of A relative to uniform over the real positions, and the mean |logit|
     of W_2 tanh(W_1 (H + P)^T) there; the read-out over the K interests is not counted.
     """
+
+    search_space: ClassVar[dict[str, object]] = {"num_interests": {"low": 1, "high": 8}}
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ D = k*d item width, H heads, e per-head width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from camn.models.base import Batch, CTRModel, FeatureSpec, ModelOutput
 from camn.models.layers import Packing, dmin_blocks
@@ -49,6 +50,9 @@ class DMIN(CTRModel):
     """
 
     needs_history_negatives = True
+    search_space: ClassVar[dict[str, object]] = {
+        "aux_weight": {"low": 0.05, "high": 2.0, "log": True},
+    }
     packs_rows = True
 
     def __init__(

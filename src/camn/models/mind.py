@@ -12,6 +12,7 @@ K interest capsules, D item width (k*d), D' interest width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -99,6 +100,8 @@ class MIND(CTRModel):
     with std ``init_std``, so neither is uniform at initialisation); the label-aware read-out
     over the K interests is not counted.
     """
+
+    search_space: ClassVar[dict[str, object]] = {"num_interests": {"low": 1, "high": 8}}
 
     def __init__(
         self,

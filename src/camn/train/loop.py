@@ -405,9 +405,11 @@ def train_one(
     *,
     resume: bool = False,
     hooks: Sequence[Hook] = (),
+    score_test: bool = True,
 ) -> dict:
     """Train one seed with early stopping on the monitored validation score; score the best
-    state on test.
+    state on test (``score_test=False``: not at all, the test metrics are NaN, for a choice
+    that must see validation only).
 
     Returns test_auc, test_logloss, test_gauc, the best epoch's valid_auc, valid_logloss and
     valid_gauc, valid_score (its monitored score), best_epoch, epochs (run), train_seconds
@@ -464,7 +466,7 @@ def train_one(
         model.load_state_dict(fit.run(progress, best_state))
         if not context.is_main:
             return {}
-        metrics = test_metrics(model, store, config, seed, progress, device)
+        metrics = test_metrics(model, store, config, seed, progress, device, score_test)
         if writes:
             save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
             write_json(out_dir / "metrics.json", metrics)
@@ -545,10 +547,12 @@ def test_metrics(
     seed: int,
     progress: Progress,
     device: torch.device,
+    score_test: bool = True,
 ) -> dict:
-    """The seed's result: the best state's test scores, the best epoch's validation scores,
-    time, throughput and history (see :func:`train_one`)."""
-    test = evaluate(model, store, "test", config.eval_batch_size, device)
+    """The seed's result: the best state's test scores (NaN without ``score_test``), the best
+    epoch's validation scores, time, throughput and history (see :func:`train_one`)."""
+    test = (evaluate(model, store, "test", config.eval_batch_size, device) if score_test
+            else dict.fromkeys(("auc", "logloss", "gauc"), float("nan")))
     best = progress.history[progress.best_epoch - 1] if progress.best_epoch else {}
     metrics = {
         "seed": seed,
@@ -594,6 +598,7 @@ def train_seeds(
     *,
     resume: bool = False,
     hooks: Sequence[Hook] = (),
+    score_test: bool = True,
 ) -> dict:
     """Train every seed into ``out/seed_<s>/`` and write ``out/results.json``; return it.
 
@@ -602,7 +607,7 @@ def train_seeds(
     before training) is replaced entirely, none of its seeds left behind, and until then stays
     as it was. An interrupted run leaves its staging folder; ``resume`` continues it with the
     same settings (finished seeds kept, the interrupted one from its last checkpoint), and a
-    fresh call deletes it first. ``hooks``: see :func:`train_one`. Under torchrun only rank 0
+    fresh call deletes it first. ``hooks`` and ``score_test``: see :func:`train_one`. Under torchrun only rank 0
     writes and gets the results; the other ranks get an empty dict.
     """
     context, out = distributed.current(), Path(out)
@@ -618,7 +623,8 @@ def train_seeds(
         seed_dir = staging / f"seed_{seed}"
         kept = finished_seed(seed_dir) if resume else None
         if kept is None:
-            kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks)
+            kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks,
+                             score_test=score_test)
         elif context.is_main:
             LOGGER.info("seed %d: finished before the interruption, kept", seed)
         runs.append(kept)
