@@ -49,6 +49,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import warnings
@@ -76,6 +77,9 @@ TUNE_DEFAULTS = {"seeds": 1, "seed": 1, "jobs": 1}
 MARKER, DATABASE, BEST, TABLE = "tune.json", "study.db", "best.toml", "trials.csv"
 HISTORY_PLOT, IMPORTANCE_PLOT, TRIALS = "history.png", "importance.png", "trials"
 PRUNERS = ("median", "halving", "none")
+# what camn tune writes in its folder (and another process's files being written)
+OWN_ENTRIES = re.compile(r"tune\.json|study\.db(\.lock|-journal|-wal|-shm)?|best\.toml|"
+                         r"trials\.csv|history\.png|importance\.png|trials|\..+\.partial")
 HEARTBEAT_SECONDS = 60  # a killed process's trial is failed after twice this
 SQLITE_WAIT_SECONDS = 60  # how long a process waits for another's write to the SQLite file
 INSTALL = "camn tune needs Optuna: pip install 'camn[tune]' (or pip install optuna)"
@@ -470,6 +474,7 @@ def open_study(tuning: Tuning, summary: dict, worker: int = 0):
                 enqueue_defaults(study, tuning)
         elif stored != record:
             raise DataError(different(tuning, stored, record))
+    optuna.storages.fail_stale_trials(study)  # a killed process's trials: failed, retried
     seed = np.random.SeedSequence([tuning.seed, len(study.trials), worker]).generate_state(1)
     study.sampler = optuna.samplers.TPESampler(
         n_startup_trials=tuning.study.startup_trials, seed=int(seed[0]), multivariate=True,
@@ -540,14 +545,15 @@ def make_objective(tuning: Tuning) -> Callable:
 
     class Pruning(Hook):
         """Reports each epoch's monitored validation score; raises TrialPruned when the
-        pruner says so. Keeps the seed's final metrics."""
+        pruner says so, before the last epoch (a trial that has run them all is complete).
+        Keeps the seed's final metrics."""
 
-        def __init__(self, trial) -> None:
-            self.trial, self.metrics = trial, {}
+        def __init__(self, trial, epochs: int) -> None:
+            self.trial, self.epochs, self.metrics = trial, epochs, {}
 
         def epoch(self, seed: int, record: dict) -> None:
             self.trial.report(record["score"], record["epoch"])
-            if self.trial.should_prune():
+            if record["epoch"] < self.epochs and self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
         def end(self, seed: int, metrics: dict) -> None:
@@ -559,7 +565,7 @@ def make_objective(tuning: Tuning) -> Callable:
         out = trial_folder(tuning, trial.number)
         trial.set_user_attr("run", str(out))
         LOGGER.info("trial %d: %s", trial.number, shown(values) or "no searched values")
-        pruning = Pruning(trial)
+        pruning = Pruning(trial, config.epochs)
         try:
             with epoch_lines(tuning.verbose):
                 train_seeds(store, config, [tuning.seed], out, hooks=[pruning],
@@ -809,11 +815,17 @@ def write_plots(tuning: Tuning, study) -> list[str]:
 
 
 def check_out(tuning: Tuning) -> Path:
-    """``--out``: new, empty, or this study's folder (its ``tune.json`` names it)."""
+    """``--out``: new, or a folder of nothing but what camn tune writes, of this study (its
+    ``tune.json`` names it); several processes may start on it at once."""
     out = Path(tuning.out)
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; choose a new or empty folder")
+    foreign = sorted(entry.name for entry in (out.iterdir() if out.is_dir() else ())
+                     if not OWN_ENTRIES.fullmatch(entry.name) or entry.is_symlink())
+    if foreign:
+        raise DataError(f"--out {out} holds files camn tune did not write "
+                        f"({', '.join(foreign[:3])}); choose a new or empty folder")
     if marker.is_file():
         try:
             recorded = json.loads(marker.read_text(encoding="utf-8"))["study"]
@@ -822,13 +834,10 @@ def check_out(tuning: Tuning) -> Path:
         if recorded != tuning.study_name:
             raise DataError(f"--out {out} holds study {recorded!r}, not {tuning.study_name!r};"
                             " choose another --out")
-    elif out.is_dir() and any(out.iterdir()):
-        raise DataError(f"--out {out} is not a camn tune folder (no {MARKER}) and is not "
-                        "empty; choose a new or empty folder")
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"study": tuning.study_name,
-                                  "storage": redacted(tuning.storage), "model": tuning.model,
-                                  "store": tuning.store}, indent=2) + "\n", encoding="utf-8")
+    with _replaced(marker) as handle:
+        json.dump({"study": tuning.study_name, "storage": redacted(tuning.storage),
+                   "model": tuning.model, "store": tuning.store}, handle, indent=2)
     return out
 
 
