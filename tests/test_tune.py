@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 
@@ -27,6 +30,14 @@ from camn.train import loop  # noqa: E402
 CAMN = str(Path(sys.executable).with_name("camn"))
 FAST = ["--epochs", "1", "--batch-size", "128", "--device", "cpu", "--no-progress",
         "--threads", "1", "--option", "embed_dim=4"]
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """``--threads 1`` in this process: the other tests get torch's count back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +213,10 @@ def test_two_processes_on_one_sqlite_file_share_the_study(store, tmp_path):
     assert [t.number for t in trials] == list(range(len(trials)))
     assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     assert all(Path(t.user_attrs["run"], "results.json").is_file() for t in trials)
-    assert all("trial " in stdout for stdout, _ in outputs)  # both ran trials
+    ran = [re.findall(r"^trial (\d+): valid score", stdout, re.MULTILINE)
+           for stdout, _ in outputs]
+    assert all(ran)  # both processes trained trials, none trained by both
+    assert sorted(int(n) for numbers in ran for n in numbers) == list(range(len(trials)))
     assert len(rows(out)) == len(trials)
 
 

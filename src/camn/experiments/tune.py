@@ -51,6 +51,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -300,9 +301,7 @@ class Tuning:
     space: Space
     layers: tuple[Layer, ...]
     study: StudySettings
-    trials: int
-    timeout: float | None
-    verbose: bool = True
+    verbose: bool = True  # the trainer's per-epoch lines (one process on the terminal)
 
     def config(self, values: Mapping[str, object]):
         """The TrainConfig of a trial with these searched ``values``."""
@@ -389,15 +388,9 @@ def make_tuning(args: argparse.Namespace) -> tuple[Tuning, dict, int, int | None
         store=path, model=model, seed=resolved.seeds[0], out=str(out),
         storage=args.storage or f"sqlite:///{(out / DATABASE).resolve()}",
         study_name=args.study_name or f"{model}@{name}", space=space,
-        layers=tuple(layers), study=study, trials=study.trials,
-        timeout=study.timeout, verbose=resolved.jobs == 1,
+        layers=tuple(layers), study=study, verbose=resolved.jobs == 1,
     )
-    base = tuning.config({})
-    check_model(model, base.options, spec)
-    for dimension in space.dimensions:  # the training settings' combinations TrainConfig takes
-        if not dimension.option:
-            tuning.config({dimension.key: dimension.choices[0] if dimension.choices
-                           else dimension.low})
+    check_model(model, tuning.config({}).options, spec)
     summary = {k: v for k, v in data_summary(store).items() if k != "path"}
     return tuning, summary, resolved.jobs, resolved.threads
 
@@ -606,16 +599,16 @@ def remove_leftovers(tuning: Tuning, study) -> None:
 
 
 def optimize(tuning: Tuning, summary: dict, worker: int = 0) -> None:
-    """Run trials until the study has ``tuning.trials`` finished ones (or the timeout)."""
+    """Run trials until the study has ``tuning.study.trials`` finished ones (or the timeout)."""
     optuna = optuna_module()
     study = open_study(tuning, summary, worker)
-    left = tuning.trials - len(finished(study))
+    left = tuning.study.trials - len(finished(study))
     if left <= 0:
         return
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     study.optimize(
-        make_objective(tuning), n_trials=left, timeout=tuning.timeout,
-        callbacks=[optuna.study.MaxTrialsCallback(tuning.trials, states=states),
+        make_objective(tuning), n_trials=left, timeout=tuning.study.timeout,
+        callbacks=[optuna.study.MaxTrialsCallback(tuning.study.trials, states=states),
                    lambda study, trial: write_tables(tuning, study)],
     )
 
@@ -649,7 +642,7 @@ def _worker(tuning: Tuning, summary: dict, worker: int, threads: int) -> None:
     except KeyboardInterrupt:
         os._exit(130)
     except DataError as error:
-        print(f"camn: error: {error}", flush=True)
+        print(f"camn: error: {error}", file=sys.stderr, flush=True)
         os._exit(2)
 
 
@@ -799,7 +792,9 @@ def write_plots(tuning: Tuning, study) -> list[str]:
     for name, draw in ((HISTORY_PLOT, plots.plot_optimization_history),
                        (IMPORTANCE_PLOT, plots.plot_param_importances)):
         try:
-            axes = draw(study)
+            with warnings.catch_warnings():  # "too few trials": the plot says it as it is
+                warnings.simplefilter("ignore", UserWarning)
+                axes = draw(study)
         except (ValueError, RuntimeError) as error:
             notes.append(f"{name} not drawn: {error}")
             continue
@@ -893,7 +888,7 @@ def run(args: argparse.Namespace) -> int:
     study = open_study(tuning, summary)  # creates it, or refuses other settings, once
     remove_leftovers(tuning, study)
     LOGGER.info("study %r: %d of %d trials finished; searching %s", tuning.study_name,
-                len(finished(study)), tuning.trials,
+                len(finished(study)), tuning.study.trials,
                 ", ".join(d.key for d in tuning.space.dimensions) or "nothing")
     completed = False
     with console(logging.INFO):
