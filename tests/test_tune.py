@@ -21,10 +21,12 @@ optuna = pytest.importorskip("optuna")
 
 from camn.cli import main  # noqa: E402
 from camn.config import SEARCH_SPACE  # noqa: E402
+from camn.data.raw import DataError  # noqa: E402
 from camn.data.store import PreparedStore  # noqa: E402
 from camn.experiments import tune  # noqa: E402
 from camn.models.base import FeatureSpec  # noqa: E402
 from camn.models.registry import model_names  # noqa: E402
+from camn.outputs import RUN, remove_owned  # noqa: E402
 from camn.train import loop  # noqa: E402
 
 CAMN = str(Path(sys.executable).with_name("camn"))
@@ -257,6 +259,23 @@ def test_a_killed_process_leaves_the_study_usable(store, tmp_path, monkeypatch):
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     assert not list((out / "trials").glob(".trial-*"))  # the killed trial's folder is gone
+
+
+def test_a_killed_trials_folder_is_camns_half_written_safetensors_file_included(tmp_path):
+    """safetensors writes through a .tmpXXXXXX file: a process killed while it writes a
+    checkpoint leaves one, and the folder is still camn's to delete (a foreign file is not)."""
+    staging = tmp_path / ".trial-0003.partial"
+    checkpoint = staging / "seed_1" / "checkpoint-2.partial"
+    checkpoint.mkdir(parents=True)
+    (staging / "train.json").write_text("{}")
+    (checkpoint / "state.json").write_text("{}")
+    (checkpoint / ".tmpAb12Cd").write_bytes(b"half")
+    (checkpoint / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"holds files camn did not write \(seed_1/checkpoint"):
+        remove_owned(staging, RUN)
+    (checkpoint / "notes.txt").unlink()
+    remove_owned(staging, RUN)
+    assert not staging.exists()
 
 
 def test_ctrl_c_ends_the_running_trial_and_keeps_the_study(store, tmp_path, monkeypatch,
