@@ -44,7 +44,7 @@ def torch_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """k = 4 (the item and 3 attributes); 1,500 users: 300 validation samples."""
+    """k = 3 attributes; 1,500 users: 300 validation samples."""
     path = tmp_path_factory.mktemp("tune") / "synthetic"
     assert main(["prepare", "synthetic", "--users", "1500", "--items", "100", "--attributes",
                  "3", "--out", str(path)]) == 0
@@ -316,9 +316,9 @@ def test_ctrl_c_ends_the_running_trial_and_keeps_the_study(store, tmp_path, monk
     ("[tune.din]\nlr = {low = 0.001, hi = 0.1}", "[tune.din] lr: unknown range key 'hi'"),
     ("[tune.din]\nactivation = {low = 1, high = 2}",
      "[tune.din] activation: takes no numbers, so no range"),
-    ("[tune.din]\nlr = [0.01, -1.0]", "[tune.din] lr: must be a positive number"),
+    ("[tune.din]\nlr = [0.01, -1.0]", "[tune.din] lr: must be a number above 0, got '-1.0'"),
     ("[tune.camn]\nq = {low = 1, high = 9}", "[tune.camn] q: model 'camn': option q=9: must be "
-     "between 1 and k = 4"),
+     "between 1 and k = 3"),
     ("[tune.nosuch]\nlr = [0.1]", "[tune.nosuch]: unknown model 'nosuch'"),
     ("[tune]\npruner = \"hyperband\"", "[tune] pruner: must be one of median, halving, none"),
     ("[tune]\ntrails = 3", "[tune]: unknown key 'trails'"),

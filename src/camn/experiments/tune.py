@@ -837,6 +837,12 @@ def check_out(tuning: Tuning) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Searched: the learning rate, embedding L2, weight decay and batch size, and the\n"
+        "model's own options (its class's search_space), less what a --config table, a\n"
+        "training flag or --option fixes; [tune.MODEL] tables change the search. Each trial\n"
+        "trains one seed and is scored on validation only; camn benchmark --config\n"
+        "OUT/best.toml gives the test figures over seeds.")
     parser.add_argument("--config", metavar="FILE",
                         help="a TOML file: the store, training settings, and the search in "
                         "[tune] and [tune.MODEL] tables (see configs/tune-*.toml)")

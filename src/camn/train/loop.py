@@ -607,8 +607,8 @@ def train_seeds(
     before training) is replaced entirely, none of its seeds left behind, and until then stays
     as it was. An interrupted run leaves its staging folder; ``resume`` continues it with the
     same settings (finished seeds kept, the interrupted one from its last checkpoint), and a
-    fresh call deletes it first. ``hooks`` and ``score_test``: see :func:`train_one`. Under torchrun only rank 0
-    writes and gets the results; the other ranks get an empty dict.
+    fresh call deletes it first. ``hooks`` and ``score_test``: see :func:`train_one`. Under
+    torchrun only rank 0 writes and gets the results; the other ranks get an empty dict.
     """
     context, out = distributed.current(), Path(out)
     staging = staging_folder(out)
