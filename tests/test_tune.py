@@ -143,6 +143,12 @@ def test_a_rerun_resumes_the_study_up_to_the_trials_asked(study_out: Path, store
     assert "study 'din@synthetic': 4 complete" in capsys.readouterr().out
 
 
+def test_after_the_timeout_a_process_starts_no_new_trial(store, tmp_path):
+    out = tmp_path / "timeout"
+    assert main(tune_args(store, out, 5, "--timeout", "0.001")) == 0
+    assert [row["state"] for row in rows(out)] == ["complete"]  # the one it had started
+
+
 def test_a_rerun_with_other_settings_is_refused(study_out: Path, store, capsys):
     args = tune_args(store, study_out, 4)
     args[args.index("--epochs") + 1] = "2"
