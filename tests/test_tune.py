@@ -17,17 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-optuna = pytest.importorskip("optuna")
+from camn.cli import main
+from camn.config import SEARCH_SPACE
+from camn.data.raw import DataError
+from camn.data.store import PreparedStore
+from camn.experiments import tune
+from camn.models.base import FeatureSpec
+from camn.models.registry import model_names
+from camn.outputs import RUN, remove_owned
+from camn.train import loop
 
-from camn.cli import main  # noqa: E402
-from camn.config import SEARCH_SPACE  # noqa: E402
-from camn.data.raw import DataError  # noqa: E402
-from camn.data.store import PreparedStore  # noqa: E402
-from camn.experiments import tune  # noqa: E402
-from camn.models.base import FeatureSpec  # noqa: E402
-from camn.models.registry import model_names  # noqa: E402
-from camn.outputs import RUN, remove_owned  # noqa: E402
-from camn.train import loop  # noqa: E402
+try:
+    import optuna
+except ImportError:  # camn without the tune extra: only the tests that need no study run
+    optuna = None
+needs_optuna = pytest.mark.skipif(optuna is None, reason="needs camn[tune] (optuna)")
 
 CAMN = str(Path(sys.executable).with_name("camn"))
 FAST = ["--epochs", "1", "--batch-size", "128", "--device", "cpu", "--no-progress",
@@ -80,6 +84,7 @@ def study_out(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@needs_optuna
 def test_a_study_of_one_epoch_trials_writes_its_files(study_out: Path):
     table = rows(study_out)
     assert [row["trial"] for row in table] == ["0", "1", "2"]
@@ -102,6 +107,7 @@ def test_a_study_of_one_epoch_trials_writes_its_files(study_out: Path):
         assert (study_out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@needs_optuna
 def test_best_toml_holds_the_best_trials_settings(study_out: Path):
     table = rows(study_out)
     best = max(table, key=lambda row: (float(row["valid_score"]), -int(row["trial"])))
@@ -116,6 +122,7 @@ def test_best_toml_holds_the_best_trials_settings(study_out: Path):
     assert config["model"]["din"]["options"] == {"embed_dim": 4}
 
 
+@needs_optuna
 def test_best_toml_round_trips_through_camn_train_and_benchmark(study_out: Path, tmp_path):
     """The same seed and settings: camn train retrains the best trial to the same score."""
     table = rows(study_out)
@@ -132,6 +139,7 @@ def test_best_toml_round_trips_through_camn_train_and_benchmark(study_out: Path,
     assert (bench / "results.jsonl").read_text().count("\n") == 1
 
 
+@needs_optuna
 def test_a_rerun_resumes_the_study_up_to_the_trials_asked(study_out: Path, store, capsys):
     before = rows(study_out)
     assert main(tune_args(store, study_out, 4)) == 0
@@ -143,12 +151,14 @@ def test_a_rerun_resumes_the_study_up_to_the_trials_asked(study_out: Path, store
     assert "study 'din@synthetic': 4 complete" in capsys.readouterr().out
 
 
+@needs_optuna
 def test_after_the_timeout_a_process_starts_no_new_trial(store, tmp_path):
     out = tmp_path / "timeout"
     assert main(tune_args(store, out, 5, "--timeout", "0.001")) == 0
     assert [row["state"] for row in rows(out)] == ["complete"]  # the one it had started
 
 
+@needs_optuna
 def test_a_rerun_with_other_settings_is_refused(study_out: Path, store, capsys):
     args = tune_args(store, study_out, 4)
     args[args.index("--epochs") + 1] = "2"
@@ -158,6 +168,7 @@ def test_a_rerun_with_other_settings_is_refused(study_out: Path, store, capsys):
     assert "fixed.epochs: 1 then, 2 now" in error
 
 
+@needs_optuna
 def test_an_out_folder_of_other_files_is_refused(store, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
@@ -170,6 +181,7 @@ def test_an_out_folder_of_other_files_is_refused(store, tmp_path, capsys):
 # ---------------------------------------------------------------------------------- pruning
 
 
+@needs_optuna
 def test_a_trial_below_the_median_is_pruned_after_its_first_epoch(store, tmp_path):
     """Two trials at lr 0.05 set the median of epoch 1; a third at lr 1e-6 has barely moved
     from its initial weights, scores below it, and is pruned there: no run folder left."""
@@ -208,6 +220,7 @@ lr = [0.05, 0.000001]
 # ------------------------------------------------------------------------- several processes
 
 
+@needs_optuna
 def test_two_processes_on_one_sqlite_file_share_the_study(store, tmp_path):
     out = tmp_path / "shared"
     command = [CAMN, *tune_args(store, out, 4)]
@@ -228,6 +241,7 @@ def test_two_processes_on_one_sqlite_file_share_the_study(store, tmp_path):
     assert len(rows(out)) == len(trials)
 
 
+@needs_optuna
 def test_jobs_run_trials_in_processes_of_their_own(store, tmp_path):
     out = tmp_path / "jobs"
     assert main(tune_args(store, out, 4, "--jobs", "2")) == 0
@@ -236,6 +250,7 @@ def test_jobs_run_trials_in_processes_of_their_own(store, tmp_path):
     assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
 
 
+@needs_optuna
 def test_a_killed_process_leaves_the_study_usable(store, tmp_path, monkeypatch):
     """SIGKILL mid-trial: the trial stays running in the database; once its heartbeat is stale
     the next run marks it failed, tries its values again and finishes the study."""
@@ -284,6 +299,7 @@ def test_a_killed_trials_folder_is_camns_half_written_safetensors_file_included(
     assert not staging.exists()
 
 
+@needs_optuna
 def test_ctrl_c_ends_the_running_trial_and_keeps_the_study(store, tmp_path, monkeypatch,
                                                            capsys):
     out = tmp_path / "interrupted"
@@ -329,6 +345,7 @@ def test_ctrl_c_ends_the_running_trial_and_keeps_the_study(store, tmp_path, monk
     ("[tune]\npruner = \"hyperband\"", "[tune] pruner: must be one of median, halving, none"),
     ("[tune]\ntrails = 3", "[tune]: unknown key 'trails'"),
 ])
+@needs_optuna
 def test_a_bad_declaration_is_an_error_before_any_trial(store, tmp_path, capsys, table,
                                                         message):
     config = write_config(tmp_path / "bad.toml", table + "\n")
