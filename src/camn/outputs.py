@@ -41,11 +41,15 @@ CHOOSE = "choose a new or empty folder"
 # A layout maps an entry name (a regular expression, matched in full) to FILE or a sub-layout.
 FILE = None
 Layout = dict[str, "Layout | None"]
+# safetensors writes a file as .tmpXXXXXX and renames it: a process killed meanwhile leaves it
+SAFETENSORS_PARTIAL = r"\.tmp[A-Za-z0-9]{6}"
 CHECKPOINT_LAYOUT: Layout = {
     r"(last|best|optimizer|rng)\.safetensors": FILE, "state.json": FILE,
+    SAFETENSORS_PARTIAL: FILE,
 }
 SEED_LAYOUT: Layout = {
     "config.json": FILE, "model.safetensors": FILE, "metrics.json": FILE, "history.jsonl": FILE,
+    SAFETENSORS_PARTIAL: FILE,
     r"checkpoint-\d+(\.partial)?": CHECKPOINT_LAYOUT,  # while the seed trains
     "tensorboard": {r"events\.out\.tfevents\..+": FILE},
 }
