@@ -295,12 +295,10 @@ class Predictor:
 
     def user_ids(self) -> list[str]:
         """The store's user ids: user index i is element i (``users.npy``)."""
-        path = self.store.root / USERS
+        path = self.store.vocab_root / USERS
         if not path.is_file():
-            raise DataError(
-                f"{path} is missing: this store was prepared before camn recorded user ids; "
-                "prepare it again to look users up (or give histories instead of users)"
-            )
+            raise DataError(f"{self.store.root} is a damaged store: {USERS} is missing (user "
+                            "index i is its line i): prepare it again")
         users = path.read_text(encoding="utf-8").splitlines()
         if len(users) != self.store.schema["num_users"]:
             raise DataError(f"{path} has {len(users):,} lines for "
@@ -337,10 +335,10 @@ class Predictor:
         known = index.is_not_null().to_numpy() & (rows >= 0)
         rows = np.where(known, rows, 0)
         length = self.max_len
-        lengths = np.where(known, np.asarray(self.store.array("lengths")[rows]), 0)
+        lengths = np.where(known, self.store.gather("lengths", rows), 0)
         history = np.zeros((len(rows), length + 1), dtype=np.int64)
-        history[:, :length] = np.asarray(self.store.array("histories")[rows][:, :, 0])
-        history[np.arange(len(rows)), lengths] = np.asarray(self.store.array("targets")[rows][:, 0])
+        history[:, :length] = self.store.gather("histories", rows)[:, :, 0]
+        history[np.arange(len(rows)), lengths] = self.store.gather("targets", rows)[:, 0]
         history *= known[:, None]
         lengths = np.where(known, lengths + 1, 0)
         full = lengths > length  # drop the oldest item of a full history

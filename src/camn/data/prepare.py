@@ -16,9 +16,8 @@ import polars as pl
 
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.store import write_store
+from camn.data.store import ANNOTATIONS, write_store
 
-ANNOTATIONS = ("driver", "driver_kind")
 TINY_SPLIT = 100  # samples; a split below this gets a warning: its AUC is mostly noise
 
 
@@ -141,10 +140,13 @@ def prepare(
         raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")
     if len(encoded.user) == 0:
         raise DataError("no user has 2 or more interactions: nothing to prepare")
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
     item_attributes, vocabularies = encode_items(raw, encoded.items, report)
+    time = encoded.time.astype(np.float64 if encoded.time.dtype.kind == "f" else np.int64)
     arrays = build_samples(
-        encoded.user, encoded.item, encoded.time, item_attributes,
-        protocol=protocol, max_len=max_len, seed=seed, annotations=encoded.annotations,
+        encoded.user, encoded.item, time, len(encoded.items),
+        protocol=protocol, seed=seed, annotations=encoded.annotations,
     )
     arrays["item_attributes"] = item_attributes
     counts = np.bincount(arrays["splits"], minlength=3)
@@ -158,6 +160,8 @@ def prepare(
         "seed": seed,
         "max_len": max_len,
         "splits": {"train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2])},
+        "timelines": {"users": encoded.num_users, "clicks": len(encoded.user),
+                      "time_dtype": str(time.dtype)},
         "origin": raw.origin,
         "dropped_users_under_2_interactions": encoded.dropped_users,
         "bad_input": dict(sorted(report.counts.items())),

@@ -6,8 +6,9 @@ previous items (at most L). ``sliding``: train users give one positive (plus one
 position t >= 1; valid and test users give their last position only, with the same negatives as
 ``last``, so the valid and test sets of both protocols are identical under one seed.
 
-Users are split 80/10/10 at random. Histories are left-aligned: position 0 holds the oldest
-item kept, position ``length - 1`` the most recent, the rest is padding (attribute id 0).
+Users are split 80/10/10 at random. A sample refers to its user's timeline (the clicks in time
+order) by the position of its target there; its history is the clicks before it, at most L of
+them (gathered by :class:`camn.data.store.PreparedStore`, left-aligned, padded with id 0).
 """
 
 from __future__ import annotations
@@ -59,32 +60,30 @@ def build_samples(
     user: np.ndarray,
     item: np.ndarray,
     time: np.ndarray,
-    item_attributes: np.ndarray,
+    num_items: int,
     protocol: Protocol,
-    max_len: int = 20,
     seed: int = 2022,
     annotations: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Turn interactions into model-ready samples.
+    """Turn interactions into timelines and the samples that refer to them.
 
     Args:
         user: (n,) user index in [0, num_users); every user has at least 2 interactions.
         item: (n,) item id in [2, num_items + 2).
         time: (n,) timestamps; ties keep the input order.
-        item_attributes: (num_items + 2, k) attribute ids of every item id (rows 0, 1: pad,
-            unknown).
-        annotations: optional per-interaction int arrays (e.g. ``driver``) carried into
-            ``history_<name>`` (N, L) and ``target_<name>`` (N,), -1 where there is no click.
+        annotations: optional per-interaction int arrays (e.g. ``driver``), kept per click as
+            ``click_<name>``.
 
-    Returns arrays sorted by (split, user, position), each positive followed by its negative:
-    ``histories`` (N, L, k) int32, ``lengths`` (N,) int32, ``targets`` (N, k) int32,
-    ``labels`` (N,) int8, ``users`` (N,) int32, ``splits`` (N,) int8, plus the annotations.
+    Returns the store's arrays (:mod:`camn.data.store`) but the item table: the timelines
+    ``timeline_users`` (U,) int32, ``timeline_offsets`` (U + 1,) int64, ``clicks`` (n,) int32
+    (each user's items in time order), ``click_times`` (n,) and the annotations; the samples
+    sorted by (split, user, position), each positive followed by its negative: ``users``
+    (N,) int32, ``positions`` (N,) int32 (the target's index in the user's timeline; the
+    history is the clicks before it), ``target_items`` (N,) int32, ``labels`` (N,) int8,
+    ``splits`` (N,) int8.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be at least 1, got {max_len}")
-    num_items = len(item_attributes) - FIRST_ITEM_ID
     by_time = np.lexsort((np.arange(len(user)), time, user))
     user, item = user[by_time], item[by_time]
     counts = np.bincount(user)
@@ -114,32 +113,24 @@ def build_samples(
         held_out = np.flatnonzero(user_split != TRAIN)
         pos = np.concatenate([train_pos, last_pos[held_out]])
         negatives = np.concatenate([train_neg, last_negatives[held_out]])
+    del user_item_keys
     sample_user = user[pos]
     order = np.lexsort((pos, sample_user, user_split[sample_user]))
     pos, negatives, sample_user = pos[order], negatives[order], sample_user[order]
 
-    lengths = np.minimum(pos - starts[sample_user], max_len).astype(np.int32)
-    slots = np.arange(max_len)
-    valid = slots[None, :] < lengths[:, None]  # (S, L)
-    source = np.where(valid, pos[:, None] - lengths[:, None] + slots[None, :], 0)
-    history_items = np.where(valid, item[source], 0).astype(np.int32)  # (S, L); 0 = padding row
-
     def twice(a: np.ndarray) -> np.ndarray:  # each positive is followed by its negative
         return np.repeat(a, 2, axis=0)
 
-    target_items = np.stack([item[pos], negatives], axis=1).reshape(-1)
     out = {
-        "histories": item_attributes[twice(history_items)].astype(np.int32, copy=False),
-        "lengths": twice(lengths),
-        "targets": item_attributes[target_items].astype(np.int32, copy=False),
-        "labels": np.tile(np.array([1, 0], dtype=np.int8), len(pos)),
+        "timeline_users": np.arange(len(counts), dtype=np.int32),
+        "timeline_offsets": np.concatenate([starts, [len(user)]]).astype(np.int64),
+        "clicks": item.astype(np.int32),
+        "click_times": time[by_time],
+        **{f"click_{name}": values[by_time] for name, values in (annotations or {}).items()},
         "users": twice(sample_user.astype(np.int32)),
+        "positions": twice((pos - starts[sample_user]).astype(np.int32)),
+        "target_items": np.stack([item[pos], negatives], axis=1).reshape(-1).astype(np.int32),
+        "labels": np.tile(np.array([1, 0], dtype=np.int8), len(pos)),
         "splits": twice(user_split[sample_user]),
     }
-    for name, values in (annotations or {}).items():
-        values = values[by_time]
-        history = np.where(valid, values[source], -1).astype(values.dtype)
-        target = np.stack([values[pos], np.full(len(pos), -1, values.dtype)], axis=1)
-        out[f"history_{name}"] = twice(history)
-        out[f"target_{name}"] = target.reshape(-1)
     return out

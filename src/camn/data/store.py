@@ -1,21 +1,34 @@
 """The prepared store: what ``camn prepare`` writes and every model reads.
 
-Layout of a store directory::
+Every user's clicks are stored once, as a timeline; a sample is a reference into it (whose
+history ends where, which target, which label), and a batch's histories are gathered from the
+timelines when it is made. Layout of a store directory (version 2)::
 
-    schema.json              sizes, attribute names, vocab sizes, protocol, seed, splits, origin
-    arrays/histories.npy     (N, L, k) int32  attribute ids of the history, left-aligned, 0 = pad
-    arrays/lengths.npy       (N,)      int32  real history length (0..L)
-    arrays/targets.npy       (N, k)    int32  attribute ids of the target item
-    arrays/labels.npy        (N,)      int8   1 = click, 0 = sampled negative
-    arrays/users.npy         (N,)      int32  user index
-    arrays/splits.npy        (N,)      int8   0 train, 1 valid, 2 test
-    arrays/item_attributes.npy (num_items + 2, k) int32  attribute ids of every item id
-    arrays/history_driver*.npy, target_driver*.npy   planted truth (synthetic data only)
-    vocab/<attribute>.txt    one value a line; line i is id i (0 <pad>, 1 <unk>)
-    users.txt                one user id a line; line i is user index i of users.npy (older
-                             stores lack it: their users cannot be looked up by id)
+    schema.json                  sizes, attribute names, vocab sizes, protocol, seed, splits, origin
+    arrays/item_attributes.npy   (num_items + 2, k) int32  attribute ids of every item id
+    arrays/timeline_users.npy    (U,)     int32  user index of each stored timeline, ascending
+    arrays/timeline_offsets.npy  (U + 1,) int64  timeline u is clicks[offsets[u]:offsets[u + 1]]
+    arrays/clicks.npy            (E,)     int32  item ids, each user's clicks in time order
+    arrays/click_times.npy       (E,)     int64 or float64  the clicks' times
+    arrays/click_driver*.npy     (E,)     int8   planted truth of each click (synthetic data only)
+    arrays/users.npy             (N,)     int32  user index of each sample
+    arrays/positions.npy         (N,)     int32  p: the history is the user's clicks before p
+    arrays/target_items.npy      (N,)     int32  item id of the target
+    arrays/labels.npy            (N,)     int8   1 = click, 0 = sampled negative
+    arrays/splits.npy            (N,)     int8   0 train, 1 valid, 2 test
+    vocab/<attribute>.txt        one value a line; line i is id i (0 <pad>, 1 <unk>)
+    users.txt                    one user id a line; line i is user index i
 
-Arrays are ``.npy`` files, opened memory-mapped, so a store larger than memory trains fine.
+A sample of user u at position p has the history clicks[e - n : e], e = offsets[u] + p,
+n = min(p, max_len) (its length), left-aligned and padded with item 0; a positive's target is
+clicks[e]. ``histories`` (N, L, k), ``lengths``, ``targets`` (N, k) and the drivers are
+:meth:`PreparedStore.gather`-ed from these, never stored. Samples are sorted by (split, user,
+position), each positive followed by its negative. Arrays are ``.npy`` files, opened
+memory-mapped, so a store larger than memory trains fine.
+
+A sharded store (``camn prepare --vocab-only``, then ``--shard I/N``) is a folder holding the
+vocabularies, ``users.txt`` and a ``schema.json`` with ``shards``, and one store of this layout
+per shard (the users whose id hashes to it); it reads as one store (:class:`ShardedStore`).
 """
 
 from __future__ import annotations
@@ -32,22 +45,24 @@ from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 from camn.outputs import STORE, check_output, replacing
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAD, UNK = "<pad>", "<unk>"
 USERS = "users.txt"
+ANNOTATIONS = ("driver", "driver_kind")  # planted truth per click (synthetic data)
 
 
 def write_store(
     out: str | Path,
     schema: dict,
     arrays: dict[str, np.ndarray],
-    vocabularies: dict[str, list[str]],
+    vocabularies: dict[str, list[str]] | None,
     force: bool = False,
     users: Sequence[str] | None = None,
 ) -> Path:
     """Write a store atomically: into a temporary sibling directory, swapped in at the end.
 
-    ``users``: the user id strings, user index i at position i (``users.txt``).
+    ``users``: the user id strings, user index i at position i (``users.txt``);
+    ``vocabularies`` None: none written (a shard: its folder's vocabularies serve).
 
     A failed run leaves nothing behind. An existing ``out`` is replaced only with ``force`` and
     only when it is a store camn wrote (:func:`camn.outputs.check_output`).
@@ -55,19 +70,39 @@ def write_store(
     out = check_output(out, STORE, force=force)
     with replacing(out, STORE) as tmp:
         (tmp / "arrays").mkdir()
-        (tmp / "vocab").mkdir()
         for name, array in arrays.items():
             np.save(tmp / "arrays" / f"{name}.npy", np.ascontiguousarray(array))
-        for name, values in vocabularies.items():
-            # one value a line, as PreparedStore.vocab reads it back with str.splitlines
-            lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
-            (tmp / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if vocabularies is not None:
+            write_vocabularies(tmp, vocabularies)
         if users is not None:
-            lines = (" ".join(u.splitlines()) for u in users)
-            (tmp / USERS).write_text("".join(f"{u}\n" for u in lines), encoding="utf-8")
+            write_users(tmp, users)
         schema = {"schema_version": SCHEMA_VERSION, **schema}
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def write_vocabularies(folder: Path, vocabularies: dict[str, list[str]]) -> None:
+    """``vocab/<attribute>.txt``: one value a line, after ``<pad>`` and ``<unk>``."""
+    (folder / "vocab").mkdir()
+    for name, values in vocabularies.items():
+        # one value a line, as PreparedStore.vocab reads it back with str.splitlines
+        lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
+        (folder / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_users(folder: Path, users: Sequence[str]) -> None:
+    """``users.txt``: user index i on line i."""
+    lines = (" ".join(u.splitlines()) for u in users)
+    (folder / USERS).write_text("".join(f"{u}\n" for u in lines), encoding="utf-8")
+
+
+def history_items(clicks, ends, lengths, slots):
+    """(n, len(slots)) item ids of n histories, left-aligned, 0 at padding: row b holds
+    ``clicks[ends[b] - lengths[b] : ends[b]]``. numpy arrays or torch tensors alike
+    (``clicks`` may be a memory map: only the rows read are touched)."""
+    valid = slots[None, :] < lengths[:, None]
+    source = (ends[:, None] - lengths[:, None] + slots[None, :]) * valid
+    return clicks[source] * valid
 
 
 class PreparedStore:
@@ -78,14 +113,15 @@ class PreparedStore:
     - **on open** (always, O(1) in the data size): ``schema.json`` parses and has the keys
       camn reads, every array's ``.npy`` header gives the dtype and shape the schema implies
       and the file holds as many bytes as the header promises (a truncated file), and every
-      vocabulary file is present. Only headers are read, never the data.
+      vocabulary file and ``users.txt`` is present. Only headers are read, never the data.
     - **the content scan** (:meth:`check_contents`, one chunked, vectorised pass over every
-      array, i.e. about one training epoch of reading, done at most once per store object):
+      array, about one training epoch of reading, done at most once per store object):
       ids inside their vocabularies slot by slot, split codes 0/1/2 with the counts of
-      ``schema.json``, labels 0/1, lengths in 0..max_len, users below num_users, planted
-      drivers, vocabulary line counts. ``camn stats``, the trainer (:meth:`check_trainable`,
-      which adds: every split holds both labels) and ``camn evaluate``/``explain`` run it;
-      its cost is below that of the work they then do.
+      ``schema.json``, labels 0/1, users below num_users, timelines (offsets ascending from 0
+      to the click count, users ascending), every sample's user with a timeline and its
+      position inside it, planted drivers, vocabulary line counts. ``camn stats``, the
+      trainer (:meth:`check_trainable`, which adds: every split holds both labels) and
+      ``camn evaluate``/``explain`` run it; its cost is below that of the work they then do.
 
     Either raises one :class:`DataError` naming the store, the file and what is wrong; with
     ``validate=False`` the open check is left to :meth:`problems` (``camn stats`` lists all).
@@ -96,6 +132,7 @@ class PreparedStore:
         self.schema: dict = read_schema(self.root)
         self._arrays: dict[str, np.ndarray] = {}
         self._scan: ContentScan | None = None
+        self._table: np.ndarray | None = None
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
 
@@ -110,10 +147,12 @@ class PreparedStore:
             elif name not in DRIVER_ARRAYS or self.has_drivers:
                 problems.append(f"arrays/{name}.npy is missing")
         problems += [
-            f"vocab/{attribute}.txt is missing"
+            f"{self.vocab_path(attribute).relative_to(self.vocab_root)} is missing"
             for attribute in self.attributes
-            if not (self.root / "vocab" / f"{attribute}.txt").is_file()
+            if not self.vocab_path(attribute).is_file()
         ]
+        if not (self.vocab_root / USERS).is_file():
+            problems.append(f"{USERS} is missing (user index i is its line i)")
         return problems
 
     def content_problems(self) -> list[str]:
@@ -164,6 +203,15 @@ class PreparedStore:
         return self._scan
 
     @property
+    def vocab_root(self) -> Path:
+        """The folder of ``vocab/`` and ``users.txt``: the store's own, or its sharded
+        store's for a shard."""
+        return self.root.parent if self.schema.get("shard") else self.root
+
+    def vocab_path(self, attribute: str) -> Path:
+        return self.vocab_root / "vocab" / f"{attribute}.txt"
+
+    @property
     def attributes(self) -> list[str]:
         return self.schema["attributes"]
 
@@ -176,8 +224,12 @@ class PreparedStore:
         return self.schema["max_len"]
 
     @property
+    def num_samples(self) -> int:
+        return sum(self.schema["splits"].values())
+
+    @property
     def has_drivers(self) -> bool:
-        return (self.root / "arrays" / "history_driver.npy").is_file()
+        return (self.root / "arrays" / "click_driver.npy").is_file()
 
     def array(self, name: str) -> np.ndarray:
         """A stored array, memory-mapped (read-only)."""
@@ -188,8 +240,23 @@ class PreparedStore:
             self._arrays[name] = np.load(path, mmap_mode="r")
         return self._arrays[name]
 
+    @property
+    def item_table(self) -> np.ndarray:
+        """(num_items + 2, k) int32 attribute ids of every item id, in memory."""
+        if self._table is None:
+            self._table = np.array(self.array("item_attributes"))
+        return self._table
+
     def vocab(self, attribute: str) -> list[str]:
-        return (self.root / "vocab" / f"{attribute}.txt").read_text(encoding="utf-8").splitlines()
+        return self.vocab_path(attribute).read_text(encoding="utf-8").splitlines()
+
+    def user_ids(self) -> list[str]:
+        """The user id strings: user index i is element i (``users.txt``)."""
+        return (self.vocab_root / USERS).read_text(encoding="utf-8").splitlines()
+
+    def size_bytes(self) -> int:
+        """Bytes of every file of the store."""
+        return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
 
     def split_indices(self, split: str) -> np.ndarray:
         """Row indices of one split (rows of a split are contiguous and sorted)."""
@@ -200,6 +267,47 @@ class PreparedStore:
     def num_batches(self, split: str, batch_size: int, world_size: int = 1) -> int:
         per_rank = -(-len(self.split_indices(split)) // world_size)
         return -(-per_rank // batch_size)
+
+    # ------------------------------------------------------------------ gathering samples
+
+    def references(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
+        ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
+        timeline = np.searchsorted(self.array("timeline_users"), self.array("users")[rows])
+        positions = self.array("positions")[rows].astype(np.int64)
+        ends = self.array("timeline_offsets")[timeline] + positions
+        return ends, np.minimum(positions, self.max_len)
+
+    def gather(self, name: str, rows: np.ndarray | slice, width: int | None = None) -> np.ndarray:
+        """One field of the samples at ``rows`` as the models see it: ``histories``
+        (n, width, k) int32 (width: max_len unless given), ``lengths`` (n,) int32, ``targets``
+        (n, k) int32, ``history_driver``/``history_driver_kind`` (n, width) int8 (-1 where no
+        click), ``target_driver``/``target_driver_kind`` (n,) int8 (-1 for a non-click), or a
+        stored per-sample array (``users``, ``labels``, ``splits``, ...)."""
+        slots = np.arange(width or self.max_len)
+        if name == "targets":
+            return self.item_table[self.array("target_items")[rows]]
+        if name not in GATHERED:
+            return np.asarray(self.array(name)[rows])
+        ends, lengths = self.references(rows)
+        if name == "lengths":
+            return lengths.astype(np.int32)
+        if name == "histories":
+            return self.item_table[history_items(self.array("clicks"), ends, lengths, slots)]
+        values = self.array(f"click_{name.split('_', 1)[1]}")  # a planted-truth annotation
+        if name.startswith("history_"):
+            valid = slots[None, :] < lengths[:, None]
+            return np.where(valid, history_items(values, ends, lengths, slots), -1).astype(np.int8)
+        clicked = self.array("labels")[rows] == 1
+        return np.where(clicked, values[np.where(clicked, ends, 0)], -1).astype(np.int8)
+
+    def batch_fields(self, rows: np.ndarray, width: int | None = None) -> list[np.ndarray]:
+        """histories (n, width, k), lengths, targets (n, k), labels, users of ``rows``: what
+        :func:`make_batch` takes, the references read once."""
+        ends, lengths = self.references(rows)
+        items = history_items(self.array("clicks"), ends, lengths, np.arange(width or self.max_len))
+        return [self.item_table[items], lengths.astype(np.int32), self.gather("targets", rows),
+                self.gather("labels", rows), self.gather("users", rows)]
 
     def batches(
         self,
@@ -214,7 +322,7 @@ class PreparedStore:
         world_size: int = 1,
         length_buckets: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield ready batches of one split: every field gathered with one fancy index.
+        """Yield ready batches of one split, gathered from the timelines (no per-sample loop).
 
         Keys: ``index`` (B,) store row, ``history`` (B, L, k), ``mask`` (B, L) bool (True = real
         item), ``target`` (B, k), ``label`` (B,) float, ``user`` (B,), and with
@@ -227,20 +335,20 @@ class PreparedStore:
         rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
         rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
-        lengths = self.array("lengths")[rows] if length_buckets else None
-        if history_negatives:  # a copy: torch cannot wrap the read-only memory map
-            item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
+        lengths = self.gather("lengths", rows) if length_buckets else None
+        if history_negatives:
+            item_attributes = torch.from_numpy(self.item_table)
         for positions, length in batch_slices(len(rows), batch_size, rng, lengths):
             index = rows[positions]
-            fields = [self.array(name)[index] for name in BATCH_ARRAYS]
-            fields[0] = fields[0][:, :length]  # histories
+            fields = self.batch_fields(index, length)
             batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
             yield batch
 
 
-BATCH_ARRAYS = ("histories", "lengths", "targets", "labels", "users")
+GATHERED = ("histories", "lengths", *(f"{where}_{name}" for where in ("history", "target")
+                                      for name in ANNOTATIONS))
 
 
 def epoch_order(
@@ -325,17 +433,33 @@ def table1_line(schema: dict) -> str:
     )
 
 
+def size_line(store: PreparedStore) -> str:
+    """The store's bytes on disk, in all and per sample, and where they lie."""
+    parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
+                           *DRIVER_ARRAYS),
+             "samples": ("users", "positions", "target_items", "labels", "splits"),
+             "item table": ("item_attributes",)}
+    sizes = {part: sum(path.stat().st_size for name in names
+                       if (path := store.root / "arrays" / f"{name}.npy").is_file())
+             for part, names in parts.items()}
+    total = store.size_bytes()
+    return (f"size {total / 1e6:,.1f} MB, {total / max(1, store.num_samples):,.1f} bytes a sample ("
+            + ", ".join(f"{part} {size / 1e6:,.1f} MB" for part, size in sizes.items()) + ")")
+
+
 # ------------------------------------------------------------------ checking a store (see above)
 
 SCHEMA_KEYS = (
     "schema_version", "attributes", "vocab_sizes", "max_len", "splits", "num_users",
-    "num_items", "protocol", "seed",
+    "num_items", "protocol", "seed", "timelines",
 )
 ARRAY_DTYPES = {
-    "histories": np.int32, "lengths": np.int32, "targets": np.int32, "labels": np.int8,
-    "users": np.int32, "splits": np.int8, "item_attributes": np.int32,
+    "item_attributes": np.int32, "timeline_users": np.int32, "timeline_offsets": np.int64,
+    "clicks": np.int32, "users": np.int32, "positions": np.int32, "target_items": np.int32,
+    "labels": np.int8, "splits": np.int8,
 }
-DRIVER_ARRAYS = ("history_driver", "history_driver_kind", "target_driver", "target_driver_kind")
+TIME_DTYPES = ("int64", "float64")
+DRIVER_ARRAYS = tuple(f"click_{name}" for name in ANNOTATIONS)
 LABEL_USES = {
     "train": "training", "valid": "early stopping (the validation AUC)", "test": "the test AUC",
 }
@@ -359,9 +483,25 @@ def read_schema(root: Path) -> dict:
         schema = json.loads(path.read_bytes())
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(f"{root} is a damaged store: schema.json {json_problem(error)}") from None
+    version = schema.get("schema_version") if isinstance(schema, dict) else None
+    if _is_int(version, 1) and version < SCHEMA_VERSION:
+        raise DataError(f"{root} was prepared by an earlier camn (store version {version}; this "
+                        f"camn reads version {SCHEMA_VERSION}): prepare it again with "
+                        f"{prepare_command(schema)}")
     problems = [f"schema.json {problem}" for problem in schema_problems(schema)]
     raise_problems(root, "is a damaged store", problems)
     return schema
+
+
+def prepare_command(schema: dict) -> str:
+    """How a store was prepared, from its schema: ``camn prepare <source>`` with the origin's
+    inputs and options as ``schema.json`` records them, and its protocol, length and seed."""
+    origin = schema.get("origin") if isinstance(schema.get("origin"), dict) else {}
+    inputs = [f"{key}={value}" for key, value in sorted(origin.items())
+              if key != "source" and isinstance(value, str | int | float)]
+    options = [f"{key} {schema[key]}" for key in ("protocol", "max_len", "seed") if key in schema]
+    return (f"camn prepare {origin.get('source', '<source>')} (origin in schema.json: "
+            f"{', '.join(inputs) or 'none recorded'}; {', '.join(options)})")
 
 
 def json_problem(error: ValueError) -> str:
@@ -404,6 +544,11 @@ def schema_problems(schema: object) -> list[str]:
     if not (isinstance(splits, dict) and sorted(splits) == sorted(SPLITS)
             and all(_is_int(n, 0) for n in splits.values())):
         problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}")
+    timelines = schema["timelines"]
+    if not (isinstance(timelines, dict) and _is_int(timelines.get("users"), 0)
+            and _is_int(timelines.get("clicks"), 0) and timelines.get("time_dtype") in TIME_DTYPES):
+        problems.append("timelines must give the users and clicks counts and a time_dtype of "
+                        + " or ".join(TIME_DTYPES))
     if not problems and sizes[0] != schema["num_items"] + FIRST_ITEM_ID:
         problems.append(
             f"has vocab_sizes[0] {sizes[0]} (item ids) but num_items + 2 = "
@@ -414,14 +559,17 @@ def schema_problems(schema: object) -> list[str]:
 
 def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every array, as ``schema.json`` implies them (drivers included)."""
-    n, length, k = sum(schema["splits"].values()), schema["max_len"], len(schema["attributes"])
+    n, k, timelines = sum(schema["splits"].values()), len(schema["attributes"]), schema["timelines"]
+    users, clicks = timelines["users"], timelines["clicks"]
     shapes = {
-        "histories": (n, length, k), "lengths": (n,), "targets": (n, k), "labels": (n,),
-        "users": (n,), "splits": (n,), "item_attributes": (schema["num_items"] + FIRST_ITEM_ID, k),
+        "item_attributes": (schema["num_items"] + FIRST_ITEM_ID, k), "timeline_users": (users,),
+        "timeline_offsets": (users + 1,), "clicks": (clicks,), "users": (n,), "positions": (n,),
+        "target_items": (n,), "labels": (n,), "splits": (n,),
     }
     arrays = {name: (shape, np.dtype(ARRAY_DTYPES[name])) for name, shape in shapes.items()}
+    arrays["click_times"] = ((clicks,), np.dtype(timelines["time_dtype"]))
     for name in DRIVER_ARRAYS:
-        arrays[name] = ((n, length) if name.startswith("history") else (n,), np.dtype(np.int8))
+        arrays[name] = ((clicks,), np.dtype(np.int8))
     return arrays
 
 
@@ -465,19 +613,19 @@ class ContentScan:
 def scan_contents(store: PreparedStore) -> ContentScan:
     """One chunked pass over every array of a store whose layout is sound (class docstring)."""
     k, vocab_top = len(store.attributes), np.asarray(store.vocab_sizes) - 1
-    top_user = store.schema["num_users"] - 1
+    top_user, top_item = store.schema["num_users"] - 1, store.schema["num_items"] + 1
+    items = (FIRST_ITEM_ID, top_item, f"item ids are {FIRST_ITEM_ID}..num_items + 1 ({top_item})")
+    users = (0, top_user, f"users are 0..num_users - 1 ({top_user})")
     rules: dict[str, tuple[int, int | np.ndarray, str]] = {  # name -> lowest, highest, rule
-        "histories": (0, vocab_top, ""), "targets": (0, vocab_top, ""),
         "item_attributes": (0, vocab_top, ""),  # "": ids, checked per attribute slot
-        "lengths": (0, store.max_len, f"lengths are 0..max_len ({store.max_len})"),
-        "users": (0, top_user, f"users are 0..num_users - 1 ({top_user})"),
+        "clicks": items, "target_items": items, "timeline_users": users, "users": users,
         "labels": (0, 1, "labels are 0 (non-click) or 1 (click)"),
         "splits": (0, len(SPLITS) - 1, "split codes are 0 (train), 1 (valid) or 2 (test)"),
     }
     if store.has_drivers:
-        slots = (-1, k - 1, f"drivers are -1 (no click) or an attribute slot 0..{k - 1}")
-        kinds = (-1, 1, "driver kinds are -1 (no click), 0 or 1")
-        rules |= {name: kinds if name.endswith("kind") else slots for name in DRIVER_ARRAYS}
+        rules["click_driver"] = (-1, k - 1, f"drivers are -1 (none) or an attribute slot "
+                                 f"0..{k - 1}")
+        rules["click_driver_kind"] = (-1, 1, "driver kinds are -1 (none), 0 or 1")
     problems: list[str] = []
     damaged: set[str] = set()  # arrays with a value out of range
     for name, (lowest, highest, rule) in rules.items():
@@ -489,12 +637,14 @@ def scan_contents(store: PreparedStore) -> ContentScan:
         if rule:
             problems.append(f"arrays/{name}.npy holds {value} at row {row:,}; {rule}")
         else:
-            where = "item id" if name == "item_attributes" else "row"
             problems.append(
                 f"arrays/{name}.npy holds id {value} of attribute '{store.attributes[slot]}' at "
-                f"{where} {row:,}, outside its vocabulary of ids 0..{vocab_top[slot]:,} "
+                f"item id {row:,}, outside its vocabulary of ids 0..{vocab_top[slot]:,} "
                 "(vocab_sizes in schema.json)"
             )
+    timeline = timeline_problems(store)
+    if not timeline and not damaged & {"users", "timeline_users"}:
+        timeline = reference_problems(store)
     labels = np.zeros((len(SPLITS), 2), dtype=np.int64)
     if not damaged & {"splits", "labels"}:
         labels = count_labels(store.array("splits"), store.array("labels"))
@@ -502,7 +652,43 @@ def scan_contents(store: PreparedStore) -> ContentScan:
         if counts != store.schema["splits"]:
             problems.append(f"arrays/splits.npy has {counts} samples per split; schema.json says "
                             f"{store.schema['splits']}")
-    return ContentScan(problems + vocab_problems(store), labels)
+    return ContentScan(problems + timeline + vocab_problems(store), labels)
+
+
+def timeline_problems(store: PreparedStore) -> list[str]:
+    """Timelines that cannot be read: offsets not ascending from 0 to the click count, users
+    not strictly ascending."""
+    offsets, clicks = np.asarray(store.array("timeline_offsets")), len(store.array("clicks"))
+    problems = []
+    if offsets[0] != 0 or offsets[-1] != clicks or np.any(np.diff(offsets) < 0):
+        problems.append(f"arrays/timeline_offsets.npy does not ascend from 0 to the click count "
+                        f"({clicks:,})")
+    if np.any(np.diff(np.asarray(store.array("timeline_users"))) <= 0):
+        problems.append("arrays/timeline_users.npy is not strictly ascending")
+    return problems
+
+
+def reference_problems(store: PreparedStore) -> list[str]:
+    """The first sample whose user has no timeline, or whose position lies beyond it (a
+    sample's position is at most the index of the user's last click)."""
+    timeline_users = np.asarray(store.array("timeline_users"))
+    counts = np.diff(store.array("timeline_offsets"))
+    rows = CHUNK_BYTES // 16
+    for start in range(0, store.num_samples, rows):
+        users = np.asarray(store.array("users")[start : start + rows])
+        positions = np.asarray(store.array("positions")[start : start + rows])
+        timeline = np.minimum(np.searchsorted(timeline_users, users), len(timeline_users) - 1)
+        missing = timeline_users[timeline] != users
+        beyond = ~missing & ((positions < 0) | (positions >= counts[timeline]))
+        if missing.any():
+            row = int(np.argmax(missing))
+            return [f"arrays/users.npy holds user {users[row]} at row {start + row:,}, who has "
+                    "no timeline (arrays/timeline_users.npy)"]
+        if beyond.any():
+            row = int(np.argmax(beyond))
+            return [f"arrays/positions.npy holds {positions[row]} at row {start + row:,}, "
+                    f"outside user {users[row]}'s timeline of {counts[timeline[row]]} clicks"]
+    return []
 
 
 def first_outside(

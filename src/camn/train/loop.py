@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from camn.data.store import (
-    BATCH_ARRAYS,
     PreparedStore,
     batch_slices,
     draw_items,
     epoch_order,
+    history_items,
     make_batch,
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
@@ -177,36 +177,46 @@ def seed_everything(seed: int) -> None:
 
 
 class ResidentSplit:
-    """One split's arrays, gathered once as tensors on ``device``; batches are slices of them."""
+    """One split's sample references and the timelines they point into, as tensors on
+    ``device``; a batch's histories are gathered from them (:func:`history_items`)."""
 
     def __init__(self, store: PreparedStore, split: str, device: torch.device) -> None:
         self.store, self.device = store, device
         rows = store.split_indices(split)
         self.rows = torch.from_numpy(rows.astype(np.int64)).to(device)
+        ends, lengths = store.references(rows)
+        self.host_lengths = lengths  # for length buckets and packed positions
 
-        def load(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(store.array(name)[rows])).to(device)
+        def load(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(array)).to(device)  # a copy: maps are read-only
 
-        self.arrays = {name: load(name) for name in BATCH_ARRAYS}  # histories (n, L, k), ...
-        self.host_lengths = np.asarray(store.array("lengths")[rows])  # for length buckets
-        self.item_attributes = torch.from_numpy(np.array(store.array("item_attributes"))).to(
-            device
-        )  # (num_items + 2, k)
+        self.ends, self.lengths = load(ends), load(lengths)
+        self.target_items, self.labels, self.users = (
+            load(store.array(name)[rows]) for name in ("target_items", "labels", "users"))
+        self.clicks = load(store.array("clicks"))
+        self.item_attributes = load(store.item_table)  # (num_items + 2, k)
+        self.slots = torch.arange(store.max_len, device=device)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @staticmethod
     def size_bytes(store: PreparedStore, split: str) -> int:
-        n = len(store.split_indices(split))
-        return sum(n * store.array(name)[:1].nbytes for name in BATCH_ARRAYS)
+        """Bytes on the device: per sample the row, end and length (int64), target, label
+        and user; the clicks and the item table."""
+        per_sample = 3 * 8 + sum(store.array(name)[:1].nbytes
+                                 for name in ("target_items", "labels", "users"))
+        return (len(store.split_indices(split)) * per_sample + store.array("clicks").nbytes
+                + store.array("item_attributes").nbytes)
 
     def gather(self, positions: torch.Tensor, length: int | None = None) -> Batch:
-        """The batch of the given split positions (same keys and dtypes as the store's),
+        """The batch of the given split positions (the store's batch, same keys and dtypes),
         histories cut to their first ``length`` positions when given."""
-        fields = [array[positions] for array in self.arrays.values()]
-        fields[0] = fields[0][:, :length]  # histories
-        return make_batch(self.rows[positions], *fields)
+        lengths = self.lengths[positions]
+        items = history_items(self.clicks, self.ends[positions], lengths, self.slots[:length])
+        return make_batch(self.rows[positions], self.item_attributes[items], lengths,
+                          self.item_attributes[self.target_items[positions]],
+                          self.labels[positions], self.users[positions])
 
     def batches(
         self,
