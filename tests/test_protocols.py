@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from camn.data.prepare import prepare
-from camn.data.protocols import FIRST_ITEM_ID, build_samples, sample_negatives
+from camn.data.protocols import FIRST_ITEM_ID, SPLITS, build_samples, sample_negatives
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.store import PreparedStore, history_items
 
@@ -38,25 +38,32 @@ def random_interactions(seed: int, num_users: int, max_count: int, repeats: bool
 
 
 def build(data: dict, protocol: str, max_len: int, seed: int = 7) -> dict:
-    out = build_samples(
+    out, counts = build_samples(
         data["user"], data["item"], data["time"], len(data["item_attributes"]) - FIRST_ITEM_ID,
         protocol=protocol, seed=seed, annotations={"driver": data["driver"]},
     )
-    return out | samples(out, data["item_attributes"], max_len)
+    return out | samples(out, counts, data["item_attributes"], max_len)
 
 
-def samples(out: dict, item_attributes: np.ndarray, max_len: int) -> dict:
-    """The samples as the models see them: the references of ``out`` read in its timelines."""
+def samples(out: dict, counts: dict, item_attributes: np.ndarray, max_len: int) -> dict:
+    """The samples as the models see them: two a pair (the click, then its negative), read in
+    the timelines of ``out``; ``counts``: samples per split."""
     assert out["timeline_users"].tolist() == list(range(len(out["timeline_users"])))
-    ends = out["timeline_offsets"][out["users"]] + out["positions"]
-    lengths = np.minimum(out["positions"], max_len)
+    pairs = np.repeat(np.arange(len(out["pair_users"])), 2)
+    labels = np.tile(np.array([1, 0], dtype=np.int8), len(out["pair_users"]))
+    users, positions = out["pair_users"][pairs], out["pair_positions"][pairs]
+    ends = out["timeline_offsets"][users] + positions
+    lengths = np.minimum(positions, max_len)
     slots = np.arange(max_len)
     real = slots[None, :] < lengths[:, None]
-    clicked = out["labels"] == 1
+    clicked = labels == 1
+    target_items = np.where(clicked, out["clicks"][ends], out["pair_negatives"][pairs])
     gathered = {
+        "users": users, "positions": positions, "labels": labels, "target_items": target_items,
+        "splits": np.repeat(np.arange(3, dtype=np.int8), [counts[s] for s in SPLITS]),
         "histories": item_attributes[history_items(out["clicks"], ends, lengths, slots)],
         "lengths": lengths.astype(np.int32),
-        "targets": item_attributes[out["target_items"]],
+        "targets": item_attributes[target_items],
     }
     if "click_driver" in out:
         drivers = out["click_driver"]
@@ -181,12 +188,14 @@ def test_small_hand_example() -> None:
     time = np.array([3, 9, 1, 2, 8])
     ids = np.arange(9)
     attributes = np.stack([ids, ids + 10], axis=1)
-    out = build_samples(user, item, time, 7, protocol="sliding", seed=3)
+    out, counts = build_samples(user, item, time, 7, protocol="sliding", seed=3)
     assert out["clicks"].tolist() == [5, 3, 4, 2, 6] and out["click_times"].tolist() == [
         1, 2, 3, 8, 9]
+    assert out["click_times"].dtype == np.int32  # the narrowest that holds them
     assert out["timeline_offsets"].tolist() == [0, 3, 5]
-    assert out["positions"].tolist() == [1, 1, 2, 2, 1, 1]
-    out |= samples(out, attributes, max_len=2)
+    assert out["pair_users"].tolist() == [0, 0, 1] and out["pair_positions"].tolist() == [1, 2, 1]
+    assert counts == {"train": 4, "valid": 0, "test": 2}
+    out |= samples(out, counts, attributes, max_len=2)
     assert out["splits"].tolist() == [0] * 4 + [2] * 2  # 2 users: 1 train, 0 valid, 1 test
     assert out["users"].tolist() == [0] * 4 + [1] * 2  # (seed 3 puts user 0 in train)
     assert out["targets"][0::2, 0].tolist() == [3, 4, 6]
@@ -283,3 +292,14 @@ def test_first_occurrences_keeps_the_first_row_of_each_tuple_in_input_order() ->
     time = np.array([1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
     keep = first_occurrences(user, item, time)
     assert keep.tolist() == [True, True, False, False, True, True]
+
+
+def test_times_are_kept_in_the_narrowest_type_that_holds_them() -> None:
+    from camn.data.protocols import narrowest_times
+
+    seconds = np.array([0, 2**31 - 1], dtype=np.int64)
+    assert narrowest_times(seconds).dtype == np.int32
+    assert narrowest_times(seconds).tolist() == seconds.tolist()
+    microseconds = np.array([-(2**31) - 1, 1_700_000_000_000_000])
+    assert narrowest_times(microseconds).dtype == np.int64
+    assert narrowest_times(np.array([0.5, 1.0])).dtype == np.float64

@@ -65,8 +65,9 @@ def test_same_seed_gives_byte_identical_stores(tmp_path: Path) -> None:
     assert a == b
     other = make_store(tmp_path / "c", "sliding", seed=1)
     first = PreparedStore(tmp_path / "a")
-    assert not np.array_equal(first.array("users"), other.array("users"))
-    train = {s: set(st.array("users")[st.split_indices("train")]) for s, st in
+    everyone = slice(None)
+    assert not np.array_equal(first.gather("users", everyone), other.gather("users", everyone))
+    train = {s: set(st.gather("users", st.split_indices("train"))) for s, st in
              (("a", first), ("c", other))}
     assert train["a"] != train["c"]
 
@@ -150,7 +151,7 @@ def test_batches_shapes_masks_and_coverage(tmp_path: Path) -> None:
             np.testing.assert_array_equal(batch["history"].numpy(), histories[index])
             np.testing.assert_array_equal(batch["target"].numpy(),
                                           store.gather("targets", index))
-            np.testing.assert_array_equal(batch["label"].numpy(), store.array("labels")[index])
+            np.testing.assert_array_equal(batch["label"].numpy(), store.gather("labels", index))
             seen.append(index)
         np.testing.assert_array_equal(np.concatenate(seen), rows)  # in order, each once
 
@@ -252,8 +253,8 @@ def test_planted_drivers_are_stored(tmp_path: Path) -> None:
     assert history.shape == store.gather("histories", rows).shape[:2]
     assert set(np.unique(history[real])) <= {0, 1} and (history[~real] == -1).all()
     target = store.gather("target_driver", rows)
-    assert (target[store.array("labels") == 0] == -1).all()
-    assert set(np.unique(target[store.array("labels") == 1])) == {0, 1}
+    assert (target[store.gather("labels", rows) == 0] == -1).all()
+    assert set(np.unique(target[store.gather("labels", rows) == 1])) == {0, 1}
     assert (store.gather("history_driver_kind", rows)[real] == 0).all()
     # the drivers follow their clicks: interaction i has driver i % 2, and the clicks of a
     # timeline are its user's rows in time order

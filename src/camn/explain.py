@@ -117,7 +117,7 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
         except ValueError:
             raise DataError(f"user {user!r} is not in the store {store.root} "
                             f"({USERS}; e.g. {users[0]!r})") from None
-        rows = np.flatnonzero(np.asarray(store.array("users")) == index)
+        rows = np.flatnonzero(store.gather("users", slice(None)) == index)
     clicks = (store.gather("labels", rows) == 1) & (store.gather("lengths", rows) > 0)
     rows = rows[clicks]
     return rows[-limit:] if user is not None else rows[:limit]

@@ -315,8 +315,8 @@ class Predictor:
         """(num_users,) the store row of each user's last click sample: rows are sorted by
         (split, user, position), so it is the user's last row with label 1."""
         if self._latest is None:
-            positives = np.flatnonzero(np.asarray(self.store.array("labels")) == 1)
-            owners = np.asarray(self.store.array("users"))[positives]
+            positives = np.flatnonzero(self.store.gather("labels", slice(None)) == 1)
+            owners = self.store.gather("users", positives)
             latest = np.full(self.store.schema["num_users"], -1, dtype=np.int64)
             users, last = np.unique(owners[::-1], return_index=True)
             latest[users] = positives[::-1][last]

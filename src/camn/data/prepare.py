@@ -143,13 +143,11 @@ def prepare(
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
     item_attributes, vocabularies = encode_items(raw, encoded.items, report)
-    time = encoded.time.astype(np.float64 if encoded.time.dtype.kind == "f" else np.int64)
-    arrays = build_samples(
-        encoded.user, encoded.item, time, len(encoded.items),
+    arrays, splits = build_samples(
+        encoded.user, encoded.item, encoded.time, len(encoded.items),
         protocol=protocol, seed=seed, annotations=encoded.annotations,
     )
     arrays["item_attributes"] = item_attributes
-    counts = np.bincount(arrays["splits"], minlength=3)
     schema = {
         "num_users": encoded.num_users,
         "num_items": len(encoded.items),
@@ -159,9 +157,9 @@ def prepare(
         "protocol": protocol,
         "seed": seed,
         "max_len": max_len,
-        "splits": {"train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2])},
+        "splits": splits,
         "timelines": {"users": encoded.num_users, "clicks": len(encoded.user),
-                      "time_dtype": str(time.dtype)},
+                      "time_dtype": str(arrays["click_times"].dtype)},
         "origin": raw.origin,
         "dropped_users_under_2_interactions": encoded.dropped_users,
         "bad_input": dict(sorted(report.counts.items())),

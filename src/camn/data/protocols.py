@@ -56,6 +56,16 @@ def sample_negatives(
     return negatives
 
 
+def narrowest_times(time: np.ndarray) -> np.ndarray:
+    """Times as int32 where every value fits (Unix seconds do until 2038), else int64, or
+    float64 for fractional times."""
+    if time.dtype.kind == "f":
+        return time.astype(np.float64)
+    fits = len(time) == 0 or (time.min() >= np.iinfo(np.int32).min
+                              and time.max() <= np.iinfo(np.int32).max)
+    return time.astype(np.int32 if fits else np.int64)
+
+
 def build_samples(
     user: np.ndarray,
     item: np.ndarray,
@@ -64,7 +74,7 @@ def build_samples(
     protocol: Protocol,
     seed: int = 2022,
     annotations: dict[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Turn interactions into timelines and the samples that refer to them.
 
     Args:
@@ -76,11 +86,12 @@ def build_samples(
 
     Returns the store's arrays (:mod:`camn.data.store`) but the item table: the timelines
     ``timeline_users`` (U,) int32, ``timeline_offsets`` (U + 1,) int64, ``clicks`` (n,) int32
-    (each user's items in time order), ``click_times`` (n,) and the annotations; the samples
-    sorted by (split, user, position), each positive followed by its negative: ``users``
-    (N,) int32, ``positions`` (N,) int32 (the target's index in the user's timeline; the
-    history is the clicks before it), ``target_items`` (N,) int32, ``labels`` (N,) int8,
-    ``splits`` (N,) int8.
+    (each user's items in time order), ``click_times`` (n,) (:func:`narrowest_times`) and the
+    annotations; one pair a click to predict (a positive and its sampled negative), sorted by
+    (split, user, position): ``pair_users`` (P,) int32, ``pair_positions`` (P,) int32 (the
+    click's index in the user's timeline; the history is the clicks before it) and
+    ``pair_negatives`` (P,) int32, the negative's item id. Also the samples per split (two a
+    pair; the pairs of a split are contiguous, in the order train, valid, test).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -118,19 +129,15 @@ def build_samples(
     order = np.lexsort((pos, sample_user, user_split[sample_user]))
     pos, negatives, sample_user = pos[order], negatives[order], sample_user[order]
 
-    def twice(a: np.ndarray) -> np.ndarray:  # each positive is followed by its negative
-        return np.repeat(a, 2, axis=0)
-
     out = {
         "timeline_users": np.arange(len(counts), dtype=np.int32),
         "timeline_offsets": np.concatenate([starts, [len(user)]]).astype(np.int64),
         "clicks": item.astype(np.int32),
-        "click_times": time[by_time],
+        "click_times": narrowest_times(time[by_time]),
         **{f"click_{name}": values[by_time] for name, values in (annotations or {}).items()},
-        "users": twice(sample_user.astype(np.int32)),
-        "positions": twice((pos - starts[sample_user]).astype(np.int32)),
-        "target_items": np.stack([item[pos], negatives], axis=1).reshape(-1).astype(np.int32),
-        "labels": np.tile(np.array([1, 0], dtype=np.int8), len(pos)),
-        "splits": twice(user_split[sample_user]),
+        "pair_users": sample_user.astype(np.int32),
+        "pair_positions": (pos - starts[sample_user]).astype(np.int32),
+        "pair_negatives": negatives.astype(np.int32),
     }
-    return out
+    counts = 2 * np.bincount(user_split[sample_user], minlength=len(SPLITS))
+    return out, dict(zip(SPLITS, counts.tolist(), strict=True))

@@ -9,21 +9,21 @@ timelines when it is made. Layout of a store directory (version 2)::
     arrays/timeline_users.npy    (U,)     int32  user index of each stored timeline, ascending
     arrays/timeline_offsets.npy  (U + 1,) int64  timeline u is clicks[offsets[u]:offsets[u + 1]]
     arrays/clicks.npy            (E,)     int32  item ids, each user's clicks in time order
-    arrays/click_times.npy       (E,)     int64 or float64  the clicks' times
+    arrays/click_times.npy       (E,)     int32, int64 or float64  the clicks' times
     arrays/click_driver*.npy     (E,)     int8   planted truth of each click (synthetic data only)
-    arrays/users.npy             (N,)     int32  user index of each sample
-    arrays/positions.npy         (N,)     int32  p: the history is the user's clicks before p
-    arrays/target_items.npy      (N,)     int32  item id of the target
-    arrays/labels.npy            (N,)     int8   1 = click, 0 = sampled negative
-    arrays/splits.npy            (N,)     int8   0 train, 1 valid, 2 test
+    arrays/pair_users.npy        (P,)     int32  user index of each click to predict
+    arrays/pair_positions.npy    (P,)     int32  p: that click's index in the user's timeline
+    arrays/pair_negatives.npy    (P,)     int32  item id of its sampled non-click
     vocab/<attribute>.txt        one value a line; line i is id i (0 <pad>, 1 <unk>)
     users.txt                    one user id a line; line i is user index i
 
-A sample of user u at position p has the history clicks[e - n : e], e = offsets[u] + p,
-n = min(p, max_len) (its length), left-aligned and padded with item 0; a positive's target is
-clicks[e]. ``histories`` (N, L, k), ``lengths``, ``targets`` (N, k) and the drivers are
-:meth:`PreparedStore.gather`-ed from these, never stored. Samples are sorted by (split, user,
-position), each positive followed by its negative. Arrays are ``.npy`` files, opened
+Every click to predict gives two samples, rows 2i (label 1, the click) and 2i + 1 (label 0,
+its negative), with one history: the user's clicks before it, clicks[e - n : e] with
+e = offsets[u] + p and n = min(p, max_len) (the length), left-aligned and padded with item 0.
+Pairs are sorted by (split, user, position), so a split's rows are one range, its bounds the
+counts of ``splits`` in ``schema.json`` (train, valid, test). ``histories`` (N, L, k),
+``lengths``, ``targets`` (N, k), ``labels``, ``users``, ``splits`` and the drivers are
+:meth:`PreparedStore.gather`-ed from these, never stored. Arrays are ``.npy`` files, opened
 memory-mapped, so a store larger than memory trains fine.
 
 A sharded store (``camn prepare --vocab-only``, then ``--shard I/N``) is a folder holding the
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +116,10 @@ class PreparedStore:
       vocabulary file and ``users.txt`` is present. Only headers are read, never the data.
     - **the content scan** (:meth:`check_contents`, one chunked, vectorised pass over every
       array, about one training epoch of reading, done at most once per store object):
-      ids inside their vocabularies slot by slot, split codes 0/1/2 with the counts of
-      ``schema.json``, labels 0/1, users below num_users, timelines (offsets ascending from 0
-      to the click count, users ascending), every sample's user with a timeline and its
-      position inside it, planted drivers, vocabulary line counts. ``camn stats``, the
-      trainer (:meth:`check_trainable`, which adds: every split holds both labels) and
+      ids inside their vocabularies slot by slot, users below num_users, timelines (offsets
+      ascending from 0 to the click count, users ascending), every pair's user with a
+      timeline and its position inside it, planted drivers, vocabulary line counts. ``camn
+      stats``, the trainer (:meth:`check_trainable`, which adds: no split is empty) and
       ``camn evaluate``/``explain`` run it; its cost is below that of the work they then do.
 
     Either raises one :class:`DataError` naming the store, the file and what is wrong; with
@@ -131,7 +130,7 @@ class PreparedStore:
         self.root = Path(root)
         self.schema: dict = read_schema(self.root)
         self._arrays: dict[str, np.ndarray] = {}
-        self._scan: ContentScan | None = None
+        self._scan: list[str] | None = None
         self._table: np.ndarray | None = None
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
@@ -157,26 +156,17 @@ class PreparedStore:
 
     def content_problems(self) -> list[str]:
         """What the content scan finds (run once, then remembered); needs a sound layout."""
-        return self._content_scan().problems
+        return self._content_scan()
 
     def training_problems(self) -> list[str]:
         """Why the trainer would learn or score nothing: a split without samples, or with one
-        label only (the train loss, the validation AUC of early stopping, the test AUC)."""
-        problems = []
-        for split, (negatives, positives) in zip(SPLITS, self._content_scan().labels, strict=True):
-            if negatives + positives == 0:
-                problems.append(
-                    f"arrays/splits.npy: the {split} split has no samples; training needs "
-                    "samples in train, valid and test (each of valid and test gets 10% of the "
-                    "users: prepare more users)"
-                )
-            elif not negatives or not positives:
-                label = "1 (clicks)" if positives else "0 (non-clicks)"
-                problems.append(
-                    f"arrays/labels.npy: the {split} split has only label {label}; "
-                    f"{LABEL_USES[split]} needs both clicks and non-clicks"
-                )
-        return problems
+        label only (the train loss, the validation AUC of early stopping, the test AUC); a
+        split's samples are pairs of a click and a non-click, so only an empty one."""
+        return [
+            f"schema.json: the {split} split has no samples; training needs samples in train, "
+            "valid and test (each of valid and test gets 10% of the users: prepare more users)"
+            for split in SPLITS if self.schema["splits"][split] == 0
+        ]
 
     def problems(self, training: bool = False) -> list[str]:
         """Every problem found: the open check's, then (on a sound layout) the content scan's,
@@ -197,7 +187,7 @@ class PreparedStore:
         self.check_contents()
         raise_problems(self.root, "cannot be trained on", self.training_problems())
 
-    def _content_scan(self) -> ContentScan:
+    def _content_scan(self) -> list[str]:
         if self._scan is None:
             self._scan = scan_contents(self)
         return self._scan
@@ -258,11 +248,17 @@ class PreparedStore:
         """Bytes of every file of the store."""
         return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
 
+    @property
+    def split_bounds(self) -> np.ndarray:
+        """(4,) the first row of train, valid, test, and the row count."""
+        return np.cumsum([0, *(self.schema["splits"][split] for split in SPLITS)])
+
     def split_indices(self, split: str) -> np.ndarray:
         """Row indices of one split (rows of a split are contiguous and sorted)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return np.flatnonzero(self.array("splits") == SPLITS.index(split))
+        code = SPLITS.index(split)
+        return np.arange(self.split_bounds[code], self.split_bounds[code + 1])
 
     def num_batches(self, split: str, batch_size: int, world_size: int = 1) -> int:
         per_rank = -(-len(self.split_indices(split)) // world_size)
@@ -273,41 +269,63 @@ class PreparedStore:
     def references(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
         ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
-        timeline = np.searchsorted(self.array("timeline_users"), self.array("users")[rows])
-        positions = self.array("positions")[rows].astype(np.int64)
+        pairs = self.row_numbers(rows) // 2
+        timeline = np.searchsorted(self.array("timeline_users"), self.array("pair_users")[pairs])
+        positions = self.array("pair_positions")[pairs].astype(np.int64)
         ends = self.array("timeline_offsets")[timeline] + positions
         return ends, np.minimum(positions, self.max_len)
+
+    def row_numbers(self, rows: np.ndarray | slice) -> np.ndarray:
+        """``rows`` as an int64 array of row numbers."""
+        if isinstance(rows, slice):
+            return np.arange(self.num_samples)[rows]
+        return np.asarray(rows, dtype=np.int64)
 
     def gather(self, name: str, rows: np.ndarray | slice, width: int | None = None) -> np.ndarray:
         """One field of the samples at ``rows`` as the models see it: ``histories``
         (n, width, k) int32 (width: max_len unless given), ``lengths`` (n,) int32, ``targets``
-        (n, k) int32, ``history_driver``/``history_driver_kind`` (n, width) int8 (-1 where no
-        click), ``target_driver``/``target_driver_kind`` (n,) int8 (-1 for a non-click), or a
-        stored per-sample array (``users``, ``labels``, ``splits``, ...)."""
-        slots = np.arange(width or self.max_len)
+        (n, k) int32, ``target_items`` (n,) int32, ``labels`` (n,) int8 (1 click, 0 sampled
+        negative), ``users`` (n,) int32, ``splits`` (n,) int8 (0 train, 1 valid, 2 test),
+        ``history_driver``/``history_driver_kind`` (n, width) int8 (-1 where no click),
+        ``target_driver``/``target_driver_kind`` (n,) int8 (-1 for a non-click)."""
+        rows = self.row_numbers(rows)
+        if name == "labels":
+            return (1 - rows % 2).astype(np.int8)
+        if name == "users":
+            return np.asarray(self.array("pair_users")[rows // 2])
+        if name == "splits":
+            return (np.searchsorted(self.split_bounds, rows, side="right") - 1).astype(np.int8)
         if name == "targets":
-            return self.item_table[self.array("target_items")[rows]]
+            return self.item_table[self.gather("target_items", rows)]
         if name not in GATHERED:
-            return np.asarray(self.array(name)[rows])
+            raise ValueError(f"no sample field {name!r}; choose one of "
+                             f"{', '.join(SAMPLE_FIELDS)}")
         ends, lengths = self.references(rows)
+        slots = np.arange(width or self.max_len)
         if name == "lengths":
             return lengths.astype(np.int32)
         if name == "histories":
             return self.item_table[history_items(self.array("clicks"), ends, lengths, slots)]
+        clicked = rows % 2 == 0
+        if name == "target_items":
+            negatives = self.array("pair_negatives")[rows // 2]
+            return np.where(clicked, self.array("clicks")[np.where(clicked, ends, 0)], negatives)
         values = self.array(f"click_{name.split('_', 1)[1]}")  # a planted-truth annotation
         if name.startswith("history_"):
             valid = slots[None, :] < lengths[:, None]
             return np.where(valid, history_items(values, ends, lengths, slots), -1).astype(np.int8)
-        clicked = self.array("labels")[rows] == 1
         return np.where(clicked, values[np.where(clicked, ends, 0)], -1).astype(np.int8)
 
     def batch_fields(self, rows: np.ndarray, width: int | None = None) -> list[np.ndarray]:
         """histories (n, width, k), lengths, targets (n, k), labels, users of ``rows``: what
-        :func:`make_batch` takes, the references read once."""
+        :func:`make_batch` takes (:meth:`gather`'s fields, the references read once)."""
         ends, lengths = self.references(rows)
-        items = history_items(self.array("clicks"), ends, lengths, np.arange(width or self.max_len))
-        return [self.item_table[items], lengths.astype(np.int32), self.gather("targets", rows),
-                self.gather("labels", rows), self.gather("users", rows)]
+        clicks, clicked = self.array("clicks"), rows % 2 == 0
+        items = history_items(clicks, ends, lengths, np.arange(width or self.max_len))
+        targets = np.where(clicked, clicks[np.where(clicked, ends, 0)],
+                           self.array("pair_negatives")[rows // 2])
+        return [self.item_table[items], lengths.astype(np.int32), self.item_table[targets],
+                clicked.astype(np.int8), np.asarray(self.array("pair_users")[rows // 2])]
 
     def batches(
         self,
@@ -347,8 +365,9 @@ class PreparedStore:
             yield batch
 
 
-GATHERED = ("histories", "lengths", *(f"{where}_{name}" for where in ("history", "target")
-                                      for name in ANNOTATIONS))
+GATHERED = ("histories", "lengths", "target_items",
+            *(f"{where}_{name}" for where in ("history", "target") for name in ANNOTATIONS))
+SAMPLE_FIELDS = ("labels", "users", "splits", "targets", *GATHERED)
 
 
 def epoch_order(
@@ -437,7 +456,7 @@ def size_line(store: PreparedStore) -> str:
     """The store's bytes on disk, in all and per sample, and where they lie."""
     parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
                            *DRIVER_ARRAYS),
-             "samples": ("users", "positions", "target_items", "labels", "splits"),
+             "samples": ("pair_users", "pair_positions", "pair_negatives"),
              "item table": ("item_attributes",)}
     sizes = {part: sum(path.stat().st_size for name in names
                        if (path := store.root / "arrays" / f"{name}.npy").is_file())
@@ -455,14 +474,11 @@ SCHEMA_KEYS = (
 )
 ARRAY_DTYPES = {
     "item_attributes": np.int32, "timeline_users": np.int32, "timeline_offsets": np.int64,
-    "clicks": np.int32, "users": np.int32, "positions": np.int32, "target_items": np.int32,
-    "labels": np.int8, "splits": np.int8,
+    "clicks": np.int32, "pair_users": np.int32, "pair_positions": np.int32,
+    "pair_negatives": np.int32,
 }
-TIME_DTYPES = ("int64", "float64")
+TIME_DTYPES = ("int32", "int64", "float64")
 DRIVER_ARRAYS = tuple(f"click_{name}" for name in ANNOTATIONS)
-LABEL_USES = {
-    "train": "training", "valid": "early stopping (the validation AUC)", "test": "the test AUC",
-}
 CHUNK_BYTES = 1 << 25  # rows of about 32 MiB at a time: the scan's memory stays bounded
 
 
@@ -542,8 +558,9 @@ def schema_problems(schema: object) -> list[str]:
             problems.append(f"{key} must be an integer of at least 1, got {schema[key]!r}")
     splits = schema["splits"]
     if not (isinstance(splits, dict) and sorted(splits) == sorted(SPLITS)
-            and all(_is_int(n, 0) for n in splits.values())):
-        problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}")
+            and all(_is_int(n, 0) and n % 2 == 0 for n in splits.values())):
+        problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}, even "
+                        "numbers (a click and its non-click)")
     timelines = schema["timelines"]
     if not (isinstance(timelines, dict) and _is_int(timelines.get("users"), 0)
             and _is_int(timelines.get("clicks"), 0) and timelines.get("time_dtype") in TIME_DTYPES):
@@ -563,8 +580,8 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     users, clicks = timelines["users"], timelines["clicks"]
     shapes = {
         "item_attributes": (schema["num_items"] + FIRST_ITEM_ID, k), "timeline_users": (users,),
-        "timeline_offsets": (users + 1,), "clicks": (clicks,), "users": (n,), "positions": (n,),
-        "target_items": (n,), "labels": (n,), "splits": (n,),
+        "timeline_offsets": (users + 1,), "clicks": (clicks,), "pair_users": (n // 2,),
+        "pair_positions": (n // 2,), "pair_negatives": (n // 2,),
     }
     arrays = {name: (shape, np.dtype(ARRAY_DTYPES[name])) for name, shape in shapes.items()}
     arrays["click_times"] = ((clicks,), np.dtype(timelines["time_dtype"]))
@@ -601,16 +618,7 @@ def npy_problems(path: Path, label: str, shape: tuple[int, ...], dtype: np.dtype
     return problems
 
 
-@dataclass(frozen=True)
-class ContentScan:
-    """What :func:`scan_contents` found: the problems, and the (3, 2) sample counts of every
-    split (train, valid, test) with label 0 and 1 (zeros where splits or labels are damaged)."""
-
-    problems: list[str]
-    labels: np.ndarray
-
-
-def scan_contents(store: PreparedStore) -> ContentScan:
+def scan_contents(store: PreparedStore) -> list[str]:
     """One chunked pass over every array of a store whose layout is sound (class docstring)."""
     k, vocab_top = len(store.attributes), np.asarray(store.vocab_sizes) - 1
     top_user, top_item = store.schema["num_users"] - 1, store.schema["num_items"] + 1
@@ -618,9 +626,7 @@ def scan_contents(store: PreparedStore) -> ContentScan:
     users = (0, top_user, f"users are 0..num_users - 1 ({top_user})")
     rules: dict[str, tuple[int, int | np.ndarray, str]] = {  # name -> lowest, highest, rule
         "item_attributes": (0, vocab_top, ""),  # "": ids, checked per attribute slot
-        "clicks": items, "target_items": items, "timeline_users": users, "users": users,
-        "labels": (0, 1, "labels are 0 (non-click) or 1 (click)"),
-        "splits": (0, len(SPLITS) - 1, "split codes are 0 (train), 1 (valid) or 2 (test)"),
+        "clicks": items, "pair_negatives": items, "timeline_users": users, "pair_users": users,
     }
     if store.has_drivers:
         rules["click_driver"] = (-1, k - 1, f"drivers are -1 (none) or an attribute slot "
@@ -643,16 +649,9 @@ def scan_contents(store: PreparedStore) -> ContentScan:
                 "(vocab_sizes in schema.json)"
             )
     timeline = timeline_problems(store)
-    if not timeline and not damaged & {"users", "timeline_users"}:
-        timeline = reference_problems(store)
-    labels = np.zeros((len(SPLITS), 2), dtype=np.int64)
-    if not damaged & {"splits", "labels"}:
-        labels = count_labels(store.array("splits"), store.array("labels"))
-        counts = dict(zip(SPLITS, labels.sum(axis=1).tolist(), strict=True))
-        if counts != store.schema["splits"]:
-            problems.append(f"arrays/splits.npy has {counts} samples per split; schema.json says "
-                            f"{store.schema['splits']}")
-    return ContentScan(problems + timeline + vocab_problems(store), labels)
+    if not timeline and not damaged & {"pair_users", "timeline_users"}:
+        timeline = reference_problems(store) or order_problems(store)
+    return problems + timeline + vocab_problems(store)
 
 
 def timeline_problems(store: PreparedStore) -> list[str]:
@@ -668,25 +667,48 @@ def timeline_problems(store: PreparedStore) -> list[str]:
     return problems
 
 
+def order_problems(store: PreparedStore) -> list[str]:
+    """The first pair out of (user, position) order within its split: the pairs' order, or
+    split counts in ``schema.json`` that cut a user's pairs."""
+    bounds = store.split_bounds // 2
+    rows = CHUNK_BYTES // 16
+    for first, stop in pairwise(bounds):
+        for start in range(first, stop, rows):
+            end = min(stop, start + rows + 1)  # one pair of overlap with the next chunk
+            keys = (store.array("pair_users")[start:end].astype(np.int64) << 32) + store.array(
+                "pair_positions")[start:end]
+            unordered = np.flatnonzero(np.diff(keys) <= 0)
+            if len(unordered):
+                return [f"arrays/pair_users.npy: the pairs are not sorted by (user, position) "
+                        f"within each split at pair {start + unordered[0] + 1:,} (schema.json's "
+                        "splits must bound them)"]
+    users = store.array("pair_users")
+    for bound in bounds[1:-1]:
+        if 0 < bound < len(users) and users[bound - 1] == users[bound]:
+            return [f"arrays/pair_users.npy: user {users[bound]}'s pairs lie in two splits (at "
+                    f"pair {bound:,}; schema.json's splits must bound whole users)"]
+    return []
+
+
 def reference_problems(store: PreparedStore) -> list[str]:
-    """The first sample whose user has no timeline, or whose position lies beyond it (a
-    sample's position is at most the index of the user's last click)."""
+    """The first pair whose user has no timeline, or whose position lies beyond it (a
+    pair's position is the index of a click of the user's timeline)."""
     timeline_users = np.asarray(store.array("timeline_users"))
     counts = np.diff(store.array("timeline_offsets"))
     rows = CHUNK_BYTES // 16
-    for start in range(0, store.num_samples, rows):
-        users = np.asarray(store.array("users")[start : start + rows])
-        positions = np.asarray(store.array("positions")[start : start + rows])
+    for start in range(0, store.num_samples // 2, rows):
+        users = np.asarray(store.array("pair_users")[start : start + rows])
+        positions = np.asarray(store.array("pair_positions")[start : start + rows])
         timeline = np.minimum(np.searchsorted(timeline_users, users), len(timeline_users) - 1)
         missing = timeline_users[timeline] != users
         beyond = ~missing & ((positions < 0) | (positions >= counts[timeline]))
         if missing.any():
             row = int(np.argmax(missing))
-            return [f"arrays/users.npy holds user {users[row]} at row {start + row:,}, who has "
-                    "no timeline (arrays/timeline_users.npy)"]
+            return [f"arrays/pair_users.npy holds user {users[row]} at row {start + row:,}, who "
+                    "has no timeline (arrays/timeline_users.npy)"]
         if beyond.any():
             row = int(np.argmax(beyond))
-            return [f"arrays/positions.npy holds {positions[row]} at row {start + row:,}, "
+            return [f"arrays/pair_positions.npy holds {positions[row]} at row {start + row:,}, "
                     f"outside user {users[row]}'s timeline of {counts[timeline[row]]} clicks"]
     return []
 
@@ -704,16 +726,6 @@ def first_outside(
             where = tuple(np.argwhere(bad)[0])
             return start + int(where[0]), int(where[-1]), int(chunk[where])
     return None
-
-
-def count_labels(splits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(3, 2) samples of every split code with label 0 and 1, counted in chunks."""
-    counts = np.zeros(2 * len(SPLITS), dtype=np.int64)
-    rows = CHUNK_BYTES // 8  # the codes are int64
-    for start in range(0, len(splits), rows):
-        code = 2 * splits[start : start + rows].astype(np.int64) + labels[start : start + rows]
-        counts += np.bincount(code, minlength=len(counts))
-    return counts.reshape(len(SPLITS), 2)
 
 
 def vocab_problems(store: PreparedStore) -> list[str]:

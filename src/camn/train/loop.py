@@ -192,7 +192,7 @@ class ResidentSplit:
 
         self.ends, self.lengths = load(ends), load(lengths)
         self.target_items, self.labels, self.users = (
-            load(store.array(name)[rows]) for name in ("target_items", "labels", "users"))
+            load(store.gather(name, rows)) for name in ("target_items", "labels", "users"))
         self.clicks = load(store.array("clicks"))
         self.item_attributes = load(store.item_table)  # (num_items + 2, k)
         self.slots = torch.arange(store.max_len, device=device)
@@ -202,10 +202,9 @@ class ResidentSplit:
 
     @staticmethod
     def size_bytes(store: PreparedStore, split: str) -> int:
-        """Bytes on the device: per sample the row, end and length (int64), target, label
-        and user; the clicks and the item table."""
-        per_sample = 3 * 8 + sum(store.array(name)[:1].nbytes
-                                 for name in ("target_items", "labels", "users"))
+        """Bytes on the device: per sample the row, end and length (int64), target item, label
+        and user (int32, int8, int32); the clicks and the item table."""
+        per_sample = 3 * 8 + 4 + 1 + 4
         return (len(store.split_indices(split)) * per_sample + store.array("clicks").nbytes
                 + store.array("item_attributes").nbytes)
 
