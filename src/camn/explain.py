@@ -141,10 +141,10 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     targets = store.gather("targets", rows).astype(np.int64)  # (n, k)
     probabilities, routing = predictor.run(encoded(predictor, rows), routing=True)
     table = routing_table(history, lengths, routing, attributes, vocabularies)
-    users = np.asarray(store.array("users")[rows])
+    users = store.gather("users", rows)
     names = predictor.user_ids()
     user = [names[u] for u in users]
-    splits = np.asarray(SPLITS, dtype=object)[np.asarray(store.array("splits")[rows])]
+    splits = np.asarray(SPLITS, dtype=object)[store.gather("splits", rows)]
     per_sample = pl.DataFrame({
         "sample": np.arange(len(rows)),
         "store_row": rows.astype(np.int64),

@@ -101,8 +101,18 @@ def history_items(clicks, ends, lengths, slots):
     ``clicks[ends[b] - lengths[b] : ends[b]]``. numpy arrays or torch tensors alike
     (``clicks`` may be a memory map: only the rows read are touched)."""
     valid = slots[None, :] < lengths[:, None]
-    source = (ends[:, None] - lengths[:, None] + slots[None, :]) * valid
-    return clicks[source] * valid
+    source = ((ends - lengths)[:, None] + slots[None, :]) * valid
+    if isinstance(clicks, torch.Tensor):
+        return torch.take(clicks, source) * valid
+    return np.take(clicks, source) * valid
+
+
+def item_rows(table, items):
+    """``table[items]``: the (..., k) rows of a (V, k) table for an index array of any shape,
+    numpy arrays or torch tensors alike (the faster take, not fancy indexing)."""
+    if isinstance(table, torch.Tensor):
+        return table.index_select(0, items.reshape(-1).long()).view(*items.shape, table.shape[1])
+    return np.take(table, items, axis=0)
 
 
 class PreparedStore:
@@ -132,6 +142,7 @@ class PreparedStore:
         self._arrays: dict[str, np.ndarray] = {}
         self._scan: list[str] | None = None
         self._table: np.ndarray | None = None
+        self._wide_table: np.ndarray | None = None
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
 
@@ -237,6 +248,13 @@ class PreparedStore:
             self._table = np.array(self.array("item_attributes"))
         return self._table
 
+    @property
+    def wide_item_table(self) -> np.ndarray:
+        """:attr:`item_table` as int64, what batches hold (no conversion per batch)."""
+        if self._wide_table is None:
+            self._wide_table = self.item_table.astype(np.int64)
+        return self._wide_table
+
     def vocab(self, attribute: str) -> list[str]:
         return self.vocab_path(attribute).read_text(encoding="utf-8").splitlines()
 
@@ -296,7 +314,7 @@ class PreparedStore:
         if name == "splits":
             return (np.searchsorted(self.split_bounds, rows, side="right") - 1).astype(np.int8)
         if name == "targets":
-            return self.item_table[self.gather("target_items", rows)]
+            return item_rows(self.item_table, self.gather("target_items", rows))
         if name not in GATHERED:
             raise ValueError(f"no sample field {name!r}; choose one of "
                              f"{', '.join(SAMPLE_FIELDS)}")
@@ -305,7 +323,8 @@ class PreparedStore:
         if name == "lengths":
             return lengths.astype(np.int32)
         if name == "histories":
-            return self.item_table[history_items(self.array("clicks"), ends, lengths, slots)]
+            return item_rows(self.item_table, history_items(self.array("clicks"), ends, lengths,
+                                                            slots))
         clicked = rows % 2 == 0
         if name == "target_items":
             negatives = self.array("pair_negatives")[rows // 2]
@@ -324,8 +343,9 @@ class PreparedStore:
         items = history_items(clicks, ends, lengths, np.arange(width or self.max_len))
         targets = np.where(clicked, clicks[np.where(clicked, ends, 0)],
                            self.array("pair_negatives")[rows // 2])
-        return [self.item_table[items], lengths.astype(np.int32), self.item_table[targets],
-                clicked.astype(np.int8), np.asarray(self.array("pair_users")[rows // 2])]
+        table = self.wide_item_table
+        return [item_rows(table, items), lengths, item_rows(table, targets), clicked,
+                np.asarray(self.array("pair_users")[rows // 2])]
 
     def batches(
         self,
@@ -355,7 +375,7 @@ class PreparedStore:
         rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
         lengths = self.gather("lengths", rows) if length_buckets else None
         if history_negatives:
-            item_attributes = torch.from_numpy(self.item_table)
+            item_attributes = torch.from_numpy(self.wide_item_table)
         for positions, length in batch_slices(len(rows), batch_size, rng, lengths):
             index = rows[positions]
             fields = self.batch_fields(index, length)
@@ -437,7 +457,7 @@ def draw_items(
     """A uniformly drawn item for every position of ``mask`` (B, L): (B, L, k) attribute ids,
     zeros at padding. ``item_attributes`` (num_items + 2, k) is on the batch's device."""
     ids = rng.integers(FIRST_ITEM_ID, len(item_attributes), size=tuple(mask.shape))
-    drawn = item_attributes[torch.from_numpy(ids).to(item_attributes.device)].long()
+    drawn = item_rows(item_attributes, torch.from_numpy(ids).to(item_attributes.device)).long()
     return drawn * mask[..., None]
 
 

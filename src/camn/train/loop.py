@@ -41,6 +41,7 @@ from camn.data.store import (
     draw_items,
     epoch_order,
     history_items,
+    item_rows,
     make_batch,
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
@@ -180,42 +181,42 @@ class ResidentSplit:
     """One split's sample references and the timelines they point into, as tensors on
     ``device``; a batch's histories are gathered from them (:func:`history_items`)."""
 
+    FIELDS = ("row", "end", "length", "target_item", "label", "user")  # columns of samples
+
     def __init__(self, store: PreparedStore, split: str, device: torch.device) -> None:
         self.store, self.device = store, device
         rows = store.split_indices(split)
-        self.rows = torch.from_numpy(rows.astype(np.int64)).to(device)
         ends, lengths = store.references(rows)
         self.host_lengths = lengths  # for length buckets and packed positions
-
-        def load(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.array(array)).to(device)  # a copy: maps are read-only
-
-        self.ends, self.lengths = load(ends), load(lengths)
-        self.target_items, self.labels, self.users = (
-            load(store.gather(name, rows)) for name in ("target_items", "labels", "users"))
-        self.clicks = load(store.array("clicks"))
-        self.item_attributes = load(store.item_table)  # (num_items + 2, k)
+        columns = [rows, ends, lengths,
+                   *(store.gather(name, rows) for name in ("target_items", "labels", "users"))]
+        # one (n, 6) int64 table: a batch's fields are one row gather
+        self.samples = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64)).to(device)
+        # copies: torch cannot wrap the read-only memory maps
+        self.clicks = torch.from_numpy(np.array(store.array("clicks"))).to(device)
+        self.item_attributes = torch.from_numpy(store.wide_item_table).to(device)  # (V, k)
         self.slots = torch.arange(store.max_len, device=device)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.samples)
 
-    @staticmethod
-    def size_bytes(store: PreparedStore, split: str) -> int:
-        """Bytes on the device: per sample the row, end and length (int64), target item, label
-        and user (int32, int8, int32); the clicks and the item table."""
-        per_sample = 3 * 8 + 4 + 1 + 4
-        return (len(store.split_indices(split)) * per_sample + store.array("clicks").nbytes
-                + store.array("item_attributes").nbytes)
+    @classmethod
+    def size_bytes(cls, store: PreparedStore, split: str) -> int:
+        """Bytes on the device: the per-sample table, the clicks and the item table."""
+        return (len(store.split_indices(split)) * 8 * len(cls.FIELDS)
+                + store.array("clicks").nbytes + 2 * store.array("item_attributes").nbytes)
 
-    def gather(self, positions: torch.Tensor, length: int | None = None) -> Batch:
+    def gather(self, positions: torch.Tensor | slice, length: int | None = None) -> Batch:
         """The batch of the given split positions (the store's batch, same keys and dtypes),
         histories cut to their first ``length`` positions when given."""
-        lengths = self.lengths[positions]
-        items = history_items(self.clicks, self.ends[positions], lengths, self.slots[:length])
-        return make_batch(self.rows[positions], self.item_attributes[items], lengths,
-                          self.item_attributes[self.target_items[positions]],
-                          self.labels[positions], self.users[positions])
+        if isinstance(positions, torch.Tensor):
+            picked = self.samples.index_select(0, positions)
+        else:
+            picked = self.samples[positions]
+        row, end, lengths, target, label, user = picked.T
+        items = history_items(self.clicks, end, lengths, self.slots[:length])
+        return make_batch(row, item_rows(self.item_attributes, items), lengths,
+                          item_rows(self.item_attributes, target), label, user)
 
     def batches(
         self,
