@@ -26,8 +26,8 @@ class EncodedInteractions:
     """Interactions as integer arrays: user index (sorted order of the user strings), item id
     (2 + sorted order of the item strings), time, and the planted-truth annotations."""
 
-    user: np.ndarray  # (n,) int64
-    item: np.ndarray  # (n,) int64
+    user: np.ndarray  # (n,) int32
+    item: np.ndarray  # (n,) int32
     time: np.ndarray  # (n,)
     annotations: dict[str, np.ndarray]
     items: pl.Series  # (num_items,) the item strings, sorted; id i is items[i - 2]
@@ -79,8 +79,8 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     kept_users, user = np.unique(user[keep], return_inverse=True)
     kept_items, item = np.unique(item[keep], return_inverse=True)
     return EncodedInteractions(
-        user=user.astype(np.int64),
-        item=item.astype(np.int64) + FIRST_ITEM_ID,
+        user=user.astype(np.int32),
+        item=(item + FIRST_ITEM_ID).astype(np.int32),
         time=time[keep],
         annotations={name: values[keep] for name, values in annotations.items()},
         items=item_values.gather(kept_items),

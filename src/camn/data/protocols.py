@@ -95,7 +95,7 @@ def build_samples(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    by_time = np.lexsort((np.arange(len(user)), time, user))
+    by_time = np.lexsort((time, user))  # stable: ties keep the input order
     user, item = user[by_time], item[by_time]
     counts = np.bincount(user)
     if len(counts) == 0 or counts.min() < 2:
@@ -115,9 +115,10 @@ def build_samples(
     if protocol == "last":
         pos, negatives = last_pos, last_negatives
     else:
-        is_train = user_split[user] == TRAIN
-        local = np.arange(len(user)) - starts[user]
-        train_pos = np.flatnonzero(is_train & (local >= 1))
+        predicted = user_split[user] == TRAIN  # every click of a train user but the first
+        predicted[starts] = False
+        train_pos = np.flatnonzero(predicted)
+        del predicted
         train_neg = sample_negatives(
             user[train_pos], user_item_keys, num_items, np.random.default_rng(sliding_seq)
         )
@@ -125,9 +126,10 @@ def build_samples(
         pos = np.concatenate([train_pos, last_pos[held_out]])
         negatives = np.concatenate([train_neg, last_negatives[held_out]])
     del user_item_keys
+    # pos ascends within each protocol's part, so within a split it ascends in (user, position)
+    order = np.argsort(user_split[user[pos]], kind="stable")
+    pos, negatives = pos[order], negatives[order]
     sample_user = user[pos]
-    order = np.lexsort((pos, sample_user, user_split[sample_user]))
-    pos, negatives, sample_user = pos[order], negatives[order], sample_user[order]
 
     out = {
         "timeline_users": np.arange(len(counts), dtype=np.int32),
