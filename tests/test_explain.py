@@ -91,10 +91,10 @@ def test_user_shows_that_users_latest_clicks(run: Path, capsys: pytest.CaptureFi
         f"camn: error: user 'nobody' is not in the store {store.root} (users.txt; e.g. ")
 
 
-def test_full_values_and_user_numbers_of_older_stores(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
-    """Values are shown whole; a store without users.txt shows user numbers; a saved model's
-    folder explains by itself (here an untrained CAMN)."""
+def test_full_values_and_a_store_without_user_ids(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Values are shown whole; a store without users.txt is damaged; a saved model's folder
+    explains by itself (here an untrained CAMN)."""
     long_brand = "A Brand Whose Name Runs On For Well Over Forty Characters"
     interactions = pl.DataFrame({
         "user": [f"user-{u}" for u in range(12) for _ in range(3)],
@@ -115,9 +115,11 @@ def test_full_values_and_user_numbers_of_older_stores(tmp_path: Path,
     text = explain(capsys, "--run", str(tmp_path / "model"), "--split", "train", "--limit", "12")
     assert f"brand={long_brand} (predicted" in text or f"{long_brand} 0." in text
     assert "user user-" in text
-    (store.root / "users.txt").unlink()
-    text = explain(capsys, "--run", str(tmp_path / "model"), "--split", "train", "--limit", "1")
-    assert "(train), user #" in text
+    (store.root / "users.txt").unlink()  # not an older store: a damaged one
+    assert main(["explain", "--run", str(tmp_path / "model"), "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        f"camn: error: {store.root} is a damaged store: users.txt is missing (user index i is "
+        "its line i)\n")
 
 
 def test_text_ends_with_the_heads_attention_health_over_the_splits_clicks(
