@@ -295,7 +295,7 @@ class Predictor:
 
     def user_ids(self) -> list[str]:
         """The store's user ids: user index i is element i (``users.npy``)."""
-        path = self.store.vocab_root / USERS
+        path = self.store.root / USERS
         if not path.is_file():
             raise DataError(f"{self.store.root} is a damaged store: {USERS} is missing (user "
                             "index i is its line i): prepare it again")

@@ -25,10 +25,6 @@ counts of ``splits`` in ``schema.json`` (train, valid, test). ``histories`` (N, 
 ``lengths``, ``targets`` (N, k), ``labels``, ``users``, ``splits`` and the drivers are
 :meth:`PreparedStore.gather`-ed from these, never stored. Arrays are ``.npy`` files, opened
 memory-mapped, so a store larger than memory trains fine.
-
-A sharded store (``camn prepare --vocab-only``, then ``--shard I/N``) is a folder holding the
-vocabularies, ``users.txt`` and a ``schema.json`` with ``shards``, and one store of this layout
-per shard (the users whose id hashes to it); it reads as one store (:class:`ShardedStore`).
 """
 
 from __future__ import annotations
@@ -55,14 +51,13 @@ def write_store(
     out: str | Path,
     schema: dict,
     arrays: dict[str, np.ndarray],
-    vocabularies: dict[str, list[str]] | None,
+    vocabularies: dict[str, list[str]],
     force: bool = False,
     users: Sequence[str] | None = None,
 ) -> Path:
     """Write a store atomically: into a temporary sibling directory, swapped in at the end.
 
-    ``users``: the user id strings, user index i at position i (``users.txt``);
-    ``vocabularies`` None: none written (a shard: its folder's vocabularies serve).
+    ``users``: the user id strings, user index i at position i (``users.txt``).
 
     A failed run leaves nothing behind. An existing ``out`` is replaced only with ``force`` and
     only when it is a store camn wrote (:func:`camn.outputs.check_output`).
@@ -72,8 +67,7 @@ def write_store(
         (tmp / "arrays").mkdir()
         for name, array in arrays.items():
             np.save(tmp / "arrays" / f"{name}.npy", np.ascontiguousarray(array))
-        if vocabularies is not None:
-            write_vocabularies(tmp, vocabularies)
+        write_vocabularies(tmp, vocabularies)
         if users is not None:
             write_users(tmp, users)
         schema = {"schema_version": SCHEMA_VERSION, **schema}
@@ -157,11 +151,11 @@ class PreparedStore:
             elif name not in DRIVER_ARRAYS or self.has_drivers:
                 problems.append(f"arrays/{name}.npy is missing")
         problems += [
-            f"{self.vocab_path(attribute).relative_to(self.vocab_root)} is missing"
+            f"vocab/{attribute}.txt is missing"
             for attribute in self.attributes
             if not self.vocab_path(attribute).is_file()
         ]
-        if not (self.vocab_root / USERS).is_file():
+        if not (self.root / USERS).is_file():
             problems.append(f"{USERS} is missing (user index i is its line i)")
         return problems
 
@@ -203,14 +197,8 @@ class PreparedStore:
             self._scan = scan_contents(self)
         return self._scan
 
-    @property
-    def vocab_root(self) -> Path:
-        """The folder of ``vocab/`` and ``users.txt``: the store's own, or its sharded
-        store's for a shard."""
-        return self.root.parent if self.schema.get("shard") else self.root
-
     def vocab_path(self, attribute: str) -> Path:
-        return self.vocab_root / "vocab" / f"{attribute}.txt"
+        return self.root / "vocab" / f"{attribute}.txt"
 
     @property
     def attributes(self) -> list[str]:
@@ -257,10 +245,6 @@ class PreparedStore:
 
     def vocab(self, attribute: str) -> list[str]:
         return self.vocab_path(attribute).read_text(encoding="utf-8").splitlines()
-
-    def user_ids(self) -> list[str]:
-        """The user id strings: user index i is element i (``users.txt``)."""
-        return (self.vocab_root / USERS).read_text(encoding="utf-8").splitlines()
 
     def size_bytes(self) -> int:
         """Bytes of every file of the store."""
