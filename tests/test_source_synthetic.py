@@ -416,7 +416,8 @@ def test_cli_writes_drivers_with_minus_one_exactly_at_padding_and_negatives(tmp_
     real = store.gather("histories", slice(None))[..., 0] > 0  # (N, L)
     positive = store.gather("labels", slice(None)) == 1
     for name in ("driver", "driver_kind"):
-        history, target = store.array(f"history_{name}"), store.array(f"target_{name}")
+        history = store.gather(f"history_{name}", slice(None))
+        target = store.gather(f"target_{name}", slice(None))
         assert history.shape == real.shape and target.shape == positive.shape
         assert np.array_equal(history == -1, ~real)
         assert np.array_equal(target == -1, ~positive)
