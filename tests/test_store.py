@@ -221,6 +221,9 @@ def test_stats_prints_the_table1_line(tmp_path: Path, capsys) -> None:
     n, m = store.schema["num_users"], store.schema["num_items"]
     assert f"users {n} | items {m} | attributes 2 | samples {2 * n}" in printed
     assert "colour (2 values)" in printed
+    size = sum(path.stat().st_size for path in store.root.rglob("*") if path.is_file())
+    samples = sum(store.schema["splits"].values())
+    assert f"size {size / 1e6:,.1f} MB, {size / samples:,.1f} bytes a sample (timelines " in printed
 
 
 def test_vocab_lines_match_ids_whatever_the_values(tmp_path: Path) -> None:
