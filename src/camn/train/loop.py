@@ -13,10 +13,10 @@ its epochs are recorded and reported through hooks (:mod:`camn.train.history`); 
 several seeds is staged beside its folder so that ``resume`` can continue it after an
 interruption (:mod:`camn.train.resume`).
 
-Speed: a split that fits in ``RESIDENT_LIMIT_BYTES`` is gathered once as tensors on the
-training device and batches are slices of it (no per-batch host work besides the shuffle
-order); larger splits stream from the memory-mapped store. Both give the same batches as
-:meth:`PreparedStore.batches` for the same (seed, epoch, rank, world_size).
+Speed: a split whose sample references and clicks fit in ``RESIDENT_LIMIT_BYTES`` lives as
+tensors on the training device and each batch is gathered there (no per-batch host work
+besides the shuffle order); larger splits stream from the memory-mapped store. Both give the
+same batches as :meth:`PreparedStore.batches` for the same (seed, epoch, rank, world_size).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ from camn.train.resume import (
     start_staging,
 )
 
-RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the device
+RESIDENT_LIMIT_BYTES = 2 << 30  # splits of up to 2 GiB (references, clicks) live on the device
 
 
 def setting(default: object, text: str, **more: object):
