@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 
 from camn.data.raw import DataError
-from camn.data.store import json_problem
+from camn.data.store_checks import json_problem
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model
 
