@@ -22,7 +22,7 @@ from camn.models.layers import AttributeEmbedding, OutputHead, SideFeatures
 Batch = dict[str, torch.Tensor]
 
 
-# The side features' batch keys (``FeatureSpec``): ids (B, U) and (B, C) int64, values (B, N) float32
+# The side features' batch keys (``FeatureSpec``): ids (B, U), (B, C) int64; values (B, N) float32
 USER_FEATURES, CONTEXT, NUMERIC = "user_features", "context", "numeric"
 # FeatureSpec's optional fields, written by ``to_dict`` only where they are not empty
 _SIDE_FIELDS = ("user_features", "user_feature_sizes", "context_features", "context_sizes",
@@ -69,7 +69,8 @@ class FeatureSpec:
                                  f"{sizes} {list(getattr(self, sizes))} differ in length")
             if any(size < 2 for size in getattr(self, sizes)):
                 raise ValueError(f"FeatureSpec: every one of {sizes} must be at least 2 (ids 0 "
-                                 f"and 1 are padding and unknown), got {list(getattr(self, sizes))}")
+                                 "and 1 are padding and unknown), got "
+                                 f"{list(getattr(self, sizes))}")
         if len(self.bag_slots) != len(self.bag_lengths):
             raise ValueError(f"FeatureSpec: bag_slots {list(self.bag_slots)} and bag_lengths "
                              f"{list(self.bag_lengths)} differ in length")
@@ -160,10 +161,11 @@ class CTRModel(nn.Module):
                                           "__init__ must end with self.add_side_features(head)")
             return None
         spec = self.spec
-        ids = [self.side_input(batch, key, names)
-               for key, names in ((USER_FEATURES, spec.user_features), (CONTEXT, spec.context_features))
-               if names]
-        numeric = self.side_input(batch, NUMERIC, spec.numeric_features) if spec.numeric_features else None
+        categorical = ((USER_FEATURES, spec.user_features), (CONTEXT, spec.context_features))
+        ids = [self.side_input(batch, key, names) for key, names in categorical if names]
+        numeric = None
+        if spec.numeric_features:
+            numeric = self.side_input(batch, NUMERIC, spec.numeric_features)
         return self.side_inputs(torch.cat(ids, dim=-1) if ids else None, numeric)
 
     def side_input(self, batch: Batch, key: str, names: tuple[str, ...]) -> torch.Tensor:

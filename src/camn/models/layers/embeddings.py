@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 UNKNOWN_ID = 1  # id 1 of every vocabulary: a value not seen when the store was prepared
 
 
@@ -43,6 +42,7 @@ class AttributeEmbedding(nn.Module):
         self.dim = dim
         offsets = torch.tensor([0, *self.vocab_sizes[:-1]]).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
+        self.slot_offsets = offsets.tolist()  # as ints: indexing with them traces as constants
         self.table = nn.Embedding(sum(self.vocab_sizes), dim)
         self.bag_slots = tuple(bag_slots)
         for slot, length in zip(self.bag_slots, bag_lengths, strict=True):
@@ -83,11 +83,12 @@ class AttributeEmbedding(nn.Module):
         the slot's unknown embedding for an empty bag, zeros for the padding item."""
         values = getattr(self, f"bags_{slot}")[items]  # (..., M)
         present = values != 0
-        embedded = self.table(values + self.offsets[slot])  # (..., M, d)
+        offset = self.slot_offsets[slot]
+        embedded = self.table(values + offset)  # (..., M, d)
         total = (embedded * present.unsqueeze(-1).to(embedded.dtype)).sum(-2)  # (..., d)
         count = present.sum(-1, keepdim=True)  # (..., 1)
         mean = total / count.clamp(min=1).to(total.dtype)
-        unknown = self.table.weight[self.offsets[slot] + UNKNOWN_ID]  # (d,)
+        unknown = self.table.weight[offset + UNKNOWN_ID]  # (d,)
         mean = torch.where(count == 0, unknown, mean)
         return mean * (items != 0).unsqueeze(-1).to(mean.dtype)
 
