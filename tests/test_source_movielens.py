@@ -235,8 +235,8 @@ def test_real_movielens_100k(tmp_path: Path) -> None:
     }
     for split in ("valid", "test"):
         for name in ("histories", "targets", "labels", "lengths"):
-            a = stores["last"].array(name)[stores["last"].split_indices(split)]
-            b = stores["sliding"].array(name)[stores["sliding"].split_indices(split)]
+            a = stores["last"].gather(name, stores["last"].split_indices(split))
+            b = stores["sliding"].gather(name, stores["sliding"].split_indices(split))
             np.testing.assert_array_equal(a, b)
 
 
