@@ -65,6 +65,23 @@ def split_options(args: argparse.Namespace, time_unit: str, files: bool = False)
     return options
 
 
+def refuse_split_options(args: argparse.Namespace, labels: str) -> None:
+    """A DataError when an option of labelled rows is given without labels (``labels``: the
+    option that gives them)."""
+    given = [option for option, value in (("--negatives", args.negatives), ("--split", args.split),
+                                          ("--valid-from", args.valid_from),
+                                          ("--test-from", args.test_from)) if value]
+    if given:
+        raise DataError(f"{', '.join(given)}: for labelled impressions; pass {labels}")
+
+
+def rating_labels(frame: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """``frame``'s ratings as labelled impressions: a click (label 1, in the histories) where
+    the rating is ``threshold`` or more, a non-click below; the rating column dropped."""
+    label = (pl.col("rating") >= threshold).cast(pl.Int8)
+    return frame.with_columns(label.alias(LABEL), (label == 1).alias(HISTORY)).drop("rating")
+
+
 def numeric_text(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """``frame`` with its text columns among ``names`` as numbers where every value is one."""
     cast = []
