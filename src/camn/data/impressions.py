@@ -36,8 +36,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from camn.data.protocols import FIRST_ITEM_ID, SPLITS, TEST, TRAIN, VALID, narrowest_times
-from camn.data.protocols import sample_negatives, split_users
+from camn.data.protocols import (
+    FIRST_ITEM_ID,
+    SPLITS,
+    TEST,
+    TRAIN,
+    VALID,
+    narrowest_times,
+    sample_negatives,
+    split_users,
+)
 from camn.data.raw import BadInputReport, DataError, RawData
 
 if TYPE_CHECKING:

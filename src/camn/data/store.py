@@ -288,7 +288,8 @@ class PreparedStore:
         """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
         ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
         samples, kind = self.sample_numbers(rows)
-        timeline = np.searchsorted(self.array("timeline_users"), self.array(f"{kind}_users")[samples])
+        users = self.array(f"{kind}_users")[samples]
+        timeline = np.searchsorted(self.array("timeline_users"), users)
         positions = self.array(f"{kind}_positions")[samples].astype(np.int64)
         ends = self.array("timeline_offsets")[timeline] + positions
         return ends, np.minimum(positions, self.max_len)

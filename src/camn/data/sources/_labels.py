@@ -68,9 +68,8 @@ def split_options(args: argparse.Namespace, time_unit: str, files: bool = False)
 def refuse_split_options(args: argparse.Namespace, labels: str) -> None:
     """A DataError when an option of labelled rows is given without labels (``labels``: the
     option that gives them)."""
-    given = [option for option, value in (("--negatives", args.negatives), ("--split", args.split),
-                                          ("--valid-from", args.valid_from),
-                                          ("--test-from", args.test_from)) if value]
+    given = [f"--{name.replace('_', '-')}" for name in ("negatives", "split", "valid_from",
+                                                         "test_from") if getattr(args, name, None)]
     if given:
         raise DataError(f"{', '.join(given)}: for labelled impressions; pass {labels}")
 

@@ -258,7 +258,7 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
     fields = ["user", "item", "_rating", "time"]
-    labelled = args.rating_labels is not None
+    labelled = getattr(args, "rating_labels", None) is not None
     if layout == "100k":
         interactions = parse_ratings(ratings_file, "\t", fields, report, rating=labelled)
         items = items_100k(folder, report)
