@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from camn.cli import main
 from camn.data.store import PreparedStore
+from camn.train.loop import ResidentSplit
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens_100k"
 
@@ -265,3 +267,52 @@ def test_movielens_100k_rating_labels(tmp_path: Path) -> None:
     assert np.all(click_times[ends[seen] - 1] < times[seen])
     splits = store.gather("splits", slice(None))
     assert times[splits == 0].max() < times[splits == 2].min()
+
+
+def side_log(path: Path, users: int = 60, rows: int = 30, seed: int = 1) -> Path:
+    """Impressions whose label follows the device and the price only, never the item."""
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,time,clicked,hour,device,price"]
+    for user in range(users):
+        for step in range(rows):
+            phone, price = bool(rng.random() < 0.5), float(rng.random() * 100)
+            chance = (0.7 if phone else 0.2) * (1.2 if price < 50 else 0.6)
+            lines.append(f"u{user},i{int(rng.integers(40))},{1000 + 10 * step},"
+                         f"{int(rng.random() < chance)},{int(rng.integers(24))},"
+                         f"{'phone' if phone else 'desktop'},{price:.2f}")
+    return write(path, "\n".join(lines) + "\n")
+
+
+def test_context_and_numeric_features_reach_the_model(tmp_path: Path) -> None:
+    log = side_log(tmp_path / "log.csv")
+    with log.open("a") as file:
+        file.write("u1,i3,1290,1,3,phone,abc\nu2,i4,1290,0,,desktop,5\n")
+    store = prepare(tmp_path, "--interactions", str(log), "--label-col", "clicked",
+                    "--context", "hour,device", "--numeric", "price")
+    assert store.schema["bad_input"] == {
+        "numeric feature 'price' is not a number (row skipped)": 1}
+    assert store.schema["context_features"] == ["hour", "device"]
+    assert store.schema["context_sizes"] == [2 + 24, 2 + 2]
+    assert store.vocab("context.device") == ["<pad>", "<unk>", "desktop", "phone"]
+    train = np.arange(store.schema["splits"]["train"])
+    numeric = store.side_fields(train)["numeric"][:, 0]
+    assert abs(float(numeric.mean())) < 1e-5 and abs(float(numeric.std()) - 1) < 1e-4
+    mean, std = store.schema["numeric_standardisation"]["price"]
+    batch = next(store.batches("test", 4096))
+    assert batch["context"].shape == (store.schema["splits"]["test"], 2)
+    unknown_hour = torch.nonzero(batch["context"][:, 0] == 1)[:, 0]  # u2's missing hour
+    assert len(unknown_hour) == 1
+    assert batch["context"][unknown_hour[0]].tolist() == [1, 2]  # desktop
+    assert float(batch["numeric"][unknown_hour[0], 0]) == pytest.approx((5 - mean) / std,
+                                                                        rel=1e-5)
+
+    # the trainer's device copy: the same keys
+    resident = ResidentSplit(store, "test", torch.device("cpu")).gather(slice(None))
+    assert torch.equal(resident["context"], batch["context"])
+    assert torch.equal(resident["numeric"], batch["numeric"])
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(store.root), "--model", "din", "--out", str(run),
+                 "--epochs", "3", "--threads", "1", "--no-progress"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_auc"]["mean"] > 0.6  # only the side features tell the label

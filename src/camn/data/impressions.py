@@ -26,6 +26,13 @@ at or after ``valid_from`` is valid, at or after ``test_from`` test: no test tim
 training period) or ``files`` (the split each row's file says). ``--negatives N`` adds N
 sampled non-clicks (label 0, items the user has no row with) per click, each with its click's
 user, time, history and split.
+
+Side features of the rows reach the models' output network (the batch keys ``context`` and
+``numeric``): ``arrays/impression_context.npy`` (N, C) int32, the ids of the row's context values
+(vocabularies ``vocab/context.<name>.txt``; id 1 for a missing value), and
+``arrays/impression_numeric.npy`` (N, M) float32, numbers standardised with the mean and standard
+deviation of the training split (``numeric_standardisation`` in ``schema.json``). A sampled
+non-click copies its click's.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ if TYPE_CHECKING:
 
 KIND = "impressions"  # schema.json "samples"
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
+CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
 ARRAY_DTYPES = {"impression_users": np.int32, "impression_positions": np.int32,
                 "impression_items": np.int32, "impression_labels": np.int8}
 SAMPLE_ARRAYS = (*ARRAY_DTYPES, "impression_times")
@@ -124,6 +132,7 @@ def build_impressions(
     user: np.ndarray, item: np.ndarray, time: np.ndarray, label: np.ndarray,
     history: np.ndarray, split: np.ndarray, num_users: int, num_items: int,
     negatives: int = 0, rng: np.random.Generator | None = None,
+    side: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, int]]:
     """Timelines and impression samples (module docstring) from coded rows.
 
@@ -132,14 +141,21 @@ def build_impressions(
         time: (n,); label: (n,) 0/1; history: (n,) bool, the rows that enter histories;
         split: (n,) int8 0 train, 1 valid, 2 test.
         negatives: sampled non-clicks to add per click, drawn with ``rng``.
+        side: per-row side features, (n, ...) each, stored as ``impression_<name>`` in
+            sample order (a sampled non-click copies its click's).
 
     Returns the arrays (all but the item table), the samples per split and the clicks
     (label 1) per split.
     """
-    label = label.astype(np.int8)
+    label, side = label.astype(np.int8), side or {}
     if negatives:
-        user, item, time, label, split = add_negatives(
-            user, item, time, label, split, num_items, negatives, rng or np.random.default_rng())
+        copied, drawn = draw_negatives(user, item, label, num_items, negatives,
+                                       rng or np.random.default_rng())
+        user, time, split, *values = (np.concatenate([column, column[copied]]) for column in
+                                      (user, time, split, *side.values()))
+        side = dict(zip(side, values, strict=True))
+        item = np.concatenate([item, drawn])
+        label = np.concatenate([label, np.zeros(len(copied), dtype=np.int8)])
     events = np.flatnonzero(history)
     by_time = events[np.lexsort((item[events], time[events], user[events]))]
     click_user = user[by_time]
@@ -160,6 +176,7 @@ def build_impressions(
         "impression_items": item[order].astype(np.int32),
         "impression_labels": label[order],
         "impression_times": time[order].astype(stored_times.dtype),
+        **{f"impression_{name}": values[order] for name, values in side.items()},
     }
     sizes = np.bincount(split, minlength=len(SPLITS))
     clicks = np.bincount(split, weights=label, minlength=len(SPLITS)).astype(np.int64)
@@ -167,23 +184,19 @@ def build_impressions(
             dict(zip(SPLITS, clicks.tolist(), strict=True)))
 
 
-def add_negatives(
-    user: np.ndarray, item: np.ndarray, time: np.ndarray, label: np.ndarray, split: np.ndarray,
-    num_items: int, negatives: int, rng: np.random.Generator,
-) -> tuple[np.ndarray, ...]:
-    """The rows with ``negatives`` sampled non-clicks appended per click: label 0, an item
-    the user has no row with (uniform), the click's user, time and split."""
+def draw_negatives(
+    user: np.ndarray, item: np.ndarray, label: np.ndarray, num_items: int, negatives: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``negatives`` sampled non-clicks per click: the rows they copy (user, time, split, side
+    features) and their items, each one the user has no row with (uniform)."""
     clicked = np.repeat(np.flatnonzero(label == 1), negatives)
     keys = np.unique(user.astype(np.int64) * (num_items + FIRST_ITEM_ID) + item)
     touched = np.bincount(keys // (num_items + FIRST_ITEM_ID))
     if np.any(touched[user[clicked]] >= num_items):
         raise DataError("a user with a click has a row with every item, so no negative can be "
                         "drawn for them: leave out --negatives, or add items")
-    drawn = sample_negatives(user[clicked], keys, num_items, rng)
-    return (np.concatenate([user, user[clicked]]), np.concatenate([item, drawn]),
-            np.concatenate([time, time[clicked]]),
-            np.concatenate([label, np.zeros(len(clicked), dtype=np.int8)]),
-            np.concatenate([split, split[clicked]]))
+    return clicked, sample_negatives(user[clicked], keys, num_items, rng)
 
 
 def prepare_impressions(
@@ -206,14 +219,18 @@ def prepare_impressions(
     raw.interactions = frame.clear()
     split_seq, negative_seq = np.random.SeedSequence(seed).spawn(2)
     split = row_splits(options, user, time, len(users), frame, split_seq)
+    side, side_schema, side_vocabularies = side_features(frame)
     arrays, sizes, clicks = build_impressions(
         user, (item + FIRST_ITEM_ID).astype(np.int32), time, label, history, split,
         len(users), len(items), negatives=options.get("negatives", 0),
-        rng=np.random.default_rng(negative_seq),
+        rng=np.random.default_rng(negative_seq), side=side,
     )
+    if "impression_numeric" in arrays:
+        arrays["impression_numeric"], side_schema["numeric_standardisation"] = standardise(
+            arrays["impression_numeric"], sizes["train"], side_schema["numeric_features"])
     item_attributes, vocabularies = encode_items(raw, items, report)
     arrays["item_attributes"] = item_attributes
-    schema = {
+    schema = side_schema | {
         "samples": KIND,
         "num_users": len(users),
         "num_items": len(items),
@@ -231,10 +248,63 @@ def prepare_impressions(
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
     }
-    write_store(out, schema, arrays, vocabularies, force=force, users=users)
+    write_store(out, schema, arrays, vocabularies | side_vocabularies, force=force, users=users)
     for warning in label_warnings(sizes, clicks):
         print(f"camn: warning: {out}: {warning}", file=sys.stderr)
     return schema
+
+
+def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
+    """The rows' context ids (n, C) and numbers (n, M) from the ``context:`` and ``numeric:``
+    columns, the schema's fields for them and the context vocabularies."""
+    import polars as pl
+
+    context = [c.removeprefix(CONTEXT) for c in frame.columns if c.startswith(CONTEXT)]
+    numeric = [c.removeprefix(NUMERIC) for c in frame.columns if c.startswith(NUMERIC)]
+    side, schema, vocabularies = {}, {}, {}
+    if context:
+        ids = []
+        for name in context:
+            column = frame[CONTEXT + name].cast(pl.String)
+            values = column.drop_nulls().unique().sort()
+            lookup = pl.DataFrame({"value": values,
+                                   "id": np.arange(len(values), dtype=np.int32) + FIRST_ITEM_ID})
+            found = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
+                                                        maintain_order="left")
+            ids.append(found["id"].fill_null(1).to_numpy())
+            vocabularies[f"context.{name}"] = values.to_list()
+        side["context"] = np.stack(ids, axis=1).astype(np.int32)
+        schema |= {"context_features": context,
+                   "context_sizes": [len(vocabularies[f"context.{n}"]) + FIRST_ITEM_ID
+                                     for n in context]}
+    if numeric:
+        side["numeric"] = np.stack([frame[NUMERIC + name].to_numpy() for name in numeric],
+                                   axis=1).astype(np.float64)
+        schema["numeric_features"] = numeric
+    return side, schema, vocabularies
+
+
+def standardise(
+    values: np.ndarray, train_rows: int, names: list[str]
+) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """(N, M) float32 ``(values - mean) / std`` with the mean and standard deviation of the
+    first ``train_rows`` rows (the training split; std 1 where it is 0), and those statistics."""
+    train = values[:train_rows] if train_rows else values
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    statistics = {name: [float(m), float(d)] for name, m, d in zip(names, mean, std, strict=True)}
+    return ((values - mean) / std).astype(np.float32), statistics
+
+
+def side_fields(store: PreparedStore, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch's side features of ``rows``: ``context`` (n, C) int64 ids and ``numeric``
+    (n, M) float32, those the store has."""
+    fields = {}
+    if store.schema.get("context_features"):
+        fields["context"] = np.asarray(store.array("impression_context")[rows], dtype=np.int64)
+    if store.schema.get("numeric_features"):
+        fields["numeric"] = np.asarray(store.array("impression_numeric")[rows], dtype=np.float32)
+    return fields
 
 
 def row_splits(
@@ -278,6 +348,11 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     n = sum(schema["splits"].values())
     arrays = {name: ((n,), np.dtype(dtype)) for name, dtype in ARRAY_DTYPES.items()}
     arrays["impression_times"] = ((n,), np.dtype(schema["timelines"]["time_dtype"]))
+    if schema.get("context_features"):
+        arrays["impression_context"] = ((n, len(schema["context_features"])), np.dtype(np.int32))
+    if schema.get("numeric_features"):
+        arrays["impression_numeric"] = ((n, len(schema["numeric_features"])),
+                                        np.dtype(np.float32))
     return arrays
 
 

@@ -364,6 +364,11 @@ class PreparedStore:
         table = self.wide_item_table
         return [item_rows(table, items), lengths, item_rows(table, targets), clicked, users]
 
+    def side_fields(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch keys of the side features of ``rows`` (``context``, ``numeric``), those
+        the store has (:mod:`camn.data.impressions`); none for a store of pairs."""
+        return impressions.side_fields(self, rows) if self.labelled else {}
+
     def batches(
         self,
         split: str,
@@ -397,6 +402,7 @@ class PreparedStore:
             index = rows[positions]
             fields = self.batch_fields(index, length)
             batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
+            batch |= {key: torch.from_numpy(v) for key, v in self.side_fields(index).items()}
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
             yield batch

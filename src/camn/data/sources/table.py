@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from camn.data.impressions import CONTEXT, NUMERIC
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.sources import _labels
 from camn.data.sources._common import (
@@ -123,6 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a log already split: its validation impressions (needs --test)")
     labels.add_argument("--test", type=Path, metavar="FILE",
                         help="a log already split: its test impressions (needs --valid)")
+    labels.add_argument("--context", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+                        help="columns of the row that describe the impression (hour, device):"
+                        " categorical side features of the model's output network")
+    labels.add_argument("--numeric", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+                        help="numeric columns of the row (price): side features, standardised"
+                        " with the training split's mean and standard deviation")
     _labels.add_split_arguments(labels)
 
 
@@ -361,12 +368,14 @@ def read_interactions(
         frame = _labels.label_columns(frame, path, args.label_col, args.label,
                                       args.history_where)
     label_columns = ["__label", "__label_reason", "__history"] if is_labelled(args) else []
+    side = side_columns(args, frame, path) if is_labelled(args) else []
     frame = frame.select(
         as_strings(frame[args.user_col], path).alias("user"),
         as_strings(frame[args.item_col], path).alias("item"),
         time.alias("time"),
         frame[args.time_col].is_not_null().alias("__has_time"),
         *label_columns,
+        *side,
         "__line",
     )
     unparsed = pl.col("time").is_null() & pl.col("__has_time")
@@ -375,7 +384,10 @@ def read_interactions(
     reason = pl.when(unparsed).then(pl.lit(f"{why} (row skipped)"))
     reason = reason.otherwise(null_reason("user", "item", "time"))
     if is_labelled(args):
-        reason = pl.coalesce(reason, pl.col("__label_reason"))
+        numbers = [pl.when(pl.col(NUMERIC + name).is_null()).then(
+            pl.lit(f"numeric feature {name!r} is not a number (row skipped)"))
+            for name in getattr(args, "numeric", [])]
+        reason = pl.coalesce(reason, pl.col("__label_reason"), *numbers)
     frame = skip_rows(frame, reason, path, report)
     if len(frame) == 0:
         example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
@@ -384,6 +396,22 @@ def read_interactions(
     if is_labelled(args):
         frame = _labels.labelled(frame.drop("__label_reason"))
     return frame
+
+
+def side_columns(args: argparse.Namespace, frame: pl.DataFrame, path: Path) -> list[pl.Series]:
+    """The ``--context`` columns as text and the ``--numeric`` ones as finite numbers (null
+    where not), named with their prefixes (:mod:`camn.data.impressions`)."""
+    context, numeric = getattr(args, "context", []), getattr(args, "numeric", [])
+    require_columns(frame, [*context, *numeric], path)
+    columns = [as_strings(frame[name], path).alias(CONTEXT + name) for name in context]
+    for name in numeric:
+        column = frame[name]
+        if column.dtype == pl.String:
+            column = column.str.strip_chars()
+        number = column.cast(pl.Float64, strict=False)
+        columns.append(pl.select(pl.when(number.is_finite()).then(number)).to_series()
+                       .alias(NUMERIC + name))
+    return columns
 
 
 def is_labelled(args: argparse.Namespace) -> bool:
