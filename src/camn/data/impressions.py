@@ -63,7 +63,7 @@ LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions colu
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
 ARRAY_DTYPES = {"impression_users": np.int32, "impression_positions": np.int32,
                 "impression_items": np.int32, "impression_labels": np.int8}
-SAMPLE_ARRAYS = (*ARRAY_DTYPES, "impression_times")
+SAMPLE_ARRAYS = (*ARRAY_DTYPES, "impression_times", "impression_context", "impression_numeric")
 DEFAULT_VALID_FROM, DEFAULT_TEST_FROM = 0.8, 0.9  # fractions of the time range
 
 
