@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from camn.data import quality
+from camn.data import impressions, quality
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.store import ANNOTATIONS, write_store
@@ -148,6 +148,8 @@ def prepare(
     written all the same.
     """
     report = report or BadInputReport()
+    if impressions.is_labelled(raw):  # labelled rows: one sample each, no protocol
+        return impressions.prepare_impressions(raw, out, max_len, seed, report, force)
     encoded = encode_interactions(raw, report)
     if encoded.dropped_users:  # a note: printed by camn prepare and kept in the schema
         raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")

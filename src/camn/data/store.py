@@ -25,6 +25,10 @@ counts of ``splits`` in ``schema.json`` (train, valid, test). ``histories`` (N, 
 ``lengths``, ``targets`` (N, k), ``labels``, ``users``, ``splits`` and the drivers are
 :meth:`PreparedStore.gather`-ed from these, never stored. Arrays are ``.npy`` files, opened
 memory-mapped, so a store larger than memory trains fine.
+
+A store of labelled impressions (``"samples": "impressions"``) has the same timelines and one
+sample a logged row instead of the pairs (:mod:`camn.data.impressions`); gathering and batches
+are the same.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camn.data import impressions
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 from camn.data.store_checks import (
@@ -144,6 +149,7 @@ class PreparedStore:
         self._scan: list[str] | None = None
         self._table: np.ndarray | None = None
         self._wide_table: np.ndarray | None = None
+        self.labelled = impressions.is_impressions(self.schema)
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
 
@@ -173,7 +179,10 @@ class PreparedStore:
     def training_problems(self) -> list[str]:
         """Why the trainer would learn or score nothing: a split without samples, or with one
         label only (the train loss, the validation AUC of early stopping, the test AUC); a
-        split's samples are pairs of a click and a non-click, so only an empty one."""
+        split's samples are pairs of a click and a non-click, so only an empty one (a split of
+        impressions may also hold one label only)."""
+        if self.labelled:
+            return impressions.training_problems(self.schema)
         return [
             f"schema.json: the {split} split has no samples; training needs samples in train, "
             "valid and test (each of valid and test gets 10% of the users: prepare more users)"
@@ -278,11 +287,19 @@ class PreparedStore:
     def references(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
         ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
-        pairs = self.row_numbers(rows) // 2
-        timeline = np.searchsorted(self.array("timeline_users"), self.array("pair_users")[pairs])
-        positions = self.array("pair_positions")[pairs].astype(np.int64)
+        samples, kind = self.sample_numbers(rows)
+        users = self.array(f"{kind}_users")[samples]
+        timeline = np.searchsorted(self.array("timeline_users"), users)
+        positions = self.array(f"{kind}_positions")[samples].astype(np.int64)
         ends = self.array("timeline_offsets")[timeline] + positions
         return ends, np.minimum(positions, self.max_len)
+
+    def sample_numbers(self, rows: np.ndarray | slice) -> tuple[np.ndarray, str]:
+        """The stored samples of ``rows`` and the prefix of their arrays: pair numbers
+        (row // 2) and ``pair``, or the rows themselves and ``impression``."""
+        if self.labelled:
+            return self.row_numbers(rows), "impression"
+        return self.row_numbers(rows) // 2, "pair"
 
     def row_numbers(self, rows: np.ndarray | slice) -> np.ndarray:
         """``rows`` as an int64 array of row numbers."""
@@ -299,9 +316,12 @@ class PreparedStore:
         ``target_driver``/``target_driver_kind`` (n,) int8 (-1 for a non-click)."""
         rows = self.row_numbers(rows)
         if name == "labels":
+            if self.labelled:
+                return np.asarray(self.array("impression_labels")[rows])
             return (1 - rows % 2).astype(np.int8)
         if name == "users":
-            return np.asarray(self.array("pair_users")[rows // 2])
+            samples, kind = self.sample_numbers(rows)
+            return np.asarray(self.array(f"{kind}_users")[samples])
         if name == "splits":
             return (np.searchsorted(self.split_bounds, rows, side="right") - 1).astype(np.int8)
         if name == "targets":
@@ -316,6 +336,8 @@ class PreparedStore:
         if name == "histories":
             return item_rows(self.item_table, history_items(self.array("clicks"), ends, lengths,
                                                             slots))
+        if name == "target_items" and self.labelled:
+            return np.asarray(self.array("impression_items")[rows])
         clicked = rows % 2 == 0
         if name == "target_items":
             negatives = self.array("pair_negatives")[rows // 2]
@@ -332,11 +354,20 @@ class PreparedStore:
         ends, lengths = self.references(rows)
         clicks, clicked = self.array("clicks"), rows % 2 == 0
         items = history_items(clicks, ends, lengths, np.arange(width or self.max_len))
-        targets = np.where(clicked, clicks[np.where(clicked, ends, 0)],
-                           self.array("pair_negatives")[rows // 2])
+        if self.labelled:
+            targets, clicked = self.gather("target_items", rows), self.gather("labels", rows)
+            users = self.gather("users", rows)
+        else:
+            targets = np.where(clicked, clicks[np.where(clicked, ends, 0)],
+                               self.array("pair_negatives")[rows // 2])
+            users = np.asarray(self.array("pair_users")[rows // 2])
         table = self.wide_item_table
-        return [item_rows(table, items), lengths, item_rows(table, targets), clicked,
-                np.asarray(self.array("pair_users")[rows // 2])]
+        return [item_rows(table, items), lengths, item_rows(table, targets), clicked, users]
+
+    def side_fields(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch keys of the side features of ``rows`` (``context``, ``numeric``), those
+        the store has (:mod:`camn.data.impressions`); none for a store of pairs."""
+        return impressions.side_fields(self, rows) if self.labelled else {}
 
     def batches(
         self,
@@ -371,6 +402,7 @@ class PreparedStore:
             index = rows[positions]
             fields = self.batch_fields(index, length)
             batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
+            batch |= {key: torch.from_numpy(v) for key, v in self.side_fields(index).items()}
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
             yield batch
@@ -467,7 +499,8 @@ def size_line(store: PreparedStore) -> str:
     """The store's bytes on disk, in all and per sample, and where they lie."""
     parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
                            *DRIVER_ARRAYS),
-             "samples": ("pair_users", "pair_positions", "pair_negatives"),
+             "samples": ("pair_users", "pair_positions", "pair_negatives",
+                         *impressions.SAMPLE_ARRAYS),
              "item table": ("item_attributes",)}
     sizes = {part: sum(path.stat().st_size for name in names
                        if (path := store.root / "arrays" / f"{name}.npy").is_file())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from camn.data import impressions
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 
@@ -113,9 +114,9 @@ def schema_problems(schema: object) -> list[str]:
     for key in ("max_len", "num_users", "num_items"):
         if not _is_int(schema[key], 1):
             problems.append(f"{key} must be an integer of at least 1, got {schema[key]!r}")
-    splits = schema["splits"]
+    splits, pairs = schema["splits"], not impressions.is_impressions(schema)
     if not (isinstance(splits, dict) and sorted(splits) == sorted(SPLITS)
-            and all(_is_int(n, 0) and n % 2 == 0 for n in splits.values())):
+            and all(_is_int(n, 0) and (n % 2 == 0 or not pairs) for n in splits.values())):
         problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}, even "
                         "numbers (a click and its non-click)")
     timelines = schema["timelines"]
@@ -141,6 +142,9 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
         "pair_positions": (n // 2,), "pair_negatives": (n // 2,),
     }
     arrays = {name: (shape, np.dtype(ARRAY_DTYPES[name])) for name, shape in shapes.items()}
+    if impressions.is_impressions(schema):
+        arrays = {name: value for name, value in arrays.items() if not name.startswith("pair_")}
+        arrays |= impressions.expected_arrays(schema)
     arrays["click_times"] = ((clicks,), np.dtype(timelines["time_dtype"]))
     for name in DRIVER_ARRAYS:
         arrays[name] = ((clicks,), np.dtype(np.int8))
@@ -185,6 +189,9 @@ def scan_contents(store: PreparedStore) -> list[str]:
         "item_attributes": (0, vocab_top, ""),  # "": ids, checked per attribute slot
         "clicks": items, "pair_negatives": items, "timeline_users": users, "pair_users": users,
     }
+    if store.labelled:
+        del rules["pair_negatives"], rules["pair_users"]
+        rules |= {"impression_items": items, "impression_users": users}
     if store.has_drivers:
         rules["click_driver"] = (-1, k - 1, f"drivers are -1 (none) or an attribute slot "
                                  f"0..{k - 1}")
@@ -206,7 +213,9 @@ def scan_contents(store: PreparedStore) -> list[str]:
                 "(vocab_sizes in schema.json)"
             )
     timeline = timeline_problems(store)
-    if not timeline and not damaged & {"pair_users", "timeline_users"}:
+    if store.labelled and not timeline and not damaged & {"impression_users", "timeline_users"}:
+        timeline = impressions.content_problems(store)
+    elif not timeline and not damaged & {"pair_users", "timeline_users"}:
         timeline = reference_problems(store) or order_problems(store)
     return problems + timeline + vocab_problems(store)
 

@@ -203,6 +203,8 @@ class ResidentSplit:
                    *(store.gather(name, rows) for name in ("target_items", "labels", "users"))]
         # one (n, 6) int64 table: a batch's fields are one row gather
         self.samples = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64)).to(device)
+        self.side = {key: torch.from_numpy(values).to(device)  # context, numeric: if any
+                     for key, values in store.side_fields(rows).items()}
         # copies: torch cannot wrap the read-only memory maps
         self.clicks = torch.from_numpy(np.array(store.array("clicks"))).to(device)
         self.item_attributes = torch.from_numpy(store.wide_item_table).to(device)  # (V, k)
@@ -226,8 +228,12 @@ class ResidentSplit:
             picked = self.samples[positions]
         row, end, lengths, target, label, user = picked.T
         items = history_items(self.clicks, end, lengths, self.slots[:length])
-        return make_batch(row, item_rows(self.item_attributes, items), lengths,
-                          item_rows(self.item_attributes, target), label, user)
+        batch = make_batch(row, item_rows(self.item_attributes, items), lengths,
+                           item_rows(self.item_attributes, target), label, user)
+        for key, values in self.side.items():
+            batch[key] = (values.index_select(0, positions)
+                          if isinstance(positions, torch.Tensor) else values[positions])
+        return batch
 
     def batches(
         self,

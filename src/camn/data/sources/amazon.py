@@ -11,6 +11,10 @@ are kept (Books 2014: 22.5 M reviews, about 9 GB of text). The metadata is read 
 line is parsed only when its asin occurs in the reviews (lines of other items are not checked).
 A review line must be UTF-8 text (JSON is); so must a metadata line, where bytes in a field that
 camn does not read may pass unnoticed.
+
+``--rating-labels T`` reads each review's ``overall`` rating too: every review is then a labelled
+impression, a click where the rating is T or more, a logged non-click below
+(:mod:`camn.data.impressions`); a review without a numeric rating is bad input.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources import _labels
 from camn.data.sources._common import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
@@ -42,6 +47,7 @@ HELP = "McAuley's Amazon reviews + metadata (2014 or 2018 release, .json or .jso
 
 REVIEW_FIELDS = {"reviewerID": "user", "asin": "item", "unixReviewTime": "time"}
 REVIEW_SCHEMA = {"reviewerID": pl.String, "asin": pl.String, "unixReviewTime": pl.Int64}
+RATING_FIELD, RATING_TYPE = "overall", pl.Float64
 LAYOUTS = {"literal": "mcauley2014", "json": "mcauley2018"}
 ASIN_PATTERNS = {  # the asin of a metadata line without parsing the whole line
     "literal": re.compile(rb"'asin': '([^'\\]*)'"),
@@ -53,6 +59,13 @@ DETECT_LINES = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reviews", required=True, help="reviews file (.json or .json.gz)")
     parser.add_argument("--meta", required=True, help="metadata file (meta_<Category>.json[.gz])")
+    labels = parser.add_argument_group("labelled impressions")
+    labels.add_argument(
+        "--rating-labels", type=float, metavar="T",
+        help="every review is an impression: a click when its rating (overall) is T or more, "
+        "e.g. 4, a logged non-click below (default: every review is a click)",
+    )
+    _labels.add_split_arguments(labels)
 
 
 def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
@@ -60,12 +73,18 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     reviews, meta_path = Path(args.reviews), Path(args.meta)
     check_reviews_layout(reviews)
     layout = detect_meta_layout(meta_path)
-    interactions = read_reviews(reviews, report)
+    labelled = getattr(args, "rating_labels", None) is not None
+    if not labelled:
+        _labels.refuse_split_options(args, "--rating-labels T")
+    interactions = read_reviews(reviews, report, ratings=labelled)
     used = interactions["item"].unique()
     meta = read_meta(meta_path, layout, set(used.to_list()), report)
     items, notes = amazon_items(meta, used)
     origin = {"source": NAME, "layout": LAYOUTS[layout], "reviews": str(reviews),
               "meta": str(meta_path)}
+    if labelled:
+        interactions = _labels.rating_labels(interactions, args.rating_labels)
+        origin["labels"] = _labels.split_options(args, "s") | {"rating_labels": args.rating_labels}
     return RawData(interactions, items, list(AMAZON_ATTRIBUTES), origin, notes)
 
 
@@ -158,40 +177,63 @@ def detect_meta_layout(path: Path) -> str:
     )
 
 
-def read_reviews(path: Path, report: BadInputReport) -> pl.DataFrame:
-    """Columns user (str), item (str), time (i64) of every review, in file order."""
-    frames = [_parse_block(path, first, block, report) for first, block in iter_blocks(path)]
+def read_reviews(path: Path, report: BadInputReport, ratings: bool = False) -> pl.DataFrame:
+    """Columns user (str), item (str), time (i64) (and with ``ratings`` rating (f64)) of
+    every review, in file order."""
+    frames = [_parse_block(path, first, block, report, ratings)
+              for first, block in iter_blocks(path)]
     frames = [frame for frame in frames if len(frame)]
     if not frames:
-        raise DataError(f"{path}: no readable review")
+        example = next((e for e in report.examples if e.startswith(f"{path}:")), None)
+        raise DataError(f"{path}: no readable review" + (f", e.g. {example}" if example else ""))
     return pl.concat(frames, rechunk=False)
 
 
-def _parse_block(path: Path, first: int, block: bytes, report: BadInputReport) -> pl.DataFrame:
+def review_schema(ratings: bool) -> dict:
+    """The fields read from a review line and their types."""
+    return REVIEW_SCHEMA | ({RATING_FIELD: RATING_TYPE} if ratings else {})
+
+
+def _parse_block(
+    path: Path, first: int, block: bytes, report: BadInputReport, ratings: bool = False
+) -> pl.DataFrame:
+    schema = review_schema(ratings)
     try:
-        frame = pl.read_ndjson(io.BytesIO(block), schema=REVIEW_SCHEMA)
+        frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
     except pl.exceptions.PolarsError:
         frame = None
-    if frame is None or len(frame) != block.count(b"\n") or frame.null_count().sum_horizontal()[0]:
-        frame = _parse_lines(path, first, block, report)
-    return frame.rename(REVIEW_FIELDS)
+    if (frame is None or len(frame) != block.count(b"\n") or frame.null_count().sum_horizontal()[0]
+            or (ratings and not frame[RATING_FIELD].is_finite().all())):
+        frame = _parse_lines(path, first, block, report, ratings)
+    return frame.rename(REVIEW_FIELDS | {RATING_FIELD: "rating"}, strict=False)
 
 
-def _parse_lines(path: Path, first: int, block: bytes, report: BadInputReport) -> pl.DataFrame:
+def _parse_lines(
+    path: Path, first: int, block: bytes, report: BadInputReport, ratings: bool = False
+) -> pl.DataFrame:
     """The slow path for a block with a bad line: json.loads line by line, reporting each."""
-    rows: dict[str, list] = {field: [] for field in REVIEW_FIELDS}
+    schema = review_schema(ratings)
+    rows: dict[str, list] = {field: [] for field in schema}
     for offset, line in enumerate(block.split(b"\n")[:-1]):
         if not line.strip():
             continue
         record = _as_dict(line, json.loads)
-        problem = _broken(line, "JSON review") if record is None else _review_problem(record)
+        problem = (_broken(line, "JSON review") if record is None
+                   else _review_problem(record) or (ratings and _rating_problem(record)))
         if problem:
             report.bad(path, first + offset, problem)
             continue
         for field, values in rows.items():
             values.append(record[field])
     rows["unixReviewTime"] = [int(t) for t in rows["unixReviewTime"]]
-    return pl.DataFrame(rows, schema=REVIEW_SCHEMA)
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _rating_problem(record: dict) -> str | None:
+    rating = record.get(RATING_FIELD)
+    if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
+        return "overall (the rating) is not a number (line skipped)"
+    return None
 
 
 def _broken(line: bytes, what: str) -> str:

@@ -14,7 +14,10 @@ Attributes: item_id, genre_1, genre_2, genre_3 (the item's genres in the file's 
 where it has fewer), release_decade ("1990s", from the release date, else from the "(1995)" in
 the title, else unknown). The genre markers "unknown" (100K) and "(no genres listed)" (later
 layouts) say the genres are not known: they are not genres, and an item with no other genre
-gets unknown genres rather than "none". Every rating counts as a click (implicit feedback).
+gets unknown genres rather than "none". Every rating counts as a click (implicit feedback),
+unless ``--rating-labels T``: then every rating is a labelled impression, a click where the rating
+is T or more and a logged non-click below (:mod:`camn.data.impressions`; the clicks make the
+histories, the split is by time unless ``--split user``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources import _labels
 from camn.data.sources._common import (
     column_list,
     first_lines,
@@ -56,6 +60,13 @@ LAYOUTS = {  # layout -> (ratings file, movies file)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", required=True, type=Path, help="folder of the MovieLens files")
+    labels = parser.add_argument_group("labelled impressions")
+    labels.add_argument(
+        "--rating-labels", type=float, metavar="T",
+        help="every rating is an impression: a click when the rating is T or more (e.g. 4), a "
+        "logged non-click below (default: every rating is a click)",
+    )
+    _labels.add_split_arguments(labels)
 
 
 def detect_layout(folder: Path) -> str:
@@ -99,11 +110,13 @@ def split_fields(
 
 
 def parse_ratings(
-    path: Path, separator: str, names: list[str], report: BadInputReport, skip_to: int = 0
+    path: Path, separator: str, names: list[str], report: BadInputReport, skip_to: int = 0,
+    rating: bool = False,
 ) -> pl.DataFrame:
-    """user, item, time of every rating line after line ``skip_to``, parsed block by block.
+    """user, item, time (and with ``rating`` the rating, a float) of every rating line after
+    line ``skip_to``, parsed block by block.
 
-    ``names`` names the fields and must include user, item and time.
+    ``names`` names the fields and must include user, item, time (and ``_rating``).
     """
     parsed = []
     for block in line_blocks(path, "utf-8", report):
@@ -114,11 +127,18 @@ def parse_ratings(
             report, path, fields.filter(time.is_null())["line"].to_numpy(),
             "timestamp is not an integer (line skipped)",
         )
-        parsed.append(
-            fields.select(
-                pl.col("user").str.strip_chars(), pl.col("item").str.strip_chars(), time=time
-            ).filter(pl.col("time").is_not_null())
-        )
+        kept = [pl.col("user").str.strip_chars(), pl.col("item").str.strip_chars()]
+        good = time.is_not_null()
+        if rating:
+            value = fields["_rating"].str.strip_chars().cast(pl.Float64, strict=False)
+            value = pl.select(pl.when(value.is_finite()).then(value)).to_series()
+            report_rows(
+                report, path, fields.filter(good & value.is_null())["line"].to_numpy(),
+                "rating is not a number (line skipped)",
+            )
+            good &= value.is_not_null()
+            kept.append(value.alias("rating"))
+        parsed.append(fields.select(*kept, time=time).filter(good))
     ratings = pl.concat(parsed, how="vertical") if parsed else pl.DataFrame()
     if len(ratings) == 0:
         raise DataError(f"{path}: no rating could be read")
@@ -139,6 +159,7 @@ def csv_rating_names(path: Path) -> tuple[list[str], int]:
             )
         if columns.count(column) > 1:
             raise DataError(f"{path}:{number}: the header names the column {column!r} twice")
+    rename["rating"] = "_rating"
     return [rename.get(c, f"_{i}") for i, c in enumerate(columns)], number
 
 
@@ -237,24 +258,31 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
     fields = ["user", "item", "_rating", "time"]
+    labelled = getattr(args, "rating_labels", None) is not None
     if layout == "100k":
-        interactions = parse_ratings(ratings_file, "\t", fields, report)
+        interactions = parse_ratings(ratings_file, "\t", fields, report, rating=labelled)
         items = items_100k(folder, report)
     elif layout == "1m":
-        interactions = parse_ratings(ratings_file, "::", fields, report)
+        interactions = parse_ratings(ratings_file, "::", fields, report, rating=labelled)
         items = items_1m(folder, report)
     else:
         names, header_line = csv_rating_names(ratings_file)
-        interactions = parse_ratings(ratings_file, ",", names, report, skip_to=header_line)
+        interactions = parse_ratings(ratings_file, ",", names, report, skip_to=header_line,
+                                     rating=labelled)
         items = items_csv(folder, report)
+    origin = {"source": NAME, "layout": layout, "files": [str(ratings_file), str(movies_file)]}
+    if labelled:
+        interactions = _labels.rating_labels(interactions, args.rating_labels)
+        origin["labels"] = _labels.split_options(args, "s") | {"rating_labels": args.rating_labels}
+        notes = [f"labelled impressions: {int(interactions['label'].sum()):,} of "
+                 f"{len(interactions):,} ratings are {args.rating_labels:g} or more (clicks)"]
+    else:
+        _labels.refuse_split_options(args, "--rating-labels T")
+        notes = [f"implicit feedback: all {len(interactions):,} ratings count as clicks"]
     return RawData(
         interactions=interactions,
         items=items.select("item", *ATTRIBUTES[1:]),
         attributes=list(ATTRIBUTES),
-        origin={
-            "source": NAME,
-            "layout": layout,
-            "files": [str(ratings_file), str(movies_file)],
-        },
-        notes=[f"implicit feedback: all {len(interactions):,} ratings count as clicks"],
+        origin=origin,
+        notes=notes,
     )

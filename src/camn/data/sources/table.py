@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from camn.data.impressions import CONTEXT, NUMERIC
 from camn.data.raw import BadInputReport, DataError, RawData
+from camn.data.sources import _labels
 from camn.data.sources._common import (
     NOT_UTF8,
     bucketize,
@@ -105,6 +107,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " items of the interactions) (default: none; each distinct number is then a category of"
         " its own)",
     )
+    labels = parser.add_argument_group(
+        "labelled impressions",
+        "each row is an impression with a 0/1 label; its history is the user's history events"
+        " strictly before its time",
+    )
+    labels.add_argument("--label-col", metavar="COL",
+                        help="column of 0/1 labels (1 click, 0 logged non-click)")
+    labels.add_argument("--label", metavar="EXPR",
+                        help="SQL expression over the row giving the label, e.g. 'rating >= 4'"
+                        " or \"behavior IN ('cart', 'buy')\"")
+    labels.add_argument("--history-where", metavar="EXPR",
+                        help="SQL expression: the rows that enter histories (default: the"
+                        " clicks, label = 1)")
+    labels.add_argument("--valid", type=Path, metavar="FILE",
+                        help="a log already split: its validation impressions (needs --test)")
+    labels.add_argument("--test", type=Path, metavar="FILE",
+                        help="a log already split: its test impressions (needs --valid)")
+    labels.add_argument("--context", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+                        help="columns of the row that describe the impression (hour, device):"
+                        " categorical side features of the model's output network")
+    labels.add_argument("--numeric", type=parse_bucketize, default=[], metavar="COL[,COL...]",
+                        help="numeric columns of the row (price): side features, standardised"
+                        " with the training split's mean and standard deviation")
+    _labels.add_split_arguments(labels)
 
 
 def file_format(path: Path, override: str | None) -> str:
@@ -321,11 +347,14 @@ def slash_dates_as_iso(text: pl.Series) -> tuple[pl.Series, str | None]:
 
 
 def read_interactions(
-    args: argparse.Namespace, report: BadInputReport, notes: list[str] | None = None
+    args: argparse.Namespace, report: BadInputReport, notes: list[str] | None = None,
+    path: Path | None = None, time_units: list[str] | None = None,
 ) -> pl.DataFrame:
-    """user, item and time of every good row; the note on how dates were read, if any, is
-    added to ``notes``."""
-    path = args.interactions
+    """user, item and time of every good row of ``path`` (default ``--interactions``), and
+    with labels (:func:`is_labelled`) ``label`` and ``history``; the note on how dates were
+    read, if any, is added to ``notes``, the unit of the times (``us`` for dates read as epoch
+    microseconds, else ``s``) to ``time_units``."""
+    path = path or args.interactions
     time_format = getattr(args, "time_format", None)
     frame = read_table(path, file_format(path, args.format), report)
     columns = [args.user_col, args.item_col, args.time_col]
@@ -333,22 +362,91 @@ def read_interactions(
     time, note = parse_time(frame[args.time_col], path, time_format)
     if note is not None and notes is not None:
         notes.append(note)
+    if time_units is not None:
+        time_units.append(time_unit(frame[args.time_col], time))
+    if is_labelled(args):
+        frame = _labels.label_columns(frame, path, args.label_col, args.label,
+                                      args.history_where)
+    label_columns = ["__label", "__label_reason", "__history"] if is_labelled(args) else []
+    side = side_columns(args, frame, path) if is_labelled(args) else []
     frame = frame.select(
         as_strings(frame[args.user_col], path).alias("user"),
         as_strings(frame[args.item_col], path).alias("item"),
         time.alias("time"),
         frame[args.time_col].is_not_null().alias("__has_time"),
+        *label_columns,
+        *side,
         "__line",
     )
     unparsed = pl.col("time").is_null() & pl.col("__has_time")
     why = (f"time does not match --time-format {time_format!r}" if time_format
            else "time is not a number or a date")
     reason = pl.when(unparsed).then(pl.lit(f"{why} (row skipped)"))
-    frame = skip_rows(frame, reason.otherwise(null_reason("user", "item", "time")), path, report)
+    reason = reason.otherwise(null_reason("user", "item", "time"))
+    if is_labelled(args):
+        numbers = [pl.when(pl.col(NUMERIC + name).is_null()).then(
+            pl.lit(f"numeric feature {name!r} is not a number (row skipped)"))
+            for name in getattr(args, "numeric", [])]
+        reason = pl.coalesce(reason, pl.col("__label_reason"), *numbers)
+    frame = skip_rows(frame, reason, path, report)
     if len(frame) == 0:
         example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
         raise DataError(f"{path}: every row is bad input, e.g. {example}")
-    return frame.drop("__line", "__has_time")
+    frame = frame.drop("__line", "__has_time")
+    if is_labelled(args):
+        frame = _labels.labelled(frame.drop("__label_reason"))
+    return frame
+
+
+def side_columns(args: argparse.Namespace, frame: pl.DataFrame, path: Path) -> list[pl.Series]:
+    """The ``--context`` columns as text and the ``--numeric`` ones as finite numbers (null
+    where not), named with their prefixes (:mod:`camn.data.impressions`)."""
+    context, numeric = getattr(args, "context", []), getattr(args, "numeric", [])
+    require_columns(frame, [*context, *numeric], path)
+    columns = [as_strings(frame[name], path).alias(CONTEXT + name) for name in context]
+    for name in numeric:
+        column = frame[name]
+        if column.dtype == pl.String:
+            column = column.str.strip_chars()
+        number = column.cast(pl.Float64, strict=False)
+        columns.append(pl.select(pl.when(number.is_finite()).then(number)).to_series()
+                       .alias(NUMERIC + name))
+    return columns
+
+
+def is_labelled(args: argparse.Namespace) -> bool:
+    """Whether the rows are labelled impressions (``--label-col`` or ``--label``)."""
+    return getattr(args, "label_col", None) is not None or getattr(args, "label", None) is not None
+
+
+def time_unit(column: pl.Series, parsed: pl.Series) -> str:
+    """``us`` when ``parsed`` read the time ``column`` as dates (epoch microseconds), else
+    ``s`` (numbers, taken as Unix seconds where a date is compared with them)."""
+    if column.dtype.is_temporal():
+        return "us"
+    if column.dtype != pl.String:
+        return "s"
+    numbers = column.str.strip_chars().cast(pl.Float64, strict=False)
+    return "s" if numbers.null_count() <= parsed.null_count() else "us"
+
+
+def read_labelled(
+    args: argparse.Namespace, report: BadInputReport, notes: list[str]
+) -> tuple[pl.DataFrame, dict]:
+    """The labelled rows of ``--interactions`` (and of ``--valid`` and ``--test``, with
+    their ``split``), and ``origin["labels"]``."""
+    if (args.valid is None) != (args.test is None):
+        raise DataError("a log already split needs both --valid FILE and --test FILE")
+    files = [args.interactions] if args.valid is None else [args.interactions, args.valid,
+                                                            args.test]
+    frames, units = [], []
+    for split, path in enumerate(files):
+        frame = read_interactions(args, report, notes, path, units)
+        frames.append(frame.with_columns(split=pl.lit(split, dtype=pl.Int8)))
+    if len(set(units)) > 1:
+        raise DataError(f"the files' times are not all dates or all numbers: {', '.join(units)}")
+    options = _labels.split_options(args, units[0], files=len(files) > 1)
+    return pl.concat(frames, how="vertical_relaxed"), options
 
 
 def read_items(
@@ -415,13 +513,22 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     """Read the interaction log and the item table named on the command line."""
     attributes = parse_attributes(args)
     notes: list[str] = []
-    interactions = read_interactions(args, report, notes)
+    if is_labelled(args):
+        interactions, label_options = read_labelled(args, report, notes)
+    else:
+        if args.valid or args.test or args.history_where or args.negatives or args.split \
+                or args.valid_from or args.test_from:
+            raise DataError("--valid, --test, --history-where, --negatives, --split, --valid-from"
+                            " and --test-from are for labelled impressions: pass --label-col COL"
+                            " or --label EXPR")
+        interactions = read_interactions(args, report, notes)
     if args.items is None:
         items = pl.DataFrame({"item": interactions["item"].unique().sort()})
     else:
         items, bucket_notes = read_items(args, attributes, report, interactions["item"].unique())
         notes += bucket_notes
     files = [str(args.interactions)] + ([str(args.items)] if args.items else [])
+    files += [str(path) for path in (args.valid, args.test) if path is not None]
     origin = {
         "source": NAME,
         "files": files,
@@ -431,6 +538,11 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
         origin["time_format"] = args.time_format
     if args.bucketize:
         origin["bucketize"] = args.bucketize
+    if is_labelled(args):
+        origin["labels"] = label_options
+        origin["labels"] |= {key: str(value) for key in ("label_col", "label", "history_where",
+                                                          "valid", "test")
+                             if (value := getattr(args, key)) is not None}
     return RawData(
         interactions=interactions,
         items=items,

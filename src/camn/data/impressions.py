@@ -1,0 +1,404 @@
+"""Labelled impressions: a store whose samples are logged rows with a 0/1 label.
+
+A store of impressions (``"samples": "impressions"`` in ``schema.json``) keeps the timelines of a
+store of pairs (:mod:`camn.data.store`): the history events of every user in time order, where
+the history events are the rows the source marked (by default the clicks, label 1). Its samples
+are the rows of the log, one each::
+
+    arrays/impression_users.npy      (N,) int32  user index
+    arrays/impression_positions.npy  (N,) int32  p: the user's history events strictly before
+                                                 the impression's time (its history length
+                                                 before the cut to max_len)
+    arrays/impression_items.npy      (N,) int32  item id shown
+    arrays/impression_labels.npy     (N,) int8   1 click, 0 non-click (logged or sampled)
+    arrays/impression_times.npy      (N,)        its time (the dtype of click_times)
+
+The history of sample b is ``clicks[e - n : e]``, ``e = offsets[u] + p``, ``n = min(p, max_len)``,
+as for a pair; its target is ``impression_items[b]`` and its label ``impression_labels[b]``.
+
+Ties: an event at the same time as an impression is never in its history (strictly before), so
+a clicked impression's own click is not, and the result does not depend on the order of rows
+with equal times. Within a timeline, events of equal time are ordered by item id.
+
+Samples are sorted by (split, user, time); a split's samples are one row range (``splits`` in
+``schema.json``). Splits: ``user`` (80/10/10 of the users at random), ``time`` (an impression
+at or after ``valid_from`` is valid, at or after ``test_from`` test: no test time lies in the
+training period) or ``files`` (the split each row's file says). ``--negatives N`` adds N
+sampled non-clicks (label 0, items the user has no row with) per click, each with its click's
+user, time, history and split.
+
+Side features of the rows reach the models' output network (the batch keys ``context`` and
+``numeric``): ``arrays/impression_context.npy`` (N, C) int32, the ids of the row's context values
+(vocabularies ``vocab/context.<name>.txt``; id 1 for a missing value), and
+``arrays/impression_numeric.npy`` (N, M) float32, numbers standardised with the mean and standard
+deviation of the training split (``numeric_standardisation`` in ``schema.json``). A sampled
+non-click copies its click's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from camn.data.protocols import (
+    FIRST_ITEM_ID,
+    SPLITS,
+    TEST,
+    TRAIN,
+    VALID,
+    narrowest_times,
+    sample_negatives,
+    split_users,
+)
+from camn.data.raw import BadInputReport, DataError, RawData
+
+if TYPE_CHECKING:
+    from camn.data.store import PreparedStore
+
+KIND = "impressions"  # schema.json "samples"
+LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
+CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
+ARRAY_DTYPES = {"impression_users": np.int32, "impression_positions": np.int32,
+                "impression_items": np.int32, "impression_labels": np.int8}
+SAMPLE_ARRAYS = (*ARRAY_DTYPES, "impression_times", "impression_context", "impression_numeric")
+DEFAULT_VALID_FROM, DEFAULT_TEST_FROM = 0.8, 0.9  # fractions of the time range
+
+
+def is_impressions(schema: dict) -> bool:
+    """Whether a store's samples are labelled impressions (else pairs)."""
+    return schema.get("samples") == KIND
+
+
+def is_labelled(raw: RawData) -> bool:
+    """Whether a source read labelled impressions (a ``label`` column)."""
+    return LABEL in raw.interactions.columns
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def time_bound(value: str | float | None, default: float, times: np.ndarray, unit: str) -> float:
+    """A split's first time: a fraction of [min, max] of ``times`` (a number in [0, 1]), a
+    time in the column's own units (another number), or an ISO date (``2020-01-31``, read in
+    ``unit``: ``s`` for numeric times, taken as Unix seconds, ``us`` for parsed dates)."""
+    if value is None:
+        value = default
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            date = np.datetime64(str(value), "us")
+        except ValueError:
+            raise DataError(f"split start {value!r} is neither a number, a fraction of the time "
+                            "range in [0, 1], nor a date such as 2020-01-31") from None
+        micros = float(date.astype(np.int64))
+        return micros if unit == "us" else micros / 1e6
+    if 0 <= number <= 1:
+        low, high = float(times.min()), float(times.max())
+        return low + number * (high - low)
+    return number
+
+
+def time_splits(time: np.ndarray, valid_from: float, test_from: float) -> np.ndarray:
+    """(n,) int8 split of each impression: train before ``valid_from``, test from
+    ``test_from``, valid in between."""
+    if test_from < valid_from:
+        raise DataError(f"the test period starts ({test_from}) before the validation period "
+                        f"({valid_from}): give --test-from after --valid-from")
+    split = np.full(len(time), VALID, dtype=np.int8)
+    split[time < valid_from] = TRAIN
+    split[time >= test_from] = TEST
+    return split
+
+
+def history_positions(
+    user: np.ndarray, time_rank: np.ndarray, click_user: np.ndarray, click_rank: np.ndarray,
+    starts: np.ndarray,
+) -> np.ndarray:
+    """(n,) the number of the user's history events strictly before each impression.
+
+    Times are given as dense ranks over all times (int64), clicks sorted by (user, rank);
+    one searchsorted on the key user * R + rank finds every count at once."""
+    stride = int(max(time_rank.max(initial=0), click_rank.max(initial=0))) + 1
+    click_keys = click_user.astype(np.int64) * stride + click_rank
+    keys = user.astype(np.int64) * stride + time_rank
+    return np.searchsorted(click_keys, keys, side="left") - starts[user]
+
+
+def build_impressions(
+    user: np.ndarray, item: np.ndarray, time: np.ndarray, label: np.ndarray,
+    history: np.ndarray, split: np.ndarray, num_users: int, num_items: int,
+    negatives: int = 0, rng: np.random.Generator | None = None,
+    side: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, int]]:
+    """Timelines and impression samples (module docstring) from coded rows.
+
+    Args:
+        user: (n,) user index in [0, num_users); item: (n,) item id in [2, num_items + 2);
+        time: (n,); label: (n,) 0/1; history: (n,) bool, the rows that enter histories;
+        split: (n,) int8 0 train, 1 valid, 2 test.
+        negatives: sampled non-clicks to add per click, drawn with ``rng``.
+        side: per-row side features, (n, ...) each, stored as ``impression_<name>`` in
+            sample order (a sampled non-click copies its click's).
+
+    Returns the arrays (all but the item table), the samples per split and the clicks
+    (label 1) per split.
+    """
+    label, side = label.astype(np.int8), side or {}
+    if negatives:
+        copied, drawn = draw_negatives(user, item, label, num_items, negatives,
+                                       rng or np.random.default_rng())
+        user, time, split, *values = (np.concatenate([column, column[copied]]) for column in
+                                      (user, time, split, *side.values()))
+        side = dict(zip(side, values, strict=True))
+        item = np.concatenate([item, drawn])
+        label = np.concatenate([label, np.zeros(len(copied), dtype=np.int8)])
+    events = np.flatnonzero(history)
+    by_time = events[np.lexsort((item[events], time[events], user[events]))]
+    click_user = user[by_time]
+    counts = np.bincount(click_user, minlength=num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    all_times, ranks = np.unique(np.concatenate([time, time[by_time]]), return_inverse=True)
+    positions = history_positions(user, ranks[: len(time)], click_user, ranks[len(time):],
+                                  starts)
+    order = np.lexsort((time, user, split))
+    stored_times = narrowest_times(all_times)
+    arrays = {
+        "timeline_users": np.arange(num_users, dtype=np.int32),
+        "timeline_offsets": starts,
+        "clicks": item[by_time].astype(np.int32),
+        "click_times": time[by_time].astype(stored_times.dtype),
+        "impression_users": user[order].astype(np.int32),
+        "impression_positions": positions[order].astype(np.int32),
+        "impression_items": item[order].astype(np.int32),
+        "impression_labels": label[order],
+        "impression_times": time[order].astype(stored_times.dtype),
+        **{f"impression_{name}": values[order] for name, values in side.items()},
+    }
+    sizes = np.bincount(split, minlength=len(SPLITS))
+    clicks = np.bincount(split, weights=label, minlength=len(SPLITS)).astype(np.int64)
+    return (arrays, dict(zip(SPLITS, sizes.tolist(), strict=True)),
+            dict(zip(SPLITS, clicks.tolist(), strict=True)))
+
+
+def draw_negatives(
+    user: np.ndarray, item: np.ndarray, label: np.ndarray, num_items: int, negatives: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``negatives`` sampled non-clicks per click: the rows they copy (user, time, split, side
+    features) and their items, each one the user has no row with (uniform)."""
+    clicked = np.repeat(np.flatnonzero(label == 1), negatives)
+    keys = np.unique(user.astype(np.int64) * (num_items + FIRST_ITEM_ID) + item)
+    touched = np.bincount(keys // (num_items + FIRST_ITEM_ID))
+    if np.any(touched[user[clicked]] >= num_items):
+        raise DataError("a user with a click has a row with every item, so no negative can be "
+                        "drawn for them: leave out --negatives, or add items")
+    return clicked, sample_negatives(user[clicked], keys, num_items, rng)
+
+
+def prepare_impressions(
+    raw: RawData, out: str | Path, max_len: int, seed: int, report: BadInputReport,
+    force: bool = False,
+) -> dict:
+    """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
+    ``split`` columns; options in ``raw.origin["labels"]``), build the samples and write the
+    store; return its schema."""
+    from camn.data.prepare import encode_items, sorted_codes
+    from camn.data.store import write_store
+
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    frame, options = raw.interactions, raw.origin.get("labels", {})
+    user, users = sorted_codes(frame["user"])
+    item, items = sorted_codes(frame["item"])
+    time = frame["time"].to_numpy()
+    label, history = frame[LABEL].to_numpy(), frame[HISTORY].to_numpy()
+    raw.interactions = frame.clear()
+    split_seq, negative_seq = np.random.SeedSequence(seed).spawn(2)
+    split = row_splits(options, user, time, len(users), frame, split_seq)
+    side, side_schema, side_vocabularies = side_features(frame)
+    arrays, sizes, clicks = build_impressions(
+        user, (item + FIRST_ITEM_ID).astype(np.int32), time, label, history, split,
+        len(users), len(items), negatives=options.get("negatives", 0),
+        rng=np.random.default_rng(negative_seq), side=side,
+    )
+    if "impression_numeric" in arrays:
+        arrays["impression_numeric"], side_schema["numeric_standardisation"] = standardise(
+            arrays["impression_numeric"], sizes["train"], side_schema["numeric_features"])
+    item_attributes, vocabularies = encode_items(raw, items, report)
+    arrays["item_attributes"] = item_attributes
+    schema = side_schema | {
+        "samples": KIND,
+        "num_users": len(users),
+        "num_items": len(items),
+        "num_interactions": len(user),
+        "attributes": raw.attributes,
+        "vocab_sizes": [len(vocabularies[a]) + FIRST_ITEM_ID for a in raw.attributes],
+        "protocol": KIND,
+        "seed": seed,
+        "max_len": max_len,
+        "splits": sizes,
+        "clicks_per_split": clicks,
+        "timelines": {"users": len(users), "clicks": len(arrays["clicks"]),
+                      "time_dtype": str(arrays["click_times"].dtype)},
+        "origin": raw.origin,
+        "bad_input": dict(sorted(report.counts.items())),
+        "notes": raw.notes,
+    }
+    write_store(out, schema, arrays, vocabularies | side_vocabularies, force=force, users=users)
+    for warning in label_warnings(sizes, clicks):
+        print(f"camn: warning: {out}: {warning}", file=sys.stderr)
+    return schema
+
+
+def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
+    """The rows' context ids (n, C) and numbers (n, M) from the ``context:`` and ``numeric:``
+    columns, the schema's fields for them and the context vocabularies."""
+    import polars as pl
+
+    context = [c.removeprefix(CONTEXT) for c in frame.columns if c.startswith(CONTEXT)]
+    numeric = [c.removeprefix(NUMERIC) for c in frame.columns if c.startswith(NUMERIC)]
+    side, schema, vocabularies = {}, {}, {}
+    if context:
+        ids = []
+        for name in context:
+            column = frame[CONTEXT + name].cast(pl.String)
+            values = column.drop_nulls().unique().sort()
+            lookup = pl.DataFrame({"value": values,
+                                   "id": np.arange(len(values), dtype=np.int32) + FIRST_ITEM_ID})
+            found = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
+                                                        maintain_order="left")
+            ids.append(found["id"].fill_null(1).to_numpy())
+            vocabularies[f"context.{name}"] = values.to_list()
+        side["context"] = np.stack(ids, axis=1).astype(np.int32)
+        schema |= {"context_features": context,
+                   "context_sizes": [len(vocabularies[f"context.{n}"]) + FIRST_ITEM_ID
+                                     for n in context]}
+    if numeric:
+        side["numeric"] = np.stack([frame[NUMERIC + name].to_numpy() for name in numeric],
+                                   axis=1).astype(np.float64)
+        schema["numeric_features"] = numeric
+    return side, schema, vocabularies
+
+
+def standardise(
+    values: np.ndarray, train_rows: int, names: list[str]
+) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """(N, M) float32 ``(values - mean) / std`` with the mean and standard deviation of the
+    first ``train_rows`` rows (the training split; std 1 where it is 0), and those statistics."""
+    train = values[:train_rows] if train_rows else values
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    statistics = {name: [float(m), float(d)] for name, m, d in zip(names, mean, std, strict=True)}
+    return ((values - mean) / std).astype(np.float32), statistics
+
+
+def side_fields(store: PreparedStore, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch's side features of ``rows``: ``context`` (n, C) int64 ids and ``numeric``
+    (n, M) float32, those the store has."""
+    fields = {}
+    if store.schema.get("context_features"):
+        fields["context"] = np.asarray(store.array("impression_context")[rows], dtype=np.int64)
+    if store.schema.get("numeric_features"):
+        fields["numeric"] = np.asarray(store.array("impression_numeric")[rows], dtype=np.float32)
+    return fields
+
+
+def row_splits(
+    options: dict, user: np.ndarray, time: np.ndarray, num_users: int, frame,
+    seed: np.random.SeedSequence,
+) -> np.ndarray:
+    """(n,) int8 split of every row, by ``options["split"]``: files, time or user (the users
+    split as a store of pairs splits them, under the same seed)."""
+    how = options.get("split", "user")
+    if how == "files":
+        return frame[SPLIT].to_numpy().astype(np.int8)
+    if how == "time":
+        unit = options.get("time_unit", "s")
+        valid_from = time_bound(options.get("valid_from"), DEFAULT_VALID_FROM, time, unit)
+        test_from = time_bound(options.get("test_from"), DEFAULT_TEST_FROM, time, unit)
+        options["valid_from_time"], options["test_from_time"] = valid_from, test_from
+        return time_splits(time, valid_from, test_from)
+    return split_users(num_users, np.random.default_rng(seed))[user]
+
+
+def label_warnings(sizes: dict[str, int], clicks: dict[str, int]) -> list[str]:
+    """Why a split would score nothing: no samples, or one label only."""
+    return [problem for split in SPLITS if (problem := label_problem(split, sizes, clicks))]
+
+
+def label_problem(split: str, sizes: dict[str, int], clicks: dict[str, int]) -> str | None:
+    if sizes[split] == 0:
+        return f"the {split} split has no impressions: camn train will refuse this store"
+    if clicks[split] in (0, sizes[split]):
+        kind = "clicks" if clicks[split] else "non-clicks"
+        return (f"the {split} split holds {kind} only ({sizes[split]:,} impressions): its AUC is "
+                "undefined; camn train will refuse this store")
+    return None
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of the sample arrays of a store of impressions."""
+    n = sum(schema["splits"].values())
+    arrays = {name: ((n,), np.dtype(dtype)) for name, dtype in ARRAY_DTYPES.items()}
+    arrays["impression_times"] = ((n,), np.dtype(schema["timelines"]["time_dtype"]))
+    if schema.get("context_features"):
+        arrays["impression_context"] = ((n, len(schema["context_features"])), np.dtype(np.int32))
+    if schema.get("numeric_features"):
+        arrays["impression_numeric"] = ((n, len(schema["numeric_features"])),
+                                        np.dtype(np.float32))
+    return arrays
+
+
+def training_problems(schema: dict) -> list[str]:
+    """Splits that would train or score nothing: empty, or one label only."""
+    clicks = schema.get("clicks_per_split") or {}
+    if sorted(clicks) != sorted(SPLITS):
+        return ["schema.json lacks clicks_per_split (the clicks of each split)"]
+    return [f"schema.json: {problem}" for split in SPLITS
+            if (problem := label_problem(split, schema["splits"], clicks))]
+
+
+def content_problems(store: PreparedStore) -> list[str]:
+    """Samples that do not fit the timelines: a user without a timeline, a position beyond
+    its user's history events, a label other than 0 or 1, a history event at or after its
+    impression's time, samples out of (user, time) order within a split."""
+    users = np.asarray(store.array("impression_users"))
+    positions = np.asarray(store.array("impression_positions")).astype(np.int64)
+    labels = np.asarray(store.array("impression_labels"))
+    times = np.asarray(store.array("impression_times"))
+    timeline_users = np.asarray(store.array("timeline_users"))
+    offsets = np.asarray(store.array("timeline_offsets"))
+    timeline = np.minimum(np.searchsorted(timeline_users, users), len(timeline_users) - 1)
+    checks = [
+        (timeline_users[timeline] != users, "impression_users", users,
+         "a user without a timeline (arrays/timeline_users.npy)"),
+        ((positions < 0) | (positions > np.diff(offsets)[timeline]), "impression_positions",
+         positions, "beyond its user's history events"),
+        ((labels != 0) & (labels != 1), "impression_labels", labels, "labels are 0 or 1"),
+    ]
+    for bad, name, values, rule in checks:
+        if bad.any():
+            row = int(np.argmax(bad))
+            return [f"arrays/{name}.npy holds {values[row]} at row {row:,}: {rule}"]
+    click_times = np.asarray(store.array("click_times"))
+    last = offsets[timeline] + positions - 1
+    late = (positions > 0) & (click_times[np.maximum(last, 0)] >= times)
+    if late.any():
+        row = int(np.argmax(late))
+        return [f"arrays/impression_positions.npy holds {positions[row]} at row {row:,}: its "
+                "history would hold an event at or after the impression's time"]
+    for first, stop in zip(store.split_bounds[:-1], store.split_bounds[1:], strict=True):
+        same = users[first + 1 : stop] == users[first : stop - 1]
+        unordered = (users[first + 1 : stop] < users[first : stop - 1]) | (
+            same & (times[first + 1 : stop] < times[first : stop - 1]))
+        if unordered.any():
+            return [f"arrays/impression_users.npy: the impressions are not sorted by (user, "
+                    f"time) within each split at row {first + int(np.argmax(unordered)) + 1:,}"]
+    return []

@@ -1,0 +1,161 @@
+"""Labels of logged impressions, shared by the sources that read them (table, movielens, amazon).
+
+A labelled row is an impression: its ``label`` (1 click, 0 non-click) comes from a 0/1 column
+(``--label-col``) or a SQL expression over the row that polars evaluates (``--label``, e.g.
+``rating >= 4`` or ``behavior IN ('cart', 'buy')``); ``--history-where`` (default: the clicks,
+``label = 1``) says which rows enter the users' histories. Text columns that an expression names
+are read as numbers where every value is one. A label that is null, NaN or not 0/1 is bad
+input: counted under its reason with its file and line, and the row skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import polars as pl
+
+from camn.data.impressions import HISTORY, LABEL
+from camn.data.raw import DataError
+from camn.data.sources._common import column_list, polars_reason
+
+TRUE_TEXT, FALSE_TEXT = ["1", "1.0", "true"], ["0", "0.0", "false"]
+LABEL_REASONS = {
+    "null": "no label value (row skipped)",
+    "nan": "label is NaN (row skipped)",
+    "other": "label is not 0 or 1 (row skipped)",
+}
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--negatives``, ``--split``, ``--valid-from``, ``--test-from``: for labelled rows."""
+    parser.add_argument(
+        "--negatives", type=int, default=0, metavar="N",
+        help="labelled rows: also N sampled non-clicks per click (items the user has no row "
+        "with; default 0: the logged non-clicks only)",
+    )
+    parser.add_argument(
+        "--split", choices=("time", "user"),
+        help="labelled rows: split by time (default; valid and test are the impressions from "
+        "--valid-from and --test-from on) or by user (80/10/10)",
+    )
+    parser.add_argument(
+        "--valid-from", metavar="WHEN",
+        help="with --split time: first time of the validation period, as a fraction of the "
+        "time range (default 0.8), a date (2020-01-31; numeric times are read as Unix seconds) "
+        "or a time in the column's units",
+    )
+    parser.add_argument("--test-from", metavar="WHEN",
+                        help="with --split time: first time of the test period (default 0.9)")
+
+
+def split_options(args: argparse.Namespace, time_unit: str, files: bool = False) -> dict:
+    """``origin["labels"]``: how the rows are split and how many negatives to add."""
+    if args.negatives < 0:
+        raise DataError(f"--negatives must be 0 or more, got {args.negatives}")
+    how = "files" if files else (args.split or "time")
+    if how != "time" and (args.valid_from or args.test_from):
+        raise DataError("--valid-from and --test-from choose the periods of --split time"
+                        + (": the files already give the splits" if files else ""))
+    options = {"split": how, "negatives": args.negatives, "time_unit": time_unit}
+    if args.valid_from:
+        options["valid_from"] = args.valid_from
+    if args.test_from:
+        options["test_from"] = args.test_from
+    return options
+
+
+def refuse_split_options(args: argparse.Namespace, labels: str) -> None:
+    """A DataError when an option of labelled rows is given without labels (``labels``: the
+    option that gives them)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("negatives", "split", "valid_from",
+                                                         "test_from") if getattr(args, name, None)]
+    if given:
+        raise DataError(f"{', '.join(given)}: for labelled impressions; pass {labels}")
+
+
+def rating_labels(frame: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """``frame``'s ratings as labelled impressions: a click (label 1, in the histories) where
+    the rating is ``threshold`` or more, a non-click below; the rating column dropped."""
+    label = (pl.col("rating") >= threshold).cast(pl.Int8)
+    return frame.with_columns(label.alias(LABEL), (label == 1).alias(HISTORY)).drop("rating")
+
+
+def numeric_text(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """``frame`` with its text columns among ``names`` as numbers where every value is one."""
+    cast = []
+    for name in names:
+        column = frame[name]
+        if column.dtype != pl.String:
+            continue
+        number = column.str.strip_chars().cast(pl.Float64, strict=False)
+        if number.null_count() == column.null_count():
+            cast.append(number)
+    return frame.with_columns(cast)
+
+
+def evaluate(frame: pl.DataFrame, expression: str, option: str, path: Path) -> pl.Series:
+    """The SQL ``expression`` (of ``option``) evaluated on every row of ``frame``."""
+    try:
+        parsed = pl.sql_expr(expression)
+        names = parsed.meta.root_names()
+    except pl.exceptions.PolarsError as error:
+        raise DataError(f"{option} {expression!r} is not a SQL expression polars reads "
+                        f"({polars_reason(error)})") from None
+    available = [c for c in frame.columns if not c.startswith("__")]
+    for name in names:
+        if name not in available:
+            raise DataError(f"{option} {expression!r}: {path} has no column {name!r}; available "
+                            f"columns: {column_list(available)}")
+    try:
+        return numeric_text(frame, names).select(parsed.alias(option)).to_series()
+    except pl.exceptions.PolarsError as error:
+        raise DataError(f"{option} {expression!r} cannot be evaluated on {path} "
+                        f"({polars_reason(error)})") from None
+
+
+def label_values(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(label as Int8, null where bad; the reason of each bad value, null where good) of a
+    column of 0/1 values written as numbers, booleans or text."""
+    text = pl.col("text")
+    label = (pl.when(text.is_in(TRUE_TEXT)).then(1).when(text.is_in(FALSE_TEXT)).then(0)
+             .otherwise(None).cast(pl.Int8))
+    reason = (pl.when(text.is_null()).then(pl.lit(LABEL_REASONS["null"]))
+              .when(text == "nan").then(pl.lit(LABEL_REASONS["nan"]))
+              .when(label.is_null()).then(pl.lit(LABEL_REASONS["other"])))
+    written = column.cast(pl.String).str.strip_chars().str.to_lowercase()
+    found = pl.DataFrame({"text": written}).select(label=label, reason=reason)
+    return found["label"], found["reason"]
+
+
+def label_columns(
+    frame: pl.DataFrame, path: Path, label_col: str | None, label: str | None,
+    history_where: str | None,
+) -> pl.DataFrame:
+    """``__label`` (Int8, null where bad), ``__label_reason`` and ``__history`` (bool) of every
+    row of ``frame`` (the file's own columns)."""
+    if (label_col is None) == (label is None):
+        raise DataError("labelled rows need one of --label-col COL or --label EXPR")
+    if label_col is not None:
+        if label_col not in frame.columns:
+            available = [c for c in frame.columns if not c.startswith("__")]
+            raise DataError(f"{path}: no column {label_col!r} (--label-col); available "
+                            f"columns: {column_list(available)}")
+        values, reasons = label_values(frame[label_col])
+    else:
+        values, reasons = label_values(evaluate(frame, label, "--label", path))
+        reasons = reasons.str.replace("^label", f"--label {label!r}")
+    with_label = frame.with_columns(values.alias("__label"))
+    if history_where is None:
+        history = values == 1
+    else:
+        named = with_label.with_columns(values.alias(LABEL)) if LABEL not in frame.columns \
+            else with_label
+        history = evaluate(named, history_where, "--history-where", path).cast(pl.Boolean)
+    return with_label.with_columns(reasons.alias("__label_reason"),
+                                   history.fill_null(False).alias("__history"))
+
+
+def labelled(frame: pl.DataFrame) -> pl.DataFrame:
+    """The ``__label``/``__history`` columns of a frame's good rows as ``label``/``history``."""
+    return frame.rename({"__label": LABEL, "__history": HISTORY})
