@@ -137,6 +137,8 @@ class PreparedStore:
     ``validate=False`` the open check is left to :meth:`problems` (``camn stats`` lists all).
     """
 
+    streams_only = False  # True: train from batches(), never from a device copy of a split
+
     def __init__(self, root: str | Path, *, validate: bool = True) -> None:
         self.root = Path(root)
         self.schema: dict = read_schema(self.root)
@@ -338,6 +340,12 @@ class PreparedStore:
         return [item_rows(table, items), lengths, item_rows(table, targets), clicked,
                 np.asarray(self.array("pair_users")[rows // 2])]
 
+    def epoch_rows(self, split: str, shuffle: bool, rng: np.random.Generator, rank: int = 0,
+                   world_size: int = 1) -> np.ndarray:
+        """The rows of one epoch of ``split`` on this rank, in batch order (:func:`epoch_order`)."""
+        rows = self.split_indices(split)
+        return rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+
     def batches(
         self,
         split: str,
@@ -361,9 +369,8 @@ class PreparedStore:
         by wrapping so that every rank has the same number of batches (DistributedSampler-like).
         ``length_buckets``: see ``batch_slices``; each batch is then cut to its longest history.
         """
-        rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
-        rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+        rows = self.epoch_rows(split, shuffle, rng, rank, world_size)
         lengths = self.gather("lengths", rows) if length_buckets else None
         if history_negatives:
             item_attributes = torch.from_numpy(self.wide_item_table)
