@@ -251,7 +251,9 @@ def run_sharded_prepare(args: argparse.Namespace, inputs: list[str]) -> int:
     from camn.data.store import table1_line
     from camn.outputs import writing
 
-    if not args.vocab_only:
+    if args.vocab_only:  # before the (long) read
+        check_vocabulary_output(Path(args.out), args.force)
+    else:
         check_output(args.out, STORE, force=args.force, inputs=inputs)
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)

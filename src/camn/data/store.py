@@ -471,13 +471,15 @@ def table1_line(schema: dict) -> str:
 
 
 def size_line(store: PreparedStore) -> str:
-    """The store's bytes on disk, in all and per sample, and where they lie."""
+    """The store's bytes on disk, in all and per sample, and where they lie (in a sharded
+    store: summed over its shards, the item table they share counted once a shard)."""
     parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
                            *DRIVER_ARRAYS),
              "samples": ("pair_users", "pair_positions", "pair_negatives"),
              "item table": ("item_attributes",)}
-    sizes = {part: sum(path.stat().st_size for name in names
-                       if (path := store.root / "arrays" / f"{name}.npy").is_file())
+    folders = [part.root for part in getattr(store, "shards", [])] or [store.root]  # a shard's
+    sizes = {part: sum(path.stat().st_size for name in names for folder in folders
+                       if (path := folder / "arrays" / f"{name}.npy").is_file())
              for part, names in parts.items()}
     total = store.size_bytes()
     return (f"size {total / 1e6:,.1f} MB, {total / max(1, store.num_samples):,.1f} bytes a sample ("

@@ -16,7 +16,7 @@ from camn.argtypes import positive_int, seed_int
 from camn.config import add_training_flags, plan, training_settings
 from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import DataError
-from camn.data.shards import open_store
+from camn.data.shards import MANIFEST, open_store
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
@@ -253,7 +253,7 @@ def trained_store(run: Path) -> Path:
     from camn.predict import run_store_path
 
     path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
-    if not (path / "schema.json").is_file():
+    if not ((path / "schema.json").is_file() or (path / MANIFEST).is_file()):
         raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
                         "name the store to evaluate on with --data")
     return path
