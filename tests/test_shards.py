@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from camn.cli import main
@@ -25,6 +26,7 @@ from camn.data.shards import (
 )
 from camn.data.sources import available_sources
 from camn.data.sources.synthetic import generate
+from camn.data.sources.table import read_table, shard_rows
 from camn.data.store import PreparedStore
 from camn.train.loop import TrainConfig, train_one
 
@@ -189,3 +191,25 @@ def test_three_shards_of_beauty_sliding_hold_the_unsharded_samples(tmp_path) -> 
                for store in (whole, big)]
     for _, (one, other) in zip(range(5), zip(*batches, strict=True), strict=False):
         assert all(np.array_equal(one[key], other[key]) for key in one)
+
+
+def test_a_shard_of_a_parquet_log_reads_only_its_users_rows(tmp_path) -> None:
+    raw = generate(users=500, items=120, attributes=2)
+    log = tmp_path / "log.parquet"
+    raw.interactions.select("user", "item", "time").with_columns(
+        pl.col("user").str.strip_prefix("u").cast(pl.Int64)).write_parquet(log)  # integer ids
+    table = ["prepare", "table", "--interactions", str(log), "--user-col", "user",
+             "--item-col", "item", "--time-col", "time", "--protocol", "sliding"]
+    big = tmp_path / "big"
+    assert main([*table, "--vocab-only", "--out", str(big)]) == 0
+    for index in range(3):
+        assert main([*table, "--vocab", str(big), "--shard", f"{index}/3",
+                     "--out", str(big / f"shard-{index}")]) == 0
+    assert main([*table, "--negatives-by", "user", "--out", str(tmp_path / "whole")]) == 0
+    assert digests(ShardedStore(big)) == digests(PreparedStore(tmp_path / "whole"))
+    users = (big / "users.txt").read_text().splitlines()
+    keep = shard_rows(argparse.Namespace(user_col="user", users_between=(users[0], users[9])))
+    rows = read_table(log, "parquet", BadInputReport(), keep)
+    assert sorted(rows["user"].cast(pl.String).unique()) == users[:10]
+    whole = pl.read_parquet(log).with_row_index("__line", offset=1)
+    assert rows.equals(whole.filter(pl.col("user").cast(pl.String).is_in(users[:10])))

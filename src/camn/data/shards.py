@@ -207,6 +207,18 @@ def prepare_shard(
     return schema
 
 
+def shard_user_ids(vocab: Path, index: int, count: int) -> tuple[str, str]:
+    """The first and last user id of a shard: a source may read only the rows between them
+    (the table source does, of a Parquet log, while scanning)."""
+    read_manifest(vocab)
+    users = (vocab / USERS).read_text(encoding="utf-8").splitlines()
+    first, stop = shard_users(len(users), index, count)
+    if first == stop:
+        raise DataError(f"shard {index}/{count} has no users ({len(users):,} users in all): "
+                        "choose fewer shards")
+    return users[first], users[stop - 1]
+
+
 def vocab_lines(root: Path, attribute: str) -> list[str]:
     return (root / "vocab" / f"{attribute}.txt").read_text(encoding="utf-8").splitlines()
 
@@ -255,6 +267,7 @@ def run_sharded_prepare(args: argparse.Namespace, inputs: list[str]) -> int:
         check_vocabulary_output(Path(args.out), args.force)
     else:
         check_output(args.out, STORE, force=args.force, inputs=inputs)
+        args.users_between = shard_user_ids(Path(args.vocab), *args.shard)
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
     with writing(args.out):
