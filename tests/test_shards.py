@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,22 @@ def test_a_shard_of_a_parquet_log_reads_only_its_users_rows(tmp_path) -> None:
     assert sorted(rows["user"].cast(pl.String).unique()) == users[:10]
     whole = pl.read_parquet(log).with_row_index("__line", offset=1)
     assert rows.equals(whole.filter(pl.col("user").cast(pl.String).is_in(users[:10])))
+
+
+def test_torchrun_ranks_train_on_their_own_shards(tmp_path) -> None:
+    raw = generate(users=300, items=100, attributes=2)
+    big = tmp_path / "big"
+    prepare_vocabularies(copy(raw), big, BadInputReport())
+    for index in range(2):
+        prepare_shard(copy(raw), big / f"shard-{index}", big, index, 2, protocol="sliding")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "camn", "train", "--data", str(big), "--model", "din", "--epochs", "1",
+               "--batch-size", "128", "--device", "cpu", "--no-progress", "--out",
+               str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=150,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "seed_1" / "metrics.json").read_text())
+    shares = [ShardedStore(big).shards[rank].schema["splits"]["train"] for rank in range(2)]
+    assert metrics["world_size"] == 2 and shares[0] != shares[1]  # interleaving would give
+    assert metrics["train_samples"] == 2 * max(shares)  # sum(shares) (+ 1): each rank its shard  # each rank its shard, wrapped to the larger
