@@ -233,5 +233,6 @@ def test_torchrun_ranks_train_on_their_own_shards(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "seed_1" / "metrics.json").read_text())
     shares = [ShardedStore(big).shards[rank].schema["splits"]["train"] for rank in range(2)]
-    assert metrics["world_size"] == 2 and shares[0] != shares[1]  # interleaving would give
-    assert metrics["train_samples"] == 2 * max(shares)  # sum(shares) (+ 1): each rank its shard  # each rank its shard, wrapped to the larger
+    assert metrics["world_size"] == 2 and shares[0] != shares[1]
+    # each rank its own shard, wrapped to the larger (interleaving all rows: sum(shares) (+ 1))
+    assert metrics["train_samples"] == 2 * max(shares)
