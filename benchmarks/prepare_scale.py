@@ -20,11 +20,16 @@ Then, each as its own process:
    shuffled) and the trainer's device-resident split (``train.loop.ResidentSplit``), samples/s
    over ``--batch-steps`` batches of 2048 (best of 3 rounds), without and with the history
    negatives DMIN draws;
-3. with ``--train-steps N``: the training samples/s of DIN and DMIN for N steps, by
+3. with ``--shards N``: the same log as a sharded store (``camn.data.shards``): the vocabulary
+   pass (``--vocab-only``) and each of the N shards (``--vocab DIR --shard I/N``) as its own
+   process, one after the other, each with its wall time and peak memory, and each shard's
+   samples, users and bytes;
+4. with ``--train-steps N``: the training samples/s of DIN and DMIN for N steps, by
    ``benchmarks/throughput.py --threads 1``, on this store and, with ``--beside STORE``, on that
    store in the same run (Amazon Beauty ``sliding``).
 
     python benchmarks/prepare_scale.py --events 1e6 --work /tmp/scale
+    python benchmarks/prepare_scale.py --events 1e7 --work /tmp/scale --shards 4 --threads 1
     python benchmarks/prepare_scale.py --events 1e7 --work /tmp/scale --train-steps 30 \\
         --beside stores/beauty-sliding
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -67,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--beside", type=Path, default=None,
                         help="another store whose training samples/s to measure in the same run")
     parser.add_argument("--keep", action="store_true", help="keep the store after measuring")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="also prepare the log as a sharded store of this many shards "
+                        "(the vocabulary pass, then each shard as its own process) and "
+                        "measure each step (0: not)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="polars threads of each prepare (POLARS_MAX_THREADS; 0: all)")
     return parser.parse_args(argv)
 
 
@@ -147,14 +159,33 @@ def run_measured(command: list[str]) -> dict:
             "output": output}
 
 
-def prepare(log: Path, items: Path, store: Path) -> dict:
+def prepare(log: Path, items: Path, store: Path, options: tuple[str, ...] = ()) -> dict:
     camn = Path(sys.executable).with_name("camn")
     command = [str(camn), "prepare", "table", "--interactions", str(log), "--items", str(items),
                "--user-col", "user_id", "--item-col", "item_id", "--time-col", "timestamp",
                "--attributes", "category_id,category_group", "--protocol", "sliding",
-               "--out", str(store), "--force"]
+               "--out", str(store), "--force", *options]
     measured = run_measured(command)
     return {"command": " ".join(command[1:]), **measured}
+
+
+def prepare_sharded(log: Path, items: Path, big: Path, count: int) -> dict:
+    """The vocabulary pass, then each of ``count`` shards, one process each (as N machines
+    would run them), each measured; the shards' sizes."""
+    from camn.data.shards import ShardedStore
+
+    steps = {"vocabulary_pass": prepare(log, items, big, ("--vocab-only",))}
+    for index in range(count):
+        steps[f"shard_{index}"] = prepare(log, items, big / f"shard-{index}",
+                                          ("--vocab", str(big), "--shard", f"{index}/{count}"))
+    for step in steps.values():
+        step.pop("output")
+    sharded = ShardedStore(big)
+    for index, shard in enumerate(sharded.shards):
+        steps[f"shard_{index}"] |= {"samples": shard.num_samples,
+                                    "users": shard.schema["timelines"]["users"],
+                                    "store_bytes": shard.size_bytes()}
+    return {"steps": steps, "samples": sharded.num_samples, "store_bytes": sharded.size_bytes()}
 
 
 def store_figures(store: Path) -> dict:
@@ -212,6 +243,8 @@ def training_speed(stores: dict[str, Path], steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # inherited by every prepare
     events = int(args.events)
     args.work.mkdir(parents=True, exist_ok=True)
     log, items = args.work / f"log-{events}.parquet", args.work / f"items-{events}.parquet"
@@ -226,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     result["prepare"] = prepared
     result |= store_figures(store)
     result["batches"] = batch_speed(store, args.batch_steps)
+    if args.shards:
+        result["sharded"] = prepare_sharded(log, items, args.work / f"big-{events}", args.shards)
+        if not args.keep:
+            subprocess.run(["rm", "-r", str(args.work / f"big-{events}")], check=True)
     if args.train_steps:
         stores = {"scale": store} | ({"beside": args.beside} if args.beside else {})
         result["training_samples_per_s"] = training_speed(stores, args.train_steps)

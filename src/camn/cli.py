@@ -79,9 +79,36 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
         parser.add_argument("--seed", type=seed_int, default=2022,
                             help="seed of the user split and the sampled negatives")
+        _add_shard_arguments(parser)
         parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
         parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
         parser.set_defaults(handler=run_prepare)
+
+
+def _add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    from camn.data.prepare import NEGATIVES_BY
+    from camn.data.shards import parse_shard
+
+    parser.add_argument("--negatives-by", choices=NEGATIVES_BY, default=None,
+                        help="draw the user split and the negatives from one seeded stream over "
+                        "all users (stream, the default), or each user's from that user alone "
+                        "(user: what --shard always does)")
+    parser.add_argument("--vocab-only", action="store_true",
+                        help="the vocabulary pass of a sharded store: write only the users, "
+                        "vocabularies and item table to --out (then prepare each --shard)")
+    parser.add_argument("--vocab", metavar="DIR", help="with --shard: the --vocab-only folder")
+    parser.add_argument("--shard", type=parse_shard, metavar="I/N",
+                        help="prepare shard I (0..N-1) of N of the users, into DIR/shard-I")
+
+
+def _check_shard_arguments(args: argparse.Namespace) -> None:
+    if args.vocab_only and (args.shard or args.vocab):
+        raise DataError("--vocab-only writes the vocabularies; --vocab and --shard read them")
+    if bool(args.shard) != bool(args.vocab):
+        raise DataError("--shard I/N and --vocab DIR go together (DIR: the --vocab-only folder)")
+    if args.shard and args.negatives_by == "stream":
+        raise DataError("--shard draws negatives by user: --negatives-by stream needs every "
+                        "user in one process")
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -90,13 +117,18 @@ def run_prepare(args: argparse.Namespace) -> int:
     from camn.data.sources import available_sources
     from camn.data.store import table1_line
 
+    _check_shard_arguments(args)
+    if args.vocab_only or args.shard:
+        from camn.data.shards import run_sharded_prepare
+
+        return run_sharded_prepare(args, _input_paths(args))
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
     raw = available_sources()[args.source].read(args, report)
     with writing(args.out):  # the store is written into a temporary folder, removed on failure
         schema = prepare(
             raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
-            report=report, force=args.force,
+            report=report, force=args.force, negatives_by=args.negatives_by or "stream",
         )
     print(table1_line(schema))
     for note in raw.notes:
@@ -110,7 +142,7 @@ def _input_paths(args: argparse.Namespace) -> list[str]:
     """The source's arguments that name an existing file or folder: its inputs, which --out
     must never contain (a folder camn wrote is no input: a column named like a store is not)."""
     common = {"command", "source", "handler", "out", "protocol", "max_len", "seed", "strict",
-              "force"}
+              "force", "negatives_by", "vocab_only", "vocab", "shard"}
     values = [v for k, v in vars(args).items() if k not in common and isinstance(v, str | Path)]
     return [str(v) for v in values if str(v) and Path(v).exists()
             and not (Path(v).is_dir() and identify(Path(v)))]
@@ -118,9 +150,10 @@ def _input_paths(args: argparse.Namespace) -> list[str]:
 
 def run_stats(args: argparse.Namespace) -> int:
     from camn.data.quality import stats_lines
-    from camn.data.store import PreparedStore, size_line, table1_line
+    from camn.data.shards import open_store
+    from camn.data.store import size_line, table1_line
 
-    store = PreparedStore(args.store, validate=False)
+    store = open_store(args.store, validate=False)
     problems = store.problems(training=True)
     if problems:  # every problem, not only the first that opening or training would name
         print(f"camn: error: {store.root} is a damaged store or cannot be trained on "

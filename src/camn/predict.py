@@ -34,6 +34,7 @@ import torch
 from camn.argtypes import seed_int
 from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import ACTION, DataError
+from camn.data.shards import MANIFEST, open_store
 from camn.data.store import USERS, PreparedStore
 from camn.models.base import CTRModel, FeatureSpec
 from camn.train.checkpoints import CONFIG, DAMAGED, load_model
@@ -746,11 +747,11 @@ def load(
 
     directory = saved_model_dir(Path(run), seed)
     root = Path(store) if store is not None else run_store_path(directory)
-    if not (root / "schema.json").is_file():
+    if not ((root / "schema.json").is_file() or (root / MANIFEST).is_file()):
         origin = "" if store is not None else f" (recorded in {directory / CONFIG})"
         raise DataError(f"{root}{origin} is not a prepared store; name the store the run was "
                         "trained on (store=, --data)")
-    prepared = PreparedStore(root)
+    prepared = open_store(root)
     prepared.check_contents()
     resolved = resolve_device(device)
     model, config = load_model(directory, device=str(resolved))

@@ -10,15 +10,19 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from camn.data import impressions, quality
+from camn.data.negatives import user_keys
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.store import ANNOTATIONS, write_store
 
+NegativesBy = Literal["stream", "user"]
+NEGATIVES_BY: tuple[str, ...] = ("stream", "user")
 TINY_SPLIT = 100  # samples; a split below this gets a warning: its AUC is mostly noise
 
 
@@ -140,8 +144,13 @@ def prepare(
     seed: int = 2022,
     report: BadInputReport | None = None,
     force: bool = False,
+    negatives_by: NegativesBy = "stream",
 ) -> dict:
     """Encode ``raw``, build the samples of ``protocol`` and write the store; return its schema.
+
+    ``negatives_by``: ``stream`` draws the user split and the negatives from seeded streams
+    over all users; ``user`` draws each user's from that user alone (:mod:`camn.data.negatives`),
+    as a shard of the users must (:mod:`camn.data.shards`).
 
     ``raw.interactions`` is emptied once coded (see ``encode_interactions``). A split that
     comes out empty or tiny gets a warning on stderr (:func:`split_warnings`); the store is
@@ -149,6 +158,9 @@ def prepare(
     """
     report = report or BadInputReport()
     if impressions.is_labelled(raw):  # labelled rows: one sample each, no protocol
+        if negatives_by != "stream":
+            raise DataError("--negatives-by user and --shard are for logs of clicks; a log of "
+                            "labelled impressions is prepared whole (not in shards) for now")
         return impressions.prepare_impressions(raw, out, max_len, seed, report, force)
     encoded = encode_interactions(raw, report)
     if encoded.dropped_users:  # a note: printed by camn prepare and kept in the schema
@@ -162,6 +174,7 @@ def prepare(
         encoded.user, encoded.item, encoded.time, len(encoded.items),
         protocol=protocol, seed=seed, annotations=encoded.annotations,
         user_names=encoded.users,
+        user_keys=user_keys(encoded.users) if negatives_by == "user" else None,
     )
     findings = quality.warn(raw, encoded.items, encoded.user, sum(splits.values()), max_len)
     arrays["item_attributes"] = item_attributes
@@ -173,6 +186,7 @@ def prepare(
         "vocab_sizes": [len(vocabularies[a]) + FIRST_ITEM_ID for a in raw.attributes],
         "protocol": protocol,
         "seed": seed,
+        "negatives_by": negatives_by,
         "max_len": max_len,
         "splits": splits,
         "timelines": {"users": encoded.num_users, "clicks": len(encoded.user),

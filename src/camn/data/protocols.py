@@ -72,6 +72,26 @@ def narrowest_times(time: np.ndarray) -> np.ndarray:
     return time.astype(np.int32 if fits else np.int64)
 
 
+def user_draws(num_users: int, num_items: int, seed: int, user_keys: np.ndarray | None):
+    """The user split and a negatives drawer ``(users, positions, user_item_keys, part)``:
+    from seeded streams over all users (one stream each for the split, the ``last``
+    negatives and the ``sliding`` ones), or with ``user_keys`` per user."""
+    if user_keys is not None:
+        from camn.data.negatives import negatives_by_user, split_by_user
+
+        def by_user(users, positions, user_item_keys, part):
+            return negatives_by_user(users, positions, user_keys, user_item_keys, num_items, seed)
+
+        return split_by_user(user_keys, seed), by_user
+    split_seq, *streams = np.random.SeedSequence(seed).spawn(3)
+    rngs = dict(zip(("last", "sliding"), map(np.random.default_rng, streams), strict=True))
+
+    def by_stream(users, positions, user_item_keys, part):
+        return sample_negatives(users, user_item_keys, num_items, rngs[part])
+
+    return split_users(num_users, np.random.default_rng(split_seq)), by_stream
+
+
 def build_samples(
     user: np.ndarray,
     item: np.ndarray,
@@ -81,6 +101,7 @@ def build_samples(
     seed: int = 2022,
     annotations: dict[str, np.ndarray] | None = None,
     user_names: Sequence[str] | None = None,
+    user_keys: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Turn interactions into timelines and the samples that refer to them.
 
@@ -91,6 +112,9 @@ def build_samples(
         annotations: optional per-interaction int arrays (e.g. ``driver``), kept per click as
             ``click_<name>``.
         user_names: the user of every index, for messages.
+        user_keys: (num_users,) uint64 key of every user (:func:`camn.data.negatives.user_keys`):
+            the split and the negatives are then drawn per user (:mod:`camn.data.negatives`),
+            each user's from its key alone; without them, from seeded streams over all users.
 
     Returns the store's arrays (:mod:`camn.data.store`) but the item table: the timelines
     ``timeline_users`` (U,) int32, ``timeline_offsets`` (U + 1,) int64, ``clicks`` (n,) int32
@@ -110,8 +134,7 @@ def build_samples(
         raise DataError("every user needs at least 2 interactions (drop the others first)")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
-    split_seq, last_seq, sliding_seq = np.random.SeedSequence(seed).spawn(3)
-    user_split = split_users(len(counts), np.random.default_rng(split_seq))
+    user_split, draw_negatives = user_draws(len(counts), num_items, seed, user_keys)
     user_item_keys = np.unique(user.astype(np.int64) * (num_items + FIRST_ITEM_ID) + item)
     touched = np.bincount(user_item_keys // (num_items + FIRST_ITEM_ID))
     if len(saturated := np.flatnonzero(touched >= num_items)):
@@ -123,9 +146,7 @@ def build_samples(
         )
 
     last_pos = starts + counts - 1  # global index of each user's last interaction
-    last_negatives = sample_negatives(
-        np.arange(len(counts)), user_item_keys, num_items, np.random.default_rng(last_seq)
-    )
+    last_negatives = draw_negatives(np.arange(len(counts)), counts - 1, user_item_keys, "last")
     if protocol == "last":
         pos, negatives = last_pos, last_negatives
     else:
@@ -133,8 +154,8 @@ def build_samples(
         predicted[starts] = False
         train_pos = np.flatnonzero(predicted)
         del predicted
-        train_neg = sample_negatives(
-            user[train_pos], user_item_keys, num_items, np.random.default_rng(sliding_seq)
+        train_neg = draw_negatives(
+            user[train_pos], train_pos - starts[user[train_pos]], user_item_keys, "sliding"
         )
         held_out = np.flatnonzero(user_split != TRAIN)
         pos = np.concatenate([train_pos, last_pos[held_out]])

@@ -142,6 +142,8 @@ class PreparedStore:
     ``validate=False`` the open check is left to :meth:`problems` (``camn stats`` lists all).
     """
 
+    streams_only = False  # True: train from batches(), never from a device copy of a split
+
     def __init__(self, root: str | Path, *, validate: bool = True) -> None:
         self.root = Path(root)
         self.schema: dict = read_schema(self.root)
@@ -369,6 +371,12 @@ class PreparedStore:
         the store has (:mod:`camn.data.impressions`); none for a store of pairs."""
         return impressions.side_fields(self, rows) if self.labelled else {}
 
+    def epoch_rows(self, split: str, shuffle: bool, rng: np.random.Generator, rank: int = 0,
+                   world_size: int = 1) -> np.ndarray:
+        """The rows of one epoch of ``split`` on this rank, in batch order (:func:`epoch_order`)."""
+        rows = self.split_indices(split)
+        return rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+
     def batches(
         self,
         split: str,
@@ -392,9 +400,8 @@ class PreparedStore:
         by wrapping so that every rank has the same number of batches (DistributedSampler-like).
         ``length_buckets``: see ``batch_slices``; each batch is then cut to its longest history.
         """
-        rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
-        rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
+        rows = self.epoch_rows(split, shuffle, rng, rank, world_size)
         lengths = self.gather("lengths", rows) if length_buckets else None
         if history_negatives:
             item_attributes = torch.from_numpy(self.wide_item_table)
@@ -496,14 +503,16 @@ def table1_line(schema: dict) -> str:
 
 
 def size_line(store: PreparedStore) -> str:
-    """The store's bytes on disk, in all and per sample, and where they lie."""
+    """The store's bytes on disk, in all and per sample, and where they lie (in a sharded
+    store: summed over its shards, the item table they share counted once a shard)."""
     parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
                            *DRIVER_ARRAYS),
              "samples": ("pair_users", "pair_positions", "pair_negatives",
                          *impressions.SAMPLE_ARRAYS),
              "item table": ("item_attributes",)}
-    sizes = {part: sum(path.stat().st_size for name in names
-                       if (path := store.root / "arrays" / f"{name}.npy").is_file())
+    folders = [part.root for part in getattr(store, "shards", [])] or [store.root]  # a shard's
+    sizes = {part: sum(path.stat().st_size for name in names for folder in folders
+                       if (path := folder / "arrays" / f"{name}.npy").is_file())
              for part, names in parts.items()}
     total = store.size_bytes()
     return (f"size {total / 1e6:,.1f} MB, {total / max(1, store.num_samples):,.1f} bytes a sample ("

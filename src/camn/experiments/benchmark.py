@@ -73,9 +73,9 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
-        from camn.data.store import PreparedStore
+        from camn.data.shards import open_store
 
-        store = PreparedStore(path)
+        store = open_store(path)
         store.check_trainable()  # before the first run, not once per run
         schema = store.schema
         meta = {"num_slots": len(store.attributes), "path": str(path), **schema["splits"]}
@@ -128,7 +128,7 @@ def train_run(run: Run, settings: Settings) -> dict:
     """Train and test one (store, model, seed) with the trainer; returns its result dict with
     the ``environment`` it ran in. With ``settings.verbose`` each finished epoch prints a line
     (:class:`EpochLine`)."""
-    from camn.data.store import PreparedStore
+    from camn.data.shards import open_store
     from camn.train.history import console
     from camn.train.loop import train_one
 
@@ -138,7 +138,7 @@ def train_run(run: Run, settings: Settings) -> dict:
     out_dir = None if run.out_dir is None else Path(run.out_dir)
     hooks = [EpochLine(run, config.epochs)] if settings.verbose else []
     with console(logging.WARNING):  # the trainer's own epoch lines do not name the run
-        result = train_one(PreparedStore(run.store), config, seed=run.seed, out_dir=out_dir,
+        result = train_one(open_store(run.store), config, seed=run.seed, out_dir=out_dir,
                            hooks=hooks)
     return {**result, "environment": environment(config.device, config.precision)}
 
@@ -192,13 +192,13 @@ def planned_configs(
     """Each (dataset, model)'s configuration, its model options also built once on the store,
     so that what a store rules out (``camn:q=9`` with k = 5 attributes) or a bad layer stops
     the benchmark before its first run."""
-    from camn.data.store import PreparedStore
+    from camn.data.shards import open_store
     from camn.models.base import FeatureSpec
     from camn.models.registry import check_options
 
     planned = Planned({}, {})
     for dataset in datasets:
-        spec = FeatureSpec.from_schema(PreparedStore(dataset.path).schema)
+        spec = FeatureSpec.from_schema(open_store(dataset.path).schema)
         for model in models:
             config = settings.config(dataset.path, model)
             if config.options:

@@ -353,7 +353,7 @@ def tune_section(path: str, text: str) -> tuple[dict, dict[str, dict]]:
 def make_tuning(args: argparse.Namespace) -> tuple[Tuning, dict, int, int | None]:
     """The study ``args`` ask for, every declaration checked; the store's summary, the
     processes and their torch threads."""
-    from camn.data.store import PreparedStore
+    from camn.data.shards import open_store
     from camn.models.base import FeatureSpec
     from camn.results import data_summary
     from camn.train.commands import check_model, one_model
@@ -363,7 +363,7 @@ def make_tuning(args: argparse.Namespace) -> tuple[Tuning, dict, int, int | None
         raise DataError(f"camn tune tunes on one store; {args.config} lists "
                         f"{len(resolved.stores)}: pass --data")
     path, model = resolved.stores[0], resolved.models[0]
-    store = PreparedStore(path)
+    store = open_store(path)
     store.check_trainable()
     spec = FeatureSpec.from_schema(store.schema)
     file = resolved.config_file
@@ -527,14 +527,14 @@ def trial_folder(tuning: Tuning, number: int) -> Path:
 
 def make_objective(tuning: Tuning) -> Callable:
     """Optuna's objective: one trial, trained as ``camn train`` does with one seed."""
-    from camn.data.store import PreparedStore
+    from camn.data.shards import open_store
     from camn.outputs import RUN, remove_owned
     from camn.train.history import Hook
     from camn.train.loop import train_seeds
     from camn.train.resume import staging_folder
 
     optuna = optuna_module()
-    store = PreparedStore(tuning.store)
+    store = open_store(tuning.store)
 
     class Pruning(Hook):
         """Reports each epoch's monitored validation score; raises TrialPruned when the

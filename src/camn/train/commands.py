@@ -16,6 +16,7 @@ from camn.argtypes import positive_int, seed_int
 from camn.config import add_training_flags, plan, training_settings
 from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import DataError
+from camn.data.shards import MANIFEST, open_store
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
@@ -166,7 +167,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = check_output(args.out, RUN, force=args.force, inputs=[path])  # before any reading
     if not args.force and (problem := interrupted_problem(out)):
         raise DataError(problem)
-    store = PreparedStore(path)
+    store = open_store(path)
     config = resolved.settings.config(path, resolved.models[0])
     check_model(config.model, config.options, FeatureSpec.from_schema(store.schema))
     device = resolve_device(config.device)
@@ -197,7 +198,7 @@ def run_resume(args: argparse.Namespace) -> int:
     settings = read_settings(run)
     path = settings.data["path"]
     check_output(run, RUN, force=True, inputs=[path], option="--resume")
-    store = PreparedStore(path)
+    store = open_store(path)
     try:
         config = TrainConfig(**settings.train)
     except (TypeError, ValueError) as error:
@@ -252,7 +253,7 @@ def trained_store(run: Path) -> Path:
     from camn.predict import run_store_path
 
     path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
-    if not (path / "schema.json").is_file():
+    if not ((path / "schema.json").is_file() or (path / MANIFEST).is_file()):
         raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
                         "name the store to evaluate on with --data")
     return path
@@ -260,7 +261,7 @@ def trained_store(run: Path) -> Path:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    store = PreparedStore(args.data if args.data is not None else trained_store(run))
+    store = open_store(args.data if args.data is not None else trained_store(run))
     summary = evaluate_run(run, store, args.split, resolve_device(args.device))
     for seed, metrics in summary["seeds"].items():
         line = f"seed {seed}: AUC {metrics['auc']:.4f}, logloss {metrics['logloss']:.4f}, " \

@@ -298,7 +298,7 @@ def positions_of_lengths(lengths: np.ndarray, width: int) -> dict[str, torch.Ten
 def training_data(
     store: PreparedStore, device: torch.device
 ) -> ResidentSplit | StreamedSplit:
-    if ResidentSplit.size_bytes(store, "train") <= RESIDENT_LIMIT_BYTES:
+    if not store.streams_only and ResidentSplit.size_bytes(store, "train") <= RESIDENT_LIMIT_BYTES:
         return ResidentSplit(store, "train", device)
     return StreamedSplit(store, "train", device)
 

@@ -198,8 +198,12 @@ def records_frame(records: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-def read_table(path: Path, fmt: str, report: BadInputReport) -> pl.DataFrame:
-    """One file as a DataFrame with an extra ``__line`` column (file line, or row for Parquet)."""
+def read_table(
+    path: Path, fmt: str, report: BadInputReport, keep: pl.Expr | None = None
+) -> pl.DataFrame:
+    """One file as a DataFrame with an extra ``__line`` column (file line, or row for Parquet);
+    with ``keep``, only the rows it selects (Parquet: filtered while scanning, so the other
+    rows are never held; other formats: filtered after the read)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     first_line = None
@@ -207,6 +211,10 @@ def read_table(path: Path, fmt: str, report: BadInputReport) -> pl.DataFrame:
         if fmt in ("csv", "tsv"):  # TSV has no quoting: a field may start with a quote
             separator, quote = ("," if fmt == "csv" else "\t"), ('"' if fmt == "csv" else None)
             frame = read_delimited(path, separator, quote, report)
+        elif fmt == "parquet" and keep is not None:
+            frame = pl.scan_parquet(polars_source(path), row_index_name="__line",
+                                    row_index_offset=1).filter(keep).collect(engine="streaming")
+            keep = None
         elif fmt == "parquet":
             frame, first_line = pl.read_parquet(polars_source(path)), 1
         elif first_lines(path, 1)[0][1][:1] == b"[":
@@ -222,6 +230,8 @@ def read_table(path: Path, fmt: str, report: BadInputReport) -> pl.DataFrame:
         raise DataError(f"{path}: the file is empty") from None
     except (pl.exceptions.PolarsError, OSError) as error:
         raise DataError(f"{path}: cannot read it as {fmt} ({polars_reason(error)})") from None
+    if keep is not None:
+        frame = frame.filter(keep)
     if len(frame) == 0:
         raise DataError(f"{path}: the file has no rows")
     if first_line is not None:
@@ -356,7 +366,7 @@ def read_interactions(
     microseconds, else ``s``) to ``time_units``."""
     path = path or args.interactions
     time_format = getattr(args, "time_format", None)
-    frame = read_table(path, file_format(path, args.format), report)
+    frame = read_table(path, file_format(path, args.format), report, shard_rows(args))
     columns = [args.user_col, args.item_col, args.time_col]
     require_columns(frame, columns, path)
     time, note = parse_time(frame[args.time_col], path, time_format)
@@ -447,6 +457,15 @@ def read_labelled(
         raise DataError(f"the files' times are not all dates or all numbers: {', '.join(units)}")
     options = _labels.split_options(args, units[0], files=len(files) > 1)
     return pl.concat(frames, how="vertical_relaxed"), options
+
+
+def shard_rows(args: argparse.Namespace) -> pl.Expr | None:
+    """The rows of a shard's users (``args.users_between``: the first and last user id of
+    the shard, set by ``camn prepare --shard``), or None for every row."""
+    bounds = getattr(args, "users_between", None)
+    if bounds is None:
+        return None
+    return pl.col(args.user_col).cast(pl.String).is_between(*map(pl.lit, bounds))
 
 
 def read_items(
