@@ -6,10 +6,10 @@ the optional regularisers of :mod:`camn.train.objective` (weight decay, embeddin
 clipping; all off by default). After every epoch the model is scored on the validation split;
 the best state by the monitored score (validation AUC by default) is kept and restored for
 the test scores, and training stops after ``patience`` epochs without improvement (early
-stopping, SPEC 1 "Training").
+stopping).
 
 A seed with a folder is checkpointed after every epoch (:mod:`camn.train.checkpoints`), and
-its epochs are recorded and reported through hooks (:mod:`camn.train.history`); a run of
+its epochs are recorded and reported through hooks (:mod:`camn.train.epoch_log`); a run of
 several seeds is staged beside its folder so that ``resume`` can continue it after an
 interruption (:mod:`camn.train.resume`).
 
@@ -21,13 +21,12 @@ order); larger splits stream from the memory-mapped store. Both give the same ba
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from camn.config import TrainConfig
 from camn.data.fingerprint import KEY as VOCABULARIES
 from camn.data.fingerprint import store_fingerprints
 from camn.data.raw import DataError
@@ -52,6 +52,7 @@ from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, SEED, check_output, remove_owned, swap_in
 from camn.provenance import data_summary
 from camn.results import train_results
+from camn.run_folder import RunFolder, SeedFolder
 from camn.train import distributed
 from camn.train.checkpoints import (
     Progress,
@@ -61,27 +62,12 @@ from camn.train.checkpoints import (
     save_checkpoint,
     save_training_state,
 )
-from camn.train.history import (
-    HISTORY,
-    LOGGER,
-    TENSORBOARD,
-    HistoryFile,
-    Hook,
-    LogLines,
-    TensorBoardLog,
-)
+from camn.train.epoch_log import LOGGER, EpochLogFile, Hook, LogLines, TensorBoardLog
 from camn.train.metrics import TermAverages, evaluate
-from camn.train.objective import (
-    MONITORS,
-    embedding_penalty,
-    improves,
-    make_optimizer,
-    monitored,
-)
-from camn.train.precision import PRECISIONS, autocast, check_precision
+from camn.train.objective import embedding_penalty, improves, make_optimizer, monitored
+from camn.train.precision import autocast, check_precision
 from camn.train.resume import (
-    SETTINGS,
-    Settings,
+    RunSettings,
     StagingLock,
     check_same,
     discard,
@@ -97,87 +83,6 @@ RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the
 
 class Diverged(DataError):
     """Training diverged: the epoch's loss, or a parameter, is not a finite number."""
-
-
-def setting(default: object, text: str, **more: object):
-    """A TrainConfig field: its default and, in its metadata, the help text (and choices) from
-    which the command lines' flags are made."""
-    return field(default=default, metadata={"help": text, **more})
-
-
-@dataclass
-class TrainConfig:
-    """How to train one model; ``options`` are the model's constructor options.
-
-    Every field has a default and a help text in its metadata (``setting``); the ``train`` and
-    ``benchmark`` commands make their flags from them. ``batch_size`` is per process: under
-    torchrun with N processes a step sees N x batch_size. ``monitor``, ``weight_decay``,
-    ``embedding_l2`` and ``clip_grad`` are explained in :mod:`camn.train.objective`,
-    ``precision`` in :mod:`camn.train.precision`; ``length_buckets`` is
-    ``store.batch_slices``'s. ``compile``: the training step's model under ``torch.compile``.
-    """
-
-    model: str = field(metadata={"help": "registered model name (camn models)"})
-    options: dict = field(
-        default_factory=dict, metadata={"help": "the model's constructor options"}
-    )
-    epochs: int = setting(30, "maximum epochs")
-    batch_size: int = setting(2048, "training batch size (per process under torchrun)")
-    eval_batch_size: int = setting(8192, "batch size of the validation and test scoring")
-    lr: float = setting(0.002, "Adam learning rate")
-    patience: int = setting(
-        3, "stop after this many epochs without a better monitored validation score"
-    )
-    monitor: str = setting(
-        "auc", "validation score that picks the best epoch and drives early stopping: auc, "
-        "logloss (lower is better) or auc-logloss", choices=MONITORS,
-    )
-    weight_decay: float = setting(
-        0.0, "Adam's L2 weight decay on every parameter outside the attribute embedding "
-        "table (0 = off)",
-    )
-    embedding_l2: float = setting(
-        0.0, "weight of an L2 penalty on the embedding rows each batch uses (their summed "
-        "squared norms), added to the loss (0 = off)",
-    )
-    clip_grad: float = setting(
-        0.0, "clip the gradient's total norm to this value before each step (0 = off)"
-    )
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = setting(
-        "fp32", "bf16: autocast with fp32 master weights, where the device has bf16 "
-        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)", choices=PRECISIONS,
-    )
-    length_buckets: bool = setting(
-        False, "batches of similar history lengths, cut to their longest history (faster "
-        "with dense rows; cost 0.01 AUC on Amazon Beauty: check validation first)"
-    )
-    compile: bool = setting(
-        False, "torch.compile the model for training (minutes of compilation)"
-    )
-    progress: bool = setting(True, "a progress bar per epoch (on standard error)")
-    tensorboard: bool = setting(
-        False, "also write each epoch's numbers as TensorBoard scalars to "
-        "seed_<s>/tensorboard (needs the tensorboard package)",
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        for name in ("weight_decay", "embedding_l2", "clip_grad"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a number of at least 0, got {value}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def seed_everything(seed: int) -> None:
@@ -367,14 +272,14 @@ def checkpoint_config(
 
 def own_hooks(config: TrainConfig, out_dir: Path | None) -> list[Hook]:
     """The trainer's hooks on the main process: log lines, and with a seed folder its
-    ``history.jsonl`` and, where asked for, TensorBoard scalars."""
+    epoch log and, where asked for, TensorBoard scalars."""
     hooks: list[Hook] = [LogLines(config.monitor)]
     if config.tensorboard:
         if out_dir is None:
             raise ValueError("tensorboard = true needs a run folder to write to (out_dir)")
-        hooks.append(TensorBoardLog(out_dir / TENSORBOARD))
+        hooks.append(TensorBoardLog(SeedFolder(out_dir).tensorboard))
     if out_dir is not None:
-        hooks.append(HistoryFile(out_dir / HISTORY))
+        hooks.append(EpochLogFile(SeedFolder(out_dir).epoch_log))
     return hooks
 
 
@@ -403,8 +308,9 @@ def starting_point(
     progress, best_state = restored or (Progress(), state_copy(model))
     if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in out_dir.glob("checkpoint-*"):
-            if restored is None or leftover.name != f"checkpoint-{progress.epoch}":
+        folder = SeedFolder(out_dir)
+        for leftover in folder.checkpoint_folders():
+            if restored is None or leftover != folder.checkpoint(progress.epoch):
                 remove_checkpoint(leftover)
     return progress, best_state
 
@@ -425,7 +331,7 @@ def train_one(
     valid_gauc, valid_score (its monitored score), best_epoch, epochs (run), train_seconds
     (time in training passes), fit_seconds (with validation), samples_per_second (training
     samples of all processes / train_seconds), the per-epoch history
-    (:mod:`camn.train.history`), and routing_recovery where the store has planted drivers and
+    (:mod:`camn.train.epoch_log`), and routing_recovery where the store has planted drivers and
     the model routes.
 
     With ``out_dir`` a checkpoint is written there after every epoch
@@ -434,7 +340,7 @@ def train_one(
     checkpoint is deleted. ``resume``: continue from the newest checkpoint in ``out_dir``
     (from scratch where there is none); the model, optimizer and generator states are
     restored, so the seed ends as an uninterrupted run would. ``hooks`` are called on the main
-    process after the trainer's own (:class:`~camn.train.history.Hook`).
+    process after the trainer's own (:class:`~camn.train.epoch_log.Hook`).
 
     Under torchrun every rank reads a checkpoint to resume, but only rank 0 scores, writes
     and calls the hooks; the other ranks return an empty dict. A damaged store, or one whose
@@ -479,7 +385,7 @@ def train_one(
         metrics = test_metrics(model, store, config, seed, progress, device)
         if writes:
             save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
-            write_json(out_dir / "metrics.json", metrics)
+            write_json(SeedFolder(out_dir).metrics, metrics)
             remove_training_state(out_dir)
         for hook in hooks:
             hook.end(seed, metrics)
@@ -609,9 +515,11 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def run_settings(store: PreparedStore, config: TrainConfig, seeds: Sequence[int]) -> Settings:
+def run_settings(
+    store: PreparedStore, config: TrainConfig, seeds: Sequence[int]
+) -> RunSettings:
     """What ``train.json`` records of a run (:mod:`camn.train.resume`)."""
-    return Settings(data_summary(store), list(seeds), config.to_dict(),
+    return RunSettings(data_summary(store), list(seeds), config.to_dict(),
                     distributed.current().world_size)
 
 
@@ -661,8 +569,8 @@ def train_seeds(
         if not context.is_main:
             return {}
         results = train_results(store, config, runs)
-        write_json(staging / "results.json", results)
-        (staging / SETTINGS).unlink()  # results.json has them: nothing left to resume
+        write_json(RunFolder(staging).results, results)
+        RunFolder(staging).settings.unlink()  # results.json has them: nothing left to resume
         swap_in(staging, out, RUN)
     return results
 
@@ -678,7 +586,7 @@ def seed_results(
     """Each seed's metrics: a finished seed's kept when resuming, the others trained."""
     runs = []
     for seed in seeds:
-        seed_dir = staging / f"seed_{seed}"
+        seed_dir = RunFolder(staging).seed(seed).root
         kept = finished_seed(seed_dir) if resume else None
         if kept is None:
             kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks)

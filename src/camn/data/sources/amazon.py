@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import (
+from camn.data.reading import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
     NOT_UTF8,
@@ -55,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta", required=True, help="metadata file (meta_<Category>.json[.gz])")
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
+def read(*, reviews: str | Path, meta: str | Path,
+         report: BadInputReport | None = None) -> RawData:
     """Read the reviews and the metadata of their items into :class:`RawData` (k = 6)."""
-    reviews, meta_path = Path(args.reviews), Path(args.meta)
+    report = BadInputReport() if report is None else report
+    reviews, meta_path = Path(reviews), Path(meta)
     check_reviews_layout(reviews)
     layout = detect_meta_layout(meta_path)
     interactions = read_reviews(reviews, report)

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import (
+from camn.data.reading import (
     column_list,
     first_lines,
     line_blocks,
@@ -231,9 +231,10 @@ def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
     )
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
+def read(*, path: str | Path, report: BadInputReport | None = None) -> RawData:
     """Read a MovieLens folder (any of the three layouts) into interactions and item attributes."""
-    folder = Path(args.path)
+    report = BadInputReport() if report is None else report
+    folder = Path(path)
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
     fields = ["user", "item", "_rating", "time"]

@@ -36,9 +36,8 @@ import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import (
+from camn.data.reading import (
     NOT_UTF8,
-    bucketize,
     check_bucketize,
     column_list,
     first_lines,
@@ -51,6 +50,7 @@ from camn.data.sources._common import (
     read_delimited,
     skip_rows,
 )
+from camn.data.reading import bucketize as bucketize_columns
 
 NAME = "table"
 HELP = (
@@ -321,23 +321,31 @@ def slash_dates_as_iso(text: pl.Series) -> tuple[pl.Series, str | None]:
 
 
 def read_interactions(
-    args: argparse.Namespace, report: BadInputReport, notes: list[str] | None = None
+    path: str | Path,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "time",
+    format: str | None = None,
+    time_format: str | None = None,
+    report: BadInputReport | None = None,
+    notes: list[str] | None = None,
 ) -> pl.DataFrame:
-    """user, item and time of every good row; the note on how dates were read, if any, is
-    added to ``notes``."""
-    path = args.interactions
-    time_format = getattr(args, "time_format", None)
-    frame = read_table(path, file_format(path, args.format), report)
-    columns = [args.user_col, args.item_col, args.time_col]
+    """user, item and time of every good row of the interaction log ``path``; the note on how
+    dates were read, if any, is added to ``notes``."""
+    report = BadInputReport() if report is None else report
+    path = Path(path)
+    frame = read_table(path, file_format(path, format), report)
+    columns = [user_col, item_col, time_col]
     require_columns(frame, columns, path)
-    time, note = parse_time(frame[args.time_col], path, time_format)
+    time, note = parse_time(frame[time_col], path, time_format)
     if note is not None and notes is not None:
         notes.append(note)
     frame = frame.select(
-        as_strings(frame[args.user_col], path).alias("user"),
-        as_strings(frame[args.item_col], path).alias("item"),
+        as_strings(frame[user_col], path).alias("user"),
+        as_strings(frame[item_col], path).alias("item"),
         time.alias("time"),
-        frame[args.time_col].is_not_null().alias("__has_time"),
+        frame[time_col].is_not_null().alias("__has_time"),
         "__line",
     )
     unparsed = pl.col("time").is_null() & pl.col("__has_time")
@@ -352,15 +360,14 @@ def read_interactions(
 
 
 def read_items(
-    args: argparse.Namespace, attributes: list[str], report: BadInputReport,
+    path: Path, item_col: str, attributes: list[str], fmt: str | None,
+    buckets: list[str] | tuple[str, ...], report: BadInputReport,
     used_items: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """The item column and the attribute columns (as text) of the items file, one row an item
-    (the first kept), its ``--bucketize`` columns bucketed over ``used_items`` (the items of the
+    (the first kept), its ``buckets`` columns bucketed over ``used_items`` (the items of the
     interactions), and a note on each bucketed column."""
-    path = args.items
-    item_col = args.items_item_col or args.item_col
-    frame = read_table(path, file_format(path, args.format), report)
+    frame = read_table(path, file_format(path, fmt), report)
     require_columns(frame, [item_col, *attributes], path)
     frame = frame.select(
         as_strings(frame[item_col], path).alias("item"),
@@ -374,67 +381,83 @@ def read_items(
     frame = skip_rows(frame, reason.otherwise(null_reason("item")), path, report)
     if used_items is None:
         used_items = frame["item"]
-    frame, notes = bucketize(frame, args.bucketize, "item", used_items, path, report)
+    frame, notes = bucketize_columns(frame, buckets, "item", used_items, path, report)
     return frame.drop("__line"), notes
 
 
-def item_col_of(args: argparse.Namespace) -> str:
-    """The item column of the items file."""
-    return args.items_item_col or args.item_col
-
-
-def parse_attributes(args: argparse.Namespace) -> list[str]:
+def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None,
+                     buckets: list[str] | tuple[str, ...]) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
 
     ``--items`` without ``--attributes`` is refused: the item id always comes from the
     interactions, so the item table would add nothing. The message lists its columns.
     """
-    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]
-    if attributes and args.items is None:
+    attributes = [a.strip() for a in text.split(",") if a.strip()]
+    if attributes and items is None:
         raise DataError("--attributes names columns of the items file: pass --items too")
-    if args.items is not None and not attributes:
-        columns = read_table(args.items, file_format(args.items, args.format), BadInputReport())
+    if items is not None and not attributes:
+        columns = read_table(items, file_format(items, fmt), BadInputReport())
         columns = [c for c in columns.columns if c != "__line"]
-        example = ",".join(c for c in columns if c != item_col_of(args))[:60] or "brand"
+        example = ",".join(c for c in columns if c != item_col)[:60] or "brand"
         raise DataError(
-            f"--items {args.items} without --attributes: name the columns to use as item"
+            f"--items {items} without --attributes: name the columns to use as item"
             f" attributes, e.g. --attributes {example} (its columns: {column_list(columns)});"
             " without --items the item id is the only attribute"
         )
-    item_col = item_col_of(args)
     if len(set(attributes)) < len(attributes) or item_col in attributes or "item" in attributes:
         raise DataError(
-            f"--attributes {args.attributes!r}: names must be distinct and differ from the item "
+            f"--attributes {text!r}: names must be distinct and differ from the item "
             f"column {item_col!r} (the item id is always attribute 1) and from 'item'"
         )
-    check_bucketize(args.bucketize, attributes)
+    check_bucketize(buckets, attributes)
     return attributes
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """Read the interaction log and the item table named on the command line."""
-    attributes = parse_attributes(args)
+def read(
+    *,
+    interactions: str | Path,
+    items: str | Path | None = None,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "time",
+    items_item_col: str | None = None,
+    attributes: str = "",
+    format: str | None = None,
+    time_format: str | None = None,
+    bucketize: list[str] | tuple[str, ...] = (),
+    report: BadInputReport | None = None,
+) -> RawData:
+    """Read the interaction log and the item table: the ``attributes`` columns
+    (comma-separated) of ``items`` after the item id (its column ``items_item_col``, default
+    ``item_col``), or the item id alone without ``items``."""
+    report = BadInputReport() if report is None else report
+    items = None if items is None else Path(items)
+    items_col = items_item_col or item_col
+    names = parse_attributes(attributes, items, items_col, format, bucketize)
     notes: list[str] = []
-    interactions = read_interactions(args, report, notes)
-    if args.items is None:
-        items = pl.DataFrame({"item": interactions["item"].unique().sort()})
+    log = read_interactions(interactions, user_col=user_col, item_col=item_col,
+                            time_col=time_col, format=format, time_format=time_format,
+                            report=report, notes=notes)
+    if items is None:
+        table = pl.DataFrame({"item": log["item"].unique().sort()})
     else:
-        items, bucket_notes = read_items(args, attributes, report, interactions["item"].unique())
+        table, bucket_notes = read_items(items, items_col, names, format, bucketize, report,
+                                         log["item"].unique())
         notes += bucket_notes
-    files = [str(args.interactions)] + ([str(args.items)] if args.items else [])
+    files = [str(interactions)] + ([str(items)] if items else [])
     origin = {
         "source": NAME,
         "files": files,
-        "columns": {"user": args.user_col, "item": args.item_col, "time": args.time_col},
+        "columns": {"user": user_col, "item": item_col, "time": time_col},
     }
-    if args.time_format:
-        origin["time_format"] = args.time_format
-    if args.bucketize:
-        origin["bucketize"] = args.bucketize
+    if time_format:
+        origin["time_format"] = time_format
+    if bucketize:
+        origin["bucketize"] = list(bucketize)
     return RawData(
-        interactions=interactions,
-        items=items,
-        attributes=[args.items_item_col or args.item_col, *attributes],
+        interactions=log,
+        items=table,
+        attributes=[items_col, *names],
         origin=origin,
         notes=notes,
     )

@@ -1,5 +1,5 @@
-"""Helpers shared by the sources: streaming line readers, delimited tables, bad-row reporting and
-the Amazon attribute recipe.
+"""Reading input files, for the sources and ``camn score``: streaming line readers, delimited
+tables, bad-row reporting and the Amazon attribute recipe.
 
 The readers open plain or gzip files (gzip is detected from the magic bytes, not the name) and
 hand out complete lines in large blocks, with line numbers, so a source can parse a block at once
