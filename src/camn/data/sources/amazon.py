@@ -1,4 +1,4 @@
-"""McAuley's Amazon review data, 2014 and 2018 releases, plain or gzip (SPEC section 4).
+"""McAuley's Amazon review data, 2014 and 2018 releases, plain or gzip.
 
 Reviews: one JSON object a line (``reviewerID``, ``asin``, ``unixReviewTime``, other fields
 ignored), in both releases. Metadata: one Python-literal dict a line in 2014 (``categories`` a list

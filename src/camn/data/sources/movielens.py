@@ -1,4 +1,4 @@
-"""MovieLens, the stand-in for the paper's movie-play data (SPEC section 4), k = 5 attributes.
+"""MovieLens, the stand-in for the paper's movie-play data, k = 5 attributes.
 
 Three layouts, told apart by the files in ``--path``:
 

@@ -1,4 +1,4 @@
-"""RecBole atomic files ``.inter`` and ``.item``: tab-separated, typed headers (SPEC section 4).
+"""RecBole atomic files ``.inter`` and ``.item``: tab-separated, typed headers.
 
 A header names each column with its type, e.g. ``user_id:token	item_id:token	timestamp:float``;
 columns are matched by name without the ``:type`` suffix. Attributes are either the ``.item``
