@@ -49,6 +49,7 @@ PLACES = {
     "camn.export": "cli",
     "camn.experiments.benchmark": "cli",
     "camn.experiments.demo": "cli",
+    "camn.experiments.tune": "cli",
 }
 ROOT = "camn"
 

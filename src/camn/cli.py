@@ -23,6 +23,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "score": ("camn.score", "click probabilities for a file of candidates, with a trained run"),
     "export": ("camn.export", "a trained model as ONNX or TorchScript, for serving"),
     "benchmark": ("camn.experiments.benchmark", "the paper's Tables 2 and 3 over seeds"),
+    "tune": ("camn.experiments.tune", "search a model's training settings and options (Optuna)"),
     "demo": ("camn.experiments.demo", "the whole story on built-in synthetic data, in minutes"),
 }
 

@@ -57,6 +57,15 @@ from camn.data.raw import DataError
 
 MONITORS = ("auc", "logloss", "auc-logloss")  # see camn.train.objective
 PRECISIONS = ("fp32", "bf16")  # see camn.train.precision
+# What ``camn tune`` searches of the training settings, for every model (a model class adds
+# its options' own in its ``search_space``); a ``[tune.MODEL]`` table overrides any of them.
+# A list is a choice among its values; a table a range, on a log scale with ``log = true``.
+SEARCH_SPACE: dict[str, object] = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "embedding_l2": [0.0, 1e-7, 1e-6, 1e-5, 1e-4],
+    "weight_decay": [0.0, 1e-6, 1e-5, 1e-4],
+    "batch_size": [256, 512, 1024, 2048],
+}
 NOT_SETTINGS = ("model", "options")  # TrainConfig fields that are not flags: given otherwise
 # settings that say where and how visibly a run trains, not what it computes: the runs of one
 # benchmark folder may differ in them (a resumed benchmark on another machine)
@@ -65,7 +74,8 @@ VOLATILE = frozenset({"device", "progress", "tensorboard"})
 COMMAND_KEYS: dict[str, Callable[[str], object]] = {
     "seeds": positive_int, "seed": seed_int, "jobs": positive_int, "threads": positive_int,
 }
-TOP_LEVEL = ("models", *COMMAND_KEYS, "train", "data", "model")
+# ``tune``: the search of ``camn tune`` (camn.experiments.tune), which the other commands skip
+TOP_LEVEL = ("models", *COMMAND_KEYS, "train", "data", "model", "tune")
 OPTION_SYNTAX = "expected [MODEL:]KEY=VALUE, e.g. q=2 or camn:q=2"
 
 

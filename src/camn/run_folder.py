@@ -46,10 +46,14 @@ SEED = re.compile(r"seed_(-?\d+)")
 # A layout maps an entry name (a regular expression, matched in full) to FILE or a sub-layout.
 FILE = None
 Layout = dict[str, "Layout | None"]
-CHECKPOINT_LAYOUT: Layout = {re.escape(name): FILE for name in CHECKPOINT_FILES}
+# safetensors writes a file as .tmpXXXXXX and renames it: a process killed meanwhile leaves it
+SAFETENSORS_PARTIAL = r"\.tmp[A-Za-z0-9]{6}"
+CHECKPOINT_LAYOUT: Layout = {
+    **{re.escape(name): FILE for name in CHECKPOINT_FILES}, SAFETENSORS_PARTIAL: FILE,
+}
 SEED_LAYOUT: Layout = {
     re.escape(CONFIG): FILE, re.escape(WEIGHTS): FILE, re.escape(SEED_METRICS): FILE,
-    re.escape(EPOCH_LOG): FILE,
+    re.escape(EPOCH_LOG): FILE, SAFETENSORS_PARTIAL: FILE,
     CHECKPOINT.pattern + f"({re.escape(STAGING_SUFFIX)})?": CHECKPOINT_LAYOUT,
     re.escape(TENSORBOARD): {r"events\.out\.tfevents\..+": FILE},
 }

@@ -65,6 +65,9 @@ class CTRModel(nn.Module):
 
     needs_history_negatives: ClassVar[bool] = False
     packs_rows: ClassVar[bool] = False  # reads ``layers.packed_positions`` from its batches
+    # what ``camn tune`` searches of the model's options, beside the shared training settings
+    # (``config.SEARCH_SPACE``): option -> a list of choices or a range {low, high, log}
+    search_space: ClassVar[dict[str, object]] = {}
 
     def __init__(self, spec: FeatureSpec, embed_dim: int = 18) -> None:
         super().__init__()

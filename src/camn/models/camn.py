@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -197,6 +197,12 @@ class CAMN(CTRModel):
     """
 
     needs_history_negatives = True
+    search_space: ClassVar[dict[str, object]] = {
+        "aux_weight": {"low": 0.05, "high": 2.0, "log": True},  # DMIN's, searched as there
+        "alpha": {"low": 1e-6, "high": 1e-1, "log": True},
+        "q": {"low": 1, "high": 3},
+        "heads": ["slot", "dense"],  # the reading of "head r"
+    }
     packs_rows = True
 
     def __init__(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -83,6 +84,11 @@ class CAMNStandalone(CTRModel):
     Explanations: ``ModelOutput.routing`` is P, (B, L, k), zero at padding positions: P[b, j, :]
     says which attributes made user b click item j (Figure 1).
     """
+
+    search_space: ClassVar[dict[str, object]] = {
+        "alpha": {"low": 1e-6, "high": 1e-1, "log": True},
+        "q": {"low": 1, "high": 3},
+    }
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ D item width (k*d).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -61,6 +62,8 @@ class ComiRecSA(CTRModel):
     ``comirec-sa-paper`` (``pooled_history=False, activation="prelu"``) feeds [e_t, read-out]
     only, what ComiRec's own score <read-out, e_t> reads, with PReLU.
     """
+
+    search_space: ClassVar[dict[str, object]] = {"num_interests": {"low": 1, "high": 8}}
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ H GRU state size (= D, as the official code's HIDDEN_SIZE equals its item width)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -160,6 +161,9 @@ class DIEN(CTRModel):
     """
 
     needs_history_negatives = True
+    search_space: ClassVar[dict[str, object]] = {
+        "aux_weight": {"low": 0.05, "high": 2.0, "log": True},
+    }
 
     def __init__(
         self,

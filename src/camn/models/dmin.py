@@ -12,7 +12,7 @@ D = k*d item width, N packed rows (``layers.Packing``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -53,6 +53,9 @@ class DMIN(CTRModel):
     """
 
     needs_history_negatives = True
+    search_space: ClassVar[dict[str, object]] = {
+        "aux_weight": {"low": 0.05, "high": 2.0, "log": True},
+    }
     packs_rows = True
 
     def __init__(

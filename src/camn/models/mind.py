@@ -12,6 +12,7 @@ K interest capsules, D item width (k*d), D' interest width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -70,6 +71,8 @@ class MIND(CTRModel):
     sequence module only. ``mind-paper`` (``pooled_history=False, activation="prelu"``) feeds
     [e_t, v_u] only, what MIND's own score <v_u, e_t> reads, with PReLU.
     """
+
+    search_space: ClassVar[dict[str, object]] = {"num_interests": {"low": 1, "high": 8}}
 
     def __init__(
         self,

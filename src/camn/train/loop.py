@@ -323,9 +323,11 @@ def train_one(
     *,
     resume: bool = False,
     hooks: Sequence[Hook] = (),
+    score_test: bool = True,
 ) -> dict:
     """Train one seed with early stopping on the monitored validation score; score the best
-    state on test.
+    state on test (``score_test=False``: not at all, the test metrics are NaN, for a choice
+    that must see validation only).
 
     Returns test_auc, test_logloss, test_gauc, the best epoch's valid_auc, valid_logloss and
     valid_gauc, valid_score (its monitored score), best_epoch, epochs (run), train_seconds
@@ -382,7 +384,7 @@ def train_one(
         model.load_state_dict(fit.run(progress, best_state))
         if not context.is_main:
             return {}
-        metrics = test_metrics(model, store, config, seed, progress, device)
+        metrics = test_metrics(model, store, config, seed, progress, device, score_test)
         if writes:
             save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
             write_json(SeedFolder(out_dir).metrics, metrics)
@@ -480,10 +482,12 @@ def test_metrics(
     seed: int,
     progress: Progress,
     device: torch.device,
+    score_test: bool = True,
 ) -> dict:
-    """The seed's result: the best state's test scores, the best epoch's validation scores,
-    time, throughput and history (see :func:`train_one`)."""
-    test = evaluate(model, store, "test", config.eval_batch_size, device)
+    """The seed's result: the best state's test scores (NaN without ``score_test``), the best
+    epoch's validation scores, time, throughput and history (see :func:`train_one`)."""
+    test = (evaluate(model, store, "test", config.eval_batch_size, device) if score_test
+            else dict.fromkeys(("auc", "logloss", "gauc"), float("nan")))
     best = progress.history[progress.best_epoch - 1] if progress.best_epoch else {}
     metrics = {
         "seed": seed,
@@ -531,6 +535,7 @@ def train_seeds(
     *,
     resume: bool = False,
     hooks: Sequence[Hook] = (),
+    score_test: bool = True,
 ) -> dict:
     """Train every seed into ``out/seed_<s>/`` and write ``out/results.json``; return it.
 
@@ -542,8 +547,8 @@ def train_seeds(
     fresh call deletes it first. A run that fails with nothing to continue from, or whose
     training diverged, deletes its staging folder (:mod:`camn.train.resume`); while one
     process writes it, another is refused (:class:`~camn.train.resume.StagingLock`).
-    ``hooks``: see :func:`train_one`. Under torchrun only rank 0 writes and gets the results;
-    the other ranks get an empty dict.
+    ``hooks`` and ``score_test``: see :func:`train_one`. Under torchrun only rank 0 writes and
+    gets the results; the other ranks get an empty dict.
     """
     context, out = distributed.current(), Path(out)
     staging = staging_folder(out)
@@ -557,7 +562,7 @@ def train_seeds(
             if context.is_main and not resume:
                 start_staging(staging, run_settings(store, config, seeds))
                 lock.acquire()  # the new folder
-            runs = seed_results(store, config, seeds, staging, resume, hooks)
+            runs = seed_results(store, config, seeds, staging, resume, hooks, score_test)
         except Diverged:
             if context.is_main:
                 discard(staging)
@@ -582,6 +587,7 @@ def seed_results(
     staging: Path,
     resume: bool,
     hooks: Sequence[Hook],
+    score_test: bool = True,
 ) -> list[dict]:
     """Each seed's metrics: a finished seed's kept when resuming, the others trained."""
     runs = []
@@ -589,7 +595,8 @@ def seed_results(
         seed_dir = RunFolder(staging).seed(seed).root
         kept = finished_seed(seed_dir) if resume else None
         if kept is None:
-            kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks)
+            kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks,
+                             score_test=score_test)
         elif distributed.current().is_main:
             LOGGER.info("seed %d: finished before the interruption, kept", seed)
         runs.append(kept)
