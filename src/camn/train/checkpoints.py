@@ -33,8 +33,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from camn.config import TrainConfig
+from camn.data.fingerprint import KEY as VOCABULARIES
+from camn.data.fingerprint import store_fingerprints
 from camn.data.raw import DataError
-from camn.data.store import json_problem
+from camn.data.store import PreparedStore, json_problem
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model
 from camn.run_folder import (
@@ -51,6 +54,7 @@ from camn.run_folder import (
     RunFolder,
     SeedFolder,
 )
+from camn.train import distributed
 
 CONFIG_KEYS = ("model", "options", "spec")
 DAMAGED = "the run is damaged; train it again"
@@ -66,6 +70,30 @@ def save_checkpoint(directory: str | Path, model: CTRModel, config: dict) -> Pat
     safetensors.torch.save_model(model, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def saved_model_config(
+    store: PreparedStore, config: TrainConfig, seed: int, spec: FeatureSpec, options: dict
+) -> dict:
+    """What a seed's ``config.json`` records: what rebuilds the model (``model``, its resolved
+    ``options``, ``spec``), the training configuration, the seed, the store and its
+    vocabularies' fingerprints, and the number of processes."""
+    return {
+        "model": config.model,
+        "options": options,
+        "spec": spec.to_dict(),
+        "train": config.to_dict(),
+        "seed": seed,
+        "data": str(store.root.resolve()),
+        VOCABULARIES: store_fingerprints(store),
+        "world_size": distributed.current().world_size,
+    }
+
+
+def write_run_json(path: Path, data: dict) -> None:
+    """A JSON file of a run (``metrics.json``, ``results.json``), keys sorted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_config(directory: str | Path) -> dict:

@@ -21,7 +21,6 @@ order); larger splits stream from the memory-mapped store. Both give the same ba
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -35,8 +34,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from camn.config import TrainConfig
-from camn.data.fingerprint import KEY as VOCABULARIES
-from camn.data.fingerprint import store_fingerprints
 from camn.data.raw import DataError
 from camn.data.store import (
     BATCH_ARRAYS,
@@ -50,7 +47,6 @@ from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.layers import PACKED_PAIRS, PACKED_ROWS, packed_positions
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, SEED, check_output, remove_owned, swap_in
-from camn.provenance import data_summary
 from camn.results import train_results
 from camn.run_folder import RunFolder, SeedFolder
 from camn.train import distributed
@@ -61,6 +57,8 @@ from camn.train.checkpoints import (
     remove_training_state,
     save_checkpoint,
     save_training_state,
+    saved_model_config,
+    write_run_json,
 )
 from camn.train.epoch_log import LOGGER, EpochLogFile, Hook, LogLines, TensorBoardLog
 from camn.train.metrics import TermAverages, evaluate
@@ -255,21 +253,6 @@ def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def checkpoint_config(
-    store: PreparedStore, config: TrainConfig, seed: int, spec: FeatureSpec, options: dict
-) -> dict:
-    return {
-        "model": config.model,
-        "options": options,
-        "spec": spec.to_dict(),
-        "train": config.to_dict(),
-        "seed": seed,
-        "data": str(store.root.resolve()),
-        VOCABULARIES: store_fingerprints(store),
-        "world_size": distributed.current().world_size,
-    }
-
-
 def own_hooks(config: TrainConfig, out_dir: Path | None) -> list[Hook]:
     """The trainer's hooks on the main process: log lines, and with a seed folder its
     epoch log and, where asked for, TensorBoard scalars."""
@@ -386,8 +369,8 @@ def train_one(
             return {}
         metrics = test_metrics(model, store, config, seed, progress, device, score_test)
         if writes:
-            save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
-            write_json(SeedFolder(out_dir).metrics, metrics)
+            save_checkpoint(out_dir, model, saved_model_config(store, config, seed, spec, options))
+            write_run_json(SeedFolder(out_dir).metrics, metrics)
             remove_training_state(out_dir)
         for hook in hooks:
             hook.end(seed, metrics)
@@ -514,19 +497,6 @@ def test_metrics(
     return metrics
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def run_settings(
-    store: PreparedStore, config: TrainConfig, seeds: Sequence[int]
-) -> RunSettings:
-    """What ``train.json`` records of a run (:mod:`camn.train.resume`)."""
-    return RunSettings(data_summary(store), list(seeds), config.to_dict(),
-                    distributed.current().world_size)
-
-
 def train_seeds(
     store: PreparedStore,
     config: TrainConfig,
@@ -557,10 +527,10 @@ def train_seeds(
             check_output(out, RUN, force=True)
             lock.acquire()  # refused while another process writes this run
             if resume:
-                check_same(out, read_settings(out), run_settings(store, config, seeds))
+                check_same(out, read_settings(out), RunSettings.of(store, config, seeds))
         try:
             if context.is_main and not resume:
-                start_staging(staging, run_settings(store, config, seeds))
+                start_staging(staging, RunSettings.of(store, config, seeds))
                 lock.acquire()  # the new folder
             runs = seed_results(store, config, seeds, staging, resume, hooks, score_test)
         except Diverged:
@@ -574,7 +544,7 @@ def train_seeds(
         if not context.is_main:
             return {}
         results = train_results(store, config, runs)
-        write_json(RunFolder(staging).results, results)
+        write_run_json(RunFolder(staging).results, results)
         RunFolder(staging).settings.unlink()  # results.json has them: nothing left to resume
         swap_in(staging, out, RUN)
     return results

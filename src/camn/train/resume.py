@@ -33,12 +33,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from camn.config import TrainConfig
 from camn.data.raw import DataError
+from camn.data.store import PreparedStore
 from camn.outputs import RUN, remove_owned
+from camn.provenance import data_summary
 from camn.run_folder import RUN_RESULTS, RUN_SETTINGS, RunFolder, SeedFolder
+from camn.train import distributed
 from camn.train.checkpoints import checkpoints
 
 try:
@@ -60,6 +65,12 @@ class RunSettings:
     seeds: list[int]
     train: dict
     world_size: int
+
+    @classmethod
+    def of(cls, store: PreparedStore, config: TrainConfig, seeds: Sequence[int]) -> RunSettings:
+        """The settings of a run of ``seeds`` on ``store`` in this process group."""
+        return cls(data_summary(store), list(seeds), config.to_dict(),
+                   distributed.current().world_size)
 
     def to_dict(self) -> dict:
         return {"data": self.data, "seeds": self.seeds, "train": self.train,
