@@ -170,3 +170,24 @@ def test_a_module_that_imports_upwards_is_named(tmp_path: Path) -> None:
     source.write_text("def f():\n    from camn.train import loop\n    import camn.cli\n")
     known = {"camn.train", "camn.train.loop", "camn.cli"}
     assert imports(source, "camn.data.m", known) == {"camn.train", "camn.train.loop", "camn.cli"}
+
+
+def test_every_source_reads_its_flags_as_keyword_arguments() -> None:
+    """A source's ``read`` is a library function: keyword-only arguments named as its flags'
+    destinations (what ``camn prepare`` maps them onto), and ``report``."""
+    import argparse
+    import inspect
+
+    from camn.data.sources import available_sources
+
+    for name, module in available_sources().items():
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        flags = {action.dest for action in parser._actions if action.dest != "help"}
+        parameters = inspect.signature(module.read).parameters
+        kinds = {p.kind for p in parameters.values()}
+        assert kinds <= {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD}, name
+        assert "report" in parameters, name
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            assert flags <= set(parameters), f"{name}: flags without a keyword: " \
+                f"{sorted(flags - set(parameters))}"
