@@ -1,10 +1,11 @@
-"""One configuration for ``camn train`` and ``camn benchmark``: TOML files, flags and layers.
+"""The training configuration: :class:`TrainConfig` (every training setting with its default,
+help text and rule), the flags made from it, config files (TOML) and their layers.
 
 The training settings of a run are resolved in one place, :func:`resolve`, from layers applied
 in order, each overriding the ones before it:
 
-1. the defaults: the fields of :class:`TrainConfig` (and a command's own
-   defaults, such as ``camn demo``'s short runs);
+1. the defaults: the fields of :class:`TrainConfig` (and a command's own defaults, such as
+   ``camn demo``'s short runs);
 2. a ``--config`` file's ``[train]`` table, for every run;
 3. its ``[data.NAME]`` table, for the runs on the store in the folder named NAME;
 4. its ``[model.NAME]`` table, for the runs of model NAME (constructor options in

@@ -264,7 +264,7 @@ class IdEncoder:
         return self._vocab[attribute]
 
     def user_ids(self) -> list[str]:
-        """The store's user ids: user index i is element i (``users.npy``)."""
+        """The store's user ids (``users.txt``): user index i is element i."""
         path = self.store.root / USERS
         if not path.is_file():
             raise DataError(
