@@ -34,6 +34,8 @@ from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
 from torch import nn
 
+from camn.data.store import PreparedStore
+
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}  # camn's splits.npy
 ARRAYS = ("histories", "lengths", "targets", "labels", "splits")
 
@@ -55,9 +57,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def read_store(store: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A camn store's schema and the arrays that :class:`SplitBatches` reads, in memory."""
-    schema = json.loads((store / "schema.json").read_text())
-    return schema, {name: np.load(store / "arrays" / f"{name}.npy") for name in ARRAYS}
+    """A camn store's schema and the arrays that :class:`SplitBatches` reads, gathered into
+    memory."""
+    prepared = PreparedStore(store)
+    everything = np.arange(prepared.num_samples)
+    return prepared.schema, {name: prepared.gather(name, everything) for name in ARRAYS}
 
 
 def feature_map(store: Path, schema: dict, embed_dim: int) -> FeatureMap:

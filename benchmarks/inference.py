@@ -63,9 +63,9 @@ def user_inputs(predictor: Predictor, candidates: int) -> tuple[Inputs, list[str
     """One user's latest history against ``candidates`` items: the model's tensors, and the
     same as raw ids (history, candidate ids) for the API."""
     store = predictor.store
-    lengths = np.asarray(store.array("lengths"))
+    lengths = store.gather("lengths", slice(None))
     row = int(np.flatnonzero(lengths == store.max_len)[0])
-    user = predictor.user_ids()[int(store.array("users")[row])]
+    user = predictor.user_ids()[int(store.gather("users", [row])[0])]
     items = predictor.vocabulary(predictor.attributes[0])[2:]
     rows, lengths = predictor.ids.user_histories(pl.Series([user]), UnknownIds())
     history = [items[i - 2] for i in predictor.ids.table[rows[0, : lengths[0]], 0]]
@@ -80,9 +80,9 @@ def bulk_inputs(predictor: Predictor) -> Inputs:
     """BULK store rows (the first ones, repeated if the store is smaller)."""
     store = predictor.store
     rows = np.resize(np.arange(sum(store.schema["splits"].values())), BULK)
-    encoded = Encoded(np.asarray(store.array("histories"))[rows][:, :, 0].astype(np.int64),
-                      np.asarray(store.array("lengths"))[rows].astype(np.int64),
-                      np.asarray(store.array("targets"))[rows][:, 0].astype(np.int64))
+    encoded = Encoded(store.gather("histories", rows)[:, :, 0].astype(np.int64),
+                      store.gather("lengths", rows).astype(np.int64),
+                      store.gather("targets", rows)[:, 0].astype(np.int64))
     batch = predictor.batch(encoded)
     return batch["history"], batch["mask"], batch["target"]
 

@@ -1,160 +1,239 @@
-"""How fast, and in how much memory, ``camn prepare amazon`` reads a Books-sized review file.
+"""``camn prepare`` at scale: a log shaped like Taobao's UserBehavior, prepared with ``sliding``.
 
-Writes a synthetic file in McAuley's 2014 layout (reviews: one JSON object a line with the usual
-fields; metadata: one Python-literal dict a line), N reviews by N/10 users on N/20 items with
-skewed item popularity, then times ``camn prepare amazon ... --protocol last`` in a subprocess.
-Prints one JSON line and one sentence: reviews per second and the child's peak resident memory.
+The log is generated reproducibly (``--seed``) at ``--events`` rows, as Parquet with
+UserBehavior's columns: ``user_id``, ``item_id``, ``category_id``, ``behavior_type`` (pv, cart,
+fav, buy in UserBehavior's shares) and ``timestamp`` (Unix seconds over nine days). About
+``--events-per-user`` (100) events a user, drawn from a geometric spread; item popularity is
+Zipf-like (item rank r drawn with probability about 1 / r, as with log-uniform ranks), one item
+for every 25 events (UserBehavior: 100 M events on 4 M items); each item has one category
+(one for every 400 items) and each category a parent group (one for every 20 categories), the
+items table ``item_id, category_id, category_group``: k = 3 attributes.
 
-    python benchmarks/prepare_scale.py --reviews 2000000 [--gzip] [--dir DIR --keep]
+Then, each as its own process:
+
+1. ``camn prepare table ... --protocol sliding``: wall time, peak memory of the process tree
+   (the sum of the resident sets of the process and its children, sampled every 50 ms, and the
+   kernel's high-water mark of the largest), the store's bytes, bytes a sample, and the bytes a
+   sample the store of the previous layout would take (its (L, k) history, target, length, label,
+   user and split per sample: ``4 L k + 4 k + 10``);
+2. the batches alone (no model), one torch thread: ``PreparedStore.batches`` (memory-mapped,
+   shuffled) and the trainer's device-resident split (``train.loop.ResidentSplit``), samples/s
+   over ``--batch-steps`` batches of 2048 (best of 3 rounds), without and with the history
+   negatives DMIN draws;
+3. with ``--train-steps N``: the training samples/s of DIN and DMIN for N steps, by
+   ``benchmarks/throughput.py --threads 1``, on this store and, with ``--beside STORE``, on that
+   store in the same run (Amazon Beauty ``sliding``).
+
+    python benchmarks/prepare_scale.py --events 1e6 --work /tmp/scale
+    python benchmarks/prepare_scale.py --events 1e7 --work /tmp/scale --train-steps 30 \\
+        --beside stores/beauty-sliding
+
+The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-CHUNK = 1_000_000
-WORDS = [
-    "great", "book", "read", "story", "author", "characters", "love", "good", "plot", "recommend",
-    "writing", "series", "enjoyed", "boring", "ending", "page", "novel", "interesting", "well",
-    "written", "fun", "classic", "history", "life",
-]
-POOL = 4096  # distinct texts of each kind, drawn per review
-CATEGORIES = [("Literature & Fiction", "Genre Fiction"), ("Literature & Fiction", "Classics"),
-              ("Children's Books", "Animals"), ("History", "Europe"), ("Science", "Physics"),
-              ("Mystery, Thriller & Suspense", "Thrillers"), ("Romance", "Historical")]
-T0, T1 = 946_684_800, 1_406_073_600  # 2000-01-01 .. 2014-07-23
+BEHAVIOURS = ("pv", "cart", "fav", "buy")
+BEHAVIOUR_SHARES = (0.895, 0.055, 0.029, 0.021)  # UserBehavior's
+START, DAYS = 1_511_539_200, 9  # 2017-11-25 00:00 UTC
+EVENTS_PER_ITEM, ITEMS_PER_CATEGORY, CATEGORIES_PER_GROUP = 25, 400, 20
+CHUNK_USERS = 200_000  # users generated at a time: the generator's memory stays bounded
+HERE = Path(__file__).resolve().parent
 
 
-def phrases(rng: np.random.Generator, n: int, words: int) -> pl.Series:
-    """``n`` texts of ``words`` random words each, drawn from a pool of :data:`POOL` texts."""
-    picks = rng.integers(0, len(WORDS), size=(POOL, words))
-    pool = pl.Series([" ".join(WORDS[w] for w in row) for row in picks])
-    return pool[rng.integers(0, POOL, size=n)]
-
-
-def ids(prefix: str, index: np.ndarray, width: int) -> pl.Series:
-    """Identifiers like ``A0000000001234``: the prefix, then the zero-padded index."""
-    return prefix + pl.Series(index).cast(pl.String).str.zfill(width)
-
-
-def review_chunk(rng: np.random.Generator, n: int, users: int, items: int) -> bytes:
-    """``n`` review lines (JSON), items drawn with a skewed popularity."""
-    times = rng.integers(T0, T1, size=n)
-    helpful = rng.integers(0, 5, size=(n, 1))
-    frame = pl.DataFrame({
-        "reviewerID": ids("A", rng.integers(0, users, size=n), 13),
-        "asin": ids("B", (items * rng.random(n) ** 2).astype(np.int64), 9),
-        "reviewerName": phrases(rng, n, 1),
-        "helpful": np.hstack([helpful, helpful + rng.integers(0, 3, size=(n, 1))]),
-        "reviewText": phrases(rng, n, 40),
-        "overall": rng.integers(1, 6, size=n).astype(np.float64),
-        "summary": phrases(rng, n, 3),
-        "unixReviewTime": times,
-        "reviewTime": pl.Series(times * 1_000_000).cast(pl.Datetime("us")).dt.strftime("%m %d, %Y"),
-    })
-    return frame.write_ndjson().encode()
-
-
-def meta_lines(rng: np.random.Generator, items: int) -> bytes:
-    """One Python-literal dict a line per item; 1 in 10 has no price, 1 in 5 no brand."""
-    pick = rng.integers(0, len(CATEGORIES), size=items)
-    level2 = pl.Series([repr(path[0]) for path in CATEGORIES])[pick]  # "Children's Books"
-    level3 = pl.Series([repr(path[1]) for path in CATEGORIES])[pick]
-    price = pl.Series(np.round(rng.lognormal(2.5, 0.8, size=items), 2)).cast(pl.String)
-    has_price, has_brand = rng.random(items) > 0.1, rng.random(items) > 0.2
-    frame = pl.DataFrame({
-        "asin": ids("B", np.arange(items), 9), "title": phrases(rng, items, 4),
-        "price": pl.select(pl.when(pl.Series(has_price)).then(", 'price': " + price)
-                           .otherwise(pl.lit(""))).to_series(),
-        "rank": pl.Series(rng.integers(1, 5_000_000, size=items)).cast(pl.String),
-        "level2": level2, "level3": level3,
-        "brand": pl.select(pl.when(pl.Series(has_brand))
-                           .then(", 'brand': '" + phrases(rng, items, 1) + " Press'")
-                           .otherwise(pl.lit(""))).to_series(),
-    })
-    line = pl.concat_str(
-        pl.lit("{'asin': '"), "asin", pl.lit("', 'title': '"), "title", pl.lit("'"), "price",
-        pl.lit(", 'salesRank': {'Books': "), "rank", pl.lit("}, 'categories': [['Books', "),
-        "level2", pl.lit(", "), "level3", pl.lit("]]"), "brand", pl.lit("}"),
-    )
-    return ("\n".join(frame.select(line).to_series().to_list()) + "\n").encode()
-
-
-def write_files(root: Path, reviews: int, users: int, items: int, use_gzip: bool,
-                seed: int) -> tuple[Path, Path]:
-    """Write the reviews (chunk by chunk) and the metadata; return their paths."""
-    rng = np.random.default_rng(seed)
-    suffix = ".json.gz" if use_gzip else ".json"
-    paths = root / f"reviews_Synthetic{suffix}", root / f"meta_Synthetic{suffix}"
-
-    def open_out(path: Path):
-        return gzip.open(path, "wb", compresslevel=1) if use_gzip else path.open("wb")
-
-    with open_out(paths[0]) as out:
-        for start in range(0, reviews, CHUNK):
-            out.write(review_chunk(rng, min(CHUNK, reviews - start), users, items))
-    with open_out(paths[1]) as out:
-        out.write(meta_lines(rng, items))
-    return paths
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reviews", type=int, default=20_000_000)
-    parser.add_argument("--users", type=int, help="default: reviews / 10")
-    parser.add_argument("--items", type=int, help="default: reviews / 20")
-    parser.add_argument("--gzip", action="store_true", help="write .json.gz (level 1)")
-    parser.add_argument("--dir", type=Path, help="working directory (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the files written")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=float, required=True, help="log rows, e.g. 1e7")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="folder for the log, its store and the measurements")
+    parser.add_argument("--events-per-user", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    users, items = args.users or args.reviews // 10, args.items or args.reviews // 20
-    root = Path(tempfile.mkdtemp(prefix="camn_scale_", dir=args.dir))
-    try:
-        start = time.perf_counter()
-        reviews_path, meta_path = write_files(root, args.reviews, users, items, args.gzip,
-                                              args.seed)
-        write_s = time.perf_counter() - start
-        command = [sys.executable, "-m", "camn", "prepare", "amazon", "--reviews",
-                   str(reviews_path), "--meta", str(meta_path), "--protocol", "last",
-                   "--out", str(root / "store")]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        prepare_s = time.perf_counter() - start
-        if done.returncode != 0:
-            sys.exit(f"camn prepare failed ({done.returncode}):\n{done.stderr}")
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-        result = {
-            "reviews": args.reviews, "users": users, "items": items, "gzip": args.gzip,
-            "reviews_bytes": reviews_path.stat().st_size, "write_s": round(write_s, 1),
-            "prepare_s": round(prepare_s, 1),
-            "reviews_per_s": round(args.reviews / prepare_s),
-            "peak_rss_mib": round(peak_mib),
-        }
-        print(json.dumps(result))
-        print(f"camn prepare amazon read {args.reviews:,} reviews "
-              f"({result['reviews_bytes'] / 2**30:.2f} GiB{', gzip' if args.gzip else ''}) and "
-              f"wrote the store in {prepare_s:.1f} s: {result['reviews_per_s']:,} reviews/s, "
-              f"peak memory {peak_mib / 1024:.2f} GiB.")
-        print(done.stdout.strip())
-    finally:
-        if args.keep:
-            print(f"files kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    parser.add_argument("--batch-steps", type=int, default=100,
+                        help="batches timed without a model (best of 3 rounds)")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="training steps of DIN and DMIN timed (0: none)")
+    parser.add_argument("--beside", type=Path, default=None,
+                        help="another store whose training samples/s to measure in the same run")
+    parser.add_argument("--keep", action="store_true", help="keep the store after measuring")
+    return parser.parse_args(argv)
+
+
+def generate(events: int, per_user: float, seed: int, log: Path, items: Path) -> None:
+    """Write the log and its items table (see the module docstring), users in ascending id,
+    each user's events in random time order."""
+    rng = np.random.default_rng(seed)
+    num_items = max(100, events // EVENTS_PER_ITEM)
+    num_categories = max(2, num_items // ITEMS_PER_CATEGORY)
+    counts = rng.geometric(1 / per_user, size=int(events / per_user * 1.2))
+    counts = counts[np.cumsum(counts) <= events]
+    counts[-1] += events - counts.sum()  # exactly ``events`` rows
+    item_of_rank = rng.permutation(num_items)  # rank r (popularity order) -> item id
+    frames, first = [], 0
+    for start in range(0, len(counts), CHUNK_USERS):
+        chunk = counts[start : start + CHUNK_USERS]
+        n = int(chunk.sum())
+        ranks = np.exp(rng.random(n) * np.log(num_items)).astype(np.int64) - 1
+        frames.append(pl.DataFrame({
+            "user_id": np.repeat(np.arange(first, first + len(chunk)), chunk).astype(np.int32),
+            "item_id": item_of_rank[np.minimum(ranks, num_items - 1)].astype(np.int32),
+            "behavior_type": pl.Series(rng.choice(len(BEHAVIOURS), n, p=BEHAVIOUR_SHARES)
+                                       .astype(np.uint32)),
+            "timestamp": (START + rng.integers(0, DAYS * 86_400, n)).astype(np.int64),
+        }))
+        first += len(chunk)
+    category = rng.integers(0, num_categories, num_items).astype(np.int32)
+    frame = pl.concat(frames).with_columns(
+        category_id=pl.col("item_id").map_batches(lambda ids: pl.Series(category[ids.to_numpy()])),
+        behavior_type=pl.col("behavior_type").replace_strict(
+            list(range(len(BEHAVIOURS))), list(BEHAVIOURS), return_dtype=pl.String),
+    ).select("user_id", "item_id", "category_id", "behavior_type", "timestamp")
+    frame.write_parquet(log)
+    pl.DataFrame({
+        "item_id": np.arange(num_items, dtype=np.int32), "category_id": category,
+        "category_group": category // CATEGORIES_PER_GROUP,
+    }).write_parquet(items)
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in process ``pid`` and all its descendants now (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                          if line.startswith("VmRSS:"))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue  # the process ended meanwhile
+    return total
+
+
+def run_measured(command: list[str]) -> dict:
+    """Run ``command``; its wall time, the process tree's peak resident bytes (sampled every
+    50 ms), the high-water mark of its largest process (the kernel's), and its output."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], tree_rss(process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    wall = time.perf_counter() - started
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output}")
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"seconds": wall, "peak_tree_bytes": peak[0], "largest_process_peak_bytes": largest,
+            "output": output}
+
+
+def prepare(log: Path, items: Path, store: Path) -> dict:
+    camn = Path(sys.executable).with_name("camn")
+    command = [str(camn), "prepare", "table", "--interactions", str(log), "--items", str(items),
+               "--user-col", "user_id", "--item-col", "item_id", "--time-col", "timestamp",
+               "--attributes", "category_id,category_group", "--protocol", "sliding",
+               "--out", str(store), "--force"]
+    measured = run_measured(command)
+    return {"command": " ".join(command[1:]), **measured}
+
+
+def store_figures(store: Path) -> dict:
+    from camn.data.store import PreparedStore
+
+    prepared = PreparedStore(store)
+    size = prepared.size_bytes()
+    samples = prepared.num_samples
+    k, length = len(prepared.attributes), prepared.max_len
+    previous = 4 * length * k + 4 * k + 10
+    return {"samples": samples, "users": prepared.schema["num_users"],
+            "items": prepared.schema["num_items"], "store_bytes": size,
+            "bytes_per_sample": size / samples, "previous_layout_bytes_per_sample": previous,
+            "fraction_of_previous": size / samples / previous}
+
+
+def batch_speed(store: Path, steps: int, rounds: int = 3) -> dict:
+    """Samples/s of the batches alone, one torch thread, best of ``rounds`` (see the module
+    docstring), without and with the history negatives."""
+    import torch
+
+    from camn.data.store import PreparedStore
+    from camn.train.loop import ResidentSplit
+
+    torch.set_num_threads(1)
+    prepared = PreparedStore(store)
+    resident = ResidentSplit(prepared, "train", torch.device("cpu"))
+    speeds = {}
+    for negatives in (False, True):
+        for kind in ("streamed", "resident"):
+            best = 0.0
+            for seed in range(rounds):
+                options = {"shuffle": True, "seed": seed, "history_negatives": negatives}
+                batches = (prepared.batches("train", 2048, **options) if kind == "streamed"
+                           else resident.batches(2048, **options))
+                next(batches)  # the epoch's set-up and the first batch, untimed
+                started, seen = time.perf_counter(), 0
+                for _, batch in zip(range(steps), batches, strict=False):
+                    seen += len(batch["label"])
+                best = max(best, seen / (time.perf_counter() - started))
+            speeds[f"{kind}{'_negatives' if negatives else ''}_samples_per_s"] = best
+    return speeds
+
+
+def training_speed(stores: dict[str, Path], steps: int) -> dict:
+    """DIN's and DMIN's training samples/s on each store, by throughput.py, one thread."""
+    speeds = {}
+    for name, store in stores.items():
+        command = [sys.executable, str(HERE / "throughput.py"), "--store", str(store),
+                   "--models", "din,dmin", "--steps", str(steps), "--threads", "1"]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        speeds[name] = json.loads(output.strip().splitlines()[-1])["samples_per_s"]
+    return speeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    events = int(args.events)
+    args.work.mkdir(parents=True, exist_ok=True)
+    log, items = args.work / f"log-{events}.parquet", args.work / f"items-{events}.parquet"
+    if not log.is_file():
+        started = time.perf_counter()
+        generate(events, args.events_per_user, args.seed, log, items)
+        print(f"generated {log} in {time.perf_counter() - started:.1f}s", flush=True)
+    store = args.work / f"store-{events}"
+    result = {"events": events, "log_bytes": log.stat().st_size}
+    prepared = prepare(log, items, store)
+    print(prepared.pop("output"), flush=True)
+    result["prepare"] = prepared
+    result |= store_figures(store)
+    result["batches"] = batch_speed(store, args.batch_steps)
+    if args.train_steps:
+        stores = {"scale": store} | ({"beside": args.beside} if args.beside else {})
+        result["training_samples_per_s"] = training_speed(stores, args.train_steps)
+    print(json.dumps(result))
+    if not args.keep:
+        subprocess.run(["rm", "-r", str(store)], check=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -334,13 +334,13 @@ def test_a_run_applied_to_a_damaged_store(
     trained: Path, store: Path, tmp_path: Path, command: str, capsys
 ) -> None:
     damaged = Path(shutil.copytree(store, tmp_path / "store"))
-    path = damaged / "arrays" / "targets.npy"
-    targets = np.load(path)
-    targets[10, 0] = 62  # item ids are 0..61
-    np.save(path, targets)
+    path = damaged / "arrays" / "pair_negatives.npy"
+    negatives = np.load(path)
+    negatives[10] = 62  # item ids are 2..61
+    np.save(path, negatives)
     assert fails(command, trained, damaged, capsys) == (
-        f"{damaged} is a damaged store: arrays/targets.npy holds id 62 of attribute 'item_id' at "
-        "row 10, outside its vocabulary of ids 0..61 (vocab_sizes in schema.json)"
+        f"{damaged} is a damaged store: arrays/pair_negatives.npy holds 62 at row 10; item ids "
+        "are 2..num_items + 1 (61)"
     )
 
 

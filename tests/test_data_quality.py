@@ -60,9 +60,9 @@ def test_history_warning_names_the_longest_history_and_the_size() -> None:
     users = np.array([0, 0, 0, 1, 1, 2, 2])  # user 0: 3 interactions, so a longest history of 2
     assert quality.history_warning(users, 10_000, 5, 100_000) == (
         "--max-len 100,000 is far above the longest history, 2 items (the most active user has 3"
-        " interactions): every history is padded to 100,000 positions, so the 10,000 samples'"
-        " histories take 18.6 GiB (10,000 x 100,000 x 5 ids) where --max-len 2 would take"
-        " 390.6 KiB; pass --max-len 2 or less"
+        " interactions): batches pad every history to 100,000 positions, so one pass over the"
+        " 10,000 samples gathers 18.6 GiB of history ids (10,000 x 100,000 x 5) where --max-len"
+        " 2 would gather 390.6 KiB; pass --max-len 2 or less"
     )
     assert quality.history_warning(users, 10_000, 5, 4) is None  # not above twice the longest
     assert quality.history_warning(users, 4, 5, 100_000) is None  # padding under 64 MiB
@@ -149,9 +149,9 @@ def test_prepare_warns_of_a_max_len_far_above_the_longest_history(
                  "--out", str(out)]) == 0
     assert (
         "camn: warning: --max-len 1,000 is far above the longest history, 2 items (the most"
-        " active user has 3 interactions): every history is padded to 1,000 positions, so the"
-        " 60 samples' histories take 234.4 KiB (60 x 1,000 x 1 ids) where --max-len 2 would"
-        " take 480 bytes; pass --max-len 2 or less\n"
+        " active user has 3 interactions): batches pad every history to 1,000 positions, so one"
+        " pass over the 60 samples gathers 234.4 KiB of history ids (60 x 1,000 x 1) where"
+        " --max-len 2 would gather 480 bytes; pass --max-len 2 or less\n"
     ) in capsys.readouterr().err
     assert main(["prepare", "table", "--interactions", str(inter), "--max-len", "4",
                  "--out", str(tmp_path / "fits")]) == 0

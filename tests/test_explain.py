@@ -38,9 +38,9 @@ def test_the_formats_tell_the_same_story(run: Path, capsys: pytest.CaptureFixtur
     table = pl.read_csv(io.StringIO(explain(capsys, "--run", str(run), "--format", "csv",
                                             "--limit", "3")))
     rows = store.split_indices("test")
-    clicks = rows[(np.asarray(store.array("labels"))[rows] == 1)
-                  & (np.asarray(store.array("lengths"))[rows] > 0)][:3]
-    lengths = np.asarray(store.array("lengths"))[clicks]
+    clicks = rows[(np.asarray(store.gather("labels", slice(None)))[rows] == 1)
+                  & (np.asarray(store.gather("lengths", slice(None)))[rows] > 0)][:3]
+    lengths = np.asarray(store.gather("lengths", slice(None)))[clicks]
     k = len(store.attributes)
     assert table.columns == ["sample", "store_row", "split", "user", "candidate", "probability",
                              "position", "item", "attribute", "value", "score", "top", "planted"]
@@ -48,12 +48,12 @@ def test_the_formats_tell_the_same_story(run: Path, capsys: pytest.CaptureFixtur
     assert table["store_row"].unique(maintain_order=True).to_list() == clicks.tolist()
     users = predictor.user_ids()
     assert table["user"].unique(maintain_order=True).to_list() == [
-        users[u] for u in dict.fromkeys(np.asarray(store.array("users"))[clicks])]
+        users[u] for u in dict.fromkeys(np.asarray(store.gather("users", slice(None)))[clicks])]
     # the same numbers as the API's explain of those rows given as raw ids
     items = predictor.vocabulary(store.attributes[0])
-    history = np.asarray(store.array("histories"))[clicks][:, :, 0]
+    history = np.asarray(store.gather("histories", slice(None)))[clicks][:, :, 0]
     histories = [[items[i] for i in history[r, : lengths[r]]] for r in range(len(clicks))]
-    candidates = [items[i] for i in np.asarray(store.array("targets"))[clicks][:, 0]]
+    candidates = [items[i] for i in np.asarray(store.gather("targets", slice(None)))[clicks][:, 0]]
     api = predictor.explain(histories, candidates)
     assert table["item"].to_list() == api["item"].to_list()
     assert table["value"].to_list() == api["value"].to_list()
@@ -77,10 +77,10 @@ def test_the_formats_tell_the_same_story(run: Path, capsys: pytest.CaptureFixtur
 def test_user_shows_that_users_latest_clicks(run: Path, capsys: pytest.CaptureFixture) -> None:
     predictor = camn.load(run)
     store = predictor.store
-    users, labels = np.asarray(store.array("users")), np.asarray(store.array("labels"))
+    users, labels = store.gather("users", slice(None)), store.gather("labels", slice(None))
     user = int(users[0])  # a train user: several clicks under the sliding protocol
     clicks = np.flatnonzero((users == user) & (labels == 1)
-                            & (np.asarray(store.array("lengths")) > 0))
+                            & (np.asarray(store.gather("lengths", slice(None))) > 0))
     name = predictor.user_ids()[user]
     samples = json.loads(explain(capsys, "--run", str(run), "--user", name, "--limit", "2",
                                  "--format", "json"))
@@ -91,10 +91,10 @@ def test_user_shows_that_users_latest_clicks(run: Path, capsys: pytest.CaptureFi
         f"camn: error: user 'nobody' is not in the store {store.root} (users.txt; e.g. ")
 
 
-def test_full_values_and_user_numbers_of_older_stores(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
-    """Values are shown whole; a store without users.txt shows user numbers; a saved model's
-    folder explains by itself (here an untrained CAMN)."""
+def test_full_values_and_a_store_without_user_ids(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Values are shown whole; a store without users.txt is damaged; a saved model's folder
+    explains by itself (here an untrained CAMN)."""
     long_brand = "A Brand Whose Name Runs On For Well Over Forty Characters"
     interactions = pl.DataFrame({
         "user": [f"user-{u}" for u in range(12) for _ in range(3)],
@@ -115,9 +115,11 @@ def test_full_values_and_user_numbers_of_older_stores(tmp_path: Path,
     text = explain(capsys, "--run", str(tmp_path / "model"), "--split", "train", "--limit", "12")
     assert f"brand={long_brand} (predicted" in text or f"{long_brand} 0." in text
     assert "user user-" in text
-    (store.root / "users.txt").unlink()
-    text = explain(capsys, "--run", str(tmp_path / "model"), "--split", "train", "--limit", "1")
-    assert "(train), user #" in text
+    (store.root / "users.txt").unlink()  # not an older store: a damaged one
+    assert main(["explain", "--run", str(tmp_path / "model"), "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        f"camn: error: {store.root} is a damaged store: users.txt is missing (user index i is "
+        "its line i)\n")
 
 
 def test_text_ends_with_the_heads_attention_health_over_the_splits_clicks(
@@ -127,8 +129,8 @@ def test_text_ends_with_the_heads_attention_health_over_the_splits_clicks(
     store = predictor.store
     text = explain(capsys, "--run", str(run), "--limit", "1")
     rows = store.split_indices("test")
-    clicks = rows[(np.asarray(store.array("labels"))[rows] == 1)
-                  & (np.asarray(store.array("lengths"))[rows] > 0)]
+    clicks = rows[(np.asarray(store.gather("labels", slice(None)))[rows] == 1)
+                  & (np.asarray(store.gather("lengths", slice(None)))[rows] > 0)]
     health = text.split("attention health of the ")[1].splitlines()
     k = len(store.attributes)
     assert health[0].startswith(f"{k} interest heads over {len(clicks):,} clicks of the test split")

@@ -23,10 +23,10 @@ def store_batch(predictor: Predictor, size: int, start: int = 3) -> tuple[dict, 
     eager model's probabilities of them."""
     store = predictor.store
     rows = store.split_indices("train")[start : start + size]
-    history = np.asarray(store.array("histories"))[rows][:, :, 0].astype(np.int64)
-    lengths = np.asarray(store.array("lengths"))[rows].astype(np.int64)
+    history = np.asarray(store.gather("histories", slice(None)))[rows][:, :, 0].astype(np.int64)
+    lengths = np.asarray(store.gather("lengths", slice(None)))[rows].astype(np.int64)
     history[0], lengths[0] = 0, 0
-    encoded = Encoded(history, lengths, np.asarray(store.array("targets"))[rows][:, 0])
+    encoded = Encoded(history, lengths, store.gather("targets", rows)[:, 0])
     return predictor.batch(encoded), predictor.run(encoded)[0]
 
 

@@ -29,11 +29,11 @@ def as_raw_ids(store: PreparedStore,
     """Store rows as the ids of the user's data: (histories, candidates, users)."""
     items = store.vocab(store.attributes[0])
     users = (store.root / "users.txt").read_text().splitlines()
-    history = np.asarray(store.array("histories"))[rows][:, :, 0]
-    lengths = np.asarray(store.array("lengths"))[rows]
+    history = np.asarray(store.gather("histories", slice(None)))[rows][:, :, 0]
+    lengths = np.asarray(store.gather("lengths", slice(None)))[rows]
     histories = [[items[i] for i in history[r, : lengths[r]]] for r in range(len(rows))]
-    candidates = [items[i] for i in np.asarray(store.array("targets"))[rows][:, 0]]
-    return histories, candidates, [users[u] for u in np.asarray(store.array("users"))[rows]]
+    candidates = [items[i] for i in np.asarray(store.gather("targets", slice(None)))[rows][:, 0]]
+    return histories, candidates, [users[u] for u in store.gather("users", rows)]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_users_get_their_latest_history(predictor: Predictor, serve_store: Path)
     """A user's latest history: the last click row's history followed by its clicked item,
     cut to max_len (here 4)."""
     store = predictor.store
-    labels, users = np.asarray(store.array("labels")), np.asarray(store.array("users"))
+    labels, users = store.gather("labels", slice(None)), store.gather("users", slice(None))
     user = int(users[0])  # a train user with several click rows (sliding protocol)
     rows = np.flatnonzero((users == user) & (labels == 1))
     assert len(rows) >= 2

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from camn.data.prepare import prepare
-from camn.data.protocols import FIRST_ITEM_ID, build_samples, sample_negatives
+from camn.data.protocols import FIRST_ITEM_ID, SPLITS, build_samples, sample_negatives
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.store import PreparedStore
+from camn.data.store import PreparedStore, history_items
 
 
 def random_interactions(seed: int, num_users: int, max_count: int, repeats: bool) -> dict:
@@ -38,10 +38,39 @@ def random_interactions(seed: int, num_users: int, max_count: int, repeats: bool
 
 
 def build(data: dict, protocol: str, max_len: int, seed: int = 7) -> dict:
-    return build_samples(
-        data["user"], data["item"], data["time"], data["item_attributes"], protocol=protocol,
-        max_len=max_len, seed=seed, annotations={"driver": data["driver"]},
+    out, counts = build_samples(
+        data["user"], data["item"], data["time"], len(data["item_attributes"]) - FIRST_ITEM_ID,
+        protocol=protocol, seed=seed, annotations={"driver": data["driver"]},
     )
+    return out | samples(out, counts, data["item_attributes"], max_len)
+
+
+def samples(out: dict, counts: dict, item_attributes: np.ndarray, max_len: int) -> dict:
+    """The samples as the models see them: two a pair (the click, then its negative), read in
+    the timelines of ``out``; ``counts``: samples per split."""
+    assert out["timeline_users"].tolist() == list(range(len(out["timeline_users"])))
+    pairs = np.repeat(np.arange(len(out["pair_users"])), 2)
+    labels = np.tile(np.array([1, 0], dtype=np.int8), len(out["pair_users"]))
+    users, positions = out["pair_users"][pairs], out["pair_positions"][pairs]
+    ends = out["timeline_offsets"][users] + positions
+    lengths = np.minimum(positions, max_len)
+    slots = np.arange(max_len)
+    real = slots[None, :] < lengths[:, None]
+    clicked = labels == 1
+    target_items = np.where(clicked, out["clicks"][ends], out["pair_negatives"][pairs])
+    gathered = {
+        "users": users, "positions": positions, "labels": labels, "target_items": target_items,
+        "splits": np.repeat(np.arange(3, dtype=np.int8), [counts[s] for s in SPLITS]),
+        "histories": item_attributes[history_items(out["clicks"], ends, lengths, slots)],
+        "lengths": lengths.astype(np.int32),
+        "targets": item_attributes[target_items],
+    }
+    if "click_driver" in out:
+        drivers = out["click_driver"]
+        gathered["history_driver"] = np.where(real, history_items(drivers, ends, lengths, slots),
+                                              -1)
+        gathered["target_driver"] = np.where(clicked, drivers[np.where(clicked, ends, 0)], -1)
+    return gathered
 
 
 def naive_positives(data: dict, out: dict, protocol: str, max_len: int) -> list[tuple]:
@@ -66,8 +95,11 @@ def check_invariants(data: dict, out: dict, protocol: str, max_len: int) -> None
     histories, lengths, targets = out["histories"], out["lengths"], out["targets"]
     assert histories.shape == (n, max_len, 3) and histories.dtype == np.int32
     assert targets.shape == (n, 3) and lengths.dtype == np.int32
-    # each positive is followed by its negative, with the same history
+    # each positive is followed by its negative, with the same history; a positive's target is
+    # the click at its position of the timeline
     np.testing.assert_array_equal(out["labels"], np.tile([1, 0], n // 2))
+    ends = out["timeline_offsets"][out["users"]] + out["positions"]
+    np.testing.assert_array_equal(out["clicks"][ends[0::2]], out["target_items"][0::2])
     for name in ("histories", "lengths", "users", "splits", "history_driver"):
         np.testing.assert_array_equal(out[name][0::2], out[name][1::2])
     # no user in two splits; users split 80/10/10 (floor for train and valid)
@@ -123,8 +155,11 @@ def test_random_interactions_keep_the_invariants(
     assert len(last["labels"]) == 2 * num_users
     # valid and test samples are the same arrays under both protocols
     held_last, held_sliding = last["splits"] > 0, sliding["splits"] > 0
-    for name in last:
+    for name in ("users", "positions", "target_items", "labels", "splits", "histories",
+                 "lengths", "targets", "history_driver", "target_driver"):
         np.testing.assert_array_equal(last[name][held_last], sliding[name][held_sliding])
+    for name in ("timeline_users", "timeline_offsets", "clicks", "click_times", "click_driver"):
+        np.testing.assert_array_equal(last[name], sliding[name])  # one timeline a user
     train_users = np.unique(last["users"][last["splits"] == 0])
     per_user = np.bincount(data["user"])
     assert (sliding["splits"] == 0).sum() == 2 * (per_user[train_users] - 1).sum()
@@ -153,7 +188,14 @@ def test_small_hand_example() -> None:
     time = np.array([3, 9, 1, 2, 8])
     ids = np.arange(9)
     attributes = np.stack([ids, ids + 10], axis=1)
-    out = build_samples(user, item, time, attributes, protocol="sliding", max_len=2, seed=3)
+    out, counts = build_samples(user, item, time, 7, protocol="sliding", seed=3)
+    assert out["clicks"].tolist() == [5, 3, 4, 2, 6] and out["click_times"].tolist() == [
+        1, 2, 3, 8, 9]
+    assert out["click_times"].dtype == np.int32  # the narrowest that holds them
+    assert out["timeline_offsets"].tolist() == [0, 3, 5]
+    assert out["pair_users"].tolist() == [0, 0, 1] and out["pair_positions"].tolist() == [1, 2, 1]
+    assert counts == {"train": 4, "valid": 0, "test": 2}
+    out |= samples(out, counts, attributes, max_len=2)
     assert out["splits"].tolist() == [0] * 4 + [2] * 2  # 2 users: 1 train, 0 valid, 1 test
     assert out["users"].tolist() == [0] * 4 + [1] * 2  # (seed 3 puts user 0 in train)
     assert out["targets"][0::2, 0].tolist() == [3, 4, 6]
@@ -175,6 +217,7 @@ def test_same_seed_same_samples_other_seed_other_split() -> None:
     data = random_interactions(0, num_users=50, max_count=6, repeats=True)
     a, b = build(data, "last", 5, seed=1), build(data, "last", 5, seed=1)
     c = build(data, "last", 5, seed=2)
+    assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(a["users"], c["users"])
@@ -182,17 +225,24 @@ def test_same_seed_same_samples_other_seed_other_split() -> None:
 
 def test_bad_arguments_and_data() -> None:
     data = random_interactions(0, num_users=4, max_count=3, repeats=False)
-    args = (data["user"], data["item"], data["time"], data["item_attributes"])
+    num_items = len(data["item_attributes"]) - FIRST_ITEM_ID
+    args = (data["user"], data["item"], data["time"], num_items)
     with pytest.raises(ValueError, match="unknown protocol 'next'"):
         build_samples(*args, protocol="next")
-    for max_len in (0, -3):
-        with pytest.raises(ValueError, match="max_len must be at least 1"):
-            build_samples(*args, protocol="last", max_len=max_len)
     with pytest.raises(DataError, match="at least 2 interactions"):
-        build_samples(np.array([0, 0, 1]), np.array([2, 3, 2]), np.zeros(3), args[3], "last")
-    every_item = np.arange(FIRST_ITEM_ID, len(args[3]))
+        build_samples(np.array([0, 0, 1]), np.array([2, 3, 2]), np.zeros(3), num_items, "last")
+    every_item = np.arange(FIRST_ITEM_ID, num_items + FIRST_ITEM_ID)
     with pytest.raises(DataError, match="every item"):
-        build_samples(np.zeros(len(every_item), int), every_item, every_item, args[3], "last")
+        build_samples(np.zeros(len(every_item), int), every_item, every_item, num_items, "last")
+
+
+@pytest.mark.parametrize("max_len", [0, -3])
+def test_prepare_refuses_a_history_length_below_1(tmp_path, max_len: int) -> None:
+    raw = raw_data({"user": ["a", "a"], "item": ["x", "y"], "time": [1, 2]},
+                   {"item": ["x"], "colour": ["red"]})
+    with pytest.raises(ValueError, match=f"max_len must be at least 1, got {max_len}"):
+        prepare(raw, tmp_path / "s", max_len=max_len, report=BadInputReport())
+    assert not (tmp_path / "s").exists()
 
 
 def raw_data(interactions: dict, items: dict) -> RawData:
@@ -273,3 +323,14 @@ def test_bad_input_examples_name_the_user_item_and_time(tmp_path) -> None:
         " (1 such user(s)); leave them out, or add items"
     )
     assert not (tmp_path / "t").exists()
+
+
+def test_times_are_kept_in_the_narrowest_type_that_holds_them() -> None:
+    from camn.data.protocols import narrowest_times
+
+    seconds = np.array([0, 2**31 - 1], dtype=np.int64)
+    assert narrowest_times(seconds).dtype == np.int32
+    assert narrowest_times(seconds).tolist() == seconds.tolist()
+    microseconds = np.array([-(2**31) - 1, 1_700_000_000_000_000])
+    assert narrowest_times(microseconds).dtype == np.int64
+    assert narrowest_times(np.array([0.5, 1.0])).dtype == np.float64

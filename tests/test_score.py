@@ -34,12 +34,12 @@ def candidates(predictor: Predictor) -> pl.DataFrame:
     store = predictor.store
     rows = store.split_indices("test")
     items, users = predictor.vocabulary(store.attributes[0]), predictor.user_ids()
-    history = np.asarray(store.array("histories"))[rows][:, :, 0]
-    lengths = np.asarray(store.array("lengths"))[rows]
+    history = np.asarray(store.gather("histories", slice(None)))[rows][:, :, 0]
+    lengths = np.asarray(store.gather("lengths", slice(None)))[rows]
     return pl.DataFrame({
-        "user": [users[u] for u in np.asarray(store.array("users"))[rows]],
+        "user": [users[u] for u in np.asarray(store.gather("users", slice(None)))[rows]],
         "history": [" ".join(items[i] for i in history[r, : lengths[r]]) for r in range(len(rows))],
-        "candidate": [items[i] for i in np.asarray(store.array("targets"))[rows][:, 0]],
+        "candidate": [items[i] for i in store.gather("targets", rows)[:, 0]],
     })
 
 

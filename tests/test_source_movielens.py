@@ -228,15 +228,15 @@ def test_real_movielens_100k(tmp_path: Path) -> None:
     raw = read(ML100K)[0]["raw"]
     per_user = raw.interactions.group_by("user").len().sort("user")["len"].to_numpy()
     sliding = stores["sliding"]
-    train_users = np.unique(sliding.array("users")[sliding.split_indices("train")])
+    train_users = np.unique(sliding.gather("users", slice(None))[sliding.split_indices("train")])
     assert len(train_users) == 754
     assert sliding.schema["splits"] == {
         "train": 2 * int((per_user[train_users] - 1).sum()), "valid": 188, "test": 190
     }
     for split in ("valid", "test"):
         for name in ("histories", "targets", "labels", "lengths"):
-            a = stores["last"].array(name)[stores["last"].split_indices(split)]
-            b = stores["sliding"].array(name)[stores["sliding"].split_indices(split)]
+            a = stores["last"].gather(name, stores["last"].split_indices(split))
+            b = stores["sliding"].gather(name, stores["sliding"].split_indices(split))
             np.testing.assert_array_equal(a, b)
 
 

@@ -413,15 +413,16 @@ def test_cli_writes_drivers_with_minus_one_exactly_at_padding_and_negatives(tmp_
     assert store.has_drivers
     assert store.schema["num_users"] == 200 and store.schema["origin"]["source"] == "synthetic"
     assert store.attributes == ["item_id", "category", "brand", "style"]
-    real = store.array("histories")[..., 0] > 0  # (N, L)
-    positive = store.array("labels") == 1
+    real = store.gather("histories", slice(None))[..., 0] > 0  # (N, L)
+    positive = store.gather("labels", slice(None)) == 1
     for name in ("driver", "driver_kind"):
-        history, target = store.array(f"history_{name}"), store.array(f"target_{name}")
+        history = store.gather(f"history_{name}", slice(None))
+        target = store.gather(f"target_{name}", slice(None))
         assert history.shape == real.shape and target.shape == positive.shape
         assert np.array_equal(history == -1, ~real)
         assert np.array_equal(target == -1, ~positive)
-    assert store.array("history_driver")[real].max() <= 3
-    assert set(np.unique(store.array("target_driver_kind")[positive])) <= {0, 1}
+    assert store.gather("history_driver", slice(None))[real].max() <= 3
+    assert set(np.unique(store.gather("target_driver_kind", slice(None))[positive])) <= {0, 1}
 
 
 @pytest.mark.parametrize("mode", [{}, SALIENT])
@@ -431,8 +432,10 @@ def test_store_drivers_agree_with_the_item_attributes(tmp_path, mode):
     raw = generate(**SMALL, **mode, seed=11)
     prepare(raw, tmp_path / "s", max_len=10)
     store = PreparedStore(tmp_path / "s")
-    histories, real = store.array("histories"), store.array("histories")[..., 0] > 0
-    driver, kind = store.array("history_driver"), store.array("history_driver_kind")
+    histories = store.gather("histories", slice(None))
+    real = histories[..., 0] > 0
+    driver = store.gather("history_driver", slice(None))
+    kind = store.gather("history_driver_kind", slice(None))
     rows, cols = np.nonzero(real & (kind == 0))
     assert len(rows) > 100
     slots = driver[rows, cols]
@@ -459,8 +462,8 @@ def _bayes(store: PreparedStore, truth, rows: np.ndarray) -> np.ndarray:
     and the truth (kinds, preferences): the ``last`` protocol's history is every earlier click."""
     origin = store.schema["origin"]
     share, follow = origin["item_share"], origin["follow"]
-    item = _truth_index(store)[store.array("targets")[rows, 0]]  # (S,)
-    user = store.array("users")[rows]  # every user is kept: indices agree with the truth
+    item = _truth_index(store)[store.gather("targets", slice(None))[rows, 0]]  # (S,)
+    user = store.gather("users", rows)  # every user is kept: indices agree with the truth
     start = np.searchsorted(truth.user, user)
     count = np.searchsorted(truth.user, user, side="right") - start - 1  # earlier clicks
     steps = np.arange(count.max())
@@ -493,11 +496,11 @@ def _test_aucs(store: PreparedStore, truth) -> dict[str, float]:
     driver matches (the same, each history item counted in its own driving slot only, as a
     model that knows each item's driver would); and the generator's probability (Bayes)."""
     rows = store.split_indices("test")
-    histories, targets = store.array("histories")[rows], store.array("targets")[rows]
-    labels = store.array("labels")[rows]
+    histories, targets = store.gather("histories", rows), store.gather("targets", rows)
+    labels = store.gather("labels", slice(None))[rows]
     train = store.split_indices("train")
-    train_positive = train[store.array("labels")[train] == 1]
-    clicks = np.bincount(store.array("targets")[train_positive, 0],
+    train_positive = train[store.gather("labels", slice(None))[train] == 1]
+    clicks = np.bincount(store.gather("targets", slice(None))[train_positive, 0],
                          minlength=store.vocab_sizes[0])
     table = store.array("item_attributes")[2:]  # (items, k)
     real = histories[..., 0] > 0  # (n, L)

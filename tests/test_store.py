@@ -60,12 +60,14 @@ def write_csv_source(folder: Path) -> list[str]:
 def test_same_seed_gives_byte_identical_stores(tmp_path: Path) -> None:
     a = files(make_store(tmp_path / "a", "sliding").root)
     b = files(make_store(tmp_path / "b", "sliding").root)
-    assert "schema.json" in a and "arrays/histories.npy" in a and "vocab/colour.txt" in a
+    assert "schema.json" in a and "arrays/clicks.npy" in a and "vocab/colour.txt" in a
+    assert "arrays/histories.npy" not in a  # gathered from the timelines, never stored
     assert a == b
     other = make_store(tmp_path / "c", "sliding", seed=1)
     first = PreparedStore(tmp_path / "a")
-    assert not np.array_equal(first.array("users"), other.array("users"))
-    train = {s: set(st.array("users")[st.split_indices("train")]) for s, st in
+    everyone = slice(None)
+    assert not np.array_equal(first.gather("users", everyone), other.gather("users", everyone))
+    train = {s: set(st.gather("users", st.split_indices("train"))) for s, st in
              (("a", first), ("c", other))}
     assert train["a"] != train["c"]
 
@@ -129,7 +131,8 @@ def test_failing_source_leaves_no_directory(tmp_path: Path, capsys) -> None:
 
 def test_batches_shapes_masks_and_coverage(tmp_path: Path) -> None:
     store = make_store(tmp_path / "s", "sliding")
-    histories, lengths = store.array("histories"), store.array("lengths")
+    everything = np.arange(store.num_samples)
+    histories, lengths = store.gather("histories", everything), store.gather("lengths", everything)
     for split in ("train", "valid", "test"):
         rows = store.split_indices(split)
         seen = []
@@ -146,8 +149,9 @@ def test_batches_shapes_masks_and_coverage(tmp_path: Path) -> None:
             expected_mask = np.arange(5) < lengths[index, None]
             np.testing.assert_array_equal(batch["mask"].numpy(), expected_mask)
             np.testing.assert_array_equal(batch["history"].numpy(), histories[index])
-            np.testing.assert_array_equal(batch["target"].numpy(), store.array("targets")[index])
-            np.testing.assert_array_equal(batch["label"].numpy(), store.array("labels")[index])
+            np.testing.assert_array_equal(batch["target"].numpy(),
+                                          store.gather("targets", index))
+            np.testing.assert_array_equal(batch["label"].numpy(), store.gather("labels", index))
             seen.append(index)
         np.testing.assert_array_equal(np.concatenate(seen), rows)  # in order, each once
 
@@ -217,6 +221,9 @@ def test_stats_prints_the_table1_line(tmp_path: Path, capsys) -> None:
     n, m = store.schema["num_users"], store.schema["num_items"]
     assert f"users {n} | items {m} | attributes 2 | samples {2 * n}" in printed
     assert "colour (2 values)" in printed
+    size = sum(path.stat().st_size for path in store.root.rglob("*") if path.is_file())
+    samples = sum(store.schema["splits"].values())
+    assert f"size {size / 1e6:,.1f} MB, {size / samples:,.1f} bytes a sample (timelines " in printed
 
 
 def test_vocab_lines_match_ids_whatever_the_values(tmp_path: Path) -> None:
@@ -243,8 +250,17 @@ def test_planted_drivers_are_stored(tmp_path: Path) -> None:
     prepare(raw, tmp_path / "planted", max_len=5, report=BadInputReport())
     store = PreparedStore(tmp_path / "planted")
     assert store.has_drivers
-    history, real = store.array("history_driver"), np.arange(5) < store.array("lengths")[:, None]
-    assert history.shape == store.array("histories").shape[:2]
+    rows = np.arange(store.num_samples)
+    history, real = store.gather("history_driver", rows), np.arange(5) < store.gather(
+        "lengths", rows)[:, None]
+    assert history.shape == store.gather("histories", rows).shape[:2]
     assert set(np.unique(history[real])) <= {0, 1} and (history[~real] == -1).all()
-    assert (store.array("target_driver")[store.array("labels") == 0] == -1).all()
-    assert (store.array("history_driver_kind")[real] == 0).all()
+    target = store.gather("target_driver", rows)
+    assert (target[store.gather("labels", rows) == 0] == -1).all()
+    assert set(np.unique(target[store.gather("labels", rows) == 1])) == {0, 1}
+    assert (store.gather("history_driver_kind", rows)[real] == 0).all()
+    # the drivers follow their clicks: interaction i has driver i % 2, and the clicks of a
+    # timeline are its user's rows in time order
+    frame = raw_data().interactions.with_row_index("row").sort(["user", "time"],
+                                                               maintain_order=True)
+    np.testing.assert_array_equal(store.array("click_driver"), frame["row"].to_numpy() % 2)

@@ -80,12 +80,12 @@ def test_the_real_movielens_store_passes_every_check(tmp_path: Path, protocol: s
 
 
 def test_truncated_array(store: Path) -> None:
-    path = store / "arrays" / "histories.npy"
+    path = store / "arrays" / "clicks.npy"
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: size - 1000])
     message = opening_error(store)
     assert message == (
-        f"{store} is a damaged store: arrays/histories.npy is truncated: its header promises "
+        f"{store} is a damaged store: arrays/clicks.npy is truncated: its header promises "
         f"{size:,} bytes, the file has {size - 1000:,}"
     )
 
@@ -117,62 +117,67 @@ def test_schema_json_with_values_of_the_wrong_kind(store: Path) -> None:
 
 
 def test_array_of_another_shape(store: Path) -> None:
-    path = store / "arrays" / "targets.npy"
+    path = store / "arrays" / "pair_negatives.npy"
     np.save(path, np.load(path)[:-2])
     assert opening_error(store) == (
-        f"{store} is a damaged store: arrays/targets.npy has shape (398, 3); schema.json "
-        "implies (400, 3)"
+        f"{store} is a damaged store: arrays/pair_negatives.npy has shape (198,); schema.json "
+        "implies (200,)"
     )
 
 
 def test_array_of_another_dtype(store: Path) -> None:
-    path = store / "arrays" / "labels.npy"
+    path = store / "arrays" / "pair_positions.npy"
     np.save(path, np.load(path).astype(np.float64))
     assert opening_error(store) == (
-        f"{store} is a damaged store: arrays/labels.npy holds float64 values; a store holds "
-        "int8 there"
+        f"{store} is a damaged store: arrays/pair_positions.npy holds float64 values; a store "
+        "holds int32 there"
     )
 
 
 def test_array_that_is_not_npy(store: Path) -> None:
-    (store / "arrays" / "users.npy").write_bytes(b"\x00garbage, not an array")
+    (store / "arrays" / "pair_users.npy").write_bytes(b"\x00garbage, not an array")
     assert opening_error(store) == (
-        f"{store} is a damaged store: arrays/users.npy is not a readable .npy array (the magic "
-        "string is not correct; expected b'\\x93NUMPY', got b'\\x00garba')"
+        f"{store} is a damaged store: arrays/pair_users.npy is not a readable .npy array (the "
+        "magic string is not correct; expected b'\\x93NUMPY', got b'\\x00garba')"
     )
 
 
 def test_missing_array_and_vocabulary(store: Path) -> None:
-    (store / "arrays" / "lengths.npy").unlink()
+    (store / "arrays" / "timeline_offsets.npy").unlink()
     (store / "vocab" / "brand.txt").unlink()
     assert opening_error(store) == (
-        f"{store} is a damaged store: arrays/lengths.npy is missing (and 1 more problem(s); "
-        f"camn stats {store} lists them)"
+        f"{store} is a damaged store: arrays/timeline_offsets.npy is missing (and 1 more "
+        f"problem(s); camn stats {store} lists them)"
+    )
+
+
+def test_a_store_without_its_user_ids_is_damaged(store: Path) -> None:
+    (store / "users.txt").unlink()
+    assert opening_error(store) == (
+        f"{store} is a damaged store: users.txt is missing (user index i is its line i)"
     )
 
 
 @pytest.mark.parametrize(
     ("name", "where", "value", "expected"),
     [
-        ("histories", (3, 0, 2), 24, "arrays/histories.npy holds id 24 of attribute 'brand' at "
-         "row 3, outside its vocabulary of ids 0..23 (vocab_sizes in schema.json)"),
-        ("histories", (7, 1, 0), -1, "arrays/histories.npy holds id -1 of attribute 'item_id' at "
-         "row 7, outside its vocabulary of ids 0..61 (vocab_sizes in schema.json)"),
-        ("targets", (5, 1), 14, "arrays/targets.npy holds id 14 of attribute 'category' at "
-         "row 5, outside its vocabulary of ids 0..13 (vocab_sizes in schema.json)"),
+        ("clicks", (3,), 1, "arrays/clicks.npy holds 1 at row 3; item ids are 2..num_items + 1 "
+         "(61)"),
+        ("pair_negatives", (5,), 62, "arrays/pair_negatives.npy holds 62 at row 5; item ids are "
+         "2..num_items + 1 (61)"),
         ("item_attributes", (9, 2), 99, "arrays/item_attributes.npy holds id 99 of attribute "
          "'brand' at item id 9, outside its vocabulary of ids 0..23 (vocab_sizes in schema.json)"),
-        ("splits", (11,), 7,
-         "arrays/splits.npy holds 7 at row 11; split codes are 0 (train), 1 (valid) or 2 (test)"),
-        ("labels", (4,), 3, "arrays/labels.npy holds 3 at row 4; labels are 0 (non-click) or 1 "
-         "(click)"),
-        ("lengths", (2,), 6, "arrays/lengths.npy holds 6 at row 2; lengths are 0..max_len (5)"),
-        ("users", (8,), 200, "arrays/users.npy holds 200 at row 8; users are 0..num_users - 1 "
-         "(199)"),
-        ("history_driver", (6, 0), 3, "arrays/history_driver.npy holds 3 at row 6; drivers are "
-         "-1 (no click) or an attribute slot 0..2"),
-        ("target_driver_kind", (1,), 2, "arrays/target_driver_kind.npy holds 2 at row 1; driver "
-         "kinds are -1 (no click), 0 or 1"),
+        ("item_attributes", (7, 0), -1, "arrays/item_attributes.npy holds id -1 of attribute "
+         "'item_id' at item id 7, outside its vocabulary of ids 0..61 (vocab_sizes in "
+         "schema.json)"),
+        ("pair_users", (8,), 200, "arrays/pair_users.npy holds 200 at row 8; users are "
+         "0..num_users - 1 (199)"),
+        ("timeline_users", (199,), 200, "arrays/timeline_users.npy holds 200 at row 199; users "
+         "are 0..num_users - 1 (199)"),
+        ("click_driver", (6,), 3, "arrays/click_driver.npy holds 3 at row 6; drivers are "
+         "-1 (none) or an attribute slot 0..2"),
+        ("click_driver_kind", (1,), 2, "arrays/click_driver_kind.npy holds 2 at row 1; driver "
+         "kinds are -1 (none), 0 or 1"),
     ],
 )
 def test_values_outside_their_range(
@@ -185,14 +190,49 @@ def test_values_outside_their_range(
     assert scan_error(store) == f"{store} is a damaged store: {expected}"
 
 
-def test_split_counts_that_disagree_with_the_schema(store: Path) -> None:
-    def move_a_train_row_to_valid(splits: np.ndarray) -> None:
-        splits[0] = 1
+def test_a_position_outside_its_users_timeline(store: Path) -> None:
+    user = int(np.load(store / "arrays" / "pair_users.npy")[4])
+    clicks = int(np.diff(np.load(store / "arrays" / "timeline_offsets.npy"))[user])
 
-    rewrite(store, "splits", move_a_train_row_to_valid)
+    def beyond(positions: np.ndarray) -> None:
+        positions[4] = clicks
+
+    rewrite(store, "pair_positions", beyond)
     assert scan_error(store) == (
-        f"{store} is a damaged store: arrays/splits.npy has {{'train': 319, 'valid': 41, "
-        "'test': 40} samples per split; schema.json says {'test': 40, 'train': 320, 'valid': 40}"
+        f"{store} is a damaged store: arrays/pair_positions.npy holds {clicks} at row 4, "
+        f"outside user {user}'s timeline of {clicks} clicks"
+    )
+
+
+def test_timelines_out_of_order(store: Path) -> None:
+    def swap(offsets: np.ndarray) -> None:
+        offsets[[3, 4]] = offsets[[4, 3]]
+
+    rewrite(store, "timeline_offsets", swap)
+    clicks = schema(store)["timelines"]["clicks"]
+    assert scan_error(store) == (
+        f"{store} is a damaged store: arrays/timeline_offsets.npy does not ascend from 0 to the "
+        f"click count ({clicks:,})"
+    )
+
+
+def test_split_counts_that_cut_a_users_pairs(store: Path) -> None:
+    document = schema(store)
+    document["splits"] = {"train": 318, "valid": 42, "test": 40}  # a train pair into valid
+    (store / "schema.json").write_text(json.dumps(document))
+    assert scan_error(store) == (
+        f"{store} is a damaged store: arrays/pair_users.npy: the pairs are not sorted by (user, "
+        "position) within each split at pair 160 (schema.json's splits must bound them)"
+    )
+
+
+def test_odd_split_counts(store: Path) -> None:
+    document = schema(store)
+    document["splits"] = {"train": 319, "valid": 41, "test": 40}
+    (store / "schema.json").write_text(json.dumps(document))
+    assert opening_error(store) == (
+        f"{store} is a damaged store: schema.json splits must give the sample counts of train, "
+        "valid, test, even numbers (a click and its non-click)"
     )
 
 
@@ -208,26 +248,25 @@ def test_vocabulary_with_the_wrong_line_count(store: Path) -> None:
 def test_ids_out_of_range_stop_training_before_it_starts(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    def damage(histories: np.ndarray) -> None:
-        histories[3, 0, 2] = 24
+    def damage(negatives: np.ndarray) -> None:
+        negatives[3] = 62
 
-    rewrite(store, "histories", damage)
+    rewrite(store, "pair_negatives", damage)
     out = tmp_path / "run"
     assert main(["train", "--data", str(store), "--out", str(out), *TRAIN]) == 2
     captured = capsys.readouterr()
     assert captured.err == (
-        f"camn: error: {store} is a damaged store: arrays/histories.npy holds id 24 of "
-        "attribute 'brand' at row 3, outside its vocabulary of ids 0..23 (vocab_sizes in "
-        "schema.json)\n"
+        f"camn: error: {store} is a damaged store: arrays/pair_negatives.npy holds 62 at row 3; "
+        "item ids are 2..num_items + 1 (61)\n"
     )
     assert "epoch" not in captured.out and not (out / "seed_1").exists()
 
 
 def test_stats_lists_every_problem(store: Path, capsys: pytest.CaptureFixture) -> None:
-    def damage(splits: np.ndarray) -> None:
-        splits[0] = 5
+    def damage(clicks: np.ndarray) -> None:
+        clicks[0] = 0
 
-    rewrite(store, "splits", damage)
+    rewrite(store, "clicks", damage)
     with (store / "vocab" / "category.txt").open("a", encoding="utf-8") as file:
         file.write("extra\n")
     assert main(["stats", str(store)]) == 2
@@ -235,18 +274,19 @@ def test_stats_lists_every_problem(store: Path, capsys: pytest.CaptureFixture) -
     assert captured.out == ""  # no Table 1 line for a damaged store
     assert captured.err == (
         f"camn: error: {store} is a damaged store or cannot be trained on (2 problem(s)):\n"
-        "  arrays/splits.npy holds 5 at row 0; split codes are 0 (train), 1 (valid) or 2 (test)\n"
+        "  arrays/clicks.npy holds 0 at row 0; item ids are 2..num_items + 1 (61)\n"
         "  vocab/category.txt has 15 lines; vocab_sizes in schema.json says 14\n"
     )
 
 
 def test_stats_reports_a_truncated_array(store: Path, capsys: pytest.CaptureFixture) -> None:
-    path = store / "arrays" / "labels.npy"
+    path = store / "arrays" / "pair_negatives.npy"
     path.write_bytes(path.read_bytes()[:-10])
     assert main(["stats", str(store)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "(1 problem(s)):\n  arrays/labels.npy is truncated: its header promises" in captured.err
+    assert ("(1 problem(s)):\n  arrays/pair_negatives.npy is truncated: its header promises"
+            in captured.err)
 
 
 def test_stats_on_a_broken_schema_exits_2(store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -304,7 +344,7 @@ def test_prepare_of_a_large_enough_store_warns_of_nothing(
 
 
 EMPTY_VALID = (
-    "arrays/splits.npy: the valid split has no samples; training needs samples in train, "
+    "schema.json: the valid split has no samples; training needs samples in train, "
     "valid and test (each of valid and test gets 10% of the users: prepare more users)"
 )
 
@@ -343,29 +383,3 @@ def test_stats_reports_an_empty_split(no_valid_split: Path, capsys: pytest.Captu
         f"camn: error: {no_valid_split} is a damaged store or cannot be trained on "
         f"(1 problem(s)):\n  {EMPTY_VALID}\n"
     )
-
-
-@pytest.mark.parametrize(
-    ("split", "label", "use"),
-    [("train", 1, "training"), ("valid", 0, "early stopping (the validation AUC)"),
-     ("test", 1, "the test AUC")],
-)
-def test_a_split_with_a_single_label_stops_training(
-    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, split: str, label: int, use: str
-) -> None:
-    code = ("train", "valid", "test").index(split)
-    splits = np.load(store / "arrays" / "splits.npy")
-
-    def one_label(labels: np.ndarray) -> None:
-        labels[splits == code] = label
-
-    rewrite(store, "labels", one_label)
-    out = tmp_path / "run"
-    assert main(["train", "--data", str(store), "--out", str(out), *TRAIN]) == 2
-    captured = capsys.readouterr()
-    name = "1 (clicks)" if label else "0 (non-clicks)"
-    assert captured.err == (
-        f"camn: error: {store} cannot be trained on: arrays/labels.npy: the {split} split has "
-        f"only label {name}; {use} needs both clicks and non-clicks\n"
-    )
-    assert "epoch" not in captured.out and not (out / "seed_1").exists()

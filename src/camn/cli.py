@@ -144,7 +144,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     from camn.data.quality import stats_lines
-    from camn.data.store import PreparedStore, table1_line
+    from camn.data.store import PreparedStore, size_line, table1_line
 
     store = PreparedStore(args.store, validate=False)
     problems = store.problems(training=True)
@@ -155,6 +155,7 @@ def run_stats(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     print(table1_line(store.schema))
+    print(size_line(store))
     print("attributes: " + ", ".join(
         f"{a} ({n - 2:,} values)" for a, n in zip(store.attributes, store.vocab_sizes, strict=True)
     ))

@@ -267,10 +267,8 @@ class IdEncoder:
         """The store's user ids (``users.txt``): user index i is element i."""
         path = self.store.root / USERS
         if not path.is_file():
-            raise DataError(
-                f"{path} is missing: this store was prepared before camn recorded user ids; "
-                "prepare it again to look users up (or give histories instead of users)"
-            )
+            raise DataError(f"{self.store.root} is a damaged store: {USERS} is missing (user "
+                            "index i is its line i): prepare it again")
         users = path.read_text(encoding="utf-8").splitlines()
         if len(users) != self.store.schema["num_users"]:
             raise DataError(f"{path} has {len(users):,} lines for "
@@ -287,8 +285,8 @@ class IdEncoder:
         """(num_users,) the store row of each user's last click sample: rows are sorted by
         (split, user, position), so it is the user's last row with label 1."""
         if self._latest is None:
-            positives = np.flatnonzero(np.asarray(self.store.array("labels")) == 1)
-            owners = np.asarray(self.store.array("users"))[positives]
+            positives = np.flatnonzero(self.store.gather("labels", slice(None)) == 1)
+            owners = self.store.gather("users", positives)
             latest = np.full(self.store.schema["num_users"], -1, dtype=np.int64)
             users, last = np.unique(owners[::-1], return_index=True)
             latest[users] = positives[::-1][last]
@@ -307,10 +305,10 @@ class IdEncoder:
         known = index.is_not_null().to_numpy() & (rows >= 0)
         rows = np.where(known, rows, 0)
         length = self.max_len
-        lengths = np.where(known, np.asarray(self.store.array("lengths")[rows]), 0)
+        lengths = np.where(known, self.store.gather("lengths", rows), 0)
         history = np.zeros((len(rows), length + 1), dtype=np.int64)
-        history[:, :length] = np.asarray(self.store.array("histories")[rows][:, :, 0])
-        history[np.arange(len(rows)), lengths] = np.asarray(self.store.array("targets")[rows][:, 0])
+        history[:, :length] = self.store.gather("histories", rows)[:, :, 0]
+        history[np.arange(len(rows)), lengths] = self.store.gather("targets", rows)[:, 0]
         history *= known[:, None]
         lengths = np.where(known, lengths + 1, 0)
         full = lengths > length  # drop the oldest item of a full history

@@ -2,8 +2,7 @@
 
 For clicked samples of the store (label 1, with a history) the routing scores P (CAMN's
 Eq. 2) of every history item are shown with the item's id and full attribute values, under the
-user's own id (``users.txt`` of the store; a store prepared before camn recorded user ids shows
-the user's number, ``#12``). ``--user ID`` picks that user's clicks (the most recent
+user's own id (``users.txt`` of the store). ``--user ID`` picks that user's clicks (the most recent
 ``--limit``, of whatever split the user is in), otherwise the first ``--limit`` clicks of
 ``--split``. Formats:
 
@@ -116,9 +115,8 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
         except ValueError:
             raise DataError(f"user {user!r} is not in the store {store.root} "
                             f"({USERS}; e.g. {users[0]!r})") from None
-        rows = np.flatnonzero(np.asarray(store.array("users")) == index)
-    clicks = (np.asarray(store.array("labels")[rows]) == 1) & (
-        np.asarray(store.array("lengths")[rows]) > 0)
+        rows = np.flatnonzero(store.gather("users", slice(None)) == index)
+    clicks = (store.gather("labels", rows) == 1) & (store.gather("lengths", rows) > 0)
     rows = rows[clicks]
     return rows[-limit:] if user is not None else rows[:limit]
 
@@ -126,15 +124,9 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
 def encoded(predictor: Predictor, rows: np.ndarray) -> Encoded:
     """Store ``rows`` as the predictor's encoded input (item rows of history and candidate)."""
     store = predictor.store
-    history = np.asarray(store.array("histories")[rows][:, :, 0]).astype(np.int64)  # (n, L)
-    lengths = np.asarray(store.array("lengths")[rows]).astype(np.int64)
-    return Encoded(history, lengths, np.asarray(store.array("targets")[rows][:, 0]).astype(
-        np.int64))
-
-
-def user_names(predictor: Predictor) -> list[str] | None:
-    """The store's user ids, or None for a store prepared before they were recorded."""
-    return predictor.user_ids() if (predictor.store.root / USERS).is_file() else None
+    history = store.gather("histories", rows)[:, :, 0].astype(np.int64)  # (n, L)
+    lengths = store.gather("lengths", rows).astype(np.int64)
+    return Encoded(history, lengths, store.gather("targets", rows)[:, 0].astype(np.int64))
 
 
 def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
@@ -142,15 +134,15 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     attribute values, for the text and JSON formats) for store ``rows``."""
     store, attributes = predictor.store, predictor.attributes
     vocabularies = [predictor.vocabulary(a) for a in attributes]
-    history = np.asarray(store.array("histories")[rows]).astype(np.int64)  # (n, L, k)
-    lengths = np.asarray(store.array("lengths")[rows]).astype(np.int64)
-    targets = np.asarray(store.array("targets")[rows]).astype(np.int64)  # (n, k)
+    history = store.gather("histories", rows).astype(np.int64)  # (n, L, k)
+    lengths = store.gather("lengths", rows).astype(np.int64)
+    targets = store.gather("targets", rows).astype(np.int64)  # (n, k)
     probabilities, routing = predictor.run(encoded(predictor, rows), routing=True)
     table = routing_rows(history, lengths, routing, attributes, vocabularies)
-    users = np.asarray(store.array("users")[rows])
-    names = user_names(predictor)
-    user = [names[u] for u in users] if names is not None else [f"#{u}" for u in users]
-    splits = np.asarray(SPLITS, dtype=object)[np.asarray(store.array("splits")[rows])]
+    users = store.gather("users", rows)
+    names = predictor.user_ids()
+    user = [names[u] for u in users]
+    splits = np.asarray(SPLITS, dtype=object)[store.gather("splits", rows)]
     per_sample = pl.DataFrame({
         "sample": np.arange(len(rows)),
         "store_row": rows.astype(np.int64),
@@ -165,7 +157,7 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     }, schema_overrides={"candidate_values": pl.List(pl.String), "user": pl.String,
                          "split": pl.String, "candidate": pl.String})
     if store.has_drivers:
-        drivers = np.asarray(store.array("history_driver")[rows])  # (n, L) slot or -1
+        drivers = store.gather("history_driver", rows)  # (n, L) slot or -1
         planted = drivers[table["sample"].to_numpy(), table["position"].to_numpy() - 1]
         slot = np.tile(np.arange(len(attributes)), len(table) // max(1, len(attributes)))
         table = table.with_columns(pl.Series("planted", planted == slot))

@@ -179,9 +179,9 @@ def verification_batches(predictor: Predictor) -> list[Batch]:
     store = predictor.store
     rows = np.concatenate([store.split_indices(s) for s in ("test", "valid", "train")])
     sizes = [min(VERIFY_ROWS, len(rows)), max(1, min(VERIFY_ROWS // 2 + 1, len(rows) - 1)), 1]
-    history = np.asarray(store.array("histories")[rows[: sizes[0]]])[:, :, 0].astype(np.int64)
-    lengths = np.asarray(store.array("lengths")[rows[: sizes[0]]]).astype(np.int64)
-    target = np.asarray(store.array("targets")[rows[: sizes[0]]])[:, 0].astype(np.int64)
+    history = store.gather("histories", rows[: sizes[0]])[:, :, 0].astype(np.int64)
+    lengths = store.gather("lengths", rows[: sizes[0]]).astype(np.int64)
+    target = store.gather("targets", rows[: sizes[0]])[:, 0].astype(np.int64)
     batches = []
     for number, size in enumerate(sizes):
         encoded = Encoded(history[:size].copy(), lengths[:size].copy(), target[:size])

@@ -17,9 +17,8 @@ import polars as pl
 from camn.data import quality
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.store import write_store
+from camn.data.store import ANNOTATIONS, write_store
 
-ANNOTATIONS = ("driver", "driver_kind")
 TINY_SPLIT = 100  # samples; a split below this gets a warning: its AUC is mostly noise
 
 
@@ -28,8 +27,8 @@ class EncodedInteractions:
     """Interactions as integer arrays: user index (sorted order of the user strings), item id
     (2 + sorted order of the item strings), time, and the planted-truth annotations."""
 
-    user: np.ndarray  # (n,) int64
-    item: np.ndarray  # (n,) int64
+    user: np.ndarray  # (n,) int32
+    item: np.ndarray  # (n,) int32
     time: np.ndarray  # (n,)
     annotations: dict[str, np.ndarray]
     items: pl.Series  # (num_items,) the item strings, sorted; id i is items[i - 2]
@@ -48,19 +47,28 @@ def first_occurrences(*keys: np.ndarray) -> np.ndarray:
     return keep
 
 
+def sorted_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """(n,) int64 code of every value (its position among the sorted distinct values) and the
+    sorted distinct values: the dense rank, found by sorting the distinct values only and
+    joining them back (sorting every string is the slow part of a large log)."""
+    values = column.unique().sort()
+    lookup = pl.DataFrame({"value": values, "code": np.arange(len(values), dtype=np.int64)})
+    codes = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
+                                                 maintain_order="left")["code"]
+    return codes.to_numpy(), values
+
+
 def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteractions:
     """Number users and items, drop repeated (user, item, time) rows (counted as bad input) and
     users with fewer than 2 interactions (SPEC section 2).
 
-    Works on integer codes (polars dense ranks = positions in sorted order) rather than on the
+    Works on integer codes (positions in sorted order, :func:`sorted_codes`) rather than on the
     string frame, and empties ``raw.interactions`` once coded: at 20 M reviews the string frame
     and its copies were most of prepare's peak memory.
     """
     frame = raw.interactions
-    user = (frame["user"].rank("dense") - 1).to_numpy().astype(np.int64)
-    item = (frame["item"].rank("dense") - 1).to_numpy().astype(np.int64)
-    item_values = frame["item"].unique().sort()
-    user_values = frame["user"].unique().sort()
+    user, user_values = sorted_codes(frame["user"])
+    item, item_values = sorted_codes(frame["item"])
     time = frame["time"].to_numpy()
     annotations = {
         name: frame[name].to_numpy().astype(np.int8)
@@ -83,8 +91,8 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     kept_users, user = np.unique(user[keep], return_inverse=True)
     kept_items, item = np.unique(item[keep], return_inverse=True)
     return EncodedInteractions(
-        user=user.astype(np.int64),
-        item=item.astype(np.int64) + FIRST_ITEM_ID,
+        user=user.astype(np.int32),
+        item=(item + FIRST_ITEM_ID).astype(np.int32),
         time=time[keep],
         annotations={name: values[keep] for name, values in annotations.items()},
         items=item_values.gather(kept_items),
@@ -145,15 +153,16 @@ def prepare(
         raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")
     if len(encoded.user) == 0:
         raise DataError("no user has 2 or more interactions: nothing to prepare")
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
     item_attributes, vocabularies = encode_items(raw, encoded.items, report)
-    arrays = build_samples(
-        encoded.user, encoded.item, encoded.time, item_attributes,
-        protocol=protocol, max_len=max_len, seed=seed, annotations=encoded.annotations,
+    arrays, splits = build_samples(
+        encoded.user, encoded.item, encoded.time, len(encoded.items),
+        protocol=protocol, seed=seed, annotations=encoded.annotations,
         user_names=encoded.users,
     )
-    findings = quality.warn(raw, encoded.items, encoded.user, len(arrays["labels"]), max_len)
+    findings = quality.warn(raw, encoded.items, encoded.user, sum(splits.values()), max_len)
     arrays["item_attributes"] = item_attributes
-    counts = np.bincount(arrays["splits"], minlength=3)
     schema = {
         "num_users": encoded.num_users,
         "num_items": len(encoded.items),
@@ -163,7 +172,9 @@ def prepare(
         "protocol": protocol,
         "seed": seed,
         "max_len": max_len,
-        "splits": {"train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2])},
+        "splits": splits,
+        "timelines": {"users": encoded.num_users, "clicks": len(encoded.user),
+                      "time_dtype": str(arrays["click_times"].dtype)},
         "origin": raw.origin,
         "dropped_users_under_2_interactions": encoded.dropped_users,
         "bad_input": dict(sorted(report.counts.items())),

@@ -6,8 +6,9 @@ previous items (at most L). ``sliding``: train users give one positive (plus one
 position t >= 1; valid and test users give their last position only, with the same negatives as
 ``last``, so the valid and test sets of both protocols are identical under one seed.
 
-Users are split 80/10/10 at random. Histories are left-aligned: position 0 holds the oldest
-item kept, position ``length - 1`` the most recent, the rest is padding (attribute id 0).
+Users are split 80/10/10 at random. A sample refers to its user's timeline (the clicks in time
+order) by the position of its target there; its history is the clicks before it, at most L of
+them (gathered by :class:`camn.data.store.PreparedStore`, left-aligned, padded with id 0).
 """
 
 from __future__ import annotations
@@ -56,39 +57,48 @@ def sample_negatives(
     return negatives
 
 
+def narrowest_times(time: np.ndarray) -> np.ndarray:
+    """Times as int32 where every value fits (Unix seconds do until 2038), else int64, or
+    float64 for fractional times."""
+    if time.dtype.kind == "f":
+        return time.astype(np.float64)
+    fits = len(time) == 0 or (time.min() >= np.iinfo(np.int32).min
+                              and time.max() <= np.iinfo(np.int32).max)
+    return time.astype(np.int32 if fits else np.int64)
+
+
 def build_samples(
     user: np.ndarray,
     item: np.ndarray,
     time: np.ndarray,
-    item_attributes: np.ndarray,
+    num_items: int,
     protocol: Protocol,
-    max_len: int = 20,
     seed: int = 2022,
     annotations: dict[str, np.ndarray] | None = None,
     user_names: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """Turn interactions into model-ready samples.
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Turn interactions into timelines and the samples that refer to them.
 
     Args:
         user: (n,) user index in [0, num_users); every user has at least 2 interactions.
         item: (n,) item id in [2, num_items + 2).
         time: (n,) timestamps; ties keep the input order.
-        item_attributes: (num_items + 2, k) attribute ids of every item id (rows 0, 1: pad,
-            unknown).
-        annotations: optional per-interaction int arrays (e.g. ``driver``) carried into
-            ``history_<name>`` (N, L) and ``target_<name>`` (N,), -1 where there is no click.
+        annotations: optional per-interaction int arrays (e.g. ``driver``), kept per click as
+            ``click_<name>``.
         user_names: the user of every index, for messages.
 
-    Returns arrays sorted by (split, user, position), each positive followed by its negative:
-    ``histories`` (N, L, k) int32, ``lengths`` (N,) int32, ``targets`` (N, k) int32,
-    ``labels`` (N,) int8, ``users`` (N,) int32, ``splits`` (N,) int8, plus the annotations.
+    Returns the store's arrays (:mod:`camn.data.store`) but the item table: the timelines
+    ``timeline_users`` (U,) int32, ``timeline_offsets`` (U + 1,) int64, ``clicks`` (n,) int32
+    (each user's items in time order), ``click_times`` (n,) (:func:`narrowest_times`) and the
+    annotations; one pair a click to predict (a positive and its sampled negative), sorted by
+    (split, user, position): ``pair_users`` (P,) int32, ``pair_positions`` (P,) int32 (the
+    click's index in the user's timeline; the history is the clicks before it) and
+    ``pair_negatives`` (P,) int32, the negative's item id. Also the samples per split (two a
+    pair; the pairs of a split are contiguous, in the order train, valid, test).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be at least 1, got {max_len}")
-    num_items = len(item_attributes) - FIRST_ITEM_ID
-    by_time = np.lexsort((np.arange(len(user)), time, user))
+    by_time = np.lexsort((time, user))  # stable: ties keep the input order
     user, item = user[by_time], item[by_time]
     counts = np.bincount(user)
     if len(counts) == 0 or counts.min() < 2:
@@ -114,41 +124,31 @@ def build_samples(
     if protocol == "last":
         pos, negatives = last_pos, last_negatives
     else:
-        is_train = user_split[user] == TRAIN
-        local = np.arange(len(user)) - starts[user]
-        train_pos = np.flatnonzero(is_train & (local >= 1))
+        predicted = user_split[user] == TRAIN  # every click of a train user but the first
+        predicted[starts] = False
+        train_pos = np.flatnonzero(predicted)
+        del predicted
         train_neg = sample_negatives(
             user[train_pos], user_item_keys, num_items, np.random.default_rng(sliding_seq)
         )
         held_out = np.flatnonzero(user_split != TRAIN)
         pos = np.concatenate([train_pos, last_pos[held_out]])
         negatives = np.concatenate([train_neg, last_negatives[held_out]])
+    del user_item_keys
+    # pos ascends within each protocol's part, so within a split it ascends in (user, position)
+    order = np.argsort(user_split[user[pos]], kind="stable")
+    pos, negatives = pos[order], negatives[order]
     sample_user = user[pos]
-    order = np.lexsort((pos, sample_user, user_split[sample_user]))
-    pos, negatives, sample_user = pos[order], negatives[order], sample_user[order]
 
-    lengths = np.minimum(pos - starts[sample_user], max_len).astype(np.int32)
-    slots = np.arange(max_len)
-    valid = slots[None, :] < lengths[:, None]  # (S, L)
-    source = np.where(valid, pos[:, None] - lengths[:, None] + slots[None, :], 0)
-    history_items = np.where(valid, item[source], 0).astype(np.int32)  # (S, L); 0 = padding row
-
-    def twice(a: np.ndarray) -> np.ndarray:  # each positive is followed by its negative
-        return np.repeat(a, 2, axis=0)
-
-    target_items = np.stack([item[pos], negatives], axis=1).reshape(-1)
     out = {
-        "histories": item_attributes[twice(history_items)].astype(np.int32, copy=False),
-        "lengths": twice(lengths),
-        "targets": item_attributes[target_items].astype(np.int32, copy=False),
-        "labels": np.tile(np.array([1, 0], dtype=np.int8), len(pos)),
-        "users": twice(sample_user.astype(np.int32)),
-        "splits": twice(user_split[sample_user]),
+        "timeline_users": np.arange(len(counts), dtype=np.int32),
+        "timeline_offsets": np.concatenate([starts, [len(user)]]).astype(np.int64),
+        "clicks": item.astype(np.int32),
+        "click_times": narrowest_times(time[by_time]),
+        **{f"click_{name}": values[by_time] for name, values in (annotations or {}).items()},
+        "pair_users": sample_user.astype(np.int32),
+        "pair_positions": (pos - starts[sample_user]).astype(np.int32),
+        "pair_negatives": negatives.astype(np.int32),
     }
-    for name, values in (annotations or {}).items():
-        values = values[by_time]
-        history = np.where(valid, values[source], -1).astype(values.dtype)
-        target = np.stack([values[pos], np.full(len(pos), -1, values.dtype)], axis=1)
-        out[f"history_{name}"] = twice(history)
-        out[f"target_{name}"] = target.reshape(-1)
-    return out
+    counts = 2 * np.bincount(user_split[sample_user], minlength=len(SPLITS))
+    return out, dict(zip(SPLITS, counts.tolist(), strict=True))

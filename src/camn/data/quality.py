@@ -33,7 +33,7 @@ from camn.data.raw import RawData
 MOSTLY_BLANK = 0.5  # share of the items without a value above which a column is mostly blank
 NUMERIC_DISTINCT = 20  # distinct numbers from which a column of numbers is worth bucketing
 SHOWN_VALUES = 3  # values named in a message
-PADDING_WARN_BYTES = 64 * 2**20  # --max-len padding worth a warning
+PADDING_WARN_BYTES = 64 * 2**20  # --max-len padding gathered per epoch worth a warning
 ID_BYTES = 4  # an attribute id in a history (int32)
 
 
@@ -91,7 +91,7 @@ def history_warning(users: np.ndarray, samples: int, attributes: int, max_len: i
     ``users``: (n,) user index of every interaction kept; the longest history is the most
     active user's interactions less one (its last click's history). Far above: more than twice
     the longest, with the padding of the ``samples`` histories ((samples, max_len, attributes)
-    ids) past the longest at least ``PADDING_WARN_BYTES``.
+    ids, gathered into batches each epoch) past the longest at least ``PADDING_WARN_BYTES``.
     """
     longest = int(np.bincount(users).max()) - 1
     size = samples * max_len * attributes * ID_BYTES
@@ -100,10 +100,11 @@ def history_warning(users: np.ndarray, samples: int, attributes: int, max_len: i
         return None
     return (
         f"--max-len {max_len:,} is far above the longest history, {longest:,} items (the most"
-        f" active user has {longest + 1:,} interactions): every history is padded to"
-        f" {max_len:,} positions, so the {samples:,} samples' histories take {size_text(size)}"
-        f" ({samples:,} x {max_len:,} x {attributes} ids) where --max-len {longest:,} would take"
-        f" {size_text(needed)}; pass --max-len {longest:,} or less"
+        f" active user has {longest + 1:,} interactions): batches pad every history to"
+        f" {max_len:,} positions, so one pass over the {samples:,} samples gathers"
+        f" {size_text(size)} of history ids ({samples:,} x {max_len:,} x {attributes}) where"
+        f" --max-len {longest:,} would gather {size_text(needed)}; pass --max-len {longest:,}"
+        " or less"
     )
 
 

@@ -1,28 +1,36 @@
 """The prepared store: what ``camn prepare`` writes and every model reads.
 
-Layout of a store directory::
+Every user's clicks are stored once, as a timeline; a sample is a reference into it (whose
+history ends where, which target, which label), and a batch's histories are gathered from the
+timelines when it is made. Layout of a store directory (version 2)::
 
-    schema.json              sizes, attribute names, vocab sizes, protocol, seed, splits, origin
-    arrays/histories.npy     (N, L, k) int32  attribute ids of the history, left-aligned, 0 = pad
-    arrays/lengths.npy       (N,)      int32  real history length (0..L)
-    arrays/targets.npy       (N, k)    int32  attribute ids of the target item
-    arrays/labels.npy        (N,)      int8   1 = click, 0 = sampled negative
-    arrays/users.npy         (N,)      int32  user index
-    arrays/splits.npy        (N,)      int8   0 train, 1 valid, 2 test
-    arrays/item_attributes.npy (num_items + 2, k) int32  attribute ids of every item id
-    arrays/history_driver*.npy, target_driver*.npy   planted truth (synthetic data only)
-    vocab/<attribute>.txt    one value a line; line i is id i (0 <pad>, 1 <unk>)
-    users.txt                one user id a line; line i is user index i of users.npy (older
-                             stores lack it: their users cannot be looked up by id)
+    schema.json                  sizes, attribute names, vocab sizes, protocol, seed, splits, origin
+    arrays/item_attributes.npy   (num_items + 2, k) int32  attribute ids of every item id
+    arrays/timeline_users.npy    (U,)     int32  user index of each stored timeline, ascending
+    arrays/timeline_offsets.npy  (U + 1,) int64  timeline u is clicks[offsets[u]:offsets[u + 1]]
+    arrays/clicks.npy            (E,)     int32  item ids, each user's clicks in time order
+    arrays/click_times.npy       (E,)     int32, int64 or float64  the clicks' times
+    arrays/click_driver*.npy     (E,)     int8   planted truth of each click (synthetic data only)
+    arrays/pair_users.npy        (P,)     int32  user index of each click to predict
+    arrays/pair_positions.npy    (P,)     int32  p: that click's index in the user's timeline
+    arrays/pair_negatives.npy    (P,)     int32  item id of its sampled non-click
+    vocab/<attribute>.txt        one value a line; line i is id i (0 <pad>, 1 <unk>)
+    users.txt                    one user id a line; line i is user index i
 
-Arrays are ``.npy`` files, opened memory-mapped, so a store larger than memory trains fine.
+Every click to predict gives two samples, rows 2i (label 1, the click) and 2i + 1 (label 0,
+its negative), with one history: the user's clicks before it, clicks[e - n : e] with
+e = offsets[u] + p and n = min(p, max_len) (the length), left-aligned and padded with item 0.
+Pairs are sorted by (split, user, position), so a split's rows are one range, its bounds the
+counts of ``splits`` in ``schema.json`` (train, valid, test). ``histories`` (N, L, k),
+``lengths``, ``targets`` (N, k), ``labels``, ``users``, ``splits`` and the drivers are
+:meth:`PreparedStore.gather`-ed from these, never stored. Arrays are ``.npy`` files, opened
+memory-mapped, so a store larger than memory trains fine.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +38,20 @@ import torch
 
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
+from camn.data.store_checks import (
+    ANNOTATIONS,
+    DRIVER_ARRAYS,
+    SCHEMA_VERSION,
+    USERS,
+    expected_arrays,
+    npy_problems,
+    raise_problems,
+    read_schema,
+    scan_contents,
+)
 from camn.outputs import STORE, check_output, replacing
 
-SCHEMA_VERSION = 1
 PAD, UNK = "<pad>", "<unk>"
-USERS = "users.txt"
 
 
 def write_store(
@@ -55,19 +72,48 @@ def write_store(
     out = check_output(out, STORE, force=force)
     with replacing(out, STORE) as tmp:
         (tmp / "arrays").mkdir()
-        (tmp / "vocab").mkdir()
         for name, array in arrays.items():
             np.save(tmp / "arrays" / f"{name}.npy", np.ascontiguousarray(array))
-        for name, values in vocabularies.items():
-            # one value a line, as PreparedStore.vocab reads it back with str.splitlines
-            lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
-            (tmp / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_vocabularies(tmp, vocabularies)
         if users is not None:
-            lines = (" ".join(u.splitlines()) for u in users)
-            (tmp / USERS).write_text("".join(f"{u}\n" for u in lines), encoding="utf-8")
+            write_users(tmp, users)
         schema = {"schema_version": SCHEMA_VERSION, **schema}
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def write_vocabularies(folder: Path, vocabularies: dict[str, list[str]]) -> None:
+    """``vocab/<attribute>.txt``: one value a line, after ``<pad>`` and ``<unk>``."""
+    (folder / "vocab").mkdir()
+    for name, values in vocabularies.items():
+        # one value a line, as PreparedStore.vocab reads it back with str.splitlines
+        lines = (" ".join(v.splitlines()) for v in [PAD, UNK, *values])
+        (folder / "vocab" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_users(folder: Path, users: Sequence[str]) -> None:
+    """``users.txt``: user index i on line i."""
+    lines = (" ".join(u.splitlines()) for u in users)
+    (folder / USERS).write_text("".join(f"{u}\n" for u in lines), encoding="utf-8")
+
+
+def history_items(clicks, ends, lengths, slots):
+    """(n, len(slots)) item ids of n histories, left-aligned, 0 at padding: row b holds
+    ``clicks[ends[b] - lengths[b] : ends[b]]``. numpy arrays or torch tensors alike
+    (``clicks`` may be a memory map: only the rows read are touched)."""
+    valid = slots[None, :] < lengths[:, None]
+    source = ((ends - lengths)[:, None] + slots[None, :]) * valid
+    if isinstance(clicks, torch.Tensor):
+        return torch.take(clicks, source) * valid
+    return np.take(clicks, source) * valid
+
+
+def item_rows(table, items):
+    """``table[items]``: the (..., k) rows of a (V, k) table for an index array of any shape,
+    numpy arrays or torch tensors alike (the faster take, not fancy indexing)."""
+    if isinstance(table, torch.Tensor):
+        return table.index_select(0, items.reshape(-1).long()).view(*items.shape, table.shape[1])
+    return np.take(table, items, axis=0)
 
 
 class PreparedStore:
@@ -78,14 +124,14 @@ class PreparedStore:
     - **on open** (always, O(1) in the data size): ``schema.json`` parses and has the keys
       camn reads, every array's ``.npy`` header gives the dtype and shape the schema implies
       and the file holds as many bytes as the header promises (a truncated file), and every
-      vocabulary file is present. Only headers are read, never the data.
+      vocabulary file and ``users.txt`` is present. Only headers are read, never the data.
     - **the content scan** (:meth:`check_contents`, one chunked, vectorised pass over every
-      array, i.e. about one training epoch of reading, done at most once per store object):
-      ids inside their vocabularies slot by slot, split codes 0/1/2 with the counts of
-      ``schema.json``, labels 0/1, lengths in 0..max_len, users below num_users, planted
-      drivers, vocabulary line counts. ``camn stats``, the trainer (:meth:`check_trainable`,
-      which adds: every split holds both labels) and ``camn evaluate``/``explain`` run it;
-      its cost is below that of the work they then do.
+      array, about one training epoch of reading, done at most once per store object):
+      ids inside their vocabularies slot by slot, users below num_users, timelines (offsets
+      ascending from 0 to the click count, users ascending), every pair's user with a
+      timeline and its position inside it, planted drivers, vocabulary line counts. ``camn
+      stats``, the trainer (:meth:`check_trainable`, which adds: no split is empty) and
+      ``camn evaluate``/``explain`` run it; its cost is below that of the work they then do.
 
     Either raises one :class:`DataError` naming the store, the file and what is wrong; with
     ``validate=False`` the open check is left to :meth:`problems` (``camn stats`` lists all).
@@ -95,7 +141,9 @@ class PreparedStore:
         self.root = Path(root)
         self.schema: dict = read_schema(self.root)
         self._arrays: dict[str, np.ndarray] = {}
-        self._scan: ContentScan | None = None
+        self._scan: list[str] | None = None
+        self._table: np.ndarray | None = None
+        self._wide_table: np.ndarray | None = None
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
 
@@ -112,32 +160,25 @@ class PreparedStore:
         problems += [
             f"vocab/{attribute}.txt is missing"
             for attribute in self.attributes
-            if not (self.root / "vocab" / f"{attribute}.txt").is_file()
+            if not self.vocab_path(attribute).is_file()
         ]
+        if not (self.root / USERS).is_file():
+            problems.append(f"{USERS} is missing (user index i is its line i)")
         return problems
 
     def content_problems(self) -> list[str]:
         """What the content scan finds (run once, then remembered); needs a sound layout."""
-        return self._content_scan().problems
+        return self._content_scan()
 
     def training_problems(self) -> list[str]:
         """Why the trainer would learn or score nothing: a split without samples, or with one
-        label only (the train loss, the validation AUC of early stopping, the test AUC)."""
-        problems = []
-        for split, (negatives, positives) in zip(SPLITS, self._content_scan().labels, strict=True):
-            if negatives + positives == 0:
-                problems.append(
-                    f"arrays/splits.npy: the {split} split has no samples; training needs "
-                    "samples in train, valid and test (each of valid and test gets 10% of the "
-                    "users: prepare more users)"
-                )
-            elif not negatives or not positives:
-                label = "1 (clicks)" if positives else "0 (non-clicks)"
-                problems.append(
-                    f"arrays/labels.npy: the {split} split has only label {label}; "
-                    f"{LABEL_USES[split]} needs both clicks and non-clicks"
-                )
-        return problems
+        label only (the train loss, the validation AUC of early stopping, the test AUC); a
+        split's samples are pairs of a click and a non-click, so only an empty one."""
+        return [
+            f"schema.json: the {split} split has no samples; training needs samples in train, "
+            "valid and test (each of valid and test gets 10% of the users: prepare more users)"
+            for split in SPLITS if self.schema["splits"][split] == 0
+        ]
 
     def problems(self, training: bool = False) -> list[str]:
         """Every problem found: the open check's, then (on a sound layout) the content scan's,
@@ -158,10 +199,13 @@ class PreparedStore:
         self.check_contents()
         raise_problems(self.root, "cannot be trained on", self.training_problems())
 
-    def _content_scan(self) -> ContentScan:
+    def _content_scan(self) -> list[str]:
         if self._scan is None:
             self._scan = scan_contents(self)
         return self._scan
+
+    def vocab_path(self, attribute: str) -> Path:
+        return self.root / "vocab" / f"{attribute}.txt"
 
     @property
     def attributes(self) -> list[str]:
@@ -176,8 +220,12 @@ class PreparedStore:
         return self.schema["max_len"]
 
     @property
+    def num_samples(self) -> int:
+        return sum(self.schema["splits"].values())
+
+    @property
     def has_drivers(self) -> bool:
-        return (self.root / "arrays" / "history_driver.npy").is_file()
+        return (self.root / "arrays" / "click_driver.npy").is_file()
 
     def array(self, name: str) -> np.ndarray:
         """A stored array, memory-mapped (read-only)."""
@@ -188,18 +236,107 @@ class PreparedStore:
             self._arrays[name] = np.load(path, mmap_mode="r")
         return self._arrays[name]
 
+    @property
+    def item_table(self) -> np.ndarray:
+        """(num_items + 2, k) int32 attribute ids of every item id, in memory."""
+        if self._table is None:
+            self._table = np.array(self.array("item_attributes"))
+        return self._table
+
+    @property
+    def wide_item_table(self) -> np.ndarray:
+        """:attr:`item_table` as int64, what batches hold (no conversion per batch)."""
+        if self._wide_table is None:
+            self._wide_table = self.item_table.astype(np.int64)
+        return self._wide_table
+
     def vocab(self, attribute: str) -> list[str]:
-        return (self.root / "vocab" / f"{attribute}.txt").read_text(encoding="utf-8").splitlines()
+        return self.vocab_path(attribute).read_text(encoding="utf-8").splitlines()
+
+    def size_bytes(self) -> int:
+        """Bytes of every file of the store."""
+        return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
+
+    @property
+    def split_bounds(self) -> np.ndarray:
+        """(4,) the first row of train, valid, test, and the row count."""
+        return np.cumsum([0, *(self.schema["splits"][split] for split in SPLITS)])
 
     def split_indices(self, split: str) -> np.ndarray:
         """Row indices of one split (rows of a split are contiguous and sorted)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return np.flatnonzero(self.array("splits") == SPLITS.index(split))
+        code = SPLITS.index(split)
+        return np.arange(self.split_bounds[code], self.split_bounds[code + 1])
 
     def num_batches(self, split: str, batch_size: int, world_size: int = 1) -> int:
         per_rank = -(-len(self.split_indices(split)) // world_size)
         return -(-per_rank // batch_size)
+
+    # ------------------------------------------------------------------ gathering samples
+
+    def references(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
+        ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
+        pairs = self.row_numbers(rows) // 2
+        timeline = np.searchsorted(self.array("timeline_users"), self.array("pair_users")[pairs])
+        positions = self.array("pair_positions")[pairs].astype(np.int64)
+        ends = self.array("timeline_offsets")[timeline] + positions
+        return ends, np.minimum(positions, self.max_len)
+
+    def row_numbers(self, rows: np.ndarray | slice) -> np.ndarray:
+        """``rows`` as an int64 array of row numbers."""
+        if isinstance(rows, slice):
+            return np.arange(self.num_samples)[rows]
+        return np.asarray(rows, dtype=np.int64)
+
+    def gather(self, name: str, rows: np.ndarray | slice, width: int | None = None) -> np.ndarray:
+        """One field of the samples at ``rows`` as the models see it: ``histories``
+        (n, width, k) int32 (width: max_len unless given), ``lengths`` (n,) int32, ``targets``
+        (n, k) int32, ``target_items`` (n,) int32, ``labels`` (n,) int8 (1 click, 0 sampled
+        negative), ``users`` (n,) int32, ``splits`` (n,) int8 (0 train, 1 valid, 2 test),
+        ``history_driver``/``history_driver_kind`` (n, width) int8 (-1 where no click),
+        ``target_driver``/``target_driver_kind`` (n,) int8 (-1 for a non-click)."""
+        rows = self.row_numbers(rows)
+        if name == "labels":
+            return (1 - rows % 2).astype(np.int8)
+        if name == "users":
+            return np.asarray(self.array("pair_users")[rows // 2])
+        if name == "splits":
+            return (np.searchsorted(self.split_bounds, rows, side="right") - 1).astype(np.int8)
+        if name == "targets":
+            return item_rows(self.item_table, self.gather("target_items", rows))
+        if name not in GATHERED:
+            raise ValueError(f"no sample field {name!r}; choose one of "
+                             f"{', '.join(SAMPLE_FIELDS)}")
+        ends, lengths = self.references(rows)
+        slots = np.arange(width or self.max_len)
+        if name == "lengths":
+            return lengths.astype(np.int32)
+        if name == "histories":
+            return item_rows(self.item_table, history_items(self.array("clicks"), ends, lengths,
+                                                            slots))
+        clicked = rows % 2 == 0
+        if name == "target_items":
+            negatives = self.array("pair_negatives")[rows // 2]
+            return np.where(clicked, self.array("clicks")[np.where(clicked, ends, 0)], negatives)
+        values = self.array(f"click_{name.split('_', 1)[1]}")  # a planted-truth annotation
+        if name.startswith("history_"):
+            valid = slots[None, :] < lengths[:, None]
+            return np.where(valid, history_items(values, ends, lengths, slots), -1).astype(np.int8)
+        return np.where(clicked, values[np.where(clicked, ends, 0)], -1).astype(np.int8)
+
+    def batch_fields(self, rows: np.ndarray, width: int | None = None) -> list[np.ndarray]:
+        """histories (n, width, k), lengths, targets (n, k), labels, users of ``rows``: what
+        :func:`make_batch` takes (:meth:`gather`'s fields, the references read once)."""
+        ends, lengths = self.references(rows)
+        clicks, clicked = self.array("clicks"), rows % 2 == 0
+        items = history_items(clicks, ends, lengths, np.arange(width or self.max_len))
+        targets = np.where(clicked, clicks[np.where(clicked, ends, 0)],
+                           self.array("pair_negatives")[rows // 2])
+        table = self.wide_item_table
+        return [item_rows(table, items), lengths, item_rows(table, targets), clicked,
+                np.asarray(self.array("pair_users")[rows // 2])]
 
     def batches(
         self,
@@ -214,7 +351,7 @@ class PreparedStore:
         world_size: int = 1,
         length_buckets: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield ready batches of one split: every field gathered with one fancy index.
+        """Yield ready batches of one split, gathered from the timelines (no per-sample loop).
 
         Keys: ``index`` (B,) store row, ``history`` (B, L, k), ``mask`` (B, L) bool (True = real
         item), ``target`` (B, k), ``label`` (B,) float, ``user`` (B,), and with
@@ -227,20 +364,21 @@ class PreparedStore:
         rows = self.split_indices(split)
         rng = np.random.default_rng([seed, epoch])
         rows = rows[epoch_order(len(rows), shuffle, rng, rank, world_size)]
-        lengths = self.array("lengths")[rows] if length_buckets else None
-        if history_negatives:  # a copy: torch cannot wrap the read-only memory map
-            item_attributes = torch.from_numpy(np.array(self.array("item_attributes")))
+        lengths = self.gather("lengths", rows) if length_buckets else None
+        if history_negatives:
+            item_attributes = torch.from_numpy(self.wide_item_table)
         for positions, length in batch_slices(len(rows), batch_size, rng, lengths):
             index = rows[positions]
-            fields = [self.array(name)[index] for name in BATCH_ARRAYS]
-            fields[0] = fields[0][:, :length]  # histories
+            fields = self.batch_fields(index, length)
             batch = make_batch(torch.from_numpy(index), *map(torch.from_numpy, fields))
             if history_negatives:
                 batch["history_negative"] = draw_items(rng, item_attributes, batch["mask"])
             yield batch
 
 
-BATCH_ARRAYS = ("histories", "lengths", "targets", "labels", "users")
+GATHERED = ("histories", "lengths", "target_items",
+            *(f"{where}_{name}" for where in ("history", "target") for name in ANNOTATIONS))
+SAMPLE_FIELDS = ("labels", "users", "splits", "targets", *GATHERED)
 
 
 def epoch_order(
@@ -310,7 +448,7 @@ def draw_items(
     """A uniformly drawn item for every position of ``mask`` (B, L): (B, L, k) attribute ids,
     zeros at padding. ``item_attributes`` (num_items + 2, k) is on the batch's device."""
     ids = rng.integers(FIRST_ITEM_ID, len(item_attributes), size=tuple(mask.shape))
-    drawn = item_attributes[torch.from_numpy(ids).to(item_attributes.device)].long()
+    drawn = item_rows(item_attributes, torch.from_numpy(ids).to(item_attributes.device)).long()
     return drawn * mask[..., None]
 
 
@@ -325,223 +463,15 @@ def table1_line(schema: dict) -> str:
     )
 
 
-# ------------------------------------------------------------------ checking a store (see above)
-
-SCHEMA_KEYS = (
-    "schema_version", "attributes", "vocab_sizes", "max_len", "splits", "num_users",
-    "num_items", "protocol", "seed",
-)
-ARRAY_DTYPES = {
-    "histories": np.int32, "lengths": np.int32, "targets": np.int32, "labels": np.int8,
-    "users": np.int32, "splits": np.int8, "item_attributes": np.int32,
-}
-DRIVER_ARRAYS = ("history_driver", "history_driver_kind", "target_driver", "target_driver_kind")
-LABEL_USES = {
-    "train": "training", "valid": "early stopping (the validation AUC)", "test": "the test AUC",
-}
-CHUNK_BYTES = 1 << 25  # rows of about 32 MiB at a time: the scan's memory stays bounded
-
-
-def raise_problems(root: Path, what: str, problems: list[str]) -> None:
-    """One DataError for a list of problems: the first named, the others counted."""
-    if problems:
-        more = len(problems) - 1
-        tail = f" (and {more} more problem(s); camn stats {root} lists them)" if more else ""
-        raise DataError(f"{root} {what}: {problems[0]}{tail}")
-
-
-def read_schema(root: Path) -> dict:
-    """``schema.json`` of the store at ``root``, parsed and checked for the keys camn reads."""
-    path = root / "schema.json"
-    if not path.is_file():
-        raise DataError(f"{root} is not a prepared store (no schema.json): camn prepare")
-    try:
-        schema = json.loads(path.read_bytes())
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise DataError(f"{root} is a damaged store: schema.json {json_problem(error)}") from None
-    problems = [f"schema.json {problem}" for problem in schema_problems(schema)]
-    raise_problems(root, "is a damaged store", problems)
-    return schema
-
-
-def json_problem(error: ValueError) -> str:
-    """Why a file did not parse as JSON, to read after its name, e.g. ``is not valid JSON
-    (Expecting value: line 1, column 1)``."""
-    if isinstance(error, json.JSONDecodeError):
-        return f"is not valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
-    return f"is not text ({error})"
-
-
-def _is_int(value: object, minimum: int) -> bool:
-    return type(value) is int and value >= minimum  # type(): JSON true is no count
-
-
-def schema_problems(schema: object) -> list[str]:
-    """What makes a parsed ``schema.json`` unusable (each reason reads after the file name)."""
-    if not isinstance(schema, dict):
-        return [f"holds a JSON {type(schema).__name__}, not an object"]
-    missing = [key for key in SCHEMA_KEYS if key not in schema]
-    if missing:
-        return [f"lacks {', '.join(missing)}"]
-    problems = []
-    if schema["schema_version"] != SCHEMA_VERSION:
-        problems.append(
-            f"has schema_version {schema['schema_version']!r}; this camn reads {SCHEMA_VERSION}"
-        )
-    attributes, sizes = schema["attributes"], schema["vocab_sizes"]
-    if not (isinstance(attributes, list) and attributes
-            and all(isinstance(a, str) and a for a in attributes)
-            and len(set(attributes)) == len(attributes)):
-        problems.append("attributes must be a non-empty list of distinct names")
-    if not (isinstance(sizes, list) and all(_is_int(n, FIRST_ITEM_ID) for n in sizes)):
-        problems.append(f"vocab_sizes must be a list of integers of at least {FIRST_ITEM_ID}")
-    elif isinstance(attributes, list) and len(sizes) != len(attributes):
-        problems.append(f"vocab_sizes has {len(sizes)} entries for {len(attributes)} attributes")
-    for key in ("max_len", "num_users", "num_items"):
-        if not _is_int(schema[key], 1):
-            problems.append(f"{key} must be an integer of at least 1, got {schema[key]!r}")
-    splits = schema["splits"]
-    if not (isinstance(splits, dict) and sorted(splits) == sorted(SPLITS)
-            and all(_is_int(n, 0) for n in splits.values())):
-        problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}")
-    if not problems and sizes[0] != schema["num_items"] + FIRST_ITEM_ID:
-        problems.append(
-            f"has vocab_sizes[0] {sizes[0]} (item ids) but num_items + 2 = "
-            f"{schema['num_items'] + FIRST_ITEM_ID}"
-        )
-    return problems
-
-
-def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every array, as ``schema.json`` implies them (drivers included)."""
-    n, length, k = sum(schema["splits"].values()), schema["max_len"], len(schema["attributes"])
-    shapes = {
-        "histories": (n, length, k), "lengths": (n,), "targets": (n, k), "labels": (n,),
-        "users": (n,), "splits": (n,), "item_attributes": (schema["num_items"] + FIRST_ITEM_ID, k),
-    }
-    arrays = {name: (shape, np.dtype(ARRAY_DTYPES[name])) for name, shape in shapes.items()}
-    for name in DRIVER_ARRAYS:
-        arrays[name] = ((n, length) if name.startswith("history") else (n,), np.dtype(np.int8))
-    return arrays
-
-
-def npy_problems(path: Path, label: str, shape: tuple[int, ...], dtype: np.dtype) -> list[str]:
-    """Problems of one ``.npy`` file, from its header and size alone (no data is read)."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0,
-               (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        with path.open("rb") as file:
-            version = np.lib.format.read_magic(file)
-            if version not in readers:
-                return [f"{label} is a .npy file of version {version}, which camn never writes"]
-            actual_shape, _, actual_dtype = readers[version](file)
-            data_start = file.tell()
-    except (ValueError, OSError) as error:
-        return [f"{label} is not a readable .npy array ({error})"]
-    if actual_dtype != dtype:
-        return [f"{label} holds {actual_dtype} values; a store holds {dtype} there"]
-    problems = []
-    if actual_shape != shape:
-        problems.append(f"{label} has shape {actual_shape}; schema.json implies {shape}")
-    promised = data_start + int(np.prod(actual_shape)) * actual_dtype.itemsize
-    size = path.stat().st_size
-    if size != promised:
-        state = "truncated" if size < promised else "longer than its header says"
-        problems.append(
-            f"{label} is {state}: its header promises {promised:,} bytes, the file has {size:,}"
-        )
-    return problems
-
-
-@dataclass(frozen=True)
-class ContentScan:
-    """What :func:`scan_contents` found: the problems, and the (3, 2) sample counts of every
-    split (train, valid, test) with label 0 and 1 (zeros where splits or labels are damaged)."""
-
-    problems: list[str]
-    labels: np.ndarray
-
-
-def scan_contents(store: PreparedStore) -> ContentScan:
-    """One chunked pass over every array of a store whose layout is sound (class docstring)."""
-    k, vocab_top = len(store.attributes), np.asarray(store.vocab_sizes) - 1
-    top_user = store.schema["num_users"] - 1
-    rules: dict[str, tuple[int, int | np.ndarray, str]] = {  # name -> lowest, highest, rule
-        "histories": (0, vocab_top, ""), "targets": (0, vocab_top, ""),
-        "item_attributes": (0, vocab_top, ""),  # "": ids, checked per attribute slot
-        "lengths": (0, store.max_len, f"lengths are 0..max_len ({store.max_len})"),
-        "users": (0, top_user, f"users are 0..num_users - 1 ({top_user})"),
-        "labels": (0, 1, "labels are 0 (non-click) or 1 (click)"),
-        "splits": (0, len(SPLITS) - 1, "split codes are 0 (train), 1 (valid) or 2 (test)"),
-    }
-    if store.has_drivers:
-        slots = (-1, k - 1, f"drivers are -1 (no click) or an attribute slot 0..{k - 1}")
-        kinds = (-1, 1, "driver kinds are -1 (no click), 0 or 1")
-        rules |= {name: kinds if name.endswith("kind") else slots for name in DRIVER_ARRAYS}
-    problems: list[str] = []
-    damaged: set[str] = set()  # arrays with a value out of range
-    for name, (lowest, highest, rule) in rules.items():
-        found = first_outside(store.array(name), lowest, highest)
-        if found is None:
-            continue
-        damaged.add(name)
-        row, slot, value = found
-        if rule:
-            problems.append(f"arrays/{name}.npy holds {value} at row {row:,}; {rule}")
-        else:
-            where = "item id" if name == "item_attributes" else "row"
-            problems.append(
-                f"arrays/{name}.npy holds id {value} of attribute '{store.attributes[slot]}' at "
-                f"{where} {row:,}, outside its vocabulary of ids 0..{vocab_top[slot]:,} "
-                "(vocab_sizes in schema.json)"
-            )
-    labels = np.zeros((len(SPLITS), 2), dtype=np.int64)
-    if not damaged & {"splits", "labels"}:
-        labels = count_labels(store.array("splits"), store.array("labels"))
-        counts = dict(zip(SPLITS, labels.sum(axis=1).tolist(), strict=True))
-        if counts != store.schema["splits"]:
-            problems.append(f"arrays/splits.npy has {counts} samples per split; schema.json says "
-                            f"{store.schema['splits']}")
-    return ContentScan(problems + vocab_problems(store), labels)
-
-
-def first_outside(
-    array: np.ndarray, lowest: int, highest: int | np.ndarray
-) -> tuple[int, int, int] | None:
-    """The first value of ``array`` outside [lowest, highest] (bounds broadcast over the last
-    axis, so per attribute slot for id arrays): (row, last-axis index, value), or None."""
-    rows = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
-    for start in range(0, len(array), rows):
-        chunk = np.asarray(array[start : start + rows])
-        bad = (chunk < lowest) | (chunk > highest)
-        if bad.any():
-            where = tuple(np.argwhere(bad)[0])
-            return start + int(where[0]), int(where[-1]), int(chunk[where])
-    return None
-
-
-def count_labels(splits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(3, 2) samples of every split code with label 0 and 1, counted in chunks."""
-    counts = np.zeros(2 * len(SPLITS), dtype=np.int64)
-    rows = CHUNK_BYTES // 8  # the codes are int64
-    for start in range(0, len(splits), rows):
-        code = 2 * splits[start : start + rows].astype(np.int64) + labels[start : start + rows]
-        counts += np.bincount(code, minlength=len(counts))
-    return counts.reshape(len(SPLITS), 2)
-
-
-def vocab_problems(store: PreparedStore) -> list[str]:
-    """Vocabulary files that do not hold one line per id (``vocab_sizes`` in the schema)."""
-    problems = []
-    for attribute, size in zip(store.attributes, store.vocab_sizes, strict=True):
-        label = f"vocab/{attribute}.txt"
-        try:
-            lines = len(store.vocab(attribute))
-        except UnicodeDecodeError as error:
-            problems.append(f"{label} is not UTF-8 text ({error})")
-            continue
-        if lines != size:
-            problems.append(
-                f"{label} has {lines:,} lines; vocab_sizes in schema.json says {size:,}"
-            )
-    return problems
+def size_line(store: PreparedStore) -> str:
+    """The store's bytes on disk, in all and per sample, and where they lie."""
+    parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
+                           *DRIVER_ARRAYS),
+             "samples": ("pair_users", "pair_positions", "pair_negatives"),
+             "item table": ("item_attributes",)}
+    sizes = {part: sum(path.stat().st_size for name in names
+                       if (path := store.root / "arrays" / f"{name}.npy").is_file())
+             for part, names in parts.items()}
+    total = store.size_bytes()
+    return (f"size {total / 1e6:,.1f} MB, {total / max(1, store.num_samples):,.1f} bytes a sample ("
+            + ", ".join(f"{part} {size / 1e6:,.1f} MB" for part, size in sizes.items()) + ")")

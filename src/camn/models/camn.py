@@ -253,6 +253,7 @@ class CAMN(CTRModel):
         self.router = routing_class(k, embed_dim, q) if routing else None
         self.tie_weight = tie_weight
         self.tie = AttributeClickLoss(width, k, embed_dim) if tie_weight else None
+        self.add_side_features(self.head)
 
     def route(self, attributes: torch.Tensor, packing: Packing) -> torch.Tensor | None:
         """Eq. 1-3: packed attribute embeddings (N, k, d) -> P (B, L, k), zero at padding;
@@ -272,7 +273,8 @@ class CAMN(CTRModel):
         scores = self.route(attributes, packing)  # Eq. 1-3: P (B, L, k), or None
         key_scale = None if scores is None else scores.permute(2, 0, 1)  # (k, B, L)
         interests, _, attention = self.extractor(refined, target, packing, key_scale)  # Eq. 4
-        logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
+        logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items),
+                           self.side_features(batch))
         return CAMNPass(logits, scores, packing, attributes, items, refined, key_scale, attention)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

@@ -129,6 +129,7 @@ class CAMNStandalone(CTRModel):
             k * d, k * d, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def route(self, items: torch.Tensor) -> torch.Tensor:
         """Eq. 1-3: (B, L, k, d) -> P (B, L, k); all ones without the routing module."""
@@ -186,7 +187,8 @@ class CAMNStandalone(CTRModel):
         refined, attention, attention_logits = self.refine(items, scores, mask)
         target = target.flatten(1)  # (B, k*d)
         interests, _ = self.extractor(refined, target, mask)  # (B, k, d)
-        logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask))
+        logits = self.head(interests.flatten(1), target, pool_history(history.flatten(-2), mask),
+                           self.side_features(batch))
         routing = None if self.router is None else scores * mask[..., None].to(scores.dtype)
         return logits, routing, (attention, attention_logits, mask)
 

@@ -93,6 +93,7 @@ class ComiRecSA(CTRModel):
             item_dim, item_dim, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def attention_logits(self, items: torch.Tensor) -> torch.Tensor:
         """items (B, L, D) -> the logits of A before the mask, (B, K, L)."""
@@ -114,7 +115,7 @@ class ComiRecSA(CTRModel):
         mask = batch["mask"]
         interests = self.interests(items, mask)  # (B, K, D)
         readout, _ = label_aware_attention(interests, target, hard=self.hard)  # (B, D)
-        logits = self.head(readout, target, pool_history(items, mask))
+        logits = self.head(readout, target, pool_history(items, mask), self.side_features(batch))
         return ModelOutput(logits, self.no_aux_loss(logits))
 
     @torch.no_grad()

@@ -98,6 +98,9 @@ class DHAN(CTRModel):
         super().__init__(spec, embed_dim)
         if not 0 <= group_slot < self.num_slots:
             raise ValueError(f"group_slot must be in [0, {self.num_slots}), got {group_slot}")
+        if group_slot in spec.bag_slots:
+            raise ValueError(f"group_slot {group_slot} is a bag slot (several values per item); "
+                             "DHAN groups items by one value")
         width = self.num_slots * embed_dim
         self.group_slot = group_slot
         self.item_attention = TargetAttention(
@@ -110,6 +113,7 @@ class DHAN(CTRModel):
             width, 2 * width, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def interests(self, batch: Batch, items: torch.Tensor, target: torch.Tensor) -> Levels:
         """items (B, L, D), target (B, D) -> both levels' interests and weights."""
@@ -126,7 +130,8 @@ class DHAN(CTRModel):
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         levels = self.interests(batch, items, target)
         features = torch.cat([levels.item, levels.group], dim=-1)  # (B, 2D)
-        logits = self.head(features, target, pool_history(items, batch["mask"]))
+        logits = self.head(features, target, pool_history(items, batch["mask"]),
+                           self.side_features(batch))
         return logits, (items, target, levels)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

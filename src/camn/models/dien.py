@@ -190,6 +190,7 @@ class DIEN(CTRModel):
             width, width, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def run(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """logits (B,), and what the losses and the health read: items (B, L, D), target
@@ -197,7 +198,7 @@ class DIEN(CTRModel):
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         states, weights, final = self.interest_states(items, target, mask)
-        logits = self.head(final, target, pool_history(items, mask))
+        logits = self.head(final, target, pool_history(items, mask), self.side_features(batch))
         return logits, (items, target, mask, states, weights)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

@@ -80,6 +80,7 @@ class DIN(CTRModel):
             width, width, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def interest(
         self, items: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
@@ -94,7 +95,7 @@ class DIN(CTRModel):
         items, target = item_vectors(*self.embed(batch))  # (B, L, D), (B, D)
         mask = batch["mask"]
         interest, weights = self.interest(items, target, mask)
-        logits = self.head(interest, target, pool_history(items, mask))
+        logits = self.head(interest, target, pool_history(items, mask), self.side_features(batch))
         return logits, (items, target, mask, weights)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

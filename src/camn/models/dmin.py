@@ -79,6 +79,7 @@ class DMIN(CTRModel):
             attention_hidden=attention_hidden, mlp_hidden=mlp_hidden, activation=activation,
             pooled_history=pooled_history, input_norm=input_norm,
         )
+        self.add_side_features(self.head)
 
     def run(self, batch: Batch) -> DMINPass:
         """Blocks 1, 3 and 4 on ``batch``: the logits and what the losses and health read."""
@@ -87,7 +88,8 @@ class DMIN(CTRModel):
         target = self.embedding(batch["target"]).flatten(-2)  # (B, D)
         refined = self.refiner(items, packing)  # (N, D)
         interests, _, attention = self.extractor(refined, target, packing)  # (B, k, D)
-        logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items))
+        logits = self.head(interests.flatten(1), target, packing.sum_per_sample(items),
+                           self.side_features(batch))
         return DMINPass(logits, packing, items, refined, attention)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

@@ -126,6 +126,7 @@ class MIND(CTRModel):
             item_dim, self.interest_dim, pooled_history=pooled_history, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation,
         )
+        self.add_side_features(self.head)
 
     def capsule_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, K): the capsules each user has (all K unless ``adaptive_interests``)."""
@@ -191,7 +192,7 @@ class MIND(CTRModel):
             capsules = self.capsule_layer(capsules)
         query = target if self.target_projection is None else self.target_projection(target)
         user, _ = label_aware_attention(capsules, query, self.pow_p, self.hard, valid)  # (B, D')
-        logits = self.head(user, target, pool_history(items, mask))
+        logits = self.head(user, target, pool_history(items, mask), self.side_features(batch))
         return logits, (coupling, routing_logits, mask, valid)
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:

@@ -72,6 +72,7 @@ class PNN(CTRModel):
             0, width, pooled_history=False, input_norm=input_norm, hidden=tuple(mlp_hidden),
             activation=activation, with_target=False,
         )
+        self.add_side_features(self.head)
 
     def product_layer(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Fields z (B, F, d) and their inner products p (B, F(F-1)/2)."""
@@ -81,5 +82,6 @@ class PNN(CTRModel):
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         fields, products = self.product_layer(batch)
-        logits = self.head(torch.cat([fields.flatten(1), products], dim=-1))
+        features = torch.cat([fields.flatten(1), products], dim=-1)
+        logits = self.head(features, side=self.side_features(batch))
         return ModelOutput(logits, self.no_aux_loss(logits))

@@ -60,6 +60,9 @@ class WideDeep(CTRModel):
       (``cross_bucket``): w_cross[hash(r, t_r, h_{j,r})] summed over the real positions.
     - a bias b.
 
+    Bag slots (``FeatureSpec.bag_slots``, several values per item) have no wide features: the
+    wide part reads the single-valued slots, the bags' mean embeddings reach the deep part.
+
     logit = wide + deep, trained jointly (the paper's joint training; one optimiser here rather
     than FTRL for the wide part and AdaGrad for the deep part).
     """
@@ -91,14 +94,19 @@ class WideDeep(CTRModel):
             0, 2 * k * embed_dim, pooled_history=False, input_norm=input_norm,
             hidden=tuple(mlp_hidden), activation=activation, with_target=False,
         )
+        self.add_side_features(self.head)
 
     def wide_logit(self, batch: Batch) -> torch.Tensor:
         """The wide linear model (B,) on the raw ids."""
         target, history, mask = batch["target"], batch["history"], batch["mask"]
+        real = mask[..., None]  # (B, L, 1)
+        if self.spec.bag_slots:  # their columns are not read: as padding, without crosses
+            bags = self.embedding.bag_columns
+            target, history = target.masked_fill(bags, 0), history.masked_fill(bags, 0)
+            real = real & ~bags  # (B, L, k)
         logit = self.wide_bias + self.wide_target(target).sum(dim=(1, 2))  # (B,)
         history_weights = self.wide_history(history).squeeze(-1).sum(dim=-1)  # (B, L)
         logit = logit + pool_history(history_weights, mask, self.pool)
-        real = mask[..., None]  # (B, L, 1)
         if self.match_weight is not None:
             same = (history == target[:, None, :]) & (target[:, None, :] >= FIRST_ITEM_ID) & real
             logit = logit + same.sum(dim=1).to(logit.dtype) @ self.match_weight  # (B, k) @ (k,)
@@ -111,7 +119,7 @@ class WideDeep(CTRModel):
         """The deep part (B,): MLP over the 2k field embeddings."""
         history, target = self.embed(batch)  # (B, L, k, d), (B, k, d)
         fields = field_embeddings(history, target, batch["mask"], self.pool)  # (B, 2k, d)
-        return self.head(fields.flatten(1))
+        return self.head(fields.flatten(1), side=self.side_features(batch))
 
     def forward(self, batch: Batch, extra_losses: bool = False) -> ModelOutput:
         logits = self.wide_logit(batch) + self.deep_logit(batch)

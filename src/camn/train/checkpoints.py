@@ -37,7 +37,8 @@ from camn.config import TrainConfig
 from camn.data.fingerprint import KEY as VOCABULARIES
 from camn.data.fingerprint import store_fingerprints
 from camn.data.raw import DataError
-from camn.data.store import PreparedStore, json_problem
+from camn.data.store import PreparedStore
+from camn.data.store_checks import json_problem
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model
 from camn.run_folder import (

@@ -13,10 +13,10 @@ its epochs are recorded and reported through hooks (:mod:`camn.train.epoch_log`)
 several seeds is staged beside its folder so that ``resume`` can continue it after an
 interruption (:mod:`camn.train.resume`).
 
-Speed: a split that fits in ``RESIDENT_LIMIT_BYTES`` is gathered once as tensors on the
-training device and batches are slices of it (no per-batch host work besides the shuffle
-order); larger splits stream from the memory-mapped store. Both give the same batches as
-:meth:`PreparedStore.batches` for the same (seed, epoch, rank, world_size).
+Speed: a split whose sample references and clicks fit in ``RESIDENT_LIMIT_BYTES`` lives as
+tensors on the training device and each batch is gathered there (no per-batch host work
+besides the shuffle order); larger splits stream from the memory-mapped store. Both give the
+same batches as :meth:`PreparedStore.batches` for the same (seed, epoch, rank, world_size).
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from tqdm import tqdm
 from camn.config import TrainConfig
 from camn.data.raw import DataError
 from camn.data.store import (
-    BATCH_ARRAYS,
     PreparedStore,
     batch_slices,
     draw_items,
     epoch_order,
+    history_items,
+    item_rows,
     make_batch,
 )
 from camn.models.base import Batch, CTRModel, FeatureSpec
@@ -76,7 +77,7 @@ from camn.train.resume import (
     start_staging,
 )
 
-RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to 2 GiB of int32 arrays live on the device
+RESIDENT_LIMIT_BYTES = 2 << 30  # splits of up to 2 GiB (references, clicks) live on the device
 
 
 class Diverged(DataError):
@@ -91,36 +92,45 @@ def seed_everything(seed: int) -> None:
 
 
 class ResidentSplit:
-    """One split's arrays, gathered once as tensors on ``device``; batches are slices of them."""
+    """One split's sample references and the timelines they point into, as tensors on
+    ``device``; a batch's histories are gathered from them (:func:`history_items`)."""
+
+    FIELDS = ("row", "end", "length", "target_item", "label", "user")  # columns of samples
 
     def __init__(self, store: PreparedStore, split: str, device: torch.device) -> None:
         self.store, self.device = store, device
         rows = store.split_indices(split)
-        self.rows = torch.from_numpy(rows.astype(np.int64)).to(device)
-
-        def load(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(store.array(name)[rows])).to(device)
-
-        self.arrays = {name: load(name) for name in BATCH_ARRAYS}  # histories (n, L, k), ...
-        self.host_lengths = np.asarray(store.array("lengths")[rows])  # for length buckets
-        self.item_attributes = torch.from_numpy(np.array(store.array("item_attributes"))).to(
-            device
-        )  # (num_items + 2, k)
+        ends, lengths = store.references(rows)
+        self.host_lengths = lengths  # for length buckets and packed positions
+        columns = [rows, ends, lengths,
+                   *(store.gather(name, rows) for name in ("target_items", "labels", "users"))]
+        # one (n, 6) int64 table: a batch's fields are one row gather
+        self.samples = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64)).to(device)
+        # copies: torch cannot wrap the read-only memory maps
+        self.clicks = torch.from_numpy(np.array(store.array("clicks"))).to(device)
+        self.item_attributes = torch.from_numpy(store.wide_item_table).to(device)  # (V, k)
+        self.slots = torch.arange(store.max_len, device=device)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.samples)
 
-    @staticmethod
-    def size_bytes(store: PreparedStore, split: str) -> int:
-        n = len(store.split_indices(split))
-        return sum(n * store.array(name)[:1].nbytes for name in BATCH_ARRAYS)
+    @classmethod
+    def size_bytes(cls, store: PreparedStore, split: str) -> int:
+        """Bytes on the device: the per-sample table, the clicks and the item table."""
+        return (len(store.split_indices(split)) * 8 * len(cls.FIELDS)
+                + store.array("clicks").nbytes + 2 * store.array("item_attributes").nbytes)
 
-    def gather(self, positions: torch.Tensor, length: int | None = None) -> Batch:
-        """The batch of the given split positions (same keys and dtypes as the store's),
+    def gather(self, positions: torch.Tensor | slice, length: int | None = None) -> Batch:
+        """The batch of the given split positions (the store's batch, same keys and dtypes),
         histories cut to their first ``length`` positions when given."""
-        fields = [array[positions] for array in self.arrays.values()]
-        fields[0] = fields[0][:, :length]  # histories
-        return make_batch(self.rows[positions], *fields)
+        if isinstance(positions, torch.Tensor):
+            picked = self.samples.index_select(0, positions)
+        else:
+            picked = self.samples[positions]
+        row, end, lengths, target, label, user = picked.T
+        items = history_items(self.clicks, end, lengths, self.slots[:length])
+        return make_batch(row, item_rows(self.item_attributes, items), lengths,
+                          item_rows(self.item_attributes, target), label, user)
 
     def batches(
         self,

@@ -193,8 +193,8 @@ def score(predictions: Predictions, store: PreparedStore) -> dict:
         rows = predictions.index
         metrics["routing_recovery"] = routing_recovery(
             predictions.top_attribute,
-            np.asarray(store.array("history_driver")[rows]),
-            np.asarray(store.array("history_driver_kind")[rows]),
+            store.gather("history_driver", rows),
+            store.gather("history_driver_kind", rows),
         )
     return metrics
 

@@ -1,7 +1,7 @@
 """Layers shared by CAMN and the baselines: every piece that more than one model uses, by concern.
 
-- ``embeddings``: the attribute tables, item vectors, pooling over the history, PNN's and
-  Wide&Deep's fields;
+- ``embeddings``: the attribute tables (bags included), the side features, item vectors,
+  pooling over the history, PNN's and Wide&Deep's fields;
 - ``packing``: ``Packing``, the history positions a model computes (only the real ones on the
   CPU, every one on an accelerator and under ``torch.compile``), and ``packed_positions``;
 - ``attention``: masked softmax, the causal mask, per-head linear maps, DIN's target attention
@@ -35,7 +35,9 @@ from camn.models.layers.dmin import (
 )
 from camn.models.layers.embeddings import (
     POOLS,
+    UNKNOWN_ID,
     AttributeEmbedding,
+    SideFeatures,
     field_embeddings,
     item_vectors,
     pool_history,
@@ -56,6 +58,7 @@ __all__ = [
     "PACKED_PAIRS",
     "PACKED_ROWS",
     "POOLS",
+    "UNKNOWN_ID",
     "AttributeEmbedding",
     "BehaviourRefiner",
     "CausalSelfAttention",
@@ -67,6 +70,7 @@ __all__ = [
     "NextClickLoss",
     "OutputHead",
     "Packing",
+    "SideFeatures",
     "TargetAttention",
     "attention_health",
     "causal_mask",

@@ -1,10 +1,12 @@
 """Activations, the MLP and the output head every model ends in.
 
-Shapes: B batch, D = k*d item width, F the width of a model's own features.
+Shapes: B batch, D = k*d item width, F the width of a model's own features, F' that of the
+side features.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -99,6 +101,14 @@ class OutputHead(nn.Module):
     inputs are worth: docs/results.md, "Faithfulness against FuxiCTR").
     ``with_target=False`` (the static models, whose fields already hold the target) feeds the
     features alone.
+
+    Side features (``add_side_input``, the user, context and numeric features of
+    ``CTRModel.add_side_features``), width F', come last: the input is [inputs, side]. The first
+    linear layer on it is computed as W [x, s] + b = (W_x x + b) + W_s s, and the input
+    BatchNorm, per feature, as one on x and one on s, so that the side block's parameters
+    (``side_norm``, ``side_input``) come after every other one: without side features the head
+    is what it was, and with them its other parameters draw the same initial values. W_s is
+    drawn as ``nn.Linear`` draws a layer of the whole input's fan-in, U(+-1/sqrt(in_dim + F')).
     """
 
     def __init__(
@@ -120,19 +130,40 @@ class OutputHead(nn.Module):
         pooled_width = 2 * item_width if pooled_history else 0
         self.in_dim = target_width + pooled_width + feature_width
         self.net = nn.Sequential(*mlp_layers(self.in_dim, hidden, 1, activation, input_norm))
+        self.first_linear = 1 if input_norm else 0  # the index of the first Linear in ``net``
+        self.side_norm: nn.Module | None = None
+        self.side_input: nn.Linear | None = None
+
+    def add_side_input(self, width: int) -> None:
+        """Append ``width`` side features to the input: their BatchNorm (with ``input_norm``)
+        and their block W_s of the first linear layer."""
+        first = self.net[self.first_linear]
+        self.side_norm = nn.BatchNorm1d(width) if self.first_linear else nn.Identity()
+        self.side_input = nn.Linear(width, first.out_features, bias=False)
+        bound = 1 / math.sqrt(self.in_dim + width)
+        nn.init.uniform_(self.side_input.weight, -bound, bound)
 
     def forward(
         self,
         features: torch.Tensor,
         target: torch.Tensor | None = None,
         history_sum: torch.Tensor | None = None,
+        side: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """features (B, F), target (B, D), history_sum (B, D): the history's real items summed
-        (``pool_history`` or ``Packing.sum_per_sample``; unused without ``pooled_history``)
+        (``pool_history`` or ``Packing.sum_per_sample``; unused without ``pooled_history``),
+        side (B, F') the side features (``CTRModel.side_features``; None without them)
         -> logits (B,)."""
         parts = [target] if self.with_target else []
         if self.pooled_history:
             parts += [history_sum, target * history_sum]
         inputs = torch.cat([*parts, features], dim=-1) if parts else features
-        return self.net(inputs).squeeze(-1)
+        if side is None:
+            return self.net(inputs).squeeze(-1)
+        if self.side_input is None:
+            raise ValueError("side features given to an output head built without them "
+                             "(add_side_input)")
+        first = self.first_linear + 1
+        hidden = self.net[:first](inputs) + self.side_input(self.side_norm(side))
+        return self.net[first:](hidden).squeeze(-1)
 
