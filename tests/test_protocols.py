@@ -334,3 +334,6 @@ def test_times_are_kept_in_the_narrowest_type_that_holds_them() -> None:
     microseconds = np.array([-(2**31) - 1, 1_700_000_000_000_000])
     assert narrowest_times(microseconds).dtype == np.int64
     assert narrowest_times(np.array([0.5, 1.0])).dtype == np.float64
+    whole = narrowest_times(np.array([1.3e9, 1.4e9]))
+    assert whole.dtype == np.int32 and whole.tolist() == [1_300_000_000, 1_400_000_000]
+    assert narrowest_times(np.array([1.0, np.nan])).dtype == np.float64

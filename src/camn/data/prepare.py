@@ -60,7 +60,7 @@ def sorted_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
 
 def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteractions:
     """Number users and items, drop repeated (user, item, time) rows (counted as bad input) and
-    users with fewer than 2 interactions (SPEC section 2).
+    users with fewer than 2 interactions.
 
     Works on integer codes (positions in sorted order, :func:`sorted_codes`) rather than on the
     string frame, and empties ``raw.interactions`` once coded: at 20 M reviews the string frame

@@ -1,4 +1,4 @@
-"""The sample protocols of SPEC section 2, vectorised with numpy.
+"""The sample protocols, vectorised with numpy.
 
 ``last`` (the paper, Sec. 3.1): per user, the last interaction is the positive and one item drawn
 uniformly from the items the user never touched is the negative; both share the history of the
@@ -59,9 +59,14 @@ def sample_negatives(
 
 def narrowest_times(time: np.ndarray) -> np.ndarray:
     """Times as int32 where every value fits (Unix seconds do until 2038), else int64, or
-    float64 for fractional times."""
+    float64 for fractional times. Whole-number floats (RecBole's ``timestamp:float``) are
+    integers here, so two readers of the same log store the same times."""
     if time.dtype.kind == "f":
-        return time.astype(np.float64)
+        whole = np.isfinite(time).all() and (np.abs(time) < 2**53).all() and (
+            np.floor(time) == time).all()
+        if not whole:
+            return time.astype(np.float64)
+        time = time.astype(np.int64)
     fits = len(time) == 0 or (time.min() >= np.iinfo(np.int32).min
                               and time.max() <= np.iinfo(np.int32).max)
     return time.astype(np.int32 if fits else np.int64)
