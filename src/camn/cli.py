@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -84,6 +85,20 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=run_prepare)
 
 
+# the flags of camn prepare that are not a source's own (and what _run adds)
+PREPARE_FLAGS = frozenset({"command", "source", "handler", "out", "protocol", "max_len", "seed",
+                           "strict", "force", "argv"})
+
+
+def source_options(args: argparse.Namespace, read) -> dict[str, object]:
+    """The keyword arguments of a source's ``read`` from the parsed flags: the source's own
+    flags (each named as its keyword), and ``--seed`` where ``read`` takes a seed."""
+    options = {key: value for key, value in vars(args).items() if key not in PREPARE_FLAGS}
+    if "seed" in inspect.signature(read).parameters:
+        options["seed"] = args.seed
+    return options
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from camn.data.prepare import prepare
     from camn.data.raw import BadInputReport
@@ -92,7 +107,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
-    raw = available_sources()[args.source].read(args, report)
+    read = available_sources()[args.source].read
+    raw = read(report=report, **source_options(args, read))
     with writing(args.out):  # the store is written into a temporary folder, removed on failure
         schema = prepare(
             raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
@@ -109,11 +125,21 @@ def run_prepare(args: argparse.Namespace) -> int:
 def _input_paths(args: argparse.Namespace) -> list[str]:
     """The source's arguments that name an existing file or folder: its inputs, which --out
     must never contain (a folder camn wrote is no input: a column named like a store is not)."""
-    common = {"command", "source", "handler", "out", "protocol", "max_len", "seed", "strict",
-              "force"}
-    values = [v for k, v in vars(args).items() if k not in common and isinstance(v, str | Path)]
+    values = [v for k, v in vars(args).items()
+              if k not in PREPARE_FLAGS and isinstance(v, str | Path)]
     return [str(v) for v in values if str(v) and Path(v).exists()
             and not (Path(v).is_dir() and identify(Path(v)))]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run``, ``--seed`` and ``--data``: which trained model a command uses."""
+    from camn.argtypes import seed_int
+
+    parser.add_argument("--run", required=True,
+                        help="run directory written by camn train (or one saved model folder)")
+    parser.add_argument("--seed", type=seed_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
 
 
 def run_stats(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The sample protocols of SPEC section 2, vectorised with numpy.
+"""The sample protocols, vectorised with numpy.
 
 ``last`` (the paper, Sec. 3.1): per user, the last interaction is the positive and one item drawn
 uniformly from the items the user never touched is the negative; both share the history of the
