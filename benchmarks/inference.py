@@ -40,8 +40,9 @@ from camn.cli import main as camn_main
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import generate
+from camn.encoding import Encoded, UnknownIds
 from camn.export import ProbabilityGraph, export, require_serve
-from camn.predict import Encoded, Predictor
+from camn.predict import Predictor
 
 CANDIDATES = (1, 100, 1000)
 BULK = 8192
@@ -65,10 +66,12 @@ def user_inputs(predictor: Predictor, candidates: int) -> tuple[Inputs, list[str
     lengths = store.gather("lengths", slice(None))
     row = int(np.flatnonzero(lengths == store.max_len)[0])
     user = predictor.user_ids()[int(store.gather("users", [row])[0])]
-    history = predictor.latest_history(user)
     items = predictor.vocabulary(predictor.attributes[0])[2:]
+    rows, lengths = predictor.ids.user_histories(pl.Series([user]), UnknownIds())
+    history = [items[i - 2] for i in predictor.ids.table[rows[0, : lengths[0]], 0]]
     chosen = [items[i % len(items)] for i in range(candidates)]
-    rows, _ = predictor.encode(pl.Series(chosen), histories=pl.Series([history] * candidates))
+    rows, _ = predictor.ids.encode(pl.Series(chosen), histories=pl.Series([history] * candidates),
+                                   unknown=UnknownIds())
     batch = predictor.batch(rows)
     return (batch["history"], batch["mask"], batch["target"]), history, chosen
 

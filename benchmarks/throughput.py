@@ -74,12 +74,12 @@ from speed_common import (
     worker_environment,
 )
 
-from camn.config import parse_options
+from camn.config import TrainConfig, parse_options
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.registry import build_model, check_options, model_names, resolved_options
-from camn.train.loop import TrainConfig, fused, run_epoch, seed_everything, training_data
+from camn.train.loop import fused, run_epoch, seed_everything, training_data
 from camn.train.precision import autocast, native_bf16
 
 HERE = Path(__file__).resolve().parent

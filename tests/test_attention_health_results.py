@@ -11,7 +11,7 @@ from camn.experiments.tables import health_table, render_markdown, summarize
 from camn.results import (
     HEALTH_METRICS,
     RunResult,
-    attention_health,
+    health_of_terms,
     mean_health,
     read_csv,
     write_csv,
@@ -34,10 +34,10 @@ def run(seed: int, terms: dict | None = None, model: str = "camn") -> RunResult:
 
 
 def test_health_is_picked_from_the_terms_with_nan_heads_as_null():
-    health = attention_health(TERMS)
+    health = health_of_terms(TERMS)
     assert health == {"entropy": [0.9, 0.5, None], "abs_logit": [0.2, 0.4, 0.6],
                       "diversity": 0.125}
-    assert attention_health({"next_click": 0.3}) is None  # a model without attention heads
+    assert health_of_terms({"next_click": 0.3}) is None  # a model without attention heads
 
 
 def test_run_result_keeps_health_through_json_and_reports_head_means():
@@ -61,7 +61,7 @@ def test_damaged_health_in_a_result_line_is_refused(bad):
 
 def test_seed_means_are_per_head_and_skip_missing_heads():
     other = {"entropy": [0.7, None, None], "abs_logit": [0.4, 0.6, 0.8], "diversity": 0.375}
-    mean = mean_health([attention_health(TERMS), other])
+    mean = mean_health([health_of_terms(TERMS), other])
     assert mean["entropy"][:2] == pytest.approx([0.8, 0.5]) and mean["entropy"][2] is None
     assert mean["abs_logit"] == pytest.approx([0.3, 0.5, 0.7])
     assert mean["diversity"] == pytest.approx(0.25)

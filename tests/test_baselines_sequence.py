@@ -299,10 +299,11 @@ def test_trains_through_the_pipeline(name: str, tmp_path) -> None:
     """End to end on a small synthetic store with the project's trainer (history negatives
     come from the store's batches)."""
     try:
+        from camn.config import TrainConfig
         from camn.data.prepare import prepare
         from camn.data.sources.synthetic import generate
         from camn.data.store import PreparedStore
-        from camn.train.loop import TrainConfig, train_one
+        from camn.train.loop import train_one
     except ImportError as error:
         pytest.skip(f"pipeline not available: {error}")
     raw = generate(users=400, items=150, attributes=4, seed=3)

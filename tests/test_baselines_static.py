@@ -401,10 +401,11 @@ def test_each_model_learns_a_planted_signal(name) -> None:
     reason="needs camn.data.sources.synthetic and camn.train.loop",
 )
 def test_each_model_beats_chance_on_synthetic_store_with_the_trainer(tmp_path) -> None:
+    from camn.config import TrainConfig
     from camn.data.prepare import prepare
     from camn.data.sources.synthetic import generate
     from camn.data.store import PreparedStore
-    from camn.train.loop import TrainConfig, train_one
+    from camn.train.loop import train_one
 
     raw = generate(users=2000, items=150, attributes=4, seed=0)
     prepare(raw, tmp_path / "store", protocol="last", max_len=10, seed=0)  # 3200 / 400 / 400

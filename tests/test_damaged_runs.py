@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from camn.cli import main
+from camn.config import TrainConfig
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import SALIENCE_STORE, generate
@@ -24,8 +25,8 @@ from camn.data.store import PreparedStore
 from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, model_entries, register
 from camn.train.checkpoints import load_model
-from camn.train.history import Hook
-from camn.train.loop import TrainConfig, train_one
+from camn.train.epoch_log import Hook
+from camn.train.loop import train_one
 
 COMMANDS = ("evaluate", "explain")
 DAMAGED = "the run is damaged; train it again"

@@ -16,7 +16,7 @@ from torch import nn
 from camn.data.prepare import prepare
 from camn.models.base import FeatureSpec
 from camn.train.distributed import Context, current, has_unused_parameters, resolve_device
-from camn.train.history import read_history
+from camn.train.epoch_log import read_epoch_log
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -120,7 +120,7 @@ def test_torchrun_two_processes_gloo(launched: tuple[Path, subprocess.CompletedP
     assert metrics["train_samples"] == metrics["epochs"] * (train_rows + train_rows % 2)
     assert done.stdout.count("test AUC") == 1  # only rank 0 prints the summary
     assert done.stdout.count("seed 1 epoch 1: loss") == 1  # and the epoch lines
-    history = read_history(out / "seed_1" / "history.jsonl")  # rank 0 wrote it, once
+    history = read_epoch_log(out / "seed_1" / "history.jsonl")  # rank 0 wrote it, once
     assert [record["epoch"] for record in history] == list(range(1, metrics["epochs"] + 1))
     assert sorted(p.name for p in (out / "seed_1").iterdir()) == [  # checkpoints deleted
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
@@ -137,7 +137,7 @@ def test_torchrun_resumes_every_rank_from_rank_0s_checkpoint(
     command = [*TORCHRUN, str(tmp / "resume.py"), str(tmp / "store"), str(tmp / "resumed")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=110, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
-    ours, theirs = (read_history(tmp / run / "seed_1" / "history.jsonl")
+    ours, theirs = (read_epoch_log(tmp / run / "seed_1" / "history.jsonl")
                     for run in ("resumed", "run"))
     assert len(theirs) == 3
     assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]

@@ -13,8 +13,9 @@ import torch
 import camn
 from camn import __version__
 from camn.cli import main
+from camn.encoding import Encoded
 from camn.export import export
-from camn.predict import Encoded, Predictor
+from camn.predict import Predictor
 
 
 def store_batch(predictor: Predictor, size: int, start: int = 3) -> tuple[dict, np.ndarray]:

@@ -135,7 +135,7 @@ def check_prepare(module, argv: list[str], root: Path, strict: bool = False) -> 
     inputs, out = snapshot(root / "in"), root / "out" / "store"
     report = BadInputReport(strict=strict)
     try:
-        raw = module.read(parse(module, argv), report)
+        raw = module.read(report=report, **vars(parse(module, argv)))
         rows = len(raw.interactions)
         prepare(raw, out, report=report, max_len=5)
     except DataError as error:
@@ -365,7 +365,11 @@ def fuzz_table(ext: str, inter: bytes, items: bytes, packing: str, strict: bool,
             return
         report = BadInputReport()
         try:
-            read = len(table.read_interactions(parse(table, argv), report))
+            flags = parse(table, argv)
+            read = len(table.read_interactions(
+                flags.interactions, user_col=flags.user_col, item_col=flags.item_col,
+                time_col=flags.time_col, format=flags.format, time_format=flags.time_format,
+                report=report))
         except DataError:
             return  # e.g. every row bad: nothing to account for
         assert read + report.total == rows(inter)

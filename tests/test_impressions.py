@@ -316,3 +316,27 @@ def test_context_and_numeric_features_reach_the_model(tmp_path: Path) -> None:
                  "--epochs", "3", "--threads", "1", "--no-progress"]) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["test_auc"]["mean"] > 0.6  # only the side features tell the label
+
+
+def test_the_library_reads_labelled_rows_with_keyword_arguments(tmp_path: Path) -> None:
+    """``table.read`` takes the flags' destinations as keywords; options of labelled rows
+    without labels are refused the same way by every source that reads them."""
+    from camn.data.raw import DataError
+    from camn.data.sources import amazon, movielens, table
+
+    log = write(tmp_path / "log.csv", HAND_LOG)
+    raw = table.read(interactions=log, label_col="click", history_where="label = 1",
+                     valid_from="30", test_from="35")
+    assert raw.interactions["label"].to_list() == [1, 0, 1, 0, 0, 1, 1, 0, 0]
+    assert raw.interactions["history"].to_list() == [True, False, True, False, False, True,
+                                                     True, False, False]
+    assert raw.origin["labels"] == {"split": "time", "negatives": 0, "time_unit": "s",
+                                    "valid_from": "30", "test_from": "35", "label_col": "click",
+                                    "history_where": "label = 1"}
+    with pytest.raises(DataError, match="for labelled impressions: pass --label-col COL"):
+        table.read(interactions=log, negatives=2)
+    with pytest.raises(DataError, match=r"^--negatives, --split: for labelled impressions; "
+                                        r"pass --rating-labels T$"):
+        movielens.read(path=tmp_path, negatives=2, split="user")
+    with pytest.raises(DataError, match=r"^--valid-from: for labelled impressions"):
+        amazon.read(reviews=log, meta=log, valid_from="0.5")

@@ -425,3 +425,25 @@ def test_replacing_swaps_in_whole_or_leaves_the_old_output(tmp_path, store):
     with pytest.raises(DataError, match=r"\(stray\.txt\)"), replacing(out, STORE) as tmp:
         (tmp / "schema.json").write_text("{}")
     assert snapshot(tmp_path) == {**before, "store/stray.txt": snapshot(out)["stray.txt"]}
+
+
+def test_every_file_of_the_run_folder_is_one_force_may_replace(tmp_path: Path) -> None:
+    """Each name run_folder.py gives a file of a run is in the layouts that --force reads, so
+    a file the trainer starts writing is named once and replaceable at once."""
+    from camn import run_folder as names
+    from camn.outputs import LAYOUTS, RUN, walk
+
+    run = names.RunFolder(tmp_path / "run")
+    seed = run.seed(3)
+    checkpoint = seed.checkpoint(2)
+    checkpoint.mkdir(parents=True)
+    (seed.tensorboard).mkdir()
+    files = [run.results, run.settings, seed.weights, seed.config, seed.metrics, seed.epoch_log,
+             seed.tensorboard / "events.out.tfevents.1.host",
+             *(checkpoint / name for name in names.CHECKPOINT_FILES)]
+    for path in files:
+        path.write_text("{}")
+    owned, foreign = walk(run.root, LAYOUTS[RUN])
+    assert foreign == [] and set(files) <= set(owned)
+    (seed.root / "notes.txt").write_text("mine")  # anything else stays foreign
+    assert walk(run.root, LAYOUTS[RUN])[1] == [seed.root / "notes.txt"]

@@ -17,9 +17,10 @@ import camn
 from camn.data.prepare import prepare
 from camn.data.raw import DataError, RawData
 from camn.data.store import PreparedStore
+from camn.encoding import Lookup, UnknownIds, UnknownIdsWarning
 from camn.models.base import FeatureSpec
 from camn.models.registry import build_model
-from camn.predict import Lookup, Predictor, UnknownIdsWarning
+from camn.predict import Predictor
 from camn.train.metrics import auc, predict
 
 
@@ -93,11 +94,20 @@ def test_unknown_ids_are_unknown_and_counted(predictor: Predictor) -> None:
     assert unknown == "<unk>"
     with torch.no_grad():
         by_hand = predictor.model({
-            "history": torch.from_numpy(predictor.table[[2, 1, 3, 0]])[None],
+            "history": torch.from_numpy(predictor.ids.table[[2, 1, 3, 0]])[None],
             "mask": torch.tensor([[True, True, True, False]]),
             "target": torch.ones(1, 3, dtype=torch.long),
         }).logits
     assert scores[0] == pytest.approx(float(torch.sigmoid(by_hand.double())), abs=1e-6)
+
+
+def latest_history(predictor: Predictor, user: str) -> list[str]:
+    """The item ids of ``user``'s latest history in the store, oldest first."""
+    unknown = UnknownIds()
+    history, lengths = predictor.ids.user_histories(pl.Series([user]), unknown)
+    assert not unknown.users, f"user {user!r} is not in the store"
+    items = predictor.vocabulary(predictor.attributes[0])
+    return [items[i] for i in predictor.ids.table[history[0, : lengths[0]], 0]]
 
 
 def test_users_get_their_latest_history(predictor: Predictor, serve_store: Path) -> None:
@@ -110,7 +120,7 @@ def test_users_get_their_latest_history(predictor: Predictor, serve_store: Path)
     assert len(rows) >= 2
     histories, candidates, names = as_raw_ids(store, rows[-1:])
     expected = (histories[0] + candidates[:1])[-store.max_len:]
-    assert predictor.latest_history(names[0]) == expected
+    assert latest_history(predictor, names[0]) == expected
     items = predictor.vocabulary(predictor.attributes[0])[2:6]
     np.testing.assert_allclose(predictor.score(candidates=items, users=names),  # one for all
                                predictor.score([expected] * 4, items), atol=1e-7)
@@ -132,8 +142,8 @@ def test_latest_history_on_hand_made_data(tmp_path: Path) -> None:
     model = build_model("din", FeatureSpec.from_schema(store.schema), embed_dim=4)
     predictor = Predictor(model, {"model": "din"}, store)
     assert predictor.user_ids()[:2] == ["b", "c"]
-    assert predictor.latest_history("b") == ["a4", "a5", "a6", "a7"]
-    assert predictor.latest_history("c") == ["a1", "a2"]
+    assert latest_history(predictor, "b") == ["a4", "a5", "a6", "a7"]
+    assert latest_history(predictor, "c") == ["a1", "a2"]
 
 
 def test_unknown_users_get_an_empty_history(predictor: Predictor) -> None:
@@ -143,7 +153,7 @@ def test_unknown_users_get_an_empty_history(predictor: Predictor) -> None:
                       r"'no-such-user'\), scored with an empty history"):
         scores = predictor.score(candidates=items, users=["no-such-user", names[3]])
     assert predictor.unknown.users == 1
-    cold = predictor.score([[], predictor.latest_history(names[3])], items)
+    cold = predictor.score([[], latest_history(predictor, names[3])], items)
     np.testing.assert_allclose(scores, cold, atol=1e-7)
 
 
@@ -188,9 +198,9 @@ def test_items_table_gives_new_items_attributes(predictor: Predictor,
     with pytest.warns(UnknownIdsWarning, match=message):
         unknown = fresh.add_items(table)
     assert unknown.values == {b: 1}  # the repeated item's second row is ignored; null is no id
-    new_row = fresh.items.codes(pl.Series(["brand-new"]))[0]
-    assert list(fresh.table[new_row]) == [1, 3, 4]  # item id unknown, attributes given
-    assert list(fresh.table[2]) == [2, 3, 1]
+    new_row = fresh.ids.items.codes(pl.Series(["brand-new"]))[0]
+    assert list(fresh.ids.table[new_row]) == [1, 3, 4]  # item id unknown, attributes given
+    assert list(fresh.ids.table[2]) == [2, 3, 1]
     history = fresh.vocabulary(fresh.attributes[0])[5:7]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an item of the table is known now

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from camn.cli import main
+from camn.config import TrainConfig
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
@@ -30,8 +31,8 @@ from camn.models.registry import build_model, model_entries, register
 from camn.provenance import data_summary
 from camn.train import checkpoints, loop
 from camn.train.checkpoints import Progress, load_training_state, save_training_state
-from camn.train.history import Hook, console, read_history
-from camn.train.loop import TrainConfig, run_epoch, train_one, train_seeds
+from camn.train.epoch_log import Hook, console, read_epoch_log
+from camn.train.loop import run_epoch, train_one, train_seeds
 from camn.train.metrics import TermAverages
 from camn.train.objective import embedding_penalty, make_optimizer
 from camn.train.resume import staging_folder
@@ -158,7 +159,8 @@ def assert_same_run(ours: Path, theirs: Path, seeds: list[int]) -> None:
         metrics = [json.loads((run / f"seed_{seed}" / "metrics.json").read_text())
                    for run in (ours, theirs)]
         assert without_timing(metrics[0]) == without_timing(metrics[1])
-        histories = [read_history(run / f"seed_{seed}" / "history.jsonl") for run in (ours, theirs)]
+        histories = [read_epoch_log(run / f"seed_{seed}" / "history.jsonl")
+                     for run in (ours, theirs)]
         assert without_timing(histories[0]) == without_timing(histories[1])
     results = [json.loads((run / "results.json").read_text()) for run in (ours, theirs)]
     assert results[0]["test_auc"] == results[1]["test_auc"]
@@ -181,7 +183,7 @@ def test_an_interrupted_run_resumed_equals_the_uninterrupted_one(
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
     assert sorted(p.name for p in (staging / "seed_2").iterdir()) == [
         "checkpoint-2", "history.jsonl"]
-    assert [r["epoch"] for r in read_history(staging / "seed_2" / "history.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in read_epoch_log(staging / "seed_2" / "history.jsonl")] == [1, 2]
     recorder = Recorder()
     train_seeds(store, CONFIG, [1, 2], out, resume=True, hooks=[recorder])
     assert recorder.calls == [  # seed 1 kept as it was, seed 2 continued after epoch 2
@@ -316,7 +318,7 @@ def test_history_records_of_an_epoch(store: PreparedStore, tmp_path: Path) -> No
     the batch size, so its average is sum(b^2) / sum(b)), every validation metric, the
     monitored score, time and throughput."""
     metrics = train_one(store, TrainConfig(MODEL, **{**FAST, "epochs": 2}), 1, tmp_path)
-    records = read_history(tmp_path / "history.jsonl")
+    records = read_epoch_log(tmp_path / "history.jsonl")
     assert without_timing(records) == without_timing(metrics["history"])
     n = store.schema["splits"]["train"]
     sizes = [BATCH] * (n // BATCH) + [n % BATCH] * (n % BATCH > 0)
@@ -335,10 +337,10 @@ def test_history_records_of_an_epoch(store: PreparedStore, tmp_path: Path) -> No
 def test_a_cut_off_last_line_is_dropped_and_a_damaged_one_named(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
-    assert read_history(path) == [{"epoch": 1}, {"epoch": 2}]
+    assert read_epoch_log(path) == [{"epoch": 1}, {"epoch": 2}]
     path.write_text('{"epoch": 1}\n[1, 2]\n{"epoch": 3}\n')
     with pytest.raises(DataError, match=f"^{path}:2 is not a JSON object"):
-        read_history(path)
+        read_epoch_log(path)
 
 
 def test_term_averages_by_hand() -> None:
@@ -493,7 +495,7 @@ def test_tensorboard_scalars_when_asked_for(
     assert {"loss", "terms/l2", "terms/rows", "valid_auc", "valid_logloss",
             "valid_terms/rows", "score", "seconds"} <= tags
     assert [step for tag, _, step in first.scalars + second.scalars if tag == "loss"] == [1, 2, 3]
-    records = read_history(tmp_path / "history.jsonl")
+    records = read_epoch_log(tmp_path / "history.jsonl")
     assert [(v, s) for t, v, s in first.scalars + second.scalars if t == "valid_auc"] == [
         (r["valid_auc"], r["epoch"]) for r in records]
 

@@ -180,12 +180,9 @@ def test_camn_prepares_shards_and_reads_the_folder_as_one_store(tmp_path, capsys
 
 @pytest.mark.skipif(not BEAUTY.is_dir(), reason=f"Amazon Beauty not found at {BEAUTY}")
 def test_three_shards_of_beauty_sliding_hold_the_unsharded_samples(tmp_path) -> None:
-    source = available_sources()["amazon"]
-    parser = argparse.ArgumentParser()
-    source.add_arguments(parser)
-    raw = source.read(parser.parse_args(["--reviews", str(BEAUTY / "reviews_Beauty_5.json.gz"),
-                                         "--meta", str(BEAUTY / "meta_Beauty.json.gz")]),
-                      BadInputReport())
+    raw = available_sources()["amazon"].read(
+        reviews=BEAUTY / "reviews_Beauty_5.json.gz", meta=BEAUTY / "meta_Beauty.json.gz",
+        report=BadInputReport())
     prepare(copy(raw), tmp_path / "whole", protocol="sliding", negatives_by="user")
     whole, big = PreparedStore(tmp_path / "whole"), shard_all(raw, tmp_path / "big", 3, "sliding")
     assert big.schema["splits"] == whole.schema["splits"]
@@ -211,7 +208,7 @@ def test_a_shard_of_a_parquet_log_reads_only_its_users_rows(tmp_path) -> None:
     assert main([*table, "--negatives-by", "user", "--out", str(tmp_path / "whole")]) == 0
     assert digests(ShardedStore(big)) == digests(PreparedStore(tmp_path / "whole"))
     users = (big / "users.txt").read_text().splitlines()
-    keep = shard_rows(argparse.Namespace(user_col="user", users_between=(users[0], users[9])))
+    keep = shard_rows("user", (users[0], users[9]))
     rows = read_table(log, "parquet", BadInputReport(), keep)
     assert sorted(rows["user"].cast(pl.String).unique()) == users[:10]
     whole = pl.read_parquet(log).with_row_index("__line", offset=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import json
@@ -14,8 +13,9 @@ import polars as pl
 import pytest
 
 from camn.cli import main
+from camn.data import reading
 from camn.data.raw import BadInputReport, DataError
-from camn.data.sources import _common, amazon
+from camn.data.sources import amazon
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_beauty_5core"
 BEAUTY_REVIEWS = BEAUTY / "mcauley2014" / "reviews_Beauty_5.json.gz"
@@ -66,7 +66,7 @@ def write_dataset(tmp_path: Path, layout: str = "2014", gz: bool = True) -> tupl
 
 def read(reviews: Path, meta: Path, strict: bool = False):
     report = BadInputReport(strict=strict)
-    raw = amazon.read(argparse.Namespace(reviews=str(reviews), meta=str(meta)), report)
+    raw = amazon.read(reviews=str(reviews), meta=str(meta), report=report)
     return raw, report
 
 
@@ -122,26 +122,26 @@ def test_price_deciles_over_used_items(tmp_path):
 
 @pytest.mark.parametrize("value", [12.99, "$12.99", " $12.99 ", "12.99"])
 def test_parse_price_accepts_numbers_and_dollar_strings(value):
-    assert _common.parse_price(value) == 12.99
+    assert reading.parse_price(value) == 12.99
 
 
 @pytest.mark.parametrize("value", [None, "", "$5.00 - $9.00", "free", -1.0, float("nan"), True])
 def test_parse_price_rejects_the_rest(value):
-    assert _common.parse_price(value) is None
+    assert reading.parse_price(value) is None
 
 
 def test_blocks_cover_the_file_with_line_numbers(tmp_path):
     lines = [f"line {i} " + "x" * (i % 7) for i in range(50)]
     path = write(tmp_path / "f.txt", lines, gz=True)
     seen = []
-    for first, block in _common.iter_blocks(path, block_bytes=17):
+    for first, block in reading.iter_blocks(path, block_bytes=17):
         assert block.endswith(b"\n")
         seen += [(first + k, text) for k, text in enumerate(block.decode().splitlines())]
     assert seen == [(i + 1, text) for i, text in enumerate(lines)]
 
 
 def test_bad_review_lines_are_reported_with_their_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(amazon, "iter_blocks", functools.partial(_common.iter_blocks,
+    monkeypatch.setattr(amazon, "iter_blocks", functools.partial(reading.iter_blocks,
                                                                  block_bytes=200))
     lines = [review_line(*r) for r in REVIEWS]
     lines.insert(2, '{"reviewerID": "U1", "asin": ')  # line 3: broken JSON
@@ -276,7 +276,7 @@ def test_fast_2014_field_parse_equals_the_whole_line_parse(line):
 def test_fast_2014_field_parse_on_the_real_beauty_meta():
     if not BEAUTY_META.exists():
         pytest.skip(f"{BEAUTY_META} not found")
-    lines = [line for _, line in _common.iter_lines(BEAUTY_META)]
+    lines = [line for _, line in reading.iter_lines(BEAUTY_META)]
     assert len(lines) == 12_101
     for line in lines[::7]:
         whole, fast = amazon._literal(line), amazon._literal_fields(line)

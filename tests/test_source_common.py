@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from camn.data import reading
 from camn.data.raw import BadInputReport, DataError
-from camn.data.sources import _common, amazon, movielens, recbole
+from camn.data.sources import amazon, movielens, recbole
 
 BIG = 6 << 20  # a 6 MiB file of one line: six times what detection may read
 
@@ -34,8 +35,8 @@ class CountingReader:
 @pytest.fixture
 def bytes_read(monkeypatch) -> list[int]:
     counter = [0]
-    opener = _common.open_binary
-    monkeypatch.setattr(_common, "open_binary", lambda p: CountingReader(opener(p), counter))
+    opener = reading.open_binary
+    monkeypatch.setattr(reading, "open_binary", lambda p: CountingReader(opener(p), counter))
     return counter
 
 
@@ -53,27 +54,27 @@ def test_layout_detection_reads_a_bounded_prefix_of_a_one_line_file(tmp_path, by
         assert str(error.value) == (
             f"{path}: no complete line in the first 1 MiB (expected text with one record a line)"
         )
-        assert 0 < bytes_read[0] <= _common.DETECT_BYTES
+        assert 0 < bytes_read[0] <= reading.DETECT_BYTES
 
 
 def test_first_lines_keeps_the_lines_that_end_within_the_limit(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(b"\n  \nfirst\nsecond\n" + b"y" * 100 + b"\nlast\n")
-    assert _common.first_lines(path, 2, max_bytes=40) == [(3, b"first"), (4, b"second")]
-    assert _common.first_lines(path, 9, max_bytes=40) == [(3, b"first"), (4, b"second")]
-    assert _common.first_lines(path, 9)[-1] == (6, b"last")  # short file: all of it
+    assert reading.first_lines(path, 2, max_bytes=40) == [(3, b"first"), (4, b"second")]
+    assert reading.first_lines(path, 9, max_bytes=40) == [(3, b"first"), (4, b"second")]
+    assert reading.first_lines(path, 9)[-1] == (6, b"last")  # short file: all of it
     path.write_bytes(b"no end")
-    assert _common.first_lines(path, 1) == [(1, b"no end")]  # the end of the file ends it
+    assert reading.first_lines(path, 1) == [(1, b"no end")]  # the end of the file ends it
     path.write_bytes(b" \n\t\n")
     with pytest.raises(DataError, match=r"f\.txt: empty file"):
-        _common.first_lines(path, 1)
+        reading.first_lines(path, 1)
 
 
 def test_a_line_longer_than_many_blocks_comes_whole(tmp_path):
     path = tmp_path / "f.txt"
     long = b"z" * 10_000
     path.write_bytes(b"a\n" + long + b"\nb\n" + long)
-    blocks = list(_common.iter_blocks(path, block_bytes=16))
+    blocks = list(reading.iter_blocks(path, block_bytes=16))
     lines = [(first + k, text) for first, block in blocks
              for k, text in enumerate(block.split(b"\n")[:-1])]
     assert lines == [(1, b"a"), (2, long), (3, b"b"), (4, long)]
@@ -84,7 +85,7 @@ def read_csv(tmp_path: Path, data: bytes, name: str = "t.csv", strict: bool = Fa
     path = tmp_path / name
     path.write_bytes(data)
     report = BadInputReport(strict=strict)
-    frame = _common.read_delimited(path, separator, quote, report)
+    frame = reading.read_delimited(path, separator, quote, report)
     return path, frame, report
 
 
@@ -142,13 +143,13 @@ def test_gzip_reads_as_the_plain_file(tmp_path):
     assert packed.equals(plain) and packed_report.counts == plain_report.counts
     path.write_bytes(gzip.compress(data)[:-12])
     with pytest.raises(DataError, match=r"t\.csv\.gz: cannot read the file"):
-        _common.read_delimited(path, ",", '"', BadInputReport())
+        reading.read_delimited(path, ",", '"', BadInputReport())
 
 
 def test_column_lists_in_messages_are_cut_short():
-    shown = _common.column_list([f"c{i}" for i in range(25)] + ["w" * 500])
+    shown = reading.column_list([f"c{i}" for i in range(25)] + ["w" * 500])
     assert shown.endswith("c19 and 6 more") and "www" not in shown
-    assert _common.column_list(["a", "x" * 50]) == "a, " + "x" * 37 + "..."
+    assert reading.column_list(["a", "x" * 50]) == "a, " + "x" * 37 + "..."
 
 
 def test_strict_errors_say_what_is_wrong_not_what_would_have_been_done():

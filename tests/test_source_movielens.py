@@ -20,7 +20,7 @@ def read(folder: Path, strict: bool = False) -> tuple[dict, BadInputReport]:
     parser = argparse.ArgumentParser()
     movielens.add_arguments(parser)
     report = BadInputReport(strict=strict)
-    raw = movielens.read(parser.parse_args(["--path", str(folder)]), report)
+    raw = movielens.read(report=report, **vars(parser.parse_args(["--path", str(folder)])))
     assert raw.attributes == movielens.ATTRIBUTES
     assert raw.items.columns == ["item", *movielens.ATTRIBUTES[1:]]
     items = {row[0]: row[1:] for row in raw.items.rows()}

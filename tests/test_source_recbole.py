@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from pathlib import Path
@@ -37,7 +36,7 @@ def read(inter: Path, item: Path, strict: bool = False, **options):
     args = {"attributes": None, "recipe": None, "user_col": "user_id", "item_col": "item_id",
             "time_col": "timestamp", "bucketize": []} | options
     report = BadInputReport(strict=strict)
-    raw = recbole.read(argparse.Namespace(inter=str(inter), item=str(item), **args), report)
+    raw = recbole.read(inter=str(inter), item=str(item), report=report, **args)
     return raw, report
 
 
@@ -77,8 +76,7 @@ def test_amazon_recipe_equals_the_amazon_source_on_the_same_data(tmp_path):
         "'brand': 'COKA'}\n{'asin': 'A2', 'categories': [['Beauty', \"Women's\"]]}\n"
         "{'asin': 'A3', 'price': 7.5, 'categories': [['Beauty']], 'brand': ' Nivea '}\n"
     )
-    raw_amazon = amazon.read(argparse.Namespace(reviews=str(reviews), meta=str(meta)),
-                             BadInputReport())
+    raw_amazon = amazon.read(reviews=str(reviews), meta=str(meta), report=BadInputReport())
     assert raw_amazon.items.sort("item").equals(raw_recbole.items.sort("item"))
     assert raw_amazon.notes == raw_recbole.notes
 

@@ -339,7 +339,7 @@ def test_a_bad_pool_is_a_value_error_and_a_data_error_and_a_cli_error(tmp_path, 
     args = parser.parse_args([])
     args.seed, args.follow_pool = 1, "item"
     with pytest.raises(DataError, match=f"synthetic: {message}"):
-        synthetic.read(args, BadInputReport())
+        synthetic.read(report=BadInputReport(), **vars(args))
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", "synthetic", "--out", str(tmp_path / "s"), "--follow-pool", "item"])
     assert exit_info.value.code == 2

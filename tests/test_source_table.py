@@ -48,7 +48,7 @@ def args(*argv: str) -> argparse.Namespace:
 
 def read(*argv: str, strict: bool = False):
     report = BadInputReport(strict=strict)
-    return table.read(args(*argv), report), report
+    return table.read(report=report, **vars(args(*argv))), report
 
 
 def standard(inter: Path, items: Path, *extra: str) -> list[str]:

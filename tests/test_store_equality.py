@@ -70,7 +70,7 @@ def read_source(name: str, argv: list[str]) -> RawData:
     source = available_sources()[name]
     parser = argparse.ArgumentParser()
     source.add_arguments(parser)
-    return source.read(parser.parse_args(argv), BadInputReport())
+    return source.read(report=BadInputReport(), **vars(parser.parse_args(argv)))
 
 
 def check(raw: RawData, out: Path, protocol: str, key: str) -> None:

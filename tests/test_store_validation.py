@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from camn.cli import main
+from camn.config import TrainConfig
 from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.sources.synthetic import SALIENCE_STORE, generate
 from camn.data.store import PreparedStore
-from camn.train.loop import TrainConfig, train_one
+from camn.train.loop import train_one
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens_100k"
 TRAIN = ["--model", "wide-deep", "--epochs", "1", "--device", "cpu", "--no-progress"]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from camn.cli import main
+from camn.config import TrainConfig
 from camn.data.prepare import prepare
 from camn.data.raw import DataError, RawData
 from camn.data.store import PreparedStore
@@ -20,8 +21,8 @@ from camn.models.base import CTRModel, FeatureSpec, ModelOutput
 from camn.models.registry import build_model, register
 from camn.train import loop
 from camn.train.checkpoints import load_model, save_checkpoint
-from camn.train.history import read_history
-from camn.train.loop import ResidentSplit, StreamedSplit, TrainConfig, train_one
+from camn.train.epoch_log import read_epoch_log
+from camn.train.loop import ResidentSplit, StreamedSplit, train_one
 from camn.train.resume import staging_folder
 
 TINY = "tiny-train"
@@ -213,7 +214,7 @@ def test_results_json(run: Path, store: PreparedStore) -> None:
     assert sorted(p.name for p in (run / "seed_1").iterdir()) == [  # no checkpoint left
         "config.json", "history.jsonl", "metrics.json", "model.safetensors"]
     assert not staging_folder(run).exists()
-    history = read_history(run / "seed_2" / "history.jsonl")
+    history = read_epoch_log(run / "seed_2" / "history.jsonl")
     assert [record["epoch"] for record in history] == [1, 2]
     assert history == json.loads((run / "seed_2" / "metrics.json").read_text())["history"]
 

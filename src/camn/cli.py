@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from camn import __version__
-from camn.data.raw import DataError
+from camn.data.raw import BadInputReport, DataError, RawData
 from camn.outputs import STORE, check_output, describe_os_error, identify, writing
 
 # command -> (module, help); the module defines add_arguments(parser) and run(args) -> int
@@ -111,20 +112,46 @@ def _check_shard_arguments(args: argparse.Namespace) -> None:
                         "user in one process")
 
 
+# the flags of camn prepare that are not a source's own (and what _run adds)
+PREPARE_FLAGS = frozenset({"command", "source", "handler", "out", "protocol", "max_len", "seed",
+                           "strict", "force", "argv", "negatives_by",
+                           "vocab_only", "vocab", "shard"})
+
+
+def source_options(args: argparse.Namespace, read) -> dict[str, object]:
+    """The keyword arguments of a source's ``read`` from the parsed flags: the source's own
+    flags (each named as its keyword), and ``--seed`` where ``read`` takes a seed."""
+    options = {key: value for key, value in vars(args).items() if key not in PREPARE_FLAGS}
+    if "seed" in inspect.signature(read).parameters:
+        options["seed"] = args.seed
+    return options
+
+
+def read_source(args: argparse.Namespace, report: BadInputReport, **extra) -> RawData:
+    """The source named on the command line, read with its flags as keyword arguments; of
+    ``extra``, those its ``read`` takes."""
+    from camn.data.sources import available_sources
+
+    read = available_sources()[args.source].read
+    accepted = inspect.signature(read).parameters
+    options = source_options(args, read) | {k: v for k, v in extra.items() if k in accepted}
+    return read(report=report, **options)
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from camn.data.prepare import prepare
     from camn.data.raw import BadInputReport
-    from camn.data.sources import available_sources
     from camn.data.store import table1_line
 
     _check_shard_arguments(args)
     if args.vocab_only or args.shard:
         from camn.data.shards import run_sharded_prepare
 
-        return run_sharded_prepare(args, _input_paths(args))
+        return run_sharded_prepare(args, _input_paths(args),
+                                   lambda report, **extra: read_source(args, report, **extra))
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
-    raw = available_sources()[args.source].read(args, report)
+    raw = read_source(args, report)
     with writing(args.out):  # the store is written into a temporary folder, removed on failure
         schema = prepare(
             raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
@@ -141,11 +168,21 @@ def run_prepare(args: argparse.Namespace) -> int:
 def _input_paths(args: argparse.Namespace) -> list[str]:
     """The source's arguments that name an existing file or folder: its inputs, which --out
     must never contain (a folder camn wrote is no input: a column named like a store is not)."""
-    common = {"command", "source", "handler", "out", "protocol", "max_len", "seed", "strict",
-              "force", "negatives_by", "vocab_only", "vocab", "shard"}
-    values = [v for k, v in vars(args).items() if k not in common and isinstance(v, str | Path)]
+    values = [v for k, v in vars(args).items()
+              if k not in PREPARE_FLAGS and isinstance(v, str | Path)]
     return [str(v) for v in values if str(v) and Path(v).exists()
             and not (Path(v).is_dir() and identify(Path(v)))]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run``, ``--seed`` and ``--data``: which trained model a command uses."""
+    from camn.argtypes import seed_int
+
+    parser.add_argument("--run", required=True,
+                        help="run directory written by camn train (or one saved model folder)")
+    parser.add_argument("--seed", type=seed_int,
+                        help="which seed's model (default: the run's first)")
+    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
 
 
 def run_stats(args: argparse.Namespace) -> int:

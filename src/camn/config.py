@@ -1,10 +1,11 @@
-"""One configuration for ``camn train`` and ``camn benchmark``: TOML files, flags and layers.
+"""The training configuration: :class:`TrainConfig` (every training setting with its default,
+help text and rule), the flags made from it, config files (TOML) and their layers.
 
 The training settings of a run are resolved in one place, :func:`resolve`, from layers applied
 in order, each overriding the ones before it:
 
-1. the defaults: the fields of :class:`camn.train.loop.TrainConfig` (and a command's own
-   defaults, such as ``camn demo``'s short runs);
+1. the defaults: the fields of :class:`TrainConfig` (and a command's own defaults, such as
+   ``camn demo``'s short runs);
 2. a ``--config`` file's ``[train]`` table, for every run;
 3. its ``[data.NAME]`` table, for the runs on the store in the folder named NAME;
 4. its ``[model.NAME]`` table, for the runs of model NAME (constructor options in
@@ -46,27 +47,17 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from camn.argtypes import (
     float_at_least,
-    int_at_least,
     positive_finite_float,
     positive_int,
     seed_int,
 )
 from camn.data.raw import DataError
 
-if TYPE_CHECKING:
-    from camn.train.loop import TrainConfig
-
-# The range of each numeric training setting, for flags and files alike. A numeric TrainConfig
-# field must have an entry (tests/test_config.py checks it).
-DOMAINS: dict[str, Callable[[str], object]] = {
-    "epochs": positive_int, "batch_size": positive_int, "eval_batch_size": positive_int,
-    "patience": positive_int, "lr": positive_finite_float, "weight_decay": float_at_least(0.0),
-    "embedding_l2": float_at_least(0.0), "clip_grad": float_at_least(0.0),
-}
+MONITORS = ("auc", "logloss", "auc-logloss")  # see camn.train.objective
+PRECISIONS = ("fp32", "bf16")  # see camn.train.precision
 # What ``camn tune`` searches of the training settings, for every model (a model class adds
 # its options' own in its ``search_space``); a ``[tune.MODEL]`` table overrides any of them.
 # A list is a choice among its values; a table a range, on a log scale with ``log = true``.
@@ -92,6 +83,88 @@ OPTION_SYNTAX = "expected [MODEL:]KEY=VALUE, e.g. q=2 or camn:q=2"
 # ------------------------------------------------------------------------ training settings
 
 
+def setting(default: object, text: str, rule: Callable[[str], object] | None = None,
+            **more: object):
+    """A TrainConfig field: its default and, in its metadata, the help text, the ``rule`` its
+    value obeys (an argparse type: text -> value, ArgumentTypeError(reason); every int and
+    float setting has one) and, for a str, its ``choices``. Flags, config files and
+    TrainConfig itself check a value by this one rule."""
+    return field(default=default, metadata={"help": text, "rule": rule, **more})
+
+
+@dataclass
+class TrainConfig:
+    """How to train one model; ``options`` are the model's constructor options.
+
+    Every field has a default, a help text and a rule in its metadata (:func:`setting`); the
+    ``train`` and ``benchmark`` commands make their flags and config keys from them, and a
+    value outside its rule is refused here too (ValueError). ``batch_size`` is per process:
+    under torchrun with N processes a step sees N x batch_size. ``monitor``,
+    ``weight_decay``, ``embedding_l2`` and ``clip_grad`` are explained in
+    :mod:`camn.train.objective`, ``precision`` in :mod:`camn.train.precision`;
+    ``length_buckets`` is ``store.batch_slices``'s. ``compile``: the training step's model
+    under ``torch.compile``.
+    """
+
+    model: str = field(metadata={"help": "registered model name (camn models)"})
+    options: dict = field(
+        default_factory=dict, metadata={"help": "the model's constructor options"}
+    )
+    epochs: int = setting(30, "maximum epochs", positive_int)
+    batch_size: int = setting(2048, "training batch size (per process under torchrun)",
+                              positive_int)
+    eval_batch_size: int = setting(8192, "batch size of the validation and test scoring",
+                                   positive_int)
+    lr: float = setting(0.002, "Adam learning rate", positive_finite_float)
+    patience: int = setting(
+        3, "stop after this many epochs without a better monitored validation score",
+        positive_int,
+    )
+    monitor: str = setting(
+        "auc", "validation score that picks the best epoch and drives early stopping: auc, "
+        "logloss (lower is better) or auc-logloss", choices=MONITORS,
+    )
+    weight_decay: float = setting(
+        0.0, "Adam's L2 weight decay on every parameter outside the attribute embedding "
+        "table (0 = off)", float_at_least(0.0),
+    )
+    embedding_l2: float = setting(
+        0.0, "weight of an L2 penalty on the embedding rows each batch uses (their summed "
+        "squared norms), added to the loss (0 = off)", float_at_least(0.0),
+    )
+    clip_grad: float = setting(
+        0.0, "clip the gradient's total norm to this value before each step (0 = off)",
+        float_at_least(0.0),
+    )
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting(
+        "fp32", "bf16: autocast with fp32 master weights, where the device has bf16 "
+        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)", choices=PRECISIONS,
+    )
+    length_buckets: bool = setting(
+        False, "batches of similar history lengths, cut to their longest history (faster "
+        "with dense rows; cost 0.01 AUC on Amazon Beauty: check validation first)"
+    )
+    compile: bool = setting(
+        False, "torch.compile the model for training (minutes of compilation)"
+    )
+    progress: bool = setting(True, "a progress bar per epoch (on standard error)")
+    tensorboard: bool = setting(
+        False, "also write each epoch's numbers as TensorBoard scalars to "
+        "seed_<s>/tensorboard (needs the tensorboard package)",
+    )
+
+    def __post_init__(self) -> None:
+        for name, rule in training_settings().items():
+            try:
+                rule.check(getattr(self, name))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One training setting: a :class:`TrainConfig` field, as a flag and as a config key."""
@@ -100,6 +173,7 @@ class Setting:
     kind: type  # int, float, str or bool
     default: object
     help: str
+    rule: Callable[[str], object] | None = None  # text -> value (numbers only)
     choices: tuple[str, ...] | None = None
 
     @property
@@ -107,15 +181,11 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
     def parse_text(self, text: str) -> object:
-        """A command-line value (argparse ``type``): its domain checked."""
-        if self.kind is str:
-            return text
-        domain = DOMAINS.get(self.name) or (
-            int_at_least(0) if self.kind is int else float_at_least(0.0))
-        return domain(text)
+        """A command-line value (argparse ``type``), checked by the setting's rule."""
+        return text if self.rule is None else self.rule(text)
 
     def check(self, value: object) -> object:
-        """A config file's value: its type and domain checked; raises ValueError(reason)."""
+        """A config file's value: its type and rule checked; raises ValueError(reason)."""
         if self.kind is bool:
             if type(value) is not bool:
                 raise ValueError(f"expected true or false, got {value!r}")
@@ -148,20 +218,20 @@ def _kind(name: str, hint: object) -> type:
 @functools.cache
 def training_settings() -> dict[str, Setting]:
     """Every training setting, in TrainConfig's field order: the one source of their names,
-    defaults and help texts (a field's ``metadata``: ``help``, and ``choices`` for a str)."""
-    from camn.train.loop import TrainConfig
-
+    defaults, help texts and rules (a field's ``metadata``, see :func:`setting`). A numeric
+    field without a rule is a TypeError."""
     hints = typing.get_type_hints(TrainConfig)
     settings = {}
     for item in dataclasses.fields(TrainConfig):
         if item.name in NOT_SETTINGS:
             continue
-        default = item.default if item.default is not dataclasses.MISSING else (
-            item.default_factory())  # type: ignore[misc]
+        kind = _kind(item.name, hints[item.name])
+        rule = item.metadata.get("rule")
+        if kind in (int, float) and rule is None:
+            raise TypeError(f"TrainConfig.{item.name}: a number needs a rule (setting(rule=))")
         choices = item.metadata.get("choices")
-        settings[item.name] = Setting(item.name, _kind(item.name, hints[item.name]), default,
-                                      item.metadata.get("help", ""),
-                                      tuple(choices) if choices else None)
+        settings[item.name] = Setting(item.name, kind, item.default, item.metadata["help"],
+                                      rule, tuple(choices) if choices else None)
     return settings
 
 
@@ -261,8 +331,6 @@ def store_name(path: str | Path) -> str:
 
 def resolve(layers: Sequence[Layer], store: str | Path, model: str) -> TrainConfig:
     """The TrainConfig of one run: TrainConfig's defaults, then every layer covering it."""
-    from camn.train.loop import TrainConfig
-
     name = store_name(store)
     settings: dict[str, object] = {}
     options: dict[str, object] = {}

@@ -28,11 +28,13 @@ import sys
 import numpy as np
 import polars as pl
 
-from camn.argtypes import positive_int, seed_int
+from camn.argtypes import positive_int
+from camn.cli import add_run_arguments
 from camn.data.protocols import SPLITS
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.predict import Encoded, Predictor, load, routing_table
+from camn.encoding import Encoded, routing_rows
+from camn.predict import Predictor, load
 
 FORMATS = ("text", "csv", "json")
 HEALTH_ROWS = 8192  # clicks the text format's attention health is averaged over, at most
@@ -44,14 +46,10 @@ CAVEAT = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True,
-                        help="run directory written by camn train (or one saved model folder)")
-    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
+    add_run_arguments(parser)
     parser.add_argument("--split", default="test", choices=SPLITS,
                         help="split whose clicks are shown (without --user)")
     parser.add_argument("--user", help="show this user's clicks (a user id of your data)")
-    parser.add_argument("--seed", type=seed_int,
-                        help="which seed's model (default: the run's first)")
     parser.add_argument("--limit", type=positive_int, default=5,
                         help="number of clicked samples to show")
     parser.add_argument("--format", choices=FORMATS, default="text",
@@ -140,7 +138,7 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     lengths = store.gather("lengths", rows).astype(np.int64)
     targets = store.gather("targets", rows).astype(np.int64)  # (n, k)
     probabilities, routing = predictor.run(encoded(predictor, rows), routing=True)
-    table = routing_table(history, lengths, routing, attributes, vocabularies)
+    table = routing_rows(history, lengths, routing, attributes, vocabularies)
     users = store.gather("users", rows)
     names = predictor.user_ids()
     user = [names[u] for u in users]

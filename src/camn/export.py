@@ -40,10 +40,12 @@ import torch
 from torch import nn
 
 from camn import __version__
+from camn.cli import add_run_arguments
 from camn.data.raw import DataError
 from camn.data.store import USERS
+from camn.encoding import Encoded
 from camn.outputs import check_output_file, writing
-from camn.predict import Encoded, Predictor, add_run_arguments, load, model_inputs
+from camn.predict import Predictor, load, model_inputs
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("history", "mask", "target")

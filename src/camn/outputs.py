@@ -1,10 +1,11 @@
 """Where camn may write, and what it may delete: the one check behind every ``--out``.
 
 camn deletes only what it wrote itself. An existing folder counts as camn's when every entry in
-it is one that camn writes there (the layouts below; a symbolic link never is) and its marker file
-parses as camn's: ``schema.json`` of a prepared store, ``results.json`` or a ``seed_N/config.json``
-of a ``camn train`` run, ``benchmark.json`` of a benchmark. A single foreign file makes the whole
-folder foreign, and camn then neither writes into it nor deletes anything in it. A single output
+it is one that camn writes there (the layouts below, a run's from :mod:`camn.run_folder`; a
+symbolic link never is) and its marker file parses as camn's: ``schema.json`` of a prepared
+store, ``results.json`` or a ``seed_N/config.json`` of a ``camn train`` run, ``benchmark.json``
+of a benchmark. A single foreign file makes the whole folder foreign, and camn then neither
+writes into it nor deletes anything in it. A single output
 file (``camn export``, ``camn score``) is checked by :func:`check_output_file`: never an input,
 never inside an input or a camn output folder, and replaced only when it is a file of its kind
 that camn wrote.
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from camn.data.raw import DataError
+from camn.run_folder import FILE, RUN_LAYOUT, RUN_RESULTS, SEED_LAYOUT, Layout, RunFolder
 
 STORE, RUN, BENCHMARK, DEMO, SEED = "store", "run", "benchmark", "demo", "seed"
 DESCRIPTION = {
@@ -38,26 +40,10 @@ DESCRIPTION = {
 }
 CHOOSE = "choose a new or empty folder"
 
-# A layout maps an entry name (a regular expression, matched in full) to FILE or a sub-layout.
-FILE = None
-Layout = dict[str, "Layout | None"]
-# safetensors writes a file as .tmpXXXXXX and renames it: a process killed meanwhile leaves it
-SAFETENSORS_PARTIAL = r"\.tmp[A-Za-z0-9]{6}"
-CHECKPOINT_LAYOUT: Layout = {
-    r"(last|best|optimizer|rng)\.safetensors": FILE, "state.json": FILE,
-    SAFETENSORS_PARTIAL: FILE,
-}
-SEED_LAYOUT: Layout = {
-    "config.json": FILE, "model.safetensors": FILE, "metrics.json": FILE, "history.jsonl": FILE,
-    SAFETENSORS_PARTIAL: FILE,
-    r"checkpoint-\d+(\.partial)?": CHECKPOINT_LAYOUT,  # while the seed trains
-    "tensorboard": {r"events\.out\.tfevents\..+": FILE},
-}
 STORE_LAYOUT: Layout = {
     "schema.json": FILE, "users.txt": FILE, "arrays": {r".+\.npy": FILE},
     "vocab": {r".+\.txt": FILE},
 }
-RUN_LAYOUT: Layout = {"results.json": FILE, "train.json": FILE, r"seed_-?\d+": SEED_LAYOUT}
 BENCHMARK_LAYOUT: Layout = {
     "benchmark.json": FILE, "results.jsonl": FILE, "results.csv": FILE, "table.md": FILE,
     "summary.json": FILE,
@@ -66,7 +52,7 @@ BENCHMARK_LAYOUT: Layout = {
 DEMO_LAYOUT: Layout = {"data": {"synthetic-last": STORE_LAYOUT}, "benchmark": BENCHMARK_LAYOUT}
 LAYOUTS = {STORE: STORE_LAYOUT, RUN: RUN_LAYOUT, BENCHMARK: BENCHMARK_LAYOUT,
            DEMO: DEMO_LAYOUT, SEED: SEED_LAYOUT}
-MARKERS = {STORE: "schema.json", RUN: "results.json", BENCHMARK: "benchmark.json"}
+MARKERS = {STORE: "schema.json", RUN: RUN_RESULTS, BENCHMARK: "benchmark.json"}
 
 
 def walk(root: Path, layout: Layout) -> tuple[list[Path], list[Path]]:
@@ -103,8 +89,9 @@ def signed(root: Path, kind: str) -> bool:
     if kind == STORE:
         return _json_has(root / "schema.json", "schema_version", "attributes")
     if kind == RUN:
-        return _json_has(root / "results.json", "model", "seeds") or any(
-            _json_has(seed / "config.json", "model", "spec") for seed in root.glob("seed_*")
+        run = RunFolder(root)
+        return _json_has(run.results, "model", "seeds") or any(
+            _json_has(seed.config, "model", "spec") for seed in run.seed_folders()
         )
     if kind == BENCHMARK:
         return _json_has(root / "benchmark.json", "settings")
@@ -250,7 +237,7 @@ def _check_existing(path: Path, where: str, kind: str, force: bool) -> None:
     if found == kind:
         held = "exists"
         if kind == RUN:  # seed folders without results.json: an interrupted run
-            marker = "results.json" if (path / "results.json").is_file() else "seed folders"
+            marker = RUN_RESULTS if RunFolder(path).results.is_file() else "seed folders"
             held = f"holds a run ({marker})"
         raise DataError(f"{path} already {held}; pass --force to overwrite it")
     if found is not None:

@@ -1,29 +1,15 @@
 """A trained run put to use from Python: ``camn.load(run)`` gives a :class:`Predictor`.
 
-The predictor takes ids as the user's own data names them (the strings ``camn prepare`` read)
-and maps them through the vocabularies of the store the run was trained on:
-
-- an **item id** to its attribute ids: the store's row of ``arrays/item_attributes.npy`` (every
-  attribute of an item comes from there, or from a table given to :meth:`Predictor.add_items`);
-  an item the store does not know gets id 1 ("unknown") in every slot;
-- a **user id** (``users.txt``) to the user's latest history in the store: the history of the
-  user's last click sample followed by that sample's clicked item, i.e. the user's last
-  ``max_len`` interactions, the held-out last click of valid and test users included. Under both
-  protocols that is the user's whole known sequence, cut to ``max_len``. A user the store does
-  not know gets an empty history (a cold start: the model then scores from the candidate alone).
-
-Unknown ids are counted, never dropped: :attr:`Predictor.unknown` holds the counts of the last
-call, and a :class:`UnknownIdsWarning` names them. A history is listed oldest first (the store's
-convention) and cut to the run's ``max_len``, keeping the most recent items.
+The predictor takes ids as the user's own data names them and maps them through the
+vocabularies of the store the run was trained on (:mod:`camn.encoding`: item ids to their
+attribute ids, user ids to their latest history in the store; unknown ids are counted, never
+dropped: :attr:`Predictor.unknown` holds the counts of the last call, and a
+:class:`~camn.encoding.UnknownIdsWarning` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,218 +17,26 @@ import numpy as np
 import polars as pl
 import torch
 
-from camn.argtypes import seed_int
 from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import ACTION, DataError
 from camn.data.shards import MANIFEST, open_store
-from camn.data.store import USERS, PreparedStore
+from camn.data.store import PreparedStore
+from camn.encoding import (
+    UNKNOWN_ID,
+    Encoded,
+    IdEncoder,
+    UnknownIds,
+    as_ids,
+    as_series,
+    frame_columns,
+    is_frame,
+    routing_rows,
+)
 from camn.models.base import CTRModel, FeatureSpec
-from camn.train.checkpoints import CONFIG, DAMAGED, load_model
+from camn.run_folder import CONFIG, RUN_RESULTS, RunFolder, SeedFolder
+from camn.train.checkpoints import DAMAGED, load_model, read_results, seed_folder
+from camn.train.distributed import resolve_device
 from camn.train.metrics import TermAverages
-
-PAD_ID, UNKNOWN_ID = 0, 1
-EXAMPLES = 3  # unknown ids named in a warning
-NOT_A_LIST = "history is not a list of item ids (row skipped)"
-EMPTY_ID = "history holds an empty or missing item id (row skipped)"
-NO_CANDIDATE = "no candidate value (row skipped)"
-NO_USER = "no user value (row skipped)"
-
-
-class UnknownIdsWarning(UserWarning):
-    """Ids absent from the store's vocabularies were scored as "unknown" (id 1)."""
-
-
-@dataclass
-class UnknownIds:
-    """What the store did not know in one call: occurrences of unknown item ids (history items
-    and candidates), of unknown attribute values (of :meth:`Predictor.add_items` tables), and
-    of users without a history in the store, each with a few examples."""
-
-    items: int = 0
-    users: int = 0
-    values: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def count(self, kind: str, unknown: pl.Series) -> None:
-        """Add the strings of ``unknown`` (one per occurrence) under ``kind`` ("items", "users"
-        or an attribute name)."""
-        if not len(unknown):
-            return
-        if kind in ("items", "users"):
-            setattr(self, kind, getattr(self, kind) + len(unknown))
-        else:
-            self.values[kind] = self.values.get(kind, 0) + len(unknown)
-        shown = self.examples.setdefault(kind, [])
-        for value in unknown.unique(maintain_order=True).head(EXAMPLES).to_list():
-            if len(shown) < EXAMPLES and value not in shown:
-                shown.append(value)
-
-    def merge(self, other: UnknownIds) -> None:
-        self.items += other.items
-        self.users += other.users
-        for name, n in other.values.items():
-            self.values[name] = self.values.get(name, 0) + n
-        for kind, values in other.examples.items():
-            shown = self.examples.setdefault(kind, [])
-            shown += [v for v in values if v not in shown][: EXAMPLES - len(shown)]
-
-    @property
-    def total(self) -> int:
-        return self.items + self.users + sum(self.values.values())
-
-    def summary(self) -> str:
-        """One line, e.g. ``unknown ids: 3 item id(s) not in the store (e.g. 'x', 'y'), scored
-        as unknown; 1 user(s) without a history (e.g. 'u9'), scored with an empty history``;
-        '' when there is none."""
-
-        def examples(kind: str) -> str:
-            return ", ".join(repr(v) for v in self.examples.get(kind, []))
-
-        parts = []
-        if self.items:
-            parts.append(f"{self.items:,} item id(s) not in the store (e.g. {examples('items')}),"
-                         " scored as unknown")
-        parts += [
-            f"{n:,} value(s) of {name} not in the store (e.g. {examples(name)}), set to unknown"
-            for name, n in self.values.items()
-        ]
-        if self.users:
-            parts.append(f"{self.users:,} user(s) without a history (e.g. {examples('users')}), "
-                         "scored with an empty history")
-        return "unknown ids: " + "; ".join(parts) if parts else ""
-
-    def warn(self) -> None:
-        if self.total:
-            warnings.warn(self.summary(), UnknownIdsWarning, stacklevel=3)
-
-
-@dataclass
-class Encoded:
-    """Rows ready for the model: ``history`` (n, L) and ``candidate`` (n,) rows of the
-    predictor's item table (0 = padding), ``lengths`` (n,), left-aligned histories;
-    ``names``: the history items' ids as given, row by row (histories given as ids only)."""
-
-    history: np.ndarray
-    lengths: np.ndarray
-    candidate: np.ndarray
-    names: pl.Series | None = None
-
-    def __len__(self) -> int:
-        return len(self.candidate)
-
-
-class Lookup:
-    """Strings -> integer codes: a join for many values (the way ``camn prepare`` encodes), a
-    dictionary for a few (one user's candidates: a join's set-up would cost milliseconds)."""
-
-    few = 4096  # values looked up one by one below this many
-
-    def __init__(self, values: Sequence[str] | pl.Series, codes: np.ndarray) -> None:
-        self.frame = pl.DataFrame(
-            {"value": pl.Series(values, dtype=pl.String), "code": pl.Series(codes, dtype=pl.Int64)}
-        ).unique(subset="value", keep="first", maintain_order=True)
-        self._map: dict[str, int] | None = None
-
-    def codes(self, values: pl.Series) -> pl.Series:
-        """The code of each value; null where the value is unknown (or null)."""
-        values = values.cast(pl.String)
-        if len(values) < self.few:
-            if self._map is None:
-                self._map = dict(zip(self.frame["value"], self.frame["code"], strict=True))
-            found = [self._map.get(value) for value in values.to_list()]
-            return pl.Series("code", found, dtype=pl.Int64)
-        frame = pl.DataFrame({"value": values})
-        return frame.join(self.frame, on="value", how="left", maintain_order="left")["code"]
-
-    def extend(self, values: pl.Series, codes: np.ndarray) -> None:
-        added = pl.DataFrame({"value": values, "code": pl.Series(codes, dtype=pl.Int64)})
-        self.frame = pl.concat([self.frame, added])
-        self._map = None
-
-
-def as_series(name: str, values: Any) -> pl.Series:
-    """A column of a polars or pandas frame, or a sequence, as a polars Series (pandas missing
-    values as nulls; pandas is never imported)."""
-    if isinstance(values, pl.Series):
-        return values.alias(name)
-    if hasattr(values, "isna") and hasattr(values, "tolist"):  # a pandas Series
-        values = values.astype(object).where(values.notna(), None).tolist()
-    try:
-        return pl.Series(name, list(values), strict=False)
-    except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
-        raise DataError(f"{name}: cannot read the values ({error})") from None
-
-
-def as_ids(column: pl.Series) -> pl.Series:
-    """Ids as strings, as ``camn prepare`` casts every value."""
-    if column.dtype == pl.Null or column.dtype.is_numeric() or column.dtype == pl.String:
-        return column.cast(pl.String)
-    if column.dtype in (pl.Categorical, pl.Boolean) or isinstance(column.dtype, pl.Enum):
-        return column.cast(pl.String)
-    raise DataError(f"column {column.name!r} ({column.dtype}) does not hold ids (text or numbers)")
-
-
-def parse_histories(column: pl.Series, separator: str | None) -> tuple[pl.Series, pl.Series]:
-    """A history column -> (lists of item id strings, reasons: null for a good row).
-
-    A list column is taken as it is. Text is a JSON array when it starts with ``[``
-    (``["B001", "B002"]``), else item ids joined by ``separator`` (None: any run of white
-    space). A null or empty value is an empty history. Bad rows: JSON that does not parse
-    (``NOT_A_LIST``) and empty or null item ids (``EMPTY_ID``).
-    """
-    dtype = column.dtype
-    reasons = pl.Series([None] * len(column), dtype=pl.String)
-    if isinstance(dtype, pl.List | pl.Array):
-        if isinstance(dtype.inner, pl.List | pl.Array | pl.Struct):
-            raise DataError(f"column {column.name!r} ({dtype}) holds nested lists, not item ids")
-        lists = column.cast(pl.List(pl.String))
-    else:
-        text = as_ids(column).str.strip_chars()
-        is_json = text.str.starts_with("[").fill_null(False)
-        if separator is None:
-            split = text.str.extract_all(r"\S+")
-        else:
-            split = pl.select(pl.when(text == "").then(pl.lit([], dtype=pl.List(pl.String)))
-                              .otherwise(text.str.split(separator))).to_series()
-        decoded, broken = json_lists(text, is_json)
-        lists = pl.select(pl.when(is_json).then(decoded).otherwise(split)).to_series()
-        reasons = pl.select(pl.when(broken).then(pl.lit(NOT_A_LIST))).to_series()
-    lists = lists.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias(column.name)
-    empty_id = lists.list.eval(pl.element().is_null() | (pl.element() == "")).list.any()
-    reasons = pl.select(pl.when(empty_id.fill_null(False)).then(pl.lit(EMPTY_ID))
-                        .otherwise(reasons)).to_series()
-    return lists, reasons.alias("reason")
-
-
-def json_lists(text: pl.Series, is_json: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """JSON arrays of ids at ``is_json`` (empty lists elsewhere): (the lists, broken: JSON
-    that does not parse as a flat array). One vectorised decode; value by value only when that
-    fails."""
-    dtype = pl.List(pl.String)
-    arrays = pl.select(pl.when(is_json).then(text).otherwise(pl.lit("[]"))).to_series()
-    try:
-        return arrays.str.json_decode(dtype), pl.Series([False] * len(text))
-    except pl.exceptions.PolarsError:  # find the broken ones (slow path, only on bad input)
-        parsed = [_decode_one(value) for value in arrays.to_list()]
-        return pl.Series(parsed, dtype=dtype), pl.Series([p is None for p in parsed])
-
-
-def _decode_one(value: str) -> list[str | None] | None:
-    try:
-        return pl.Series([value]).str.json_decode(pl.List(pl.String)).to_list()[0]
-    except pl.exceptions.PolarsError:
-        return None
-
-
-def left_aligned(lists: pl.Series, codes: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lists (n,) whose flattened values have ``codes`` -> (n, length) left-aligned codes
-    (padding 0) and the lengths; each list already cut to ``length``."""
-    lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    out = np.zeros((len(lists), length), dtype=np.int64)
-    rows = np.repeat(np.arange(len(lists)), lengths)
-    starts = np.cumsum(lengths) - lengths
-    out[rows, np.arange(len(rows)) - np.repeat(starts, lengths)] = codes
-    return out, lengths
 
 
 class Predictor:
@@ -252,8 +46,8 @@ class Predictor:
     candidate item id per row (``histories=``, ``candidates=``), or a user id per row
     (``users=``) whose latest history comes from the store (module docstring), or a polars or
     pandas frame with such columns. Attributes: ``model``, ``config``, ``store``, ``name``
-    (registry name), ``seed``, ``attributes``, ``max_len``, ``unknown`` (the last call's
-    :class:`UnknownIds`).
+    (registry name), ``seed``, ``attributes``, ``max_len``, ``ids`` (the store's
+    :class:`~camn.encoding.IdEncoder`), ``unknown`` (the last call's :class:`UnknownIds`).
     """
 
     def __init__(
@@ -273,170 +67,24 @@ class Predictor:
         train = config.get("train") if isinstance(config.get("train"), dict) else {}
         self.batch_size = int(batch_size or train.get("eval_batch_size") or 8192)
         self.unknown = UnknownIds()
-        # the item table: row r holds the attribute ids of item row r; rows 0..V-1 are the
-        # store's item ids, rows from V items added by add_items that the store does not know
-        self.table = np.array(store.array("item_attributes"), dtype=np.int64)
-        self._vocab: dict[str, list[str]] = {}
-        item_values = self.vocabulary(self.attributes[0])
-        self.items = Lookup(item_values[2:], np.arange(2, len(item_values)))
-        self._users: Lookup | None = None
-        self._latest: np.ndarray | None = None
+        self.ids = IdEncoder(store)
         self._routing: bool | None = None
 
     def __repr__(self) -> str:
         return (f"Predictor({self.name}, seed {self.seed}, store {self.store.root}, "
                 f"attributes {self.attributes}, max_len {self.max_len})")
 
-    # ------------------------------------------------------------------ vocabularies and lookups
-
     def vocabulary(self, attribute: str) -> list[str]:
         """The values of one attribute; value i has id i (0 padding, 1 unknown)."""
-        if attribute not in self._vocab:
-            self._vocab[attribute] = self.store.vocab(attribute)
-        return self._vocab[attribute]
+        return self.ids.vocabulary(attribute)
 
     def user_ids(self) -> list[str]:
-        """The store's user ids: user index i is element i (``users.npy``)."""
-        path = self.store.root / USERS
-        if not path.is_file():
-            raise DataError(f"{self.store.root} is a damaged store: {USERS} is missing (user "
-                            "index i is its line i): prepare it again")
-        users = path.read_text(encoding="utf-8").splitlines()
-        if len(users) != self.store.schema["num_users"]:
-            raise DataError(f"{path} has {len(users):,} lines for "
-                            f"{self.store.schema['num_users']:,} users: the store is damaged")
-        return users
-
-    def item_rows(self, items: pl.Series, unknown: UnknownIds) -> np.ndarray:
-        """Item id strings -> rows of the item table (1, "unknown", for items not known)."""
-        codes = self.items.codes(items)
-        unknown.count("items", items.filter(codes.is_null() & items.is_not_null()))
-        return codes.fill_null(UNKNOWN_ID).to_numpy()
-
-    def latest_rows(self) -> np.ndarray:
-        """(num_users,) the store row of each user's last click sample: rows are sorted by
-        (split, user, position), so it is the user's last row with label 1."""
-        if self._latest is None:
-            positives = np.flatnonzero(self.store.gather("labels", slice(None)) == 1)
-            owners = self.store.gather("users", positives)
-            latest = np.full(self.store.schema["num_users"], -1, dtype=np.int64)
-            users, last = np.unique(owners[::-1], return_index=True)
-            latest[users] = positives[::-1][last]
-            self._latest = latest
-        return self._latest
-
-    def user_histories(self, users: pl.Series, unknown: UnknownIds) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-        """User id strings -> (n, L) item rows of their latest histories and the lengths."""
-        if self._users is None:
-            ids = self.user_ids()
-            self._users = Lookup(ids, np.arange(len(ids)))
-        index = self._users.codes(users)
-        unknown.count("users", users.filter(index.is_null() & users.is_not_null()))
-        rows = self.latest_rows()[index.fill_null(0).to_numpy()]
-        known = index.is_not_null().to_numpy() & (rows >= 0)
-        rows = np.where(known, rows, 0)
-        length = self.max_len
-        lengths = np.where(known, self.store.gather("lengths", rows), 0)
-        history = np.zeros((len(rows), length + 1), dtype=np.int64)
-        history[:, :length] = self.store.gather("histories", rows)[:, :, 0]
-        history[np.arange(len(rows)), lengths] = self.store.gather("targets", rows)[:, 0]
-        history *= known[:, None]
-        lengths = np.where(known, lengths + 1, 0)
-        full = lengths > length  # drop the oldest item of a full history
-        history = np.where(full[:, None], history[:, 1:], history[:, :length])
-        return history, np.minimum(lengths, length)
-
-    def latest_history(self, user: str) -> list[str]:
-        """The item ids of ``user``'s latest history in the store, oldest first."""
-        unknown = UnknownIds()
-        history, lengths = self.user_histories(pl.Series([str(user)]), unknown)
-        if unknown.users:
-            raise DataError(f"user {user!r} is not in the store {self.store.root}")
-        items = self.vocabulary(self.attributes[0])
-        return [items[i] for i in self.table[history[0, : lengths[0]], 0]]
+        """The store's user ids: user index i is element i."""
+        return self.ids.user_ids()
 
     def add_items(self, frame: Any, item_col: str | None = None) -> UnknownIds:
-        """Attributes of items, used instead of the store's for the items listed (new items,
-        or changed attributes): a polars or pandas frame with the item column (default: the
-        store's first attribute, ``attributes[0]``) and one column per other attribute, named
-        as in the store. Values are mapped through the store's vocabularies; an unseen value
-        (counted in the returned :class:`UnknownIds`, and warned of) or a null is unknown. An item
-        the store does not know keeps id 1 (unknown) as its item id; the first row of an item
-        listed twice wins."""
-        item_col = item_col or self.attributes[0]
-        names = [item_col, *self.attributes[1:]]
-        missing = [name for name in names if name not in frame.columns]
-        if missing:
-            raise DataError(f"the items table lacks column(s) {', '.join(map(repr, missing))}; "
-                            f"it needs {', '.join(map(repr, names))}")
-        items = as_ids(as_series(item_col, frame[item_col]))
-        keep = (items.is_first_distinct() & items.is_not_null()).to_numpy()
-        items = items.filter(keep)
-        unknown = UnknownIds()
-        attributes = np.ones((len(items), len(self.attributes)), dtype=np.int64)
-        for slot, name in enumerate(self.attributes[1:], start=1):
-            values = as_ids(as_series(name, frame[name])).filter(keep)
-            values_vocab = self.vocabulary(name)
-            codes = Lookup(values_vocab[2:], np.arange(2, len(values_vocab))).codes(values)
-            unknown.count(name, values.filter(codes.is_null() & values.is_not_null()))
-            attributes[:, slot] = codes.fill_null(UNKNOWN_ID).to_numpy()
-        rows = self.items.codes(items)
-        known = rows.is_not_null().to_numpy()
-        self.table[rows.filter(rows.is_not_null()).to_numpy(), 1:] = attributes[known, 1:]
-        new_rows = np.arange(len(self.table), len(self.table) + int((~known).sum()))
-        self.table = np.concatenate([self.table, attributes[~known]])
-        self.items.extend(items.filter(~pl.Series(known)), new_rows)
-        unknown.warn()
-        return unknown
-
-    # ------------------------------------------------------------------------- encoding rows
-
-    def encode(
-        self,
-        candidates: pl.Series,
-        histories: pl.Series | None = None,
-        users: pl.Series | None = None,
-        separator: str | None = None,
-        unknown: UnknownIds | None = None,
-    ) -> tuple[Encoded, pl.Series]:
-        """Rows -> (model-ready rows of every row, reasons: null for a good row, else why it
-        is bad, e.g. ``NO_CANDIDATE``). Bad rows are encoded as empty rows and must be dropped
-        by the caller (``Encoded`` has all rows, in order)."""
-        unknown = self.unknown if unknown is None else unknown
-        candidates = as_ids(candidates)
-        reasons = pl.select(pl.when(candidates.is_null()).then(pl.lit(NO_CANDIDATE)))
-        reasons = reasons.to_series()
-        if histories is not None:
-            lists, bad = parse_histories(histories, separator)
-            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
-            good = reasons.is_null()
-            lists = lists.list.tail(self.max_len)
-            flat = lists.filter(good).explode(empty_as_null=False, keep_nulls=False)
-            history, lengths = np.zeros((len(lists), self.max_len), np.int64), np.zeros(
-                len(lists), np.int64)
-            history[good.to_numpy()], lengths[good.to_numpy()] = left_aligned(
-                lists.filter(good), self.item_rows(flat, unknown), self.max_len
-            )
-            names = flat
-        elif users is not None:
-            users = as_ids(users)
-            reasons = pl.select(pl.coalesce(
-                reasons, pl.when(users.is_null()).then(pl.lit(NO_USER))
-            )).to_series()
-            good = reasons.is_null()
-            history, lengths = np.zeros((len(users), self.max_len), np.int64), np.zeros(
-                len(users), np.int64)
-            history[good.to_numpy()], lengths[good.to_numpy()] = self.user_histories(
-                users.filter(good), unknown
-            )
-            names = None
-        else:
-            raise DataError("give histories (item ids per row) or users (user ids per row)")
-        good = reasons.is_null()
-        candidate = np.zeros(len(candidates), dtype=np.int64)
-        candidate[good.to_numpy()] = self.item_rows(candidates.filter(good), unknown)
-        return Encoded(history, lengths, candidate, names), reasons.alias("reason")
+        """Attributes of items, used instead of the store's: see :meth:`IdEncoder.add_items`."""
+        return self.ids.add_items(frame, item_col)
 
     # --------------------------------------------------------------------------- the model
 
@@ -448,8 +96,9 @@ class Predictor:
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array).to(self.device)
 
-        return {"history": tensor(self.table[history]), "mask": tensor(mask),
-                "target": tensor(self.table[rows.candidate[start:stop]])}
+        table = self.ids.table
+        return {"history": tensor(table[history]), "mask": tensor(mask),
+                "target": tensor(table[rows.candidate[start:stop]])}
 
     @torch.no_grad()
     def run(self, rows: Encoded, routing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -569,8 +218,9 @@ class Predictor:
                 histories, history_col, candidate_col, user_col)
         rows = self._encode_arguments(histories, candidates, users, separator)
         probabilities, routing = self.run(rows, routing=True)
-        table = routing_table(self.table[rows.history], rows.lengths, routing, self.attributes,
-                              [self.vocabulary(a) for a in self.attributes], rows.names)
+        table = routing_rows(self.ids.table[rows.history], rows.lengths, routing,
+                             self.attributes, [self.vocabulary(a) for a in self.attributes],
+                             rows.names)
         sample = table["sample"]
         return table.select(
             pl.col("sample").alias("row"),
@@ -596,9 +246,10 @@ class Predictor:
             raise DataError(f"{len(given)} {given.name}(s) for {len(candidates)} candidate(s): "
                             "give one per candidate (or one for all)")
         self.unknown = UnknownIds()
-        rows, reasons = self.encode(
+        rows, reasons = self.ids.encode(
             candidates, histories=given if users is None else None,
             users=given if users is not None else None, separator=separator,
+            unknown=self.unknown,
         )
         bad = reasons.is_not_null()
         if bad.any():
@@ -610,66 +261,6 @@ class Predictor:
         return rows
 
 
-def is_frame(value: Any) -> bool:
-    """A polars DataFrame, or a pandas one (recognised without importing pandas)."""
-    return isinstance(value, pl.DataFrame) or (
-        type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "columns")
-    )
-
-
-def frame_columns(frame: Any, history_col: str, candidate_col: str,
-                  user_col: str) -> tuple[Any, Any, Any]:
-    """(histories or None, candidates, users or None) of a frame: the history column when the
-    frame has one, else the user column."""
-    columns = list(frame.columns)
-    if candidate_col not in columns:
-        raise DataError(f"the frame has no column {candidate_col!r} (the candidates); "
-                        f"its columns: {', '.join(map(str, columns))}")
-    if "score" in columns:
-        raise DataError("the frame already has a column 'score'; rename it first")
-    if history_col in columns:
-        return frame[history_col], frame[candidate_col], None
-    if user_col in columns:
-        return None, frame[candidate_col], frame[user_col]
-    raise DataError(f"the frame needs a history column ({history_col!r}) or a user column "
-                    f"({user_col!r}); its columns: {', '.join(map(str, columns))}")
-
-
-def routing_table(
-    history: np.ndarray,
-    lengths: np.ndarray,
-    routing: np.ndarray,
-    attributes: list[str],
-    vocabularies: list[list[str]],
-    names: pl.Series | None = None,
-) -> pl.DataFrame:
-    """One row per (sample, real history position, attribute): ``sample``, ``position``
-    (1-based), ``item``, ``attribute``, ``value``, ``score`` (P), ``top``.
-
-    history (n, L, k) attribute ids, lengths (n,), routing (n, L, k); ``names``: the item ids
-    of the real positions in row order (default: the item vocabulary's, which names an item
-    the store does not know "<unk>")."""
-    k = len(attributes)
-    sample, position = np.nonzero(np.arange(history.shape[1])[None, :] < lengths[:, None])
-    ids = history[sample, position]  # (m, k)
-    scores = routing[sample, position]  # (m, k)
-    top = scores.argmax(axis=1) if len(scores) else np.zeros(0, np.int64)
-    values = np.empty(ids.shape, dtype=object)
-    for slot, vocabulary in enumerate(vocabularies):
-        values[:, slot] = np.asarray(vocabulary, dtype=object)[ids[:, slot]]
-    return pl.DataFrame({
-        "sample": np.repeat(sample, k),
-        "position": np.repeat(position + 1, k),
-        "item": np.repeat(values[:, 0] if names is None else names.to_numpy(), k).tolist(),
-        "attribute": np.tile(np.asarray(attributes, dtype=object), len(ids)).tolist(),
-        "value": values.reshape(-1).tolist(),
-        "score": scores.reshape(-1).astype(np.float64),
-        "top": (np.arange(k)[None, :] == top[:, None]).reshape(-1),
-    }, schema={"sample": pl.Int64, "position": pl.Int64, "item": pl.String,
-               "attribute": pl.String, "value": pl.String, "score": pl.Float64,
-               "top": pl.Boolean})
-
-
 # ------------------------------------------------------------------------------------ loading
 
 
@@ -677,25 +268,23 @@ def saved_model_dir(run: Path, seed: int | None) -> Path:
     """The saved model folder of ``run``: ``seed_<seed>`` of a ``camn train`` run (its first
     seed by default), or ``run`` itself when it is a saved model folder (``config.json``, as
     ``camn benchmark --keep-runs`` leaves them)."""
-    from camn.train.commands import load_results, seed_folder
-
-    if (run / "results.json").is_file():
-        seeds = load_results(run)["seeds"]
+    if RunFolder(run).results.is_file():
+        seeds = read_results(run)["seeds"]
         seed = seeds[0] if seed is None else seed
         if seed not in seeds:
             raise DataError(f"seed {seed} is not in the run {run}; it has seeds {seeds}")
-        return seed_folder(run, seed)
-    if (run / CONFIG).is_file():
+        return seed_folder(run, seed).root
+    if SeedFolder(run).config.is_file():
         return run
     if not run.is_dir():
         raise DataError(f"{run}: no such run folder")
-    raise DataError(f"{run} is not a camn train run (no results.json) nor a saved model "
+    raise DataError(f"{run} is not a camn train run (no {RUN_RESULTS}) nor a saved model "
                     f"(no {CONFIG})")
 
 
 def run_store_path(directory: Path) -> Path:
     """The store a saved model was trained on, as its ``config.json`` records it."""
-    path = directory / CONFIG
+    path = SeedFolder(directory).config
     try:
         data = json.loads(path.read_text(encoding="utf-8")).get("data")
     except (OSError, ValueError, AttributeError):
@@ -704,7 +293,6 @@ def run_store_path(directory: Path) -> Path:
         raise DataError(f"{path} does not record the store the model was trained on ('data'): "
                         f"{DAMAGED}, or name the store (store=, --data)")
     return Path(data)
-
 
 
 def model_inputs(run: str | Path, seed: int | None, store: str | Path | None) -> list[Path]:
@@ -717,15 +305,6 @@ def model_inputs(run: str | Path, seed: int | None, store: str | Path | None) ->
         return [*paths, run_store_path(saved_model_dir(Path(run), seed))]
     except DataError:  # a damaged run: loading it names the problem
         return paths
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--run``, ``--seed`` and ``--data``: which trained model a command uses."""
-    parser.add_argument("--run", required=True,
-                        help="run directory written by camn train (or one saved model folder)")
-    parser.add_argument("--seed", type=seed_int,
-                        help="which seed's model (default: the run's first)")
-    parser.add_argument("--data", help="prepared store (default: the one the run was trained on)")
 
 
 def load(
@@ -743,12 +322,10 @@ def load(
     ``store``: the prepared store whose vocabularies to use (default: the one the run was
     trained on, recorded in its ``config.json``); it must match the model's spec.
     """
-    from camn.train.commands import resolve_device
-
     directory = saved_model_dir(Path(run), seed)
     root = Path(store) if store is not None else run_store_path(directory)
     if not ((root / "schema.json").is_file() or (root / MANIFEST).is_file()):
-        origin = "" if store is not None else f" (recorded in {directory / CONFIG})"
+        origin = "" if store is not None else f" (recorded in {SeedFolder(directory).config})"
         raise DataError(f"{root}{origin} is not a prepared store; name the store the run was "
                         "trained on (store=, --data)")
     prepared = open_store(root)
@@ -762,4 +339,5 @@ def load(
     if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     return Predictor(model, config, prepared, resolved, batch_size)
+
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from camn import __version__
 
 if TYPE_CHECKING:
+    from camn.config import TrainConfig
     from camn.data.store import PreparedStore
-    from camn.train.loop import TrainConfig
 
 
 def dataset_name(path: str | Path, protocol: str) -> str:

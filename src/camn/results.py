@@ -3,7 +3,7 @@ CSV export, and ``camn train``'s ``results.json`` document.
 
 A run's result records what it scored and everything needed to redo it
 (:mod:`camn.provenance`): the fully resolved training configuration (every
-:class:`~camn.train.loop.TrainConfig` field, the model's complete constructor options) and the
+:class:`~camn.config.TrainConfig` field, the model's complete constructor options) and the
 environment it ran in. ``camn benchmark`` appends one line per finished run to
 ``results.jsonl`` (its resumable record, with a CSV export beside it); ``camn train`` lists its
 seeds' results in ``results.json`` (:func:`train_results`); tables, plots and the demo read
@@ -28,8 +28,8 @@ from camn.provenance import data_summary, dataset_name, environment, resolved_co
 from camn.stats import Stat, finite_mean, finite_or_none
 
 if TYPE_CHECKING:
+    from camn.config import TrainConfig
     from camn.data.store import PreparedStore
-    from camn.train.loop import TrainConfig
 
 METRICS = ("test_auc", "test_logloss", "test_gauc", "valid_auc")
 ROUTING_KEYS = ("overall", "item", "user", "item_matched", "user_matched")
@@ -63,7 +63,7 @@ class RunResult:
     train_seconds: float
     samples_per_second: float
     routing: dict[str, float] | None = None  # routing recovery, where the store plants drivers
-    attention: dict | None = None  # the test split's attention health (attention_health())
+    attention: dict | None = None  # the test split's attention health (health_of_terms())
     store: str = ""  # the store's path as given
     config: dict = field(default_factory=dict)  # resolved_config(...) of the run
     environment: dict = field(default_factory=dict)  # environment(...) of the run
@@ -94,7 +94,7 @@ class RunResult:
                                                        "samples_per_second")},
             best_epoch=int(metrics["best_epoch"]), epochs=int(metrics["epochs"]),
             routing=None if routing is None else {k: float(v) for k, v in routing.items()},
-            attention=attention_health(metrics.get("test_terms") or {}),
+            attention=health_of_terms(metrics.get("test_terms") or {}),
             store=store, config=config, environment=environment,
         )
 
@@ -158,7 +158,7 @@ HEALTH_TERMS = {"attention_entropy": "entropy", "attention_abs_logit": "abs_logi
 HEALTH_METRICS = ("attention_entropy", "attention_abs_logit", "attention_diversity")
 
 
-def attention_health(terms: Mapping) -> dict | None:
+def health_of_terms(terms: Mapping) -> dict | None:
     """The attention health among a split's averaged evaluation terms: ``entropy`` and
     ``abs_logit`` per head (lists; ``layers.attention_health``), ``diversity`` (L_d, Eq. 7, a
     number) where the model reports it, NaN as None; None for a model without attention heads."""
@@ -302,7 +302,7 @@ def _from_cells(cells: dict[str, str]) -> RunResult:
         **{name: number(name) for name in (*METRICS, "train_seconds", "samples_per_second")},
         best_epoch=int(cells["best_epoch"]), epochs=int(cells["epochs"]),
         routing=routing or None,
-        attention=attention_health({f"attention_{k}" if k != "diversity" else k: v
+        attention=health_of_terms({f"attention_{k}" if k != "diversity" else k: v
                                     for k, v in health.items()}),
     )
 

@@ -5,7 +5,7 @@ score it against: a history column (``--history-col``: a list, a JSON array as t
 ids joined by ``--separator``, oldest first), or else a user (``--user-col``), whose history is
 taken from ``--history`` (an interaction log with user, item and time columns, as ``camn
 prepare table`` reads one: each user's items in time order) or, without it, from the store the
-run was trained on (the user's latest history: see :mod:`camn.predict`).
+run was trained on (the user's latest history: see :mod:`camn.encoding`).
 
 The output is the input rows plus ``score`` (the click probability) and, for models with
 routing scores, ``top_attribute``: the attribute with the largest routing score P summed over
@@ -39,20 +39,14 @@ import polars as pl
 from tqdm import tqdm
 
 from camn.argtypes import positive_int
+from camn.cli import add_run_arguments
 from camn.data.chunks import CHUNK_ROWS, LINE, read_chunks
 from camn.data.raw import BadInputReport, DataError
-from camn.data.sources._common import column_list, skip_rows
+from camn.data.reading import column_list, skip_rows
 from camn.data.sources.table import file_format, read_interactions, read_table
+from camn.encoding import NO_USER, Encoded, UnknownIds, as_ids
 from camn.outputs import check_output_file, writing
-from camn.predict import (
-    Encoded,
-    Predictor,
-    UnknownIds,
-    add_run_arguments,
-    as_ids,
-    load,
-    model_inputs,
-)
+from camn.predict import Predictor, load, model_inputs
 
 HISTORY = "__history"  # the history column made from --history
 
@@ -185,9 +179,8 @@ def user_histories(args: argparse.Namespace, predictor: Predictor,
                    report: BadInputReport) -> pl.DataFrame:
     """``--history`` read as ``prepare table`` reads interactions: (user, history) with each
     user's last ``max_len`` items in time order (ties keep the file's order)."""
-    log = argparse.Namespace(interactions=args.history, format=None, user_col=args.user_col,
-                             item_col=args.item_col, time_col=args.time_col)
-    frame = read_interactions(log, report)
+    frame = read_interactions(args.history, user_col=args.user_col, item_col=args.item_col,
+                              time_col=args.time_col, report=report)
     return (frame.sort("user", "time", maintain_order=True)
             .group_by("user", maintain_order=True)
             .agg(pl.col("item").tail(predictor.max_len).alias(HISTORY)))
@@ -232,13 +225,14 @@ class ChunkScorer:
         args, unknown = self.args, UnknownIds()
         candidates = chunk[args.candidate_col]
         if self.mode == "history":
-            rows, reasons = self.predictor.encode(candidates, histories=chunk[args.history_col],
-                                                  separator=args.separator, unknown=unknown)
+            rows, reasons = self.predictor.ids.encode(
+                candidates, histories=chunk[args.history_col], separator=args.separator,
+                unknown=unknown)
         elif self.histories is not None:
             rows, reasons = self.from_log(chunk, unknown)
         else:
-            rows, reasons = self.predictor.encode(candidates, users=chunk[args.user_col],
-                                                  unknown=unknown)
+            rows, reasons = self.predictor.ids.encode(candidates, users=chunk[args.user_col],
+                                                      unknown=unknown)
         self.unknown.merge(unknown)
         good = reasons.is_null().to_numpy()
         kept = skip_rows(chunk, reasons, args.candidates, self.report).drop(LINE)
@@ -258,9 +252,9 @@ class ChunkScorer:
                                                     maintain_order="left")
         absent = joined[HISTORY].is_null() & users.is_not_null()
         unknown.count("users", users.filter(absent))
-        rows, reasons = self.predictor.encode(chunk[self.args.candidate_col],
-                                              histories=joined[HISTORY], unknown=unknown)
-        no_user = pl.select(pl.when(users.is_null()).then(pl.lit("no user value (row skipped)")))
+        rows, reasons = self.predictor.ids.encode(chunk[self.args.candidate_col],
+                                                  histories=joined[HISTORY], unknown=unknown)
+        no_user = pl.select(pl.when(users.is_null()).then(pl.lit(NO_USER)))
         return rows, pl.select(pl.coalesce(reasons, no_user.to_series())).to_series()
 
 

@@ -37,9 +37,7 @@ non-click copies its click's.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -56,7 +54,21 @@ from camn.data.protocols import (
 from camn.data.raw import BadInputReport, DataError, RawData
 
 if TYPE_CHECKING:
-    from camn.data.store import PreparedStore
+    import polars as pl
+
+
+class StoreArrays(Protocol):
+    """What the side features and the content scan read of a
+    :class:`camn.data.store.PreparedStore` (named by its members, so that this module need not
+    import the store that imports it)."""
+
+    schema: dict
+
+    @property
+    def split_bounds(self) -> np.ndarray: ...
+
+    def array(self, name: str) -> np.ndarray: ...
+
 
 KIND = "impressions"  # schema.json "samples"
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
@@ -200,14 +212,12 @@ def draw_negatives(
 
 
 def prepare_impressions(
-    raw: RawData, out: str | Path, max_len: int, seed: int, report: BadInputReport,
-    force: bool = False,
-) -> dict:
+    raw: RawData, max_len: int, seed: int, report: BadInputReport,
+) -> tuple[dict, dict[str, np.ndarray], dict[str, list[str]], pl.Series]:
     """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
-    ``split`` columns; options in ``raw.origin["labels"]``), build the samples and write the
-    store; return its schema."""
-    from camn.data.prepare import encode_items, sorted_codes
-    from camn.data.store import write_store
+    ``split`` columns; options in ``raw.origin["labels"]``) and build the samples: the store's
+    schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes."""
+    from camn.data.codes import encode_items, sorted_codes  # polars: only when preparing
 
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -248,10 +258,7 @@ def prepare_impressions(
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
     }
-    write_store(out, schema, arrays, vocabularies | side_vocabularies, force=force, users=users)
-    for warning in label_warnings(sizes, clicks):
-        print(f"camn: warning: {out}: {warning}", file=sys.stderr)
-    return schema
+    return schema, arrays, vocabularies | side_vocabularies, users
 
 
 def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
@@ -296,7 +303,7 @@ def standardise(
     return ((values - mean) / std).astype(np.float32), statistics
 
 
-def side_fields(store: PreparedStore, rows: np.ndarray) -> dict[str, np.ndarray]:
+def side_fields(store: StoreArrays, rows: np.ndarray) -> dict[str, np.ndarray]:
     """The batch's side features of ``rows``: ``context`` (n, C) int64 ids and ``numeric``
     (n, M) float32, those the store has."""
     fields = {}
@@ -365,7 +372,7 @@ def training_problems(schema: dict) -> list[str]:
             if (problem := label_problem(split, schema["splits"], clicks))]
 
 
-def content_problems(store: PreparedStore) -> list[str]:
+def content_problems(store: StoreArrays) -> list[str]:
     """Samples that do not fit the timelines: a user without a timeline, a position beyond
     its user's history events, a label other than 0 or 1, a history event at or after its
     impression's time, samples out of (user, time) order within a split."""

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from camn.data.protocols import FIRST_ITEM_ID, TEST, TRAIN, VALID
+from camn.data.layout import FIRST_ITEM_ID, TEST, TRAIN, VALID
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from camn.data import impressions, quality
+from camn.data.codes import encode_items, sorted_codes
 from camn.data.negatives import user_keys
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
 from camn.data.raw import BadInputReport, DataError, RawData
@@ -51,20 +52,9 @@ def first_occurrences(*keys: np.ndarray) -> np.ndarray:
     return keep
 
 
-def sorted_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """(n,) int64 code of every value (its position among the sorted distinct values) and the
-    sorted distinct values: the dense rank, found by sorting the distinct values only and
-    joining them back (sorting every string is the slow part of a large log)."""
-    values = column.unique().sort()
-    lookup = pl.DataFrame({"value": values, "code": np.arange(len(values), dtype=np.int64)})
-    codes = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
-                                                 maintain_order="left")["code"]
-    return codes.to_numpy(), values
-
-
 def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteractions:
     """Number users and items, drop repeated (user, item, time) rows (counted as bad input) and
-    users with fewer than 2 interactions (SPEC section 2).
+    users with fewer than 2 interactions.
 
     Works on integer codes (positions in sorted order, :func:`sorted_codes`) rather than on the
     string frame, and empties ``raw.interactions`` once coded: at 20 M reviews the string frame
@@ -106,36 +96,6 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     )
 
 
-def encode_items(
-    raw: RawData, items: pl.Series, report: BadInputReport
-) -> tuple[np.ndarray, dict[str, list[str]]]:
-    """Attribute ids of every item id: (num_items + 2, k), and the value vocabularies."""
-    if raw.items.columns != ["item", *raw.attributes[1:]]:
-        raise DataError(
-            f"items table has columns {raw.items.columns}; expected item + {raw.attributes[1:]}"
-        )
-    items_table = raw.items.unique(subset="item", keep="first", maintain_order=True)
-    frame = pl.DataFrame({"item": items}).join(
-        items_table, on="item", how="left", maintain_order="left"
-    )
-    without = items.filter(~items.is_in(items_table["item"].implode()))
-    if len(without):
-        report.bad(f"items: item {without[0]!r}", None,
-                   "item has no metadata (attributes set to unknown)", count=len(without))
-    table = np.zeros((len(items) + FIRST_ITEM_ID, len(raw.attributes)), dtype=np.int32)
-    table[1] = 1
-    table[FIRST_ITEM_ID:, 0] = np.arange(FIRST_ITEM_ID, len(items) + FIRST_ITEM_ID)
-    vocabularies = {raw.attributes[0]: items.to_list()}
-    for slot, name in enumerate(raw.attributes[1:], start=1):
-        column = frame[name].cast(pl.String)
-        values = column.drop_nulls().unique().sort()
-        lookup = pl.DataFrame({name: values, "id": np.arange(len(values)) + FIRST_ITEM_ID})
-        ids = pl.DataFrame({name: column}).join(lookup, on=name, how="left", maintain_order="left")
-        table[FIRST_ITEM_ID:, slot] = ids["id"].fill_null(1).to_numpy()
-        vocabularies[name] = values.to_list()
-    return table, vocabularies
-
-
 def prepare(
     raw: RawData,
     out: str | Path,
@@ -161,7 +121,12 @@ def prepare(
         if negatives_by != "stream":
             raise DataError("--negatives-by user and --shard are for logs of clicks; a log of "
                             "labelled impressions is prepared whole (not in shards) for now")
-        return impressions.prepare_impressions(raw, out, max_len, seed, report, force)
+        schema, arrays, vocabularies, users = impressions.prepare_impressions(
+            raw, max_len, seed, report)
+        write_store(out, schema, arrays, vocabularies, force=force, users=users)
+        for warning in impressions.label_warnings(schema["splits"], schema["clicks_per_split"]):
+            print(f"camn: warning: {out}: {warning}", file=sys.stderr)
+        return schema
     encoded = encode_interactions(raw, report)
     if encoded.dropped_users:  # a note: printed by camn prepare and kept in the schema
         raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")

@@ -1,4 +1,4 @@
-"""The sample protocols of SPEC section 2, vectorised with numpy.
+"""The sample protocols, vectorised with numpy.
 
 ``last`` (the paper, Sec. 3.1): per user, the last interaction is the positive and one item drawn
 uniformly from the items the user never touched is the negative; both share the history of the
@@ -18,13 +18,11 @@ from typing import Literal
 
 import numpy as np
 
+from camn.data.layout import FIRST_ITEM_ID, SPLITS, TEST, TRAIN, VALID
 from camn.data.raw import DataError
 
 Protocol = Literal["last", "sliding"]
 PROTOCOLS: tuple[str, ...] = ("last", "sliding")
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-TRAIN, VALID, TEST = 0, 1, 2
-FIRST_ITEM_ID = 2  # ids 0 and 1 of every vocabulary are padding and unknown
 
 
 def split_users(num_users: int, rng: np.random.Generator) -> np.ndarray:

@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -257,9 +258,12 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def run_sharded_prepare(args: argparse.Namespace, inputs: list[str]) -> int:
-    """``camn prepare`` with ``--vocab-only`` or ``--shard`` (its options checked by the CLI)."""
-    from camn.data.sources import available_sources
+def run_sharded_prepare(
+    args: argparse.Namespace, inputs: list[str], read_source: Callable[..., RawData]
+) -> int:
+    """``camn prepare`` with ``--vocab-only`` or ``--shard`` (its options checked by the CLI);
+    ``read_source(report, **extra)`` reads the source named on the command line (``extra``:
+    ``users_between``, for a source that can keep a shard's rows as it reads)."""
     from camn.data.store import table1_line
     from camn.outputs import writing
 
@@ -267,9 +271,10 @@ def run_sharded_prepare(args: argparse.Namespace, inputs: list[str]) -> int:
         check_vocabulary_output(Path(args.out), args.force)
     else:
         check_output(args.out, STORE, force=args.force, inputs=inputs)
-        args.users_between = shard_user_ids(Path(args.vocab), *args.shard)
+        users_between = shard_user_ids(Path(args.vocab), *args.shard)
     report = BadInputReport(strict=args.strict)
-    raw = available_sources()[args.source].read(args, report)
+    raw = read_source(report) if args.vocab_only else read_source(
+        report, users_between=users_between)
     with writing(args.out):
         if args.vocab_only:
             manifest = prepare_vocabularies(raw, args.out, report, force=args.force)

@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from camn.data import impressions
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
-
-if TYPE_CHECKING:
-    from camn.data.store import PreparedStore
 
 ANNOTATIONS = ("driver", "driver_kind")  # planted truth per click (synthetic data)
 SCHEMA_VERSION = 2
@@ -38,6 +35,32 @@ ARRAY_DTYPES = {
 TIME_DTYPES = ("int32", "int64", "float64")
 DRIVER_ARRAYS = tuple(f"click_{name}" for name in ANNOTATIONS)
 CHUNK_BYTES = 1 << 25  # rows of about 32 MiB at a time: the scan's memory stays bounded
+
+
+class PreparedStore(Protocol):
+    """What the content scan reads of a :class:`camn.data.store.PreparedStore` (named by its
+    members, so that this module need not import the store that imports it)."""
+
+    schema: dict
+
+    @property
+    def attributes(self) -> list[str]: ...
+
+    @property
+    def vocab_sizes(self) -> list[int]: ...
+
+    @property
+    def num_samples(self) -> int: ...
+
+    @property
+    def has_drivers(self) -> bool: ...
+
+    @property
+    def split_bounds(self) -> np.ndarray: ...
+
+    def array(self, name: str) -> np.ndarray: ...
+
+    def vocab(self, attribute: str) -> list[str]: ...
 
 
 def raise_problems(root: Path, what: str, problems: list[str]) -> None:

@@ -102,7 +102,7 @@ def say(line: str) -> None:
 
 
 class EpochLine:
-    """A trainer hook (the methods of :class:`camn.train.history.Hook`, which this module
+    """A trainer hook (the methods of :class:`camn.train.epoch_log.Hook`, which this module
     does not import: it would import torch) printing one line a finished epoch, naming its
     run (a benchmark trains several at once)."""
 
@@ -129,7 +129,7 @@ def train_run(run: Run, settings: Settings) -> dict:
     the ``environment`` it ran in. With ``settings.verbose`` each finished epoch prints a line
     (:class:`EpochLine`)."""
     from camn.data.shards import open_store
-    from camn.train.history import console
+    from camn.train.epoch_log import console
     from camn.train.loop import train_one
 
     config = settings.config(run.store, run.model)
@@ -518,7 +518,7 @@ def invocation(args: argparse.Namespace, fallback: Sequence[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from camn.train.commands import resolve_device
+    from camn.train.distributed import resolve_device
     from camn.train.precision import check_precision
 
     resolved = plan(args, BENCHMARK_DEFAULTS, resolve_models)

@@ -355,8 +355,9 @@ def make_tuning(args: argparse.Namespace) -> tuple[Tuning, dict, int, int | None
     processes and their torch threads."""
     from camn.data.shards import open_store
     from camn.models.base import FeatureSpec
+    from camn.models.registry import check_options
     from camn.results import data_summary
-    from camn.train.commands import check_model, one_model
+    from camn.train.commands import one_model
 
     resolved = plan(args, TUNE_DEFAULTS, one_model, check_options=False)
     if len(resolved.stores) != 1:
@@ -390,7 +391,7 @@ def make_tuning(args: argparse.Namespace) -> tuple[Tuning, dict, int, int | None
         study_name=args.study_name or f"{model}@{name}", space=space,
         layers=tuple(layers), study=study, verbose=resolved.jobs == 1,
     )
-    check_model(model, tuning.config({}).options, spec)
+    check_options(model, tuning.config({}).options, spec)
     summary = {k: v for k, v in data_summary(store).items() if k != "path"}
     return tuning, summary, resolved.jobs, resolved.threads
 
@@ -529,7 +530,7 @@ def make_objective(tuning: Tuning) -> Callable:
     """Optuna's objective: one trial, trained as ``camn train`` does with one seed."""
     from camn.data.shards import open_store
     from camn.outputs import RUN, remove_owned
-    from camn.train.history import Hook
+    from camn.train.epoch_log import Hook
     from camn.train.loop import train_seeds
     from camn.train.resume import staging_folder
 
@@ -631,7 +632,7 @@ def _worker(tuning: Tuning, summary: dict, worker: int, threads: int) -> None:
     import torch
     from tqdm import tqdm
 
-    from camn.train.history import console
+    from camn.train.epoch_log import console
 
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -882,8 +883,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from camn.experiments.benchmark import available_cores
-    from camn.train.commands import resolve_device
-    from camn.train.history import console
+    from camn.train.distributed import resolve_device
+    from camn.train.epoch_log import console
     from camn.train.precision import check_precision
 
     optuna_module()  # before any work: the message that says how to install it

@@ -1,9 +1,10 @@
-"""Training, scoring and saved models: the loop, its hooks and history, metrics, checkpoints
+"""Training, scoring and saved models: the loop, its hooks and epoch log, metrics, checkpoints
 and DDP set-up."""
 
+from camn.config import TrainConfig
 from camn.train.checkpoints import load_model, save_checkpoint
-from camn.train.history import Hook, read_history
-from camn.train.loop import TrainConfig, train_one, train_seeds
+from camn.train.epoch_log import Hook, read_epoch_log
+from camn.train.loop import train_one, train_seeds
 from camn.train.metrics import auc, evaluate, gauc, logloss
 
 __all__ = [
@@ -14,7 +15,7 @@ __all__ = [
     "gauc",
     "load_model",
     "logloss",
-    "read_history",
+    "read_epoch_log",
     "save_checkpoint",
     "train_one",
     "train_seeds",

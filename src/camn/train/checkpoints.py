@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +33,30 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from camn.config import TrainConfig
+from camn.data.fingerprint import KEY as VOCABULARIES
+from camn.data.fingerprint import store_fingerprints
 from camn.data.raw import DataError
+from camn.data.store import PreparedStore
 from camn.data.store_checks import json_problem
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import build_model
+from camn.run_folder import (
+    BEST,
+    CHECKPOINT,
+    CHECKPOINT_FILES,
+    CONFIG,
+    LAST,
+    OPTIMIZER,
+    RNG,
+    STAGING_SUFFIX,
+    STATE,
+    WEIGHTS,
+    RunFolder,
+    SeedFolder,
+)
+from camn.train import distributed
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 CONFIG_KEYS = ("model", "options", "spec")
 DAMAGED = "the run is damaged; train it again"
 
@@ -54,6 +71,30 @@ def save_checkpoint(directory: str | Path, model: CTRModel, config: dict) -> Pat
     safetensors.torch.save_model(model, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def saved_model_config(
+    store: PreparedStore, config: TrainConfig, seed: int, spec: FeatureSpec, options: dict
+) -> dict:
+    """What a seed's ``config.json`` records: what rebuilds the model (``model``, its resolved
+    ``options``, ``spec``), the training configuration, the seed, the store and its
+    vocabularies' fingerprints, and the number of processes."""
+    return {
+        "model": config.model,
+        "options": options,
+        "spec": spec.to_dict(),
+        "train": config.to_dict(),
+        "seed": seed,
+        "data": str(store.root.resolve()),
+        VOCABULARIES: store_fingerprints(store),
+        "world_size": distributed.current().world_size,
+    }
+
+
+def write_run_json(path: Path, data: dict) -> None:
+    """A JSON file of a run (``metrics.json``, ``results.json``), keys sorted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_config(directory: str | Path) -> dict:
@@ -75,6 +116,28 @@ def read_run_json(path: Path) -> object:
         return json.loads(path.read_bytes())
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(f"{path} {json_problem(error)}: {DAMAGED}") from None
+
+
+def read_results(run: str | Path) -> dict:
+    """A finished run's ``results.json``, checked for the model name and the seeds it lists."""
+    path = RunFolder(run).results
+    if not path.is_file():
+        raise DataError(f"{path} is missing: not a finished camn train run")
+    results = read_run_json(path)
+    if not (isinstance(results, dict) and isinstance(results.get("model"), str)
+            and isinstance(results.get("seeds"), list) and results["seeds"]
+            and all(type(seed) is int for seed in results["seeds"])):
+        raise DataError(f"{path} does not name the model and its seeds: {DAMAGED}")
+    return results
+
+
+def seed_folder(run: str | Path, seed: int) -> SeedFolder:
+    """``run/seed_<seed>``, a seed that ``results.json`` lists: a DataError when it is gone."""
+    folder = RunFolder(run).seed(seed)
+    if not folder.root.is_dir():
+        raise DataError(f"{folder.root} is missing: {RunFolder(run).results} lists seed {seed} "
+                        f"but its folder is gone (deleted or moved): {DAMAGED}")
+    return folder
 
 
 def config_problem(config: object) -> str | None:
@@ -177,13 +240,6 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[CTRModel, di
 # ------------------------------------------------------------------ training checkpoints
 
 
-CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-PARTIAL = ".partial"
-LAST, BEST, OPTIMIZER, RNG, STATE = (
-    "last.safetensors", "best.safetensors", "optimizer.safetensors", "rng.safetensors",
-    "state.json",
-)
-CHECKPOINT_FILES = (LAST, BEST, OPTIMIZER, RNG, STATE)
 CHECKPOINT_DAMAGED = "the checkpoint is damaged; start the run again (camn train --force)"
 
 
@@ -267,8 +323,8 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
 ) -> Path:
     """Write the checkpoint of ``progress.epoch`` (module docstring) and delete older ones."""
-    final = seed_dir / f"checkpoint-{progress.epoch}"
-    work = final.with_name(final.name + PARTIAL)
+    final = SeedFolder(seed_dir).checkpoint(progress.epoch)
+    work = final.with_name(final.name + STAGING_SUFFIX)
     remove_checkpoint(work)  # a leftover of a killed process
     work.mkdir(parents=True)
     optimizer_tensors, optimizer_rest = split_optimizer(optimizer.state_dict())
@@ -316,7 +372,7 @@ def remove_checkpoint(folder: Path) -> None:
 
 def remove_training_state(seed_dir: Path) -> None:
     """Delete every checkpoint folder of a seed, unfinished ones included."""
-    for folder in seed_dir.glob("checkpoint-*"):
+    for folder in SeedFolder(seed_dir).checkpoint_folders():
         remove_checkpoint(folder)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from camn.argtypes import positive_int, seed_int
-from camn.config import add_training_flags, plan, training_settings
+from camn.config import TrainConfig, add_training_flags, plan, training_settings
 from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import DataError
 from camn.data.shards import MANIFEST, open_store
@@ -21,55 +21,21 @@ from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
 from camn.models.registry import check_options
 from camn.outputs import RUN, check_output, writing
+from camn.run_folder import RunFolder
 from camn.stats import Stat
 from camn.train import distributed
-from camn.train.checkpoints import CONFIG, DAMAGED, load_model, read_run_json
-from camn.train.history import console
-from camn.train.loop import TrainConfig, train_seeds
+from camn.train.checkpoints import DAMAGED, load_model, read_results, seed_folder
+from camn.train.distributed import resolve_device
+from camn.train.epoch_log import console
+from camn.train.loop import train_seeds
 from camn.train.metrics import evaluate
 from camn.train.precision import check_precision
-from camn.train.resume import SETTINGS, interrupted_problem, read_settings, staging_folder
+from camn.train.resume import interrupted_problem, read_settings
 
-RESULTS = "results.json"
 TRAIN_DEFAULTS = {"seeds": 1, "seed": 1}
 
 
 # ---------------------------------------------------------------- helpers shared by the commands
-
-
-def check_model(name: str, options: dict, spec: FeatureSpec) -> None:
-    """Check the name and every option (type, domain, one build on the store's spec) so that a
-    bad one fails before training; see :func:`camn.models.registry.check_options`."""
-    check_options(name, options, spec)
-
-
-def resolve_device(requested: str) -> torch.device:
-    try:
-        return distributed.resolve_device(requested)
-    except (RuntimeError, ValueError) as error:
-        raise DataError(str(error)) from None
-
-
-def load_results(run: Path) -> dict:
-    """A finished run's ``results.json``, checked for the model name and the seeds it lists."""
-    path = Path(run) / RESULTS
-    if not path.is_file():
-        raise DataError(f"{path} is missing: not a finished camn train run")
-    results = read_run_json(path)
-    if not (isinstance(results, dict) and isinstance(results.get("model"), str)
-            and isinstance(results.get("seeds"), list) and results["seeds"]
-            and all(type(seed) is int for seed in results["seeds"])):
-        raise DataError(f"{path} does not name the model and its seeds: {DAMAGED}")
-    return results
-
-
-def seed_folder(run: Path, seed: int) -> Path:
-    """``run/seed_<seed>``, a seed that ``results.json`` lists: a DataError when it is gone."""
-    folder = Path(run) / f"seed_{seed}"
-    if not folder.is_dir():
-        raise DataError(f"{folder} is missing: {Path(run) / RESULTS} lists seed {seed} but its "
-                        f"folder is gone (deleted or moved): {DAMAGED}")
-    return folder
 
 
 def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.device):
@@ -77,7 +43,8 @@ def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.de
     are scanned first: :meth:`PreparedStore.check_contents`): the same feature spec and, where
     the run recorded them, the same vocabularies (:mod:`camn.data.fingerprint`)."""
     store.check_contents()
-    model, config = load_model(seed_folder(run, seed), device=str(device))
+    folder = seed_folder(run, seed)
+    model, config = load_model(folder.root, device=str(device))
     if config["spec"] != FeatureSpec.from_schema(store.schema).to_dict():
         raise DataError(
             f"{store.root} does not match the store the run was trained on "
@@ -87,8 +54,7 @@ def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.de
     train = config.get("train")
     if not (isinstance(train, dict) and type(train.get("eval_batch_size")) is int
             and train["eval_batch_size"] > 0):
-        path = Path(run) / f"seed_{seed}" / CONFIG
-        raise DataError(f"{path} lacks train.eval_batch_size: {DAMAGED}")
+        raise DataError(f"{folder.config} lacks train.eval_batch_size: {DAMAGED}")
     return model, config
 
 
@@ -169,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise DataError(problem)
     store = open_store(path)
     config = resolved.settings.config(path, resolved.models[0])
-    check_model(config.model, config.options, FeatureSpec.from_schema(store.schema))
+    check_options(config.model, config.options, FeatureSpec.from_schema(store.schema))
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     if resolved.threads:
@@ -178,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
         results = train_seeds(store, config, resolved.seeds, out)
     if context.is_main:
         print(train_summary(results))
-        print(f"results written to {out / RESULTS}")
+        print(f"results written to {RunFolder(out).results}")
     return 0
 
 
@@ -202,9 +168,10 @@ def run_resume(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig(**settings.train)
     except (TypeError, ValueError) as error:
-        raise DataError(f"{staging_folder(run) / SETTINGS}: {error}: the interrupted run is "
-                        "damaged; start it again with --force") from None
-    check_model(config.model, config.options, FeatureSpec.from_schema(store.schema))
+        path = RunFolder(run).staging.settings
+        raise DataError(f"{path}: {error}: the interrupted run is damaged; start it again "
+                        "with --force") from None
+    check_options(config.model, config.options, FeatureSpec.from_schema(store.schema))
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     if args.threads:
@@ -216,7 +183,7 @@ def run_resume(args: argparse.Namespace) -> int:
         results = train_seeds(store, config, settings.seeds, run, resume=True)
     if context.is_main:
         print(train_summary(results))
-        print(f"results written to {run / RESULTS}")
+        print(f"results written to {RunFolder(run).results}")
     return 0
 
 
@@ -234,7 +201,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_run(run: Path, store: PreparedStore, split: str, device: torch.device) -> dict:
     """Re-score every seed's saved weights of ``run`` on ``split``: per-seed and aggregated."""
-    results = load_results(run)
+    results = read_results(run)
     if not len(store.split_indices(split)):
         raise DataError(f"{store.root}: the {split} split has no samples; there is nothing to "
                         "evaluate (choose another --split)")
@@ -252,7 +219,7 @@ def trained_store(run: Path) -> Path:
     """The store ``run`` was trained on, as its first seed's ``config.json`` records it."""
     from camn.predict import run_store_path
 
-    path = run_store_path(seed_folder(run, load_results(run)["seeds"][0]))
+    path = run_store_path(seed_folder(run, read_results(run)["seeds"][0]).root)
     if not ((path / "schema.json").is_file() or (path / MANIFEST).is_file()):
         raise DataError(f"{path} (the store {run} was trained on) is not a prepared store; "
                         "name the store to evaluate on with --data")

@@ -20,6 +20,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from camn.data.raw import DataError
+
+
+class DeviceError(DataError, ValueError):
+    """A device that is no torch device, or one this machine lacks."""
+
 
 @dataclass(frozen=True)
 class Context:
@@ -52,13 +58,17 @@ def current() -> Context:
 
 def resolve_device(requested: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; under torchrun a bare ``cuda`` or ``auto``
-    becomes ``cuda:LOCAL_RANK`` (one GPU a process)."""
+    becomes ``cuda:LOCAL_RANK`` (one GPU a process). A :class:`DeviceError` for a name torch
+    does not know or a CUDA device without CUDA."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise DeviceError(str(error)) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available")
+            raise DeviceError(f"device {requested!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device

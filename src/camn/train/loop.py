@@ -6,10 +6,10 @@ the optional regularisers of :mod:`camn.train.objective` (weight decay, embeddin
 clipping; all off by default). After every epoch the model is scored on the validation split;
 the best state by the monitored score (validation AUC by default) is kept and restored for
 the test scores, and training stops after ``patience`` epochs without improvement (early
-stopping, SPEC 1 "Training").
+stopping).
 
 A seed with a folder is checkpointed after every epoch (:mod:`camn.train.checkpoints`), and
-its epochs are recorded and reported through hooks (:mod:`camn.train.history`); a run of
+its epochs are recorded and reported through hooks (:mod:`camn.train.epoch_log`); a run of
 several seeds is staged beside its folder so that ``resume`` can continue it after an
 interruption (:mod:`camn.train.resume`).
 
@@ -21,13 +21,11 @@ same batches as :meth:`PreparedStore.batches` for the same (seed, epoch, rank, w
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from camn.data.fingerprint import KEY as VOCABULARIES
-from camn.data.fingerprint import store_fingerprints
+from camn.config import TrainConfig
 from camn.data.raw import DataError
 from camn.data.store import (
     PreparedStore,
@@ -51,8 +48,8 @@ from camn.models.base import Batch, CTRModel, FeatureSpec
 from camn.models.layers import PACKED_PAIRS, PACKED_ROWS, packed_positions
 from camn.models.registry import build_model, resolved_options
 from camn.outputs import RUN, SEED, check_output, remove_owned, swap_in
-from camn.provenance import data_summary
 from camn.results import train_results
+from camn.run_folder import RunFolder, SeedFolder
 from camn.train import distributed
 from camn.train.checkpoints import (
     Progress,
@@ -61,28 +58,15 @@ from camn.train.checkpoints import (
     remove_training_state,
     save_checkpoint,
     save_training_state,
+    saved_model_config,
+    write_run_json,
 )
-from camn.train.history import (
-    HISTORY,
-    LOGGER,
-    TENSORBOARD,
-    HistoryFile,
-    Hook,
-    LogLines,
-    TensorBoardLog,
-)
+from camn.train.epoch_log import LOGGER, EpochLogFile, Hook, LogLines, TensorBoardLog
 from camn.train.metrics import TermAverages, evaluate
-from camn.train.objective import (
-    MONITORS,
-    embedding_penalty,
-    improves,
-    make_optimizer,
-    monitored,
-)
-from camn.train.precision import PRECISIONS, autocast, check_precision
+from camn.train.objective import embedding_penalty, improves, make_optimizer, monitored
+from camn.train.precision import autocast, check_precision
 from camn.train.resume import (
-    SETTINGS,
-    Settings,
+    RunSettings,
     StagingLock,
     check_same,
     discard,
@@ -98,87 +82,6 @@ RESIDENT_LIMIT_BYTES = 2 << 30  # splits of up to 2 GiB (references, clicks) liv
 
 class Diverged(DataError):
     """Training diverged: the epoch's loss, or a parameter, is not a finite number."""
-
-
-def setting(default: object, text: str, **more: object):
-    """A TrainConfig field: its default and, in its metadata, the help text (and choices) from
-    which the command lines' flags are made."""
-    return field(default=default, metadata={"help": text, **more})
-
-
-@dataclass
-class TrainConfig:
-    """How to train one model; ``options`` are the model's constructor options.
-
-    Every field has a default and a help text in its metadata (``setting``); the ``train`` and
-    ``benchmark`` commands make their flags from them. ``batch_size`` is per process: under
-    torchrun with N processes a step sees N x batch_size. ``monitor``, ``weight_decay``,
-    ``embedding_l2`` and ``clip_grad`` are explained in :mod:`camn.train.objective`,
-    ``precision`` in :mod:`camn.train.precision`; ``length_buckets`` is
-    ``store.batch_slices``'s. ``compile``: the training step's model under ``torch.compile``.
-    """
-
-    model: str = field(metadata={"help": "registered model name (camn models)"})
-    options: dict = field(
-        default_factory=dict, metadata={"help": "the model's constructor options"}
-    )
-    epochs: int = setting(30, "maximum epochs")
-    batch_size: int = setting(2048, "training batch size (per process under torchrun)")
-    eval_batch_size: int = setting(8192, "batch size of the validation and test scoring")
-    lr: float = setting(0.002, "Adam learning rate")
-    patience: int = setting(
-        3, "stop after this many epochs without a better monitored validation score"
-    )
-    monitor: str = setting(
-        "auc", "validation score that picks the best epoch and drives early stopping: auc, "
-        "logloss (lower is better) or auc-logloss", choices=MONITORS,
-    )
-    weight_decay: float = setting(
-        0.0, "Adam's L2 weight decay on every parameter outside the attribute embedding "
-        "table (0 = off)",
-    )
-    embedding_l2: float = setting(
-        0.0, "weight of an L2 penalty on the embedding rows each batch uses (their summed "
-        "squared norms), added to the loss (0 = off)",
-    )
-    clip_grad: float = setting(
-        0.0, "clip the gradient's total norm to this value before each step (0 = off)"
-    )
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = setting(
-        "fp32", "bf16: autocast with fp32 master weights, where the device has bf16 "
-        "instructions (GPUs, CPUs with AVX512-BF16 or AMX)", choices=PRECISIONS,
-    )
-    length_buckets: bool = setting(
-        False, "batches of similar history lengths, cut to their longest history (faster "
-        "with dense rows; cost 0.01 AUC on Amazon Beauty: check validation first)"
-    )
-    compile: bool = setting(
-        False, "torch.compile the model for training (minutes of compilation)"
-    )
-    progress: bool = setting(True, "a progress bar per epoch (on standard error)")
-    tensorboard: bool = setting(
-        False, "also write each epoch's numbers as TensorBoard scalars to "
-        "seed_<s>/tensorboard (needs the tensorboard package)",
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        for name in ("weight_decay", "embedding_l2", "clip_grad"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a number of at least 0, got {value}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def seed_everything(seed: int) -> None:
@@ -366,31 +269,16 @@ def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def checkpoint_config(
-    store: PreparedStore, config: TrainConfig, seed: int, spec: FeatureSpec, options: dict
-) -> dict:
-    return {
-        "model": config.model,
-        "options": options,
-        "spec": spec.to_dict(),
-        "train": config.to_dict(),
-        "seed": seed,
-        "data": str(store.root.resolve()),
-        VOCABULARIES: store_fingerprints(store),
-        "world_size": distributed.current().world_size,
-    }
-
-
 def own_hooks(config: TrainConfig, out_dir: Path | None) -> list[Hook]:
     """The trainer's hooks on the main process: log lines, and with a seed folder its
-    ``history.jsonl`` and, where asked for, TensorBoard scalars."""
+    epoch log and, where asked for, TensorBoard scalars."""
     hooks: list[Hook] = [LogLines(config.monitor)]
     if config.tensorboard:
         if out_dir is None:
             raise ValueError("tensorboard = true needs a run folder to write to (out_dir)")
-        hooks.append(TensorBoardLog(out_dir / TENSORBOARD))
+        hooks.append(TensorBoardLog(SeedFolder(out_dir).tensorboard))
     if out_dir is not None:
-        hooks.append(HistoryFile(out_dir / HISTORY))
+        hooks.append(EpochLogFile(SeedFolder(out_dir).epoch_log))
     return hooks
 
 
@@ -419,8 +307,9 @@ def starting_point(
     progress, best_state = restored or (Progress(), state_copy(model))
     if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in out_dir.glob("checkpoint-*"):
-            if restored is None or leftover.name != f"checkpoint-{progress.epoch}":
+        folder = SeedFolder(out_dir)
+        for leftover in folder.checkpoint_folders():
+            if restored is None or leftover != folder.checkpoint(progress.epoch):
                 remove_checkpoint(leftover)
     return progress, best_state
 
@@ -443,7 +332,7 @@ def train_one(
     valid_gauc, valid_score (its monitored score), best_epoch, epochs (run), train_seconds
     (time in training passes), fit_seconds (with validation), samples_per_second (training
     samples of all processes / train_seconds), the per-epoch history
-    (:mod:`camn.train.history`), and routing_recovery where the store has planted drivers and
+    (:mod:`camn.train.epoch_log`), and routing_recovery where the store has planted drivers and
     the model routes.
 
     With ``out_dir`` a checkpoint is written there after every epoch
@@ -452,7 +341,7 @@ def train_one(
     checkpoint is deleted. ``resume``: continue from the newest checkpoint in ``out_dir``
     (from scratch where there is none); the model, optimizer and generator states are
     restored, so the seed ends as an uninterrupted run would. ``hooks`` are called on the main
-    process after the trainer's own (:class:`~camn.train.history.Hook`).
+    process after the trainer's own (:class:`~camn.train.epoch_log.Hook`).
 
     Under torchrun every rank reads a checkpoint to resume, but only rank 0 scores, writes
     and calls the hooks; the other ranks return an empty dict. A damaged store, or one whose
@@ -496,8 +385,8 @@ def train_one(
             return {}
         metrics = test_metrics(model, store, config, seed, progress, device, score_test)
         if writes:
-            save_checkpoint(out_dir, model, checkpoint_config(store, config, seed, spec, options))
-            write_json(out_dir / "metrics.json", metrics)
+            save_checkpoint(out_dir, model, saved_model_config(store, config, seed, spec, options))
+            write_run_json(SeedFolder(out_dir).metrics, metrics)
             remove_training_state(out_dir)
         for hook in hooks:
             hook.end(seed, metrics)
@@ -624,17 +513,6 @@ def test_metrics(
     return metrics
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def run_settings(store: PreparedStore, config: TrainConfig, seeds: Sequence[int]) -> Settings:
-    """What ``train.json`` records of a run (:mod:`camn.train.resume`)."""
-    return Settings(data_summary(store), list(seeds), config.to_dict(),
-                    distributed.current().world_size)
-
-
 def train_seeds(
     store: PreparedStore,
     config: TrainConfig,
@@ -665,10 +543,10 @@ def train_seeds(
             check_output(out, RUN, force=True)
             lock.acquire()  # refused while another process writes this run
             if resume:
-                check_same(out, read_settings(out), run_settings(store, config, seeds))
+                check_same(out, read_settings(out), RunSettings.of(store, config, seeds))
         try:
             if context.is_main and not resume:
-                start_staging(staging, run_settings(store, config, seeds))
+                start_staging(staging, RunSettings.of(store, config, seeds))
                 lock.acquire()  # the new folder
             runs = seed_results(store, config, seeds, staging, resume, hooks, score_test)
         except Diverged:
@@ -682,8 +560,8 @@ def train_seeds(
         if not context.is_main:
             return {}
         results = train_results(store, config, runs)
-        write_json(staging / "results.json", results)
-        (staging / SETTINGS).unlink()  # results.json has them: nothing left to resume
+        write_run_json(RunFolder(staging).results, results)
+        RunFolder(staging).settings.unlink()  # results.json has them: nothing left to resume
         swap_in(staging, out, RUN)
     return results
 
@@ -700,7 +578,7 @@ def seed_results(
     """Each seed's metrics: a finished seed's kept when resuming, the others trained."""
     runs = []
     for seed in seeds:
-        seed_dir = staging / f"seed_{seed}"
+        seed_dir = RunFolder(staging).seed(seed).root
         kept = finished_seed(seed_dir) if resume else None
         if kept is None:
             kept = train_one(store, config, seed, seed_dir, resume=resume, hooks=hooks,

@@ -19,9 +19,9 @@ import math
 
 import torch
 
+from camn.config import MONITORS
 from camn.models.base import Batch, CTRModel
 
-MONITORS = ("auc", "logloss", "auc-logloss")
 LOOKUPS = ("history", "target", "history_negative")  # the id arrays a model embeds
 
 

@@ -13,9 +13,8 @@ import contextlib
 
 import torch
 
+from camn.config import PRECISIONS
 from camn.data.raw import DataError
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -7,7 +7,7 @@ Unlike a temporary folder, the staging folder keeps its name and contents when t
 (an exception, Ctrl-C, a killed process). It holds:
 
 - ``train.json``, written first: the store (path and summary), the seeds, every
-  :class:`~camn.train.loop.TrainConfig` field and the number of processes;
+  :class:`~camn.config.TrainConfig` field and the number of processes;
 - ``seed_<s>/`` of each finished seed: ``model.safetensors``, ``config.json``,
   ``history.jsonl`` and, written last, ``metrics.json``;
 - ``seed_<s>/`` of the seed that was training: ``history.jsonl`` and its newest complete
@@ -33,11 +33,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from camn.config import TrainConfig
 from camn.data.raw import DataError
+from camn.data.store import PreparedStore
 from camn.outputs import RUN, remove_owned
+from camn.provenance import data_summary
+from camn.run_folder import RUN_RESULTS, RUN_SETTINGS, RunFolder, SeedFolder
+from camn.train import distributed
 from camn.train.checkpoints import checkpoints
 
 try:
@@ -45,19 +51,13 @@ try:
 except ImportError:  # Windows: no advisory locks; one camn train per run folder is on the user
     fcntl = None
 
-SETTINGS = "train.json"
-METRICS = "metrics.json"
-SUFFIX = ".partial"
-
-
 def staging_folder(out: str | Path) -> Path:
     """The hidden sibling folder in which the run ``out`` is built: ``.<name>.partial``."""
-    out = Path(out)
-    return out.with_name(f".{out.name}{SUFFIX}")
+    return RunFolder(out).staging.root
 
 
 @dataclass(frozen=True)
-class Settings:
+class RunSettings:
     """What ``train.json`` holds: the store's summary (with its ``path``), the seeds, the
     training configuration (a TrainConfig's fields) and the number of processes."""
 
@@ -66,33 +66,39 @@ class Settings:
     train: dict
     world_size: int
 
+    @classmethod
+    def of(cls, store: PreparedStore, config: TrainConfig, seeds: Sequence[int]) -> RunSettings:
+        """The settings of a run of ``seeds`` on ``store`` in this process group."""
+        return cls(data_summary(store), list(seeds), config.to_dict(),
+                   distributed.current().world_size)
+
     def to_dict(self) -> dict:
         return {"data": self.data, "seeds": self.seeds, "train": self.train,
                 "world_size": self.world_size}
 
 
-def start_staging(staging: Path, settings: Settings) -> None:
+def start_staging(staging: Path, settings: RunSettings) -> None:
     """A fresh staging folder (an older unfinished run's is deleted) with ``train.json``."""
     remove_owned(staging, RUN)
     staging.mkdir(parents=True)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    (staging / SETTINGS).write_text(text, encoding="utf-8")
+    RunFolder(staging).settings.write_text(text, encoding="utf-8")
 
 
-def read_settings(run: str | Path) -> Settings:
+def read_settings(run: str | Path) -> RunSettings:
     """The settings of the interrupted run ``run``; a DataError saying why there is none."""
     run = Path(run)
     staging = staging_folder(run)
-    path = staging / SETTINGS
+    path = RunFolder(staging).settings
     if not path.is_file():
-        if (run / "results.json").is_file():
-            raise DataError(f"--resume {run}: the run is finished (results.json); there is "
+        if RunFolder(run).results.is_file():
+            raise DataError(f"--resume {run}: the run is finished ({RUN_RESULTS}); there is "
                             "nothing to resume")
         raise DataError(f"--resume {run}: no interrupted camn train run of {run} to resume "
-                        f"(no {staging.name}/{SETTINGS} beside it)")
+                        f"(no {staging.name}/{RUN_SETTINGS} beside it)")
     try:
         data = json.loads(path.read_bytes())
-        settings = Settings(data["data"], data["seeds"], data["train"], data["world_size"])
+        settings = RunSettings(data["data"], data["seeds"], data["train"], data["world_size"])
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{path} is not the settings of a camn train run: the interrupted "
                         "run is damaged; start it again with --force") from None
@@ -105,7 +111,7 @@ def read_settings(run: str | Path) -> Settings:
     return settings
 
 
-def check_same(run: Path, saved: Settings, now: Settings) -> None:
+def check_same(run: Path, saved: RunSettings, now: RunSettings) -> None:
     """Refuse to continue ``run`` with other settings than those it began with."""
     for key, label in (("seeds", "seeds"), ("train", "training settings"),
                        ("world_size", "number of processes")):
@@ -121,7 +127,7 @@ def check_same(run: Path, saved: Settings, now: Settings) -> None:
 def finished_seed(seed_dir: Path) -> dict | None:
     """A finished seed's metrics (its ``metrics.json``, written last), or None where the seed
     did not finish (no file, or one cut off by a kill while it was written)."""
-    path = seed_dir / METRICS
+    path = SeedFolder(seed_dir).metrics
     try:
         metrics = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -150,7 +156,7 @@ def busy_message(out: Path) -> str:
 def resumable(staging: Path) -> bool:
     """Whether the staging folder holds anything to continue from: a finished seed or a
     complete training checkpoint."""
-    seeds = [path for path in staging.glob("seed_*") if path.is_dir()]
+    seeds = [seed.root for seed in RunFolder(staging).seed_folders()]
     return any(finished_seed(seed) is not None or checkpoints(seed) for seed in seeds)
 
 

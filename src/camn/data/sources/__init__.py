@@ -1,7 +1,10 @@
 """Data sources: one module a format, found automatically.
 
 A source module defines ``NAME`` (the ``camn prepare`` sub-command), ``HELP`` (one line),
-``add_arguments(parser)`` and ``read(args, report) -> RawData``. Adding a format is adding a file.
+``add_arguments(parser)`` and ``read(*, report=None, **options) -> RawData``, a library function
+whose keyword arguments are named as its flags' destinations (``--user-col`` is ``user_col``;
+``seed`` is ``camn prepare --seed``): the command line maps its flags onto them
+(:func:`camn.cli.source_options`). Adding a format is adding a file.
 """
 
 from __future__ import annotations

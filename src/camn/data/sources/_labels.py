@@ -11,13 +11,14 @@ input: counted under its reason with its file and line, and the row skipped.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from camn.data.impressions import HISTORY, LABEL
 from camn.data.raw import DataError
-from camn.data.sources._common import column_list, polars_reason
+from camn.data.reading import column_list, polars_reason
 
 TRUE_TEXT, FALSE_TEXT = ["1", "1.0", "true"], ["0", "0.0", "false"]
 LABEL_REASONS = {
@@ -49,28 +50,43 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --split time: first time of the test period (default 0.9)")
 
 
-def split_options(args: argparse.Namespace, time_unit: str, files: bool = False) -> dict:
+@dataclass(frozen=True)
+class SplitOptions:
+    """How labelled impressions are split and completed: ``negatives`` sampled non-clicks per
+    click, ``split`` (``time``, the default, or ``user``) and, for ``time``, the first times of
+    the validation and test periods (``valid_from``, ``test_from``)."""
+
+    negatives: int = 0
+    split: str | None = None
+    valid_from: str | None = None
+    test_from: str | None = None
+
+    def given(self) -> list[str]:
+        """The flags of the options set, e.g. ``['--negatives', '--split']``."""
+        return [f"--{name.replace('_', '-')}" for name in ("negatives", "split", "valid_from",
+                                                           "test_from") if getattr(self, name)]
+
+
+def split_options(options: SplitOptions, time_unit: str, files: bool = False) -> dict:
     """``origin["labels"]``: how the rows are split and how many negatives to add."""
-    if args.negatives < 0:
-        raise DataError(f"--negatives must be 0 or more, got {args.negatives}")
-    how = "files" if files else (args.split or "time")
-    if how != "time" and (args.valid_from or args.test_from):
+    if options.negatives < 0:
+        raise DataError(f"--negatives must be 0 or more, got {options.negatives}")
+    how = "files" if files else (options.split or "time")
+    if how != "time" and (options.valid_from or options.test_from):
         raise DataError("--valid-from and --test-from choose the periods of --split time"
                         + (": the files already give the splits" if files else ""))
-    options = {"split": how, "negatives": args.negatives, "time_unit": time_unit}
-    if args.valid_from:
-        options["valid_from"] = args.valid_from
-    if args.test_from:
-        options["test_from"] = args.test_from
-    return options
+    origin = {"split": how, "negatives": options.negatives, "time_unit": time_unit}
+    if options.valid_from:
+        origin["valid_from"] = options.valid_from
+    if options.test_from:
+        origin["test_from"] = options.test_from
+    return origin
 
 
-def refuse_split_options(args: argparse.Namespace, labels: str) -> None:
+def refuse_split_options(options: SplitOptions, labels: str) -> None:
     """A DataError when an option of labelled rows is given without labels (``labels``: the
     option that gives them)."""
-    given = [f"--{name.replace('_', '-')}" for name in ("negatives", "split", "valid_from",
-                                                         "test_from") if getattr(args, name, None)]
-    if given:
+    if given := options.given():
         raise DataError(f"{', '.join(given)}: for labelled impressions; pass {labels}")
 
 

@@ -1,4 +1,4 @@
-"""McAuley's Amazon review data, 2014 and 2018 releases, plain or gzip (SPEC section 4).
+"""McAuley's Amazon review data, 2014 and 2018 releases, plain or gzip.
 
 Reviews: one JSON object a line (``reviewerID``, ``asin``, ``unixReviewTime``, other fields
 ignored), in both releases. Metadata: one Python-literal dict a line in 2014 (``categories`` a list
@@ -30,8 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources import _labels
-from camn.data.sources._common import (
+from camn.data.reading import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
     NOT_UTF8,
@@ -41,6 +40,7 @@ from camn.data.sources._common import (
     iter_lines,
     parse_price,
 )
+from camn.data.sources import _labels
 
 NAME = "amazon"
 HELP = "McAuley's Amazon reviews + metadata (2014 or 2018 release, .json or .json.gz)"
@@ -68,14 +68,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _labels.add_split_arguments(labels)
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """Read the reviews and the metadata of their items into :class:`RawData` (k = 6)."""
-    reviews, meta_path = Path(args.reviews), Path(args.meta)
+def read(
+    *,
+    reviews: str | Path,
+    meta: str | Path,
+    rating_labels: float | None = None,
+    negatives: int = 0,
+    split: str | None = None,
+    valid_from: str | None = None,
+    test_from: str | None = None,
+    report: BadInputReport | None = None,
+) -> RawData:
+    """Read the reviews and the metadata of their items into :class:`RawData` (k = 6); with
+    ``rating_labels`` every review is a labelled impression, split and completed with
+    ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says."""
+    report = BadInputReport() if report is None else report
+    splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
+                                  test_from=test_from)
+    labelled = rating_labels is not None
+    if not labelled:
+        _labels.refuse_split_options(splits, "--rating-labels T")
+    reviews, meta_path = Path(reviews), Path(meta)
     check_reviews_layout(reviews)
     layout = detect_meta_layout(meta_path)
-    labelled = getattr(args, "rating_labels", None) is not None
-    if not labelled:
-        _labels.refuse_split_options(args, "--rating-labels T")
     interactions = read_reviews(reviews, report, ratings=labelled)
     used = interactions["item"].unique()
     meta = read_meta(meta_path, layout, set(used.to_list()), report)
@@ -83,8 +98,8 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     origin = {"source": NAME, "layout": LAYOUTS[layout], "reviews": str(reviews),
               "meta": str(meta_path)}
     if labelled:
-        interactions = _labels.rating_labels(interactions, args.rating_labels)
-        origin["labels"] = _labels.split_options(args, "s") | {"rating_labels": args.rating_labels}
+        interactions = _labels.rating_labels(interactions, rating_labels)
+        origin["labels"] = _labels.split_options(splits, "s") | {"rating_labels": rating_labels}
     return RawData(interactions, items, list(AMAZON_ATTRIBUTES), origin, notes)
 
 

@@ -1,4 +1,4 @@
-"""MovieLens, the stand-in for the paper's movie-play data (SPEC section 4), k = 5 attributes.
+"""MovieLens, the stand-in for the paper's movie-play data, k = 5 attributes.
 
 Three layouts, told apart by the files in ``--path``:
 
@@ -29,8 +29,7 @@ import numpy as np
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources import _labels
-from camn.data.sources._common import (
+from camn.data.reading import (
     column_list,
     first_lines,
     line_blocks,
@@ -39,6 +38,7 @@ from camn.data.sources._common import (
     report_rows,
     skip_rows,
 )
+from camn.data.sources import _labels
 
 NAME = "movielens"
 HELP = "MovieLens ratings and movies: 100K (u.data/u.item), 1M (.dat) or later (.csv) layout"
@@ -252,13 +252,29 @@ def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
     )
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """Read a MovieLens folder (any of the three layouts) into interactions and item attributes."""
-    folder = Path(args.path)
+def read(
+    *,
+    path: str | Path,
+    rating_labels: float | None = None,
+    negatives: int = 0,
+    split: str | None = None,
+    valid_from: str | None = None,
+    test_from: str | None = None,
+    report: BadInputReport | None = None,
+) -> RawData:
+    """Read a MovieLens folder (any of the three layouts) into interactions and item attributes;
+    with ``rating_labels`` every rating is a labelled impression, split and completed with
+    ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says."""
+    report = BadInputReport() if report is None else report
+    splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
+                                  test_from=test_from)
+    labelled = rating_labels is not None
+    if not labelled:
+        _labels.refuse_split_options(splits, "--rating-labels T")
+    folder = Path(path)
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
     fields = ["user", "item", "_rating", "time"]
-    labelled = getattr(args, "rating_labels", None) is not None
     if layout == "100k":
         interactions = parse_ratings(ratings_file, "\t", fields, report, rating=labelled)
         items = items_100k(folder, report)
@@ -272,12 +288,11 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
         items = items_csv(folder, report)
     origin = {"source": NAME, "layout": layout, "files": [str(ratings_file), str(movies_file)]}
     if labelled:
-        interactions = _labels.rating_labels(interactions, args.rating_labels)
-        origin["labels"] = _labels.split_options(args, "s") | {"rating_labels": args.rating_labels}
+        interactions = _labels.rating_labels(interactions, rating_labels)
+        origin["labels"] = _labels.split_options(splits, "s") | {"rating_labels": rating_labels}
         notes = [f"labelled impressions: {int(interactions['label'].sum()):,} of "
-                 f"{len(interactions):,} ratings are {args.rating_labels:g} or more (clicks)"]
+                 f"{len(interactions):,} ratings are {rating_labels:g} or more (clicks)"]
     else:
-        _labels.refuse_split_options(args, "--rating-labels T")
         notes = [f"implicit feedback: all {len(interactions):,} ratings count as clicks"]
     return RawData(
         interactions=interactions,

@@ -1,4 +1,4 @@
-"""RecBole atomic files ``.inter`` and ``.item``: tab-separated, typed headers (SPEC section 4).
+"""RecBole atomic files ``.inter`` and ``.item``: tab-separated, typed headers.
 
 A header names each column with its type, e.g. ``user_id:token	item_id:token	timestamp:float``;
 columns are matched by name without the ``:type`` suffix. Attributes are either the ``.item``
@@ -25,11 +25,10 @@ from pathlib import Path
 import polars as pl
 
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources._common import (
+from camn.data.reading import (
     AMAZON_ATTRIBUTES,
     AMAZON_META_SCHEMA,
     amazon_items,
-    bucketize,
     check_bucketize,
     column_list,
     first_lines,
@@ -40,6 +39,7 @@ from camn.data.sources._common import (
     skip_rows,
     unescape_html,
 )
+from camn.data.reading import bucketize as bucketize_columns
 
 NAME = "recbole"
 HELP = "RecBole atomic files (.inter + .item, typed TSV headers)"
@@ -71,21 +71,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-col", default="timestamp", help="time column of the .inter file")
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """Read the interactions and the item attributes into :class:`RawData`."""
-    inter, item = Path(args.inter), Path(args.item)
-    interactions = read_inter(inter, args.user_col, args.item_col, args.time_col, report)
+def read(
+    *,
+    inter: str | Path,
+    item: str | Path,
+    attributes: list[str] | None = None,
+    recipe: str | None = None,
+    bucketize: list[str] | tuple[str, ...] = (),
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    report: BadInputReport | None = None,
+) -> RawData:
+    """Read the interactions and the item attributes into :class:`RawData`: the ``attributes``
+    columns of the items file after the item id, or a ``recipe``'s."""
+    report = BadInputReport() if report is None else report
+    inter, item = Path(inter), Path(item)
+    interactions = read_inter(inter, user_col, item_col, time_col, report)
     origin = {"source": NAME, "inter": str(inter), "item": str(item)}
-    if args.recipe == "amazon":
-        if args.bucketize:
+    if recipe == "amazon":
+        if bucketize:
             raise DataError(
                 "--bucketize applies to --attributes columns; --recipe amazon puts the price"
                 " into deciles itself"
             )
-        table, _ = read_items(item, args.item_col, list(AMAZON_COLUMNS), report)
+        table, _ = read_items(item, item_col, list(AMAZON_COLUMNS), report)
         price = table["price"].cast(pl.Float64, strict=False)
         meta = pl.DataFrame({
-            "item": table[args.item_col],
+            "item": table[item_col],
             "path": map_unique(table["categories"], parse_token_seq, pl.List(pl.String)),
             "brand": table["brand"],
             "price": pl.select(pl.when(price.is_finite() & (price >= 0)).then(price)).to_series(),
@@ -93,14 +106,14 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
         items, notes = amazon_items(meta, interactions["item"].unique())
         origin["recipe"] = "amazon"
         return RawData(interactions, items, list(AMAZON_ATTRIBUTES), origin, notes)
-    names = args.attributes
-    if len(set(names)) < len(names) or args.item_col in names:
+    names = list(attributes or ())
+    if len(set(names)) < len(names) or item_col in names:
         raise DataError(
             f"--attributes {','.join(names)}: names must be distinct and differ from the item"
-            f" column {args.item_col!r} (the item id is always attribute 1)"
+            f" column {item_col!r} (the item id is always attribute 1)"
         )
-    check_bucketize(args.bucketize, names)
-    table, types = read_items(item, args.item_col, names, report, keep_lines=True)
+    check_bucketize(bucketize, names)
+    table, types = read_items(item, item_col, names, report, keep_lines=True)
     warnings = {}
     for name in names:
         if types[name].endswith("_seq") and (warning := seq_warning(table[name])):
@@ -108,13 +121,13 @@ def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
     table = table.with_columns(
         unescape_html(first_token(table[name], types[name])) for name in names
     )
-    table, notes = bucketize(table, args.bucketize, args.item_col, interactions["item"].unique(),
-                             item, report)
-    items = pl.DataFrame({"item": table[args.item_col]} | {name: table[name] for name in names})
+    table, notes = bucketize_columns(table, bucketize, item_col,
+                                     interactions["item"].unique(), item, report)
+    items = pl.DataFrame({"item": table[item_col]} | {name: table[name] for name in names})
     origin["attributes"] = names
-    if args.bucketize:
-        origin["bucketize"] = args.bucketize
-    return RawData(interactions, items, [args.item_col, *names], origin, notes, warnings)
+    if bucketize:
+        origin["bucketize"] = list(bucketize)
+    return RawData(interactions, items, [item_col, *names], origin, notes, warnings)
 
 
 def read_columns(

@@ -505,15 +505,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only)")
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """The ``camn prepare synthetic`` reader: :func:`generate` with the command's options."""
+def read(*, seed: int, report: BadInputReport | None = None, **options: object) -> RawData:
+    """The ``camn prepare synthetic`` reader: :func:`generate` with ``seed`` and ``options``
+    (its other keyword arguments), a bad value a DataError; nothing is bad input."""
     try:
-        return generate(
-            users=args.users, items=args.items, attributes=args.attributes,
-            clicks_per_user=args.clicks_per_user, item_share=args.item_share, skew=args.skew,
-            liked=args.liked, liked_items=args.liked_items, salient=args.salient,
-            salient_share=args.salient_share, item_driver=args.item_driver, follow=args.follow,
-            follow_pool=args.follow_pool, seed=args.seed,
-        )
+        return generate(seed=seed, **options)
     except ValueError as error:
         raise DataError(f"synthetic: {error}") from None

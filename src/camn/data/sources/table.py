@@ -37,10 +37,8 @@ import polars as pl
 
 from camn.data.impressions import CONTEXT, NUMERIC
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.sources import _labels
-from camn.data.sources._common import (
+from camn.data.reading import (
     NOT_UTF8,
-    bucketize,
     check_bucketize,
     column_list,
     first_lines,
@@ -53,6 +51,8 @@ from camn.data.sources._common import (
     read_delimited,
     skip_rows,
 )
+from camn.data.reading import bucketize as bucketize_columns
+from camn.data.sources import _labels
 
 NAME = "table"
 HELP = (
@@ -357,33 +357,49 @@ def slash_dates_as_iso(text: pl.Series) -> tuple[pl.Series, str | None]:
 
 
 def read_interactions(
-    args: argparse.Namespace, report: BadInputReport, notes: list[str] | None = None,
-    path: Path | None = None, time_units: list[str] | None = None,
+    path: str | Path,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "time",
+    format: str | None = None,
+    time_format: str | None = None,
+    label_col: str | None = None,
+    label: str | None = None,
+    history_where: str | None = None,
+    context: list[str] | tuple[str, ...] = (),
+    numeric: list[str] | tuple[str, ...] = (),
+    report: BadInputReport | None = None,
+    notes: list[str] | None = None,
+    time_units: list[str] | None = None,
+    users_between: tuple[str, str] | None = None,
 ) -> pl.DataFrame:
-    """user, item and time of every good row of ``path`` (default ``--interactions``), and
-    with labels (:func:`is_labelled`) ``label`` and ``history``; the note on how dates were
-    read, if any, is added to ``notes``, the unit of the times (``us`` for dates read as epoch
-    microseconds, else ``s``) to ``time_units``."""
-    path = path or args.interactions
-    time_format = getattr(args, "time_format", None)
-    frame = read_table(path, file_format(path, args.format), report, shard_rows(args))
-    columns = [args.user_col, args.item_col, args.time_col]
+    """user, item and time of every good row of the interaction log ``path``, and with labels
+    (``label_col`` or ``label``, :func:`is_labelled`) ``label``, ``history`` and the
+    ``context`` and ``numeric`` side columns; the note on how dates were read, if any, is added
+    to ``notes``, the unit of the times (``us`` for dates read as epoch microseconds, else
+    ``s``) to ``time_units``."""
+    report = BadInputReport() if report is None else report
+    path = Path(path)
+    frame = read_table(path, file_format(path, format), report,
+                       shard_rows(user_col, users_between))
+    columns = [user_col, item_col, time_col]
     require_columns(frame, columns, path)
-    time, note = parse_time(frame[args.time_col], path, time_format)
+    time, note = parse_time(frame[time_col], path, time_format)
     if note is not None and notes is not None:
         notes.append(note)
     if time_units is not None:
-        time_units.append(time_unit(frame[args.time_col], time))
-    if is_labelled(args):
-        frame = _labels.label_columns(frame, path, args.label_col, args.label,
-                                      args.history_where)
-    label_columns = ["__label", "__label_reason", "__history"] if is_labelled(args) else []
-    side = side_columns(args, frame, path) if is_labelled(args) else []
+        time_units.append(time_unit(frame[time_col], time))
+    labelled = is_labelled(label_col, label)
+    if labelled:
+        frame = _labels.label_columns(frame, path, label_col, label, history_where)
+    label_columns = ["__label", "__label_reason", "__history"] if labelled else []
+    side = side_columns(frame, path, context, numeric) if labelled else []
     frame = frame.select(
-        as_strings(frame[args.user_col], path).alias("user"),
-        as_strings(frame[args.item_col], path).alias("item"),
+        as_strings(frame[user_col], path).alias("user"),
+        as_strings(frame[item_col], path).alias("item"),
         time.alias("time"),
-        frame[args.time_col].is_not_null().alias("__has_time"),
+        frame[time_col].is_not_null().alias("__has_time"),
         *label_columns,
         *side,
         "__line",
@@ -393,25 +409,27 @@ def read_interactions(
            else "time is not a number or a date")
     reason = pl.when(unparsed).then(pl.lit(f"{why} (row skipped)"))
     reason = reason.otherwise(null_reason("user", "item", "time"))
-    if is_labelled(args):
+    if labelled:
         numbers = [pl.when(pl.col(NUMERIC + name).is_null()).then(
             pl.lit(f"numeric feature {name!r} is not a number (row skipped)"))
-            for name in getattr(args, "numeric", [])]
+            for name in numeric]
         reason = pl.coalesce(reason, pl.col("__label_reason"), *numbers)
     frame = skip_rows(frame, reason, path, report)
     if len(frame) == 0:
         example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
         raise DataError(f"{path}: every row is bad input, e.g. {example}")
     frame = frame.drop("__line", "__has_time")
-    if is_labelled(args):
+    if labelled:
         frame = _labels.labelled(frame.drop("__label_reason"))
     return frame
 
 
-def side_columns(args: argparse.Namespace, frame: pl.DataFrame, path: Path) -> list[pl.Series]:
-    """The ``--context`` columns as text and the ``--numeric`` ones as finite numbers (null
-    where not), named with their prefixes (:mod:`camn.data.impressions`)."""
-    context, numeric = getattr(args, "context", []), getattr(args, "numeric", [])
+def side_columns(
+    frame: pl.DataFrame, path: Path, context: list[str] | tuple[str, ...],
+    numeric: list[str] | tuple[str, ...],
+) -> list[pl.Series]:
+    """The ``context`` columns as text and the ``numeric`` ones as finite numbers (null where
+    not), named with their prefixes (:mod:`camn.data.impressions`)."""
     require_columns(frame, [*context, *numeric], path)
     columns = [as_strings(frame[name], path).alias(CONTEXT + name) for name in context]
     for name in numeric:
@@ -424,9 +442,9 @@ def side_columns(args: argparse.Namespace, frame: pl.DataFrame, path: Path) -> l
     return columns
 
 
-def is_labelled(args: argparse.Namespace) -> bool:
-    """Whether the rows are labelled impressions (``--label-col`` or ``--label``)."""
-    return getattr(args, "label_col", None) is not None or getattr(args, "label", None) is not None
+def is_labelled(label_col: str | None, label: str | None) -> bool:
+    """Whether the rows are labelled impressions (a ``label_col`` or a ``label`` expression)."""
+    return label_col is not None or label is not None
 
 
 def time_unit(column: pl.Series, parsed: pl.Series) -> str:
@@ -441,43 +459,39 @@ def time_unit(column: pl.Series, parsed: pl.Series) -> str:
 
 
 def read_labelled(
-    args: argparse.Namespace, report: BadInputReport, notes: list[str]
+    files: list[Path], splits: _labels.SplitOptions, report: BadInputReport, notes: list[str],
+    **reading: object,
 ) -> tuple[pl.DataFrame, dict]:
-    """The labelled rows of ``--interactions`` (and of ``--valid`` and ``--test``, with
-    their ``split``), and ``origin["labels"]``."""
-    if (args.valid is None) != (args.test is None):
-        raise DataError("a log already split needs both --valid FILE and --test FILE")
-    files = [args.interactions] if args.valid is None else [args.interactions, args.valid,
-                                                            args.test]
+    """The labelled rows of ``files`` (the interactions, then for a log already split its
+    validation and test files), each with its ``split``, read by :func:`read_interactions`
+    with the keyword arguments ``reading``; and ``origin["labels"]``."""
     frames, units = [], []
     for split, path in enumerate(files):
-        frame = read_interactions(args, report, notes, path, units)
+        frame = read_interactions(path, report=report, notes=notes, time_units=units, **reading)
         frames.append(frame.with_columns(split=pl.lit(split, dtype=pl.Int8)))
     if len(set(units)) > 1:
         raise DataError(f"the files' times are not all dates or all numbers: {', '.join(units)}")
-    options = _labels.split_options(args, units[0], files=len(files) > 1)
+    options = _labels.split_options(splits, units[0], files=len(files) > 1)
     return pl.concat(frames, how="vertical_relaxed"), options
 
 
-def shard_rows(args: argparse.Namespace) -> pl.Expr | None:
-    """The rows of a shard's users (``args.users_between``: the first and last user id of
-    the shard, set by ``camn prepare --shard``), or None for every row."""
-    bounds = getattr(args, "users_between", None)
-    if bounds is None:
+def shard_rows(user_col: str, users_between: tuple[str, str] | None) -> pl.Expr | None:
+    """The rows of a shard's users (``users_between``: the first and last user id of the
+    shard, given by ``camn prepare --shard``), or None for every row."""
+    if users_between is None:
         return None
-    return pl.col(args.user_col).cast(pl.String).is_between(*map(pl.lit, bounds))
+    return pl.col(user_col).cast(pl.String).is_between(*map(pl.lit, users_between))
 
 
 def read_items(
-    args: argparse.Namespace, attributes: list[str], report: BadInputReport,
+    path: Path, item_col: str, attributes: list[str], fmt: str | None,
+    buckets: list[str] | tuple[str, ...], report: BadInputReport,
     used_items: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """The item column and the attribute columns (as text) of the items file, one row an item
-    (the first kept), its ``--bucketize`` columns bucketed over ``used_items`` (the items of the
+    (the first kept), its ``buckets`` columns bucketed over ``used_items`` (the items of the
     interactions), and a note on each bucketed column."""
-    path = args.items
-    item_col = args.items_item_col or args.item_col
-    frame = read_table(path, file_format(path, args.format), report)
+    frame = read_table(path, file_format(path, fmt), report)
     require_columns(frame, [item_col, *attributes], path)
     frame = frame.select(
         as_strings(frame[item_col], path).alias("item"),
@@ -491,81 +505,126 @@ def read_items(
     frame = skip_rows(frame, reason.otherwise(null_reason("item")), path, report)
     if used_items is None:
         used_items = frame["item"]
-    frame, notes = bucketize(frame, args.bucketize, "item", used_items, path, report)
+    frame, notes = bucketize_columns(frame, buckets, "item", used_items, path, report)
     return frame.drop("__line"), notes
 
 
-def item_col_of(args: argparse.Namespace) -> str:
-    """The item column of the items file."""
-    return args.items_item_col or args.item_col
-
-
-def parse_attributes(args: argparse.Namespace) -> list[str]:
+def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None,
+                     buckets: list[str] | tuple[str, ...]) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
 
     ``--items`` without ``--attributes`` is refused: the item id always comes from the
     interactions, so the item table would add nothing. The message lists its columns.
     """
-    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]
-    if attributes and args.items is None:
+    attributes = [a.strip() for a in text.split(",") if a.strip()]
+    if attributes and items is None:
         raise DataError("--attributes names columns of the items file: pass --items too")
-    if args.items is not None and not attributes:
-        columns = read_table(args.items, file_format(args.items, args.format), BadInputReport())
+    if items is not None and not attributes:
+        columns = read_table(items, file_format(items, fmt), BadInputReport())
         columns = [c for c in columns.columns if c != "__line"]
-        example = ",".join(c for c in columns if c != item_col_of(args))[:60] or "brand"
+        example = ",".join(c for c in columns if c != item_col)[:60] or "brand"
         raise DataError(
-            f"--items {args.items} without --attributes: name the columns to use as item"
+            f"--items {items} without --attributes: name the columns to use as item"
             f" attributes, e.g. --attributes {example} (its columns: {column_list(columns)});"
             " without --items the item id is the only attribute"
         )
-    item_col = item_col_of(args)
     if len(set(attributes)) < len(attributes) or item_col in attributes or "item" in attributes:
         raise DataError(
-            f"--attributes {args.attributes!r}: names must be distinct and differ from the item "
+            f"--attributes {text!r}: names must be distinct and differ from the item "
             f"column {item_col!r} (the item id is always attribute 1) and from 'item'"
         )
-    check_bucketize(args.bucketize, attributes)
+    check_bucketize(buckets, attributes)
     return attributes
 
 
-def read(args: argparse.Namespace, report: BadInputReport) -> RawData:
-    """Read the interaction log and the item table named on the command line."""
-    attributes = parse_attributes(args)
+def read(
+    *,
+    interactions: str | Path,
+    items: str | Path | None = None,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "time",
+    items_item_col: str | None = None,
+    attributes: str = "",
+    format: str | None = None,
+    time_format: str | None = None,
+    bucketize: list[str] | tuple[str, ...] = (),
+    label_col: str | None = None,
+    label: str | None = None,
+    history_where: str | None = None,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    context: list[str] | tuple[str, ...] = (),
+    numeric: list[str] | tuple[str, ...] = (),
+    negatives: int = 0,
+    split: str | None = None,
+    valid_from: str | None = None,
+    test_from: str | None = None,
+    users_between: tuple[str, str] | None = None,
+    report: BadInputReport | None = None,
+) -> RawData:
+    """Read the interaction log and the item table: the ``attributes`` columns
+    (comma-separated) of ``items`` after the item id (its column ``items_item_col``, default
+    ``item_col``), or the item id alone without ``items``.
+
+    With ``label_col`` (a 0/1 column) or ``label`` (a SQL expression) every row is a labelled
+    impression (:mod:`camn.data.sources._labels`): ``history_where`` picks the rows that enter
+    histories, ``context`` and ``numeric`` name side-feature columns, ``valid`` and ``test``
+    are the other files of a log already split, else ``split``, ``valid_from`` and
+    ``test_from`` split it; ``negatives`` sampled non-clicks are added per click.
+    ``users_between``: read only the rows of users whose id lies between the two (a shard's,
+    ``camn prepare --shard``; Parquet logs are filtered while they are scanned)."""
+    report = BadInputReport() if report is None else report
+    items = None if items is None else Path(items)
+    items_col = items_item_col or item_col
+    names = parse_attributes(attributes, items, items_col, format, bucketize)
     notes: list[str] = []
-    if is_labelled(args):
-        interactions, label_options = read_labelled(args, report, notes)
+    reading = {"user_col": user_col, "item_col": item_col, "time_col": time_col,
+               "format": format, "time_format": time_format}
+    splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
+                                  test_from=test_from)
+    split_files = [Path(path) for path in (valid, test) if path is not None]
+    if is_labelled(label_col, label):
+        if (valid is None) != (test is None):
+            raise DataError("a log already split needs both --valid FILE and --test FILE")
+        log, label_options = read_labelled(
+            [Path(interactions), *split_files], splits, report, notes, label_col=label_col,
+            label=label, history_where=history_where, context=context, numeric=numeric,
+            **reading,
+        )
     else:
-        if args.valid or args.test or args.history_where or args.negatives or args.split \
-                or args.valid_from or args.test_from:
+        if split_files or history_where or splits.given():
             raise DataError("--valid, --test, --history-where, --negatives, --split, --valid-from"
                             " and --test-from are for labelled impressions: pass --label-col COL"
                             " or --label EXPR")
-        interactions = read_interactions(args, report, notes)
-    if args.items is None:
-        items = pl.DataFrame({"item": interactions["item"].unique().sort()})
+        log = read_interactions(interactions, report=report, notes=notes,
+                                users_between=users_between, **reading)
+    if items is None:
+        table = pl.DataFrame({"item": log["item"].unique().sort()})
     else:
-        items, bucket_notes = read_items(args, attributes, report, interactions["item"].unique())
+        table, bucket_notes = read_items(items, items_col, names, format, bucketize, report,
+                                         log["item"].unique())
         notes += bucket_notes
-    files = [str(args.interactions)] + ([str(args.items)] if args.items else [])
-    files += [str(path) for path in (args.valid, args.test) if path is not None]
+    files = [str(interactions)] + ([str(items)] if items else [])
+    files += [str(path) for path in split_files]
     origin = {
         "source": NAME,
         "files": files,
-        "columns": {"user": args.user_col, "item": args.item_col, "time": args.time_col},
+        "columns": {"user": user_col, "item": item_col, "time": time_col},
     }
-    if args.time_format:
-        origin["time_format"] = args.time_format
-    if args.bucketize:
-        origin["bucketize"] = args.bucketize
-    if is_labelled(args):
-        origin["labels"] = label_options
-        origin["labels"] |= {key: str(value) for key in ("label_col", "label", "history_where",
-                                                          "valid", "test")
-                             if (value := getattr(args, key)) is not None}
+    if time_format:
+        origin["time_format"] = time_format
+    if bucketize:
+        origin["bucketize"] = list(bucketize)
+    if is_labelled(label_col, label):
+        given = {"label_col": label_col, "label": label, "history_where": history_where,
+                 "valid": valid, "test": test}
+        origin["labels"] = label_options | {key: str(value) for key, value in given.items()
+                                            if value is not None}
     return RawData(
-        interactions=interactions,
-        items=items,
-        attributes=[args.items_item_col or args.item_col, *attributes],
+        interactions=log,
+        items=table,
+        attributes=[items_col, *names],
         origin=origin,
         notes=notes,
     )

@@ -1,5 +1,5 @@
-"""Helpers shared by the sources: streaming line readers, delimited tables, bad-row reporting and
-the Amazon attribute recipe.
+"""Reading input files, for the sources and ``camn score``: streaming line readers, delimited
+tables, bad-row reporting and the Amazon attribute recipe.
 
 The readers open plain or gzip files (gzip is detected from the magic bytes, not the name) and
 hand out complete lines in large blocks, with line numbers, so a source can parse a block at once
@@ -484,7 +484,7 @@ def unescape_html(series: pl.Series) -> pl.Series:
 
 
 def amazon_items(meta: pl.DataFrame, used_items: pl.Series) -> tuple[pl.DataFrame, list[str]]:
-    """The Amazon attribute recipe (SPEC section 4), shared by the amazon and recbole sources.
+    """The Amazon attribute recipe, shared by the amazon and recbole sources.
 
     ``meta`` has the columns of :data:`AMAZON_META_SCHEMA`: ``path`` is the item's first category
     path, root first (e.g. ``['Beauty', 'Makeup', 'Face', 'Concealers & Neutralizers']``). The

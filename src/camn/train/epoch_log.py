@@ -1,11 +1,11 @@
-"""What the trainer reports as a seed trains: hooks, ``history.jsonl``, log lines, TensorBoard.
+"""What the trainer reports as a seed trains: hooks, the epoch log, log lines, TensorBoard.
 
 :func:`camn.train.loop.train_one` calls every :class:`Hook` on the main process: ``start``
 before its first epoch (with the records of the epochs a resumed seed already has), ``epoch``
 after each epoch is scored and checkpointed, ``end`` with the seed's final metrics, and
 ``close`` always, on failure too. Its own hooks are :class:`LogLines` (the ``camn.train``
-logger), :class:`HistoryFile` (``history.jsonl`` in the seed's folder) and, where asked for,
-:class:`TensorBoardLog`; a caller adds its own through ``hooks``.
+logger), :class:`EpochLogFile` (the epoch log, ``history.jsonl`` in the seed's folder) and,
+where asked for, :class:`TensorBoardLog`; a caller adds its own through ``hooks``.
 
 An epoch's record holds ``epoch``, ``loss`` (BCE plus the weighted extra losses and the
 embedding penalty, averaged over the epoch's samples), ``terms`` (each of the model's
@@ -37,15 +37,13 @@ from pathlib import Path
 from camn.data.raw import DataError
 
 LOGGER = logging.getLogger("camn.train")
-HISTORY = "history.jsonl"
-TENSORBOARD = "tensorboard"
 
 
 class Hook:
     """A trainer hook: override what you need (all are no-ops here)."""
 
-    def start(self, seed: int, history: list[dict]) -> None:
-        """Before the seed's first epoch of this process; ``history``: the records of the
+    def start(self, seed: int, records: list[dict]) -> None:
+        """Before the seed's first epoch of this process; ``records``: the records of the
         epochs done before (a resumed seed), else empty."""
 
     def epoch(self, seed: int, record: dict) -> None:
@@ -64,9 +62,9 @@ class LogLines(Hook):
     def __init__(self, monitor: str = "auc") -> None:
         self.monitor = monitor
 
-    def start(self, seed: int, history: list[dict]) -> None:
-        if history:
-            LOGGER.info("seed %d: resumed after epoch %d", seed, history[-1]["epoch"])
+    def start(self, seed: int, records: list[dict]) -> None:
+        if records:
+            LOGGER.info("seed %d: resumed after epoch %d", seed, records[-1]["epoch"])
 
     def epoch(self, seed: int, record: dict) -> None:
         valid = f"valid AUC {record['valid_auc']:.4f}"
@@ -78,17 +76,17 @@ class LogLines(Hook):
         )
 
 
-class HistoryFile(Hook):
-    """``history.jsonl``: one JSON line an epoch, flushed to disk as each epoch ends. A
-    resumed seed's file is rewritten to the checkpoint's records first, which drops the lines
-    of epochs that ended after the last checkpoint."""
+class EpochLogFile(Hook):
+    """The epoch log (``history.jsonl``): one JSON line an epoch, flushed to disk as each
+    epoch ends. A resumed seed's file is rewritten to the checkpoint's records first, which
+    drops the lines of epochs that ended after the last checkpoint."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def start(self, seed: int, history: list[dict]) -> None:
+    def start(self, seed: int, records: list[dict]) -> None:
         with self.path.open("w", encoding="utf-8") as handle:
-            handle.writelines(json_line(record) for record in history)
+            handle.writelines(json_line(record) for record in records)
             sync(handle)
 
     def epoch(self, seed: int, record: dict) -> None:
@@ -106,9 +104,9 @@ def sync(handle) -> None:
     os.fsync(handle.fileno())
 
 
-def read_history(path: Path) -> list[dict]:
-    """The records of a ``history.jsonl``; a cut-off last line (no newline: the writer was
-    killed) is dropped, a damaged complete line is a DataError naming it."""
+def read_epoch_log(path: Path) -> list[dict]:
+    """The records of an epoch log (``history.jsonl``); a cut-off last line (no newline: the
+    writer was killed) is dropped, a damaged complete line is a DataError naming it."""
     data = Path(path).read_bytes()
     lines = data.split(b"\n")[:-1]  # the part after the last newline is cut off (or empty)
     records = []
@@ -156,8 +154,8 @@ class TensorBoardLog(Hook):
         self.writer_class = summary_writer_class()  # fails before any training
         self.writer = None
 
-    def start(self, seed: int, history: list[dict]) -> None:
-        resumed = history[-1]["epoch"] + 1 if history else None
+    def start(self, seed: int, records: list[dict]) -> None:
+        resumed = records[-1]["epoch"] + 1 if records else None
         self.writer = self.writer_class(log_dir=str(self.folder), purge_step=resumed)
 
     def epoch(self, seed: int, record: dict) -> None:
