@@ -169,3 +169,49 @@ def test_movielens_100k_user_features(tmp_path: Path) -> None:
         row = ids[user_index[user]]
         assert [vocab[i] for vocab, i in zip(names, row, strict=True)] == values
     assert set(names[0][2:]) <= set(movielens.AGE_GROUPS)
+
+
+ITEMS = """item,genres,brand
+a,Drama|Comedy,x
+b,Comedy,y
+c,,x
+d,Action| Drama|Drama,y
+"""
+
+
+def test_a_multi_valued_attribute_is_a_bag_per_item(tmp_path: Path) -> None:
+    log, items = write(tmp_path / "log.csv", LOG), write(tmp_path / "items.csv", ITEMS)
+    store = prepare(tmp_path, "--interactions", str(log), "--label-col", "click", "--items",
+                    str(items), "--attributes", "genres,brand", "--multi-valued", "genres:|")
+    # items a, b, c (ids 2, 3, 4); d is not in the log, so Action is no value
+    assert store.vocab("genres") == ["<pad>", "<unk>", "Comedy", "Drama"]
+    assert (store.schema["bag_slots"], store.schema["bag_lengths"]) == ([1], [2])
+    bags = np.load(store.root / "arrays" / "bags.genres.npy")
+    assert bags.tolist() == [[0, 0], [0, 0], [3, 2], [2, 0], [0, 0]]
+    assert store.item_table[2:, 1].tolist() == [3, 2, 1]  # the first value; 1: an empty bag
+    spec = FeatureSpec.from_schema(store.schema)
+    assert (spec.bag_slots, spec.bag_lengths) == ((1,), (2,))
+    with pytest.raises(DataError, match="'brands' is not one of --attributes"):
+        table.read(interactions=log, label_col="click", items=items, attributes="genres,brand",
+                   multi_valued="brands:|")
+    with pytest.raises(DataError, match="--multi-valued is for labelled impressions"):
+        table.read(interactions=log, items=items, attributes="genres", multi_valued="genres:|")
+
+
+def test_the_trainer_fills_the_bags_and_saves_them_with_the_weights(tmp_path: Path) -> None:
+    import camn
+
+    log, _ = user_log(tmp_path)
+    genres = ["Drama|Comedy", "Comedy", "", "Action|Drama|War"]
+    items = write(tmp_path / "items.csv", "item,genres\n" + "".join(
+        f"i{item},{genres[item % 4]}\n" for item in range(40)))
+    store = prepare(tmp_path, "--interactions", str(log), "--label-col", "clicked",
+                    "--split", "user", "--items", str(items), "--attributes", "genres",
+                    "--multi-valued", "genres:|")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(store.root), "--model", "din", "--out", str(run),
+                 "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
+    model = camn.load(run).model
+    stored = np.load(store.root / "arrays" / "bags.genres.npy")
+    assert stored.shape == (42, 3) and stored[2:].any()
+    assert model.embedding.bags_1.tolist() == stored.tolist()

@@ -27,6 +27,12 @@ training period) or ``files`` (the split each row's file says). ``--negatives N`
 sampled non-clicks (label 0, items the user has no row with) per click, each with its click's
 user, time, history and split.
 
+A multi-valued item attribute (``table --multi-valued genres:|``) keeps a bag of values per item:
+``arrays/bags.<attribute>.npy`` (num_items + 2, M) int32 value ids per item id, 0-padded, M its
+longest bag, named by the ``FeatureSpec`` fields ``bag_slots`` and ``bag_lengths``; the trainer
+puts it into the model's embedding (``AttributeEmbedding.set_bags``), which saves it with the
+weights. Its column of ``item_attributes`` holds the first value's id.
+
 Side features of the rows reach the models' output network (the batch keys ``context`` and
 ``numeric``): ``arrays/impression_context.npy`` (N, C) int32, the ids of the row's context values
 (vocabularies ``vocab/context.<name>.txt``; id 1 for a missing value), and
@@ -76,6 +82,7 @@ class StoreArrays(Protocol):
 
 
 KIND = "impressions"  # schema.json "samples"
+BAGS = "bags."  # arrays/bags.<attribute>.npy: a multi-valued attribute's values per item id
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
 ARRAY_DTYPES = {"impression_users": np.int32, "impression_positions": np.int32,
@@ -222,7 +229,7 @@ def prepare_impressions(
     """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
     ``split`` columns; options in ``raw.origin["labels"]``) and build the samples: the store's
     schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes."""
-    from camn.data.codes import encode_items, sorted_codes  # polars: only when preparing
+    from camn.data.codes import encode_items, item_bags, sorted_codes  # polars: preparing only
 
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -249,6 +256,12 @@ def prepare_impressions(
         arrays["impression_numeric"], side_schema["numeric_standardisation"] = standardise(
             arrays["impression_numeric"], sizes["train"], side_schema["numeric_features"])
     item_attributes, vocabularies = encode_items(raw, items, report)
+    separators = raw.origin.get("multi_valued", {})
+    bags = item_bags(raw, items, separators, item_attributes, vocabularies)
+    arrays |= {f"{BAGS}{name}": bag for name, bag in bags.items()}
+    if bags:
+        side_schema |= {"bag_slots": [raw.attributes.index(name) for name in bags],
+                        "bag_lengths": [bag.shape[1] for bag in bags.values()]}
     arrays["item_attributes"] = item_attributes
     if raw.users is not None:
         arrays["user_features"] = table
@@ -411,6 +424,10 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     if schema.get("user_features"):
         arrays["user_features"] = ((schema["num_users"], len(schema["user_features"])),
                                    np.dtype(np.int32))
+    for slot, length in zip(schema.get("bag_slots", []), schema.get("bag_lengths", []),
+                            strict=True):
+        arrays[BAGS + schema["attributes"][slot]] = ((schema["num_items"] + FIRST_ITEM_ID,
+                                                     length), np.dtype(np.int32))
     return arrays
 
 

@@ -128,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels.add_argument("--numeric", type=parse_bucketize, default=[], metavar="COL[,COL...]",
                         help="numeric columns of the row (price): side features, standardised"
                         " with the training split's mean and standard deviation")
+    labels.add_argument("--multi-valued", default="", metavar="COL:SEP[,COL:SEP...]",
+                        help="--attributes columns holding several values joined by SEP (e.g."
+                        " genres:|): a bag of values per item, mean-pooled by the models")
     labels.add_argument("--users", type=Path, metavar="FILE",
                         help="user table: a user column named as --user-col and the"
                         " --user-features columns, one row a user")
@@ -427,6 +430,21 @@ def read_users(
     return _labels.user_rows(frame, path, report)
 
 
+def parse_multi_valued(text: str, attributes: list[str]) -> dict[str, str]:
+    """``--multi-valued COL:SEP[,COL:SEP...]`` as attribute -> separator; each COL one of
+    ``attributes`` after the item id, each SEP a non-empty text without a comma."""
+    separators = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, colon, separator = part.partition(":")
+        if not colon or not separator:
+            raise DataError(f"--multi-valued {text!r}: write COL:SEP, e.g. genres:|")
+        if name not in attributes[1:]:
+            raise DataError(f"--multi-valued {text!r}: {name!r} is not one of --attributes "
+                            f"({', '.join(attributes[1:]) or 'none given'})")
+        separators[name] = separator
+    return separators
+
+
 def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None,
                      buckets: list[str] | tuple[str, ...]) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
@@ -481,6 +499,7 @@ def read(
     users_between: tuple[str, str] | None = None,
     users: str | Path | None = None,
     user_features: list[str] | tuple[str, ...] = (),
+    multi_valued: str = "",
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read the interaction log and the item table: the ``attributes`` columns
@@ -492,7 +511,8 @@ def read(
     histories, ``context`` and ``numeric`` name side-feature columns, ``valid`` and ``test``
     are the other files of a log already split, else ``split``, ``valid_from`` and
     ``test_from`` split it; ``negatives`` sampled non-clicks are added per click;
-    ``user_features`` name columns of the user table ``users`` (``RawData.users``).
+    ``user_features`` name columns of the user table ``users`` (``RawData.users``);
+    ``multi_valued`` (``genres:|``) names attributes holding several values and their separator.
     ``users_between``: read only the rows of users whose id lies between the two (a shard's,
     ``camn prepare --shard``; Parquet logs are filtered while they are scanned)."""
     report = BadInputReport() if report is None else report
@@ -505,6 +525,10 @@ def read(
     splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
                                   test_from=test_from)
     split_files = [Path(path) for path in (valid, test) if path is not None]
+    separators = parse_multi_valued(multi_valued, [items_col, *names])
+    if separators and not is_labelled(label_col, label):
+        raise DataError("--multi-valued is for labelled impressions for now: pass --label-col "
+                        "COL or --label EXPR")
     user_table = None
     if users is not None or user_features:
         _labels.refuse_user_features(is_labelled(label_col, label),
@@ -546,6 +570,8 @@ def read(
         origin["time_format"] = time_format
     if bucketize:
         origin["bucketize"] = list(bucketize)
+    if separators:
+        origin["multi_valued"] = separators
     if is_labelled(label_col, label):
         given = {"label_col": label_col, "label": label, "history_where": history_where,
                  "valid": valid, "test": test}
