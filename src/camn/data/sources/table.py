@@ -128,9 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels.add_argument("--numeric", type=parse_bucketize, default=[], metavar="COL[,COL...]",
                         help="numeric columns of the row (price): side features, standardised"
                         " with the training split's mean and standard deviation")
-    labels.add_argument("--multi-valued", default="", metavar="COL:SEP[,COL:SEP...]",
+    labels.add_argument("--multi-valued", metavar="COL:SEP[,COL:SEP...]",
                         help="--attributes columns holding several values joined by SEP (e.g."
-                        " genres:|): a bag of values per item, mean-pooled by the models")
+                        " genres:|): a bag of values per item, averaged by the models (default:"
+                        " every attribute holds one value)")
     labels.add_argument("--users", type=Path, metavar="FILE",
                         help="user table: a user column named as --user-col and the"
                         " --user-features columns, one row a user")
@@ -499,7 +500,7 @@ def read(
     users_between: tuple[str, str] | None = None,
     users: str | Path | None = None,
     user_features: list[str] | tuple[str, ...] = (),
-    multi_valued: str = "",
+    multi_valued: str | None = None,
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read the interaction log and the item table: the ``attributes`` columns
@@ -525,7 +526,7 @@ def read(
     splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
                                   test_from=test_from)
     split_files = [Path(path) for path in (valid, test) if path is not None]
-    separators = parse_multi_valued(multi_valued, [items_col, *names])
+    separators = parse_multi_valued(multi_valued or "", [items_col, *names])
     if separators and not is_labelled(label_col, label):
         raise DataError("--multi-valued is for labelled impressions for now: pass --label-col "
                         "COL or --label EXPR")
