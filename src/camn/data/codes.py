@@ -50,3 +50,36 @@ def encode_items(
         table[FIRST_ITEM_ID:, slot] = ids["id"].fill_null(1).to_numpy()
         vocabularies[name] = values.to_list()
     return table, vocabularies
+
+
+def item_bags(
+    raw: RawData, items: pl.Series, separators: dict[str, str], table: np.ndarray,
+    vocabularies: dict[str, list[str]],
+) -> dict[str, np.ndarray]:
+    """The bag tables of the multi-valued attributes (``separators``: attribute -> the text
+    that joins its values): (num_items + 2, M) int32 value ids per item id, 0-padded, M the
+    longest bag (at least 1), each value once. Their vocabularies become the single values and
+    their columns of ``table`` (changed in place) the first value's id, 1 for an empty bag."""
+    frame = pl.DataFrame({"item": items}).join(
+        raw.items.unique(subset="item", keep="first", maintain_order=True), on="item",
+        how="left", maintain_order="left")
+    bags = {}
+    for name, separator in separators.items():
+        slot = raw.attributes.index(name)
+        split = frame[name].cast(pl.String).str.split(separator, literal=True).list.eval(
+            pl.element().str.strip_chars().filter(pl.element() != "").unique(maintain_order=True))
+        lengths = split.list.len().fill_null(0).to_numpy().astype(np.int64)
+        flat = split.explode().drop_nulls()  # an empty or null bag explodes to a null
+        values = flat.unique().sort()
+        lookup = pl.DataFrame({"value": values,
+                               "id": np.arange(len(values), dtype=np.int32) + FIRST_ITEM_ID})
+        ids = pl.DataFrame({"value": flat}).join(lookup, on="value", how="left",
+                                                maintain_order="left")["id"].to_numpy()
+        bag = np.zeros((len(items) + FIRST_ITEM_ID, max(1, int(lengths.max(initial=0)))),
+                       dtype=np.int32)
+        starts = np.cumsum(lengths) - lengths
+        rows = np.repeat(np.arange(len(items)), lengths)
+        bag[rows + FIRST_ITEM_ID, np.arange(len(flat)) - starts[rows]] = ids
+        table[FIRST_ITEM_ID:, slot] = np.where(lengths > 0, bag[FIRST_ITEM_ID:, 0], 1)
+        vocabularies[name], bags[name] = values.to_list(), bag
+    return bags

@@ -27,12 +27,23 @@ training period) or ``files`` (the split each row's file says). ``--negatives N`
 sampled non-clicks (label 0, items the user has no row with) per click, each with its click's
 user, time, history and split.
 
+A multi-valued item attribute (``table --multi-valued genres:|``) keeps a bag of values per item:
+``arrays/bags.<attribute>.npy`` (num_items + 2, M) int32 value ids per item id, 0-padded, M its
+longest bag, named by the ``FeatureSpec`` fields ``bag_slots`` and ``bag_lengths``; the trainer
+puts it into the model's embedding (``AttributeEmbedding.set_bags``), which saves it with the
+weights. Its column of ``item_attributes`` holds the first value's id.
+
 Side features of the rows reach the models' output network (the batch keys ``context`` and
 ``numeric``): ``arrays/impression_context.npy`` (N, C) int32, the ids of the row's context values
 (vocabularies ``vocab/context.<name>.txt``; id 1 for a missing value), and
 ``arrays/impression_numeric.npy`` (N, M) float32, numbers standardised with the mean and standard
 deviation of the training split (``numeric_standardisation`` in ``schema.json``). A sampled
 non-click copies its click's.
+
+User features (a user table's columns: age, gender ...) are stored once per user and gathered
+by the sample's user into the batch key ``user_features``: ``arrays/user_features.npy``
+(num_users, U) int32, row u the ids of user index u's values (vocabularies
+``vocab/user.<name>.txt``; id 1 for a missing value or a user without a row).
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ class StoreArrays(Protocol):
 
 
 KIND = "impressions"  # schema.json "samples"
+BAGS = "bags."  # arrays/bags.<attribute>.npy: a multi-valued attribute's values per item id
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
 ARRAY_DTYPES = {"impression_users": np.int32, "impression_positions": np.int32,
@@ -217,7 +229,7 @@ def prepare_impressions(
     """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
     ``split`` columns; options in ``raw.origin["labels"]``) and build the samples: the store's
     schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes."""
-    from camn.data.codes import encode_items, sorted_codes  # polars: only when preparing
+    from camn.data.codes import encode_items, item_bags, sorted_codes  # polars: preparing only
 
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -230,6 +242,11 @@ def prepare_impressions(
     split_seq, negative_seq = np.random.SeedSequence(seed).spawn(2)
     split = row_splits(options, user, time, len(users), frame, split_seq)
     side, side_schema, side_vocabularies = side_features(frame)
+    if raw.users is not None:
+        table, user_schema, user_vocabularies, note = user_feature_table(raw.users, users)
+        side_schema |= user_schema
+        side_vocabularies |= user_vocabularies
+        raw.notes.append(note)
     arrays, sizes, clicks = build_impressions(
         user, (item + FIRST_ITEM_ID).astype(np.int32), time, label, history, split,
         len(users), len(items), negatives=options.get("negatives", 0),
@@ -239,7 +256,15 @@ def prepare_impressions(
         arrays["impression_numeric"], side_schema["numeric_standardisation"] = standardise(
             arrays["impression_numeric"], sizes["train"], side_schema["numeric_features"])
     item_attributes, vocabularies = encode_items(raw, items, report)
+    separators = raw.origin.get("multi_valued", {})
+    bags = item_bags(raw, items, separators, item_attributes, vocabularies)
+    arrays |= {f"{BAGS}{name}": bag for name, bag in bags.items()}
+    if bags:
+        side_schema |= {"bag_slots": [raw.attributes.index(name) for name in bags],
+                        "bag_lengths": [bag.shape[1] for bag in bags.values()]}
     arrays["item_attributes"] = item_attributes
+    if raw.users is not None:
+        arrays["user_features"] = table
     schema = side_schema | {
         "samples": KIND,
         "num_users": len(users),
@@ -264,7 +289,6 @@ def prepare_impressions(
 def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:
     """The rows' context ids (n, C) and numbers (n, M) from the ``context:`` and ``numeric:``
     columns, the schema's fields for them and the context vocabularies."""
-    import polars as pl
 
     context = [c.removeprefix(CONTEXT) for c in frame.columns if c.startswith(CONTEXT)]
     numeric = [c.removeprefix(NUMERIC) for c in frame.columns if c.startswith(NUMERIC)]
@@ -272,14 +296,8 @@ def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[st
     if context:
         ids = []
         for name in context:
-            column = frame[CONTEXT + name].cast(pl.String)
-            values = column.drop_nulls().unique().sort()
-            lookup = pl.DataFrame({"value": values,
-                                   "id": np.arange(len(values), dtype=np.int32) + FIRST_ITEM_ID})
-            found = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
-                                                        maintain_order="left")
-            ids.append(found["id"].fill_null(1).to_numpy())
-            vocabularies[f"context.{name}"] = values.to_list()
+            column_ids, vocabularies[f"context.{name}"] = category_ids(frame[CONTEXT + name])
+            ids.append(column_ids)
         side["context"] = np.stack(ids, axis=1).astype(np.int32)
         schema |= {"context_features": context,
                    "context_sizes": [len(vocabularies[f"context.{n}"]) + FIRST_ITEM_ID
@@ -289,6 +307,45 @@ def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[st
                                    axis=1).astype(np.float64)
         schema["numeric_features"] = numeric
     return side, schema, vocabularies
+
+
+def category_ids(column) -> tuple[np.ndarray, list[str]]:
+    """(n,) int32 id of every value of ``column`` as text (2.. for the sorted distinct values,
+    1 for a null) and those values, the vocabulary."""
+    import polars as pl
+
+    column = column.cast(pl.String)
+    values = column.drop_nulls().unique().sort()
+    lookup = pl.DataFrame({"value": values,
+                           "id": np.arange(len(values), dtype=np.int32) + FIRST_ITEM_ID})
+    found = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
+                                                maintain_order="left")
+    return found["id"].fill_null(1).to_numpy().astype(np.int32), values.to_list()
+
+
+def user_feature_table(
+    table: pl.DataFrame, users: pl.Series
+) -> tuple[np.ndarray, dict, dict[str, list[str]], str]:
+    """(num_users, U) int32 feature ids of every user of the log (``users``: user index i's
+    id at position i) from the user table (``RawData.users``, one row a user; rows of users
+    not in the log play no part), the schema's fields, the vocabularies ``user.<name>`` and a
+    note of the users without a row (their features unknown, id 1)."""
+    import polars as pl
+
+    names = table.columns[1:]
+    frame = pl.DataFrame({"user": users}).join(table, on="user", how="left",
+                                               maintain_order="left")
+    ids, vocabularies = [], {}
+    for name in names:
+        column_ids, vocabularies[f"user.{name}"] = category_ids(frame[name])
+        ids.append(column_ids)
+    missing = int((~users.is_in(table["user"].implode())).sum())
+    schema = {"user_features": names,
+              "user_feature_sizes": [len(vocabularies[f"user.{n}"]) + FIRST_ITEM_ID
+                                     for n in names]}
+    note = (f"user features {', '.join(names)}: {missing:,} of {len(users):,} users have no row "
+            "in the user table (their features unknown)")
+    return np.stack(ids, axis=1).astype(np.int32), schema, vocabularies, note
 
 
 def standardise(
@@ -304,9 +361,13 @@ def standardise(
 
 
 def side_fields(store: StoreArrays, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The batch's side features of ``rows``: ``context`` (n, C) int64 ids and ``numeric``
-    (n, M) float32, those the store has."""
+    """The batch's side features of ``rows``: ``user_features`` (n, U) int64 ids (the row's
+    user's), ``context`` (n, C) int64 ids and ``numeric`` (n, M) float32, those the store has."""
     fields = {}
+    if store.schema.get("user_features"):
+        users = store.array("impression_users")[rows]
+        fields["user_features"] = np.take(store.array("user_features"), users,
+                                          axis=0).astype(np.int64)
     if store.schema.get("context_features"):
         fields["context"] = np.asarray(store.array("impression_context")[rows], dtype=np.int64)
     if store.schema.get("numeric_features"):
@@ -360,7 +421,28 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     if schema.get("numeric_features"):
         arrays["impression_numeric"] = ((n, len(schema["numeric_features"])),
                                         np.dtype(np.float32))
+    if schema.get("user_features"):
+        arrays["user_features"] = ((schema["num_users"], len(schema["user_features"])),
+                                   np.dtype(np.int32))
+    for slot, length in zip(schema.get("bag_slots", []), schema.get("bag_lengths", []),
+                            strict=True):
+        arrays[BAGS + schema["attributes"][slot]] = ((schema["num_items"] + FIRST_ITEM_ID,
+                                                     length), np.dtype(np.int32))
     return arrays
+
+
+def user_feature_problem(schema: dict, store: StoreArrays) -> str | None:
+    """An id of ``arrays/user_features.npy`` outside its feature's vocabulary, if any."""
+    if not schema.get("user_features"):
+        return None
+    ids = np.asarray(store.array("user_features"))
+    bad = (ids < 0) | (ids >= np.asarray(schema["user_feature_sizes"]))
+    if not bad.any():
+        return None
+    user, slot = (int(i) for i in np.argwhere(bad)[0])
+    return (f"arrays/user_features.npy holds id {ids[user, slot]} of user feature "
+            f"'{schema['user_features'][slot]}' at user {user:,}, outside its vocabulary of ids "
+            f"0..{schema['user_feature_sizes'][slot] - 1} (user_feature_sizes in schema.json)")
 
 
 def training_problems(schema: dict) -> list[str]:
@@ -394,6 +476,8 @@ def content_problems(store: StoreArrays) -> list[str]:
         if bad.any():
             row = int(np.argmax(bad))
             return [f"arrays/{name}.npy holds {values[row]} at row {row:,}: {rule}"]
+    if problem := user_feature_problem(store.schema, store):
+        return [problem]
     click_times = np.asarray(store.array("click_times"))
     last = offsets[timeline] + positions - 1
     late = (positions > 0) & (click_times[np.maximum(last, 0)] >= times)

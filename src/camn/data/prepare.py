@@ -127,6 +127,10 @@ def prepare(
         for warning in impressions.label_warnings(schema["splits"], schema["clicks_per_split"]):
             print(f"camn: warning: {out}: {warning}", file=sys.stderr)
         return schema
+    if raw.users is not None:
+        raise DataError("user features are for labelled impressions for now: a store of clicks "
+                        "(pairs) takes none; label the rows (table: --label-col COL or --label "
+                        "EXPR; movielens: --rating-labels T) or leave the user table out")
     encoded = encode_interactions(raw, report)
     if encoded.dropped_users:  # a note: printed by camn prepare and kept in the schema
         raw.notes.append(f"{encoded.dropped_users:,} user(s) with under 2 interactions dropped")

@@ -40,6 +40,9 @@ class RawData:
     warnings: attribute name -> what the reader found wrong with that column (a list keeping
         only its first token, say); ``camn prepare`` prints them with its own checks
         (:mod:`camn.data.quality`) and keeps them in the schema's ``attribute_warnings``.
+    users: the user table of labelled impressions, or None: column ``user`` (str), then one str
+        column per user feature (age, gender ...), one row a user; nulls mean "unknown", and so
+        does every feature of a user without a row.
     """
 
     interactions: pl.DataFrame
@@ -48,6 +51,7 @@ class RawData:
     origin: dict
     notes: list[str] = field(default_factory=list)
     warnings: dict[str, list[str]] = field(default_factory=dict)
+    users: pl.DataFrame | None = None
 
 
 class BadInputReport:

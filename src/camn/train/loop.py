@@ -80,6 +80,14 @@ from camn.train.resume import (
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits of up to 2 GiB (references, clicks) live on the device
 
 
+def load_bags(model: CTRModel, store: PreparedStore) -> None:
+    """Fill the model's bag tables (``FeatureSpec.bag_slots``) from the store's
+    (``arrays/bags.<attribute>.npy``); they are then saved with the weights."""
+    for slot in model.spec.bag_slots:
+        bags = np.asarray(store.array(f"bags.{store.attributes[slot]}"), dtype=np.int64)
+        model.embedding.set_bags(slot, bags)
+
+
 class Diverged(DataError):
     """Training diverged: the epoch's loss, or a parameter, is not a finite number."""
 
@@ -361,6 +369,7 @@ def train_one(
     spec = FeatureSpec.from_schema(store.schema)
     options = resolved_options(config.model, **config.options)
     model: CTRModel = build_model(config.model, spec, **options).to(device)
+    load_bags(model, store)
     data = training_data(store, device)
     batch_options = {
         "shuffle": True, "seed": seed, "history_negatives": model.needs_history_negatives,

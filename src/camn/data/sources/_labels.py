@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 
 from camn.data.impressions import HISTORY, LABEL
-from camn.data.raw import DataError
-from camn.data.reading import column_list, polars_reason
+from camn.data.raw import BadInputReport, DataError
+from camn.data.reading import column_list, null_reason, polars_reason, skip_rows
 
 TRUE_TEXT, FALSE_TEXT = ["1", "1.0", "true"], ["0", "0.0", "false"]
 LABEL_REASONS = {
@@ -175,3 +175,22 @@ def label_columns(
 def labelled(frame: pl.DataFrame) -> pl.DataFrame:
     """The ``__label``/``__history`` columns of a frame's good rows as ``label``/``history``."""
     return frame.rename({"__label": LABEL, "__history": HISTORY})
+
+
+REPEATED_USER = "user listed again in the user table (first kept)"
+
+
+def user_rows(frame: pl.DataFrame, path: Path, report: BadInputReport) -> pl.DataFrame:
+    """A user table (``user``, the feature columns as text, ``__line``) with one row a user:
+    a row without a user, or of a user listed before, is bad input counted with its line."""
+    repeated = pl.col("user").is_duplicated() & ~pl.col("user").is_first_distinct()
+    reason = pl.when(repeated & pl.col("user").is_not_null()).then(pl.lit(REPEATED_USER))
+    return skip_rows(frame, reason.otherwise(null_reason("user")), path, report).drop("__line")
+
+
+def refuse_user_features(labelled: bool, labels: str) -> None:
+    """A DataError when user features are asked for rows without labels (``labels``: the
+    option that gives them)."""
+    if not labelled:
+        raise DataError(f"user features are for labelled impressions for now (a store of clicks "
+                        f"takes none): pass {labels}")

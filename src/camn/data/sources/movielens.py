@@ -17,7 +17,11 @@ layouts) say the genres are not known: they are not genres, and an item with no 
 gets unknown genres rather than "none". Every rating counts as a click (implicit feedback),
 unless ``--rating-labels T``: then every rating is a labelled impression, a click where the rating
 is T or more and a logged non-click below (:mod:`camn.data.impressions`; the clicks make the
-histories, the split is by time unless ``--split user``).
+histories, the split is by time unless ``--split user``). With ``--user-features`` too, the user
+table (``u.user`` of 100K, ``users.dat`` of 1M; the later layouts have none) gives every user
+three categorical features: ``age`` in the 1M layout's age groups (under 18, 18-24, 25-34, 35-44,
+45-49, 50-55, 56+; 100K's ages in years are put into them, 1M's group codes read as theirs),
+``gender`` and ``occupation`` (100K: its name, 1M: its code 0-20).
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ STANDARD_GENRES = (
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
     "Thriller", "War", "Western",
 )
+USER_FILES = {"100k": "u.user", "1m": "users.dat"}
+USER_FIELDS = {  # layout -> (separator, field names)
+    "100k": ("|", ["user", "age", "gender", "occupation", "zip"]),
+    "1m": ("::", ["user", "gender", "age", "occupation", "zip"]),
+}
+AGE_GROUPS = ["under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
+AGE_GROUP_STARTS = [18, 25, 35, 45, 50, 56]  # first age of every group but the first
 LAYOUTS = {  # layout -> (ratings file, movies file)
     "100k": ("u.data", "u.item"),
     "1m": ("ratings.dat", "movies.dat"),
@@ -65,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rating-labels", type=float, metavar="T",
         help="every rating is an impression: a click when the rating is T or more (e.g. 4), a "
         "logged non-click below (default: every rating is a click)",
+    )
+    labels.add_argument(
+        "--user-features", action="store_true",
+        help="with --rating-labels: the users' age group, gender and occupation (u.user, "
+        "users.dat) as side features of the model's output network",
     )
     _labels.add_split_arguments(labels)
 
@@ -252,6 +268,33 @@ def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
     )
 
 
+def age_group(age: pl.Expr) -> pl.Expr:
+    """The age group (``AGE_GROUPS``) of an age in years, or of a 1M age code (the first age
+    of its group); null where the age is not an integer."""
+    years = age.str.strip_chars().cast(pl.Int64, strict=False)
+    return years.cut(AGE_GROUP_STARTS, labels=AGE_GROUPS, left_closed=True).cast(pl.String)
+
+
+def read_users(folder: Path, layout: str, report: BadInputReport) -> pl.DataFrame:
+    """The user table (``RawData.users``): user, age group, gender, occupation, one row a
+    user (a repeated user is bad input, counted with its line)."""
+    if layout not in USER_FILES:
+        raise DataError(f"--user-features: {folder} holds no user table (u.user or users.dat): "
+                        "the ml-latest layouts have none")
+    path = folder / USER_FILES[layout]
+    if not path.is_file():
+        raise DataError(f"--user-features: {path}: no such file")
+    separator, names = USER_FIELDS[layout]
+    fields = split_fields(read_lines(path, "latin-1", report), separator, names, path, report)
+    frame = fields.select(
+        pl.col("user").str.strip_chars(),
+        age_group(pl.col("age")).alias("age"),
+        *(pl.col(name).str.strip_chars() for name in ("gender", "occupation")),
+        pl.col("line").alias("__line"),
+    )
+    return _labels.user_rows(frame, path, report)
+
+
 def read(
     *,
     path: str | Path,
@@ -260,17 +303,21 @@ def read(
     split: str | None = None,
     valid_from: str | None = None,
     test_from: str | None = None,
+    user_features: bool = False,
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read a MovieLens folder (any of the three layouts) into interactions and item attributes;
     with ``rating_labels`` every rating is a labelled impression, split and completed with
-    ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says."""
+    ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says, and with
+    ``user_features`` too the users' age group, gender and occupation (``RawData.users``)."""
     report = BadInputReport() if report is None else report
     splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
                                   test_from=test_from)
     labelled = rating_labels is not None
     if not labelled:
         _labels.refuse_split_options(splits, "--rating-labels T")
+    if user_features:
+        _labels.refuse_user_features(labelled, "--rating-labels T")
     folder = Path(path)
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
@@ -287,6 +334,9 @@ def read(
                                      rating=labelled)
         items = items_csv(folder, report)
     origin = {"source": NAME, "layout": layout, "files": [str(ratings_file), str(movies_file)]}
+    users = read_users(folder, layout, report) if user_features else None
+    if users is not None:
+        origin["files"].append(str(folder / USER_FILES[layout]))
     if labelled:
         interactions = _labels.rating_labels(interactions, rating_labels)
         origin["labels"] = _labels.split_options(splits, "s") | {"rating_labels": rating_labels}
@@ -300,4 +350,5 @@ def read(
         attributes=list(ATTRIBUTES),
         origin=origin,
         notes=notes,
+        users=users,
     )

@@ -128,6 +128,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels.add_argument("--numeric", type=parse_bucketize, default=[], metavar="COL[,COL...]",
                         help="numeric columns of the row (price): side features, standardised"
                         " with the training split's mean and standard deviation")
+    labels.add_argument("--multi-valued", metavar="COL:SEP[,COL:SEP...]",
+                        help="--attributes columns holding several values joined by SEP (e.g."
+                        " genres:|): a bag of values per item, averaged by the models (default:"
+                        " every attribute holds one value)")
+    labels.add_argument("--users", type=Path, metavar="FILE",
+                        help="user table: a user column named as --user-col and the"
+                        " --user-features columns, one row a user")
+    labels.add_argument("--user-features", type=parse_bucketize, default=[],
+                        metavar="COL[,COL...]",
+                        help="columns of --users (age, gender): categorical side features of"
+                        " the model's output network, unknown for a user without a row")
     _labels.add_split_arguments(labels)
 
 
@@ -397,6 +408,44 @@ def read_items(
     return frame.drop("__line"), notes
 
 
+def read_users(
+    path: Path, user_col: str, features: list[str] | tuple[str, ...], fmt: str | None,
+    report: BadInputReport,
+) -> pl.DataFrame:
+    """The user table: ``user`` and the ``features`` columns of ``path``, as text, one row a
+    user (a repeated user or a row without one is bad input, counted with its line)."""
+    if not features:
+        columns = [c for c in read_table(path, file_format(path, fmt), report).columns
+                   if c not in ("__line", user_col)]
+        raise DataError(f"--users {path} without --user-features: name the columns to use, "
+                        f"e.g. --user-features {','.join(columns)[:60]} (its columns: "
+                        f"{column_list(columns)})")
+    if len(set(features)) < len(features) or user_col in features:
+        raise DataError(f"--user-features {','.join(features)}: names must be distinct and "
+                        f"differ from the user column {user_col!r}")
+    frame = read_table(path, file_format(path, fmt), report)
+    require_columns(frame, [user_col, *features], path)
+    frame = frame.select(as_strings(frame[user_col], path).alias("user"),
+                         *(as_strings(frame[name], path).alias(name) for name in features),
+                         "__line")
+    return _labels.user_rows(frame, path, report)
+
+
+def parse_multi_valued(text: str, attributes: list[str]) -> dict[str, str]:
+    """``--multi-valued COL:SEP[,COL:SEP...]`` as attribute -> separator; each COL one of
+    ``attributes`` after the item id, each SEP a non-empty text without a comma."""
+    separators = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, colon, separator = part.partition(":")
+        if not colon or not separator:
+            raise DataError(f"--multi-valued {text!r}: write COL:SEP, e.g. genres:|")
+        if name not in attributes[1:]:
+            raise DataError(f"--multi-valued {text!r}: {name!r} is not one of --attributes "
+                            f"({', '.join(attributes[1:]) or 'none given'})")
+        separators[name] = separator
+    return separators
+
+
 def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None,
                      buckets: list[str] | tuple[str, ...]) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
@@ -449,6 +498,9 @@ def read(
     valid_from: str | None = None,
     test_from: str | None = None,
     users_between: tuple[str, str] | None = None,
+    users: str | Path | None = None,
+    user_features: list[str] | tuple[str, ...] = (),
+    multi_valued: str | None = None,
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read the interaction log and the item table: the ``attributes`` columns
@@ -459,7 +511,9 @@ def read(
     impression (:mod:`camn.data.sources._labels`): ``history_where`` picks the rows that enter
     histories, ``context`` and ``numeric`` name side-feature columns, ``valid`` and ``test``
     are the other files of a log already split, else ``split``, ``valid_from`` and
-    ``test_from`` split it; ``negatives`` sampled non-clicks are added per click.
+    ``test_from`` split it; ``negatives`` sampled non-clicks are added per click;
+    ``user_features`` name columns of the user table ``users`` (``RawData.users``);
+    ``multi_valued`` (``genres:|``) names attributes holding several values and their separator.
     ``users_between``: read only the rows of users whose id lies between the two (a shard's,
     ``camn prepare --shard``; Parquet logs are filtered while they are scanned)."""
     report = BadInputReport() if report is None else report
@@ -472,6 +526,17 @@ def read(
     splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
                                   test_from=test_from)
     split_files = [Path(path) for path in (valid, test) if path is not None]
+    separators = parse_multi_valued(multi_valued or "", [items_col, *names])
+    if separators and not is_labelled(label_col, label):
+        raise DataError("--multi-valued is for labelled impressions for now: pass --label-col "
+                        "COL or --label EXPR")
+    user_table = None
+    if users is not None or user_features:
+        _labels.refuse_user_features(is_labelled(label_col, label),
+                                     "--label-col COL or --label EXPR")
+        if users is None:
+            raise DataError("--user-features names columns of the user table: pass --users FILE")
+        user_table = read_users(Path(users), user_col, user_features, format, report)
     if is_labelled(label_col, label):
         if (valid is None) != (test is None):
             raise DataError("a log already split needs both --valid FILE and --test FILE")
@@ -495,6 +560,8 @@ def read(
         notes += bucket_notes
     files = [str(interactions)] + ([str(items)] if items else [])
     files += [str(path) for path in split_files]
+    if users is not None:
+        files.append(str(users))
     origin = {
         "source": NAME,
         "files": files,
@@ -504,6 +571,8 @@ def read(
         origin["time_format"] = time_format
     if bucketize:
         origin["bucketize"] = list(bucketize)
+    if separators:
+        origin["multi_valued"] = separators
     if is_labelled(label_col, label):
         given = {"label_col": label_col, "label": label, "history_where": history_where,
                  "valid": valid, "test": test}
@@ -515,4 +584,5 @@ def read(
         attributes=[items_col, *names],
         origin=origin,
         notes=notes,
+        users=user_table,
     )
