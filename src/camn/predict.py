@@ -307,6 +307,19 @@ def model_inputs(run: str | Path, seed: int | None, store: str | Path | None) ->
         return paths
 
 
+def refuse_side_features(spec: FeatureSpec, directory: Path) -> None:
+    """A DataError for a model that reads user, context or numeric features: scoring,
+    explaining and exporting take raw ids only so far (``camn evaluate`` scores such a run on
+    its store)."""
+    if spec.has_side_features:
+        names = [*spec.user_features, *spec.context_features, *spec.numeric_features]
+        raise DataError(
+            f"{directory} was trained with side features ({', '.join(names)}); scoring, "
+            "explaining and exporting such a run from raw ids is not built yet: camn evaluate "
+            "scores it on its store"
+        )
+
+
 def load(
     run: str | Path,
     seed: int | None = None,
@@ -336,6 +349,7 @@ def load(
         raise DataError(f"{root} does not match the store the run was trained on "
                         "(attributes, vocabulary sizes or history length differ)")
     check_vocabularies(config, prepared)
+    refuse_side_features(model.spec, directory)
     if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     return Predictor(model, config, prepared, resolved, batch_size)
