@@ -120,8 +120,8 @@ class PairedTest:
         return self.n > 1 and self.mean > self.spread
 
     def verdict(self, name: Callable[[str], str] = str) -> str:
-        """A plain sentence, the models named by ``name``, e.g. "CAMN > DMIN by 0.0040 ± 0.0020
-        (paired t-test over 5 seeds, p = 0.03)"."""
+        """A plain sentence, the models named by ``name``, e.g. "CAMN > DMIN by MEAN ± STD
+        (paired t-test over n seeds, p = P)"."""
         a, b = name(self.a), name(self.b)
         if self.n < 2:
             return f"too few paired seeds for a test ({self.n}; need 2)"

@@ -59,7 +59,7 @@ def load_seed_model(run: Path, seed: int, store: PreparedStore, device: torch.de
 
 
 def format_spread(name: str, values: dict) -> str:
-    """``test AUC 0.7138 ± 0.0004`` from a results.json entry (``runs``: the seeds' values)."""
+    """``test AUC MEAN ± STD`` from a results.json entry (``runs``: the seeds' values)."""
     return f"{name} {Stat.of(values['runs']).cell()}"
 
 
