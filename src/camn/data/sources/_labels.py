@@ -83,6 +83,29 @@ def split_options(options: SplitOptions, time_unit: str, files: bool = False) ->
     return origin
 
 
+def add_rating_label_arguments(
+    parser: argparse.ArgumentParser, what: str
+) -> argparse._ArgumentGroup:
+    """The "labelled impressions" group of a source of ratings (``what``: "rating",
+    "review"): ``--rating-labels T`` and :func:`add_split_arguments`; returned for more."""
+    labels = parser.add_argument_group("labelled impressions")
+    labels.add_argument(
+        "--rating-labels", type=float, metavar="T",
+        help=f"every {what} is an impression: a click when its rating is T or more (e.g. 4), a "
+        f"logged non-click below (default: every {what} is a click)",
+    )
+    add_split_arguments(labels)
+    return labels
+
+
+def rating_split_options(rating_labels: float | None, **options: object) -> SplitOptions:
+    """The split options of a source of ratings, refused without ``rating_labels``."""
+    splits = SplitOptions(**options)
+    if rating_labels is None:
+        refuse_split_options(splits, "--rating-labels T")
+    return splits
+
+
 def refuse_split_options(options: SplitOptions, labels: str) -> None:
     """A DataError when an option of labelled rows is given without labels (``labels``: the
     option that gives them)."""

@@ -59,13 +59,7 @@ DETECT_LINES = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reviews", required=True, help="reviews file (.json or .json.gz)")
     parser.add_argument("--meta", required=True, help="metadata file (meta_<Category>.json[.gz])")
-    labels = parser.add_argument_group("labelled impressions")
-    labels.add_argument(
-        "--rating-labels", type=float, metavar="T",
-        help="every review is an impression: a click when its rating (overall) is T or more, "
-        "e.g. 4, a logged non-click below (default: every review is a click)",
-    )
-    _labels.add_split_arguments(labels)
+    _labels.add_rating_label_arguments(parser, "review")
 
 
 def read(
@@ -83,11 +77,9 @@ def read(
     ``rating_labels`` every review is a labelled impression, split and completed with
     ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says."""
     report = BadInputReport() if report is None else report
-    splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
-                                  test_from=test_from)
+    splits = _labels.rating_split_options(rating_labels, negatives=negatives, split=split,
+                                          valid_from=valid_from, test_from=test_from)
     labelled = rating_labels is not None
-    if not labelled:
-        _labels.refuse_split_options(splits, "--rating-labels T")
     reviews, meta_path = Path(reviews), Path(meta)
     check_reviews_layout(reviews)
     layout = detect_meta_layout(meta_path)

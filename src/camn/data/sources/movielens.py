@@ -71,18 +71,12 @@ LAYOUTS = {  # layout -> (ratings file, movies file)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", required=True, type=Path, help="folder of the MovieLens files")
-    labels = parser.add_argument_group("labelled impressions")
-    labels.add_argument(
-        "--rating-labels", type=float, metavar="T",
-        help="every rating is an impression: a click when the rating is T or more (e.g. 4), a "
-        "logged non-click below (default: every rating is a click)",
-    )
+    labels = _labels.add_rating_label_arguments(parser, "rating")
     labels.add_argument(
         "--user-features", action="store_true",
         help="with --rating-labels: the users' age group, gender and occupation (u.user, "
         "users.dat) as side features of the model's output network",
     )
-    _labels.add_split_arguments(labels)
 
 
 def detect_layout(folder: Path) -> str:
@@ -311,11 +305,9 @@ def read(
     ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says, and with
     ``user_features`` too the users' age group, gender and occupation (``RawData.users``)."""
     report = BadInputReport() if report is None else report
-    splits = _labels.SplitOptions(negatives=negatives, split=split, valid_from=valid_from,
-                                  test_from=test_from)
+    splits = _labels.rating_split_options(rating_labels, negatives=negatives, split=split,
+                                          valid_from=valid_from, test_from=test_from)
     labelled = rating_labels is not None
-    if not labelled:
-        _labels.refuse_split_options(splits, "--rating-labels T")
     if user_features:
         _labels.refuse_user_features(labelled, "--rating-labels T")
     folder = Path(path)
