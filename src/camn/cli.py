@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import os
@@ -61,29 +62,67 @@ def _delegate(target: str):
 
 
 def _add_prepare(commands: argparse._SubParsersAction) -> None:
-    from camn.argtypes import positive_int, seed_int
-    from camn.data.protocols import PROTOCOLS
     from camn.data.sources import available_sources
 
     prepare = commands.add_parser("prepare", help="read a dataset into a prepared store",
                                   formatter_class=HelpFormatter)
+    prepare.add_argument("--config", metavar="FILE",
+                         help="a TOML data file naming the source and its flags (source = "
+                         "\"movielens\", path = ..., context = [\"hour\"]); flags typed after "
+                         "it override the file's keys (docs/architecture.md, data files)")
     sources = prepare.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name, module in available_sources().items():
         parser = sources.add_parser(name, help=module.HELP, description=module.HELP,
                                     formatter_class=HelpFormatter)
-        module.add_arguments(parser)
-        parser.add_argument("--out", required=True, help="directory of the prepared store")
-        parser.add_argument("--protocol", choices=PROTOCOLS, default="last",
-                            help="samples: last (each user's last click and a sampled "
-                            "non-click, as the paper) or sliding (also every earlier click "
-                            "of the train users)")
-        parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
-        parser.add_argument("--seed", type=seed_int, default=2022,
-                            help="seed of the user split and the sampled negatives")
-        _add_shard_arguments(parser)
-        parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
-        parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
-        parser.set_defaults(handler=run_prepare)
+        _add_source_arguments(parser, module)
+
+
+def source_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``camn prepare NAME``'s flags alone (what a data file is checked with)."""
+    from camn.data.sources import available_sources
+
+    module = available_sources()[name]
+    parser = argparse.ArgumentParser(prog=f"camn prepare {name}", description=module.HELP,
+                                     formatter_class=HelpFormatter)
+    _add_source_arguments(parser, module)
+    return parser
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser, module) -> None:
+    """The flags of ``camn prepare SOURCE``: the source module's own, then the store's."""
+    from camn.argtypes import positive_int, seed_int
+    from camn.data.protocols import PROTOCOLS
+
+    module.add_arguments(parser)
+    parser.add_argument("--out", required=True, help="directory of the prepared store")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="last",
+                        help="samples: last (each user's last click and a sampled "
+                        "non-click, as the paper) or sliding (also every earlier click "
+                        "of the train users)")
+    parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
+    parser.add_argument("--seed", type=seed_int, default=2022,
+                        help="seed of the user split and the sampled negatives")
+    _add_shard_arguments(parser)
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad input")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    parser.set_defaults(handler=run_prepare)
+
+
+def expand_data_file(argv: list[str]) -> list[str]:
+    """``argv`` with ``prepare --config FILE [FLAG ...]`` replaced by ``prepare SOURCE`` and
+    the file's flags, then the flags typed (:mod:`camn.data.data_file`); other commands as
+    they are."""
+    from camn.data import data_file
+    from camn.data.sources import available_sources
+
+    if "prepare" not in argv:
+        return argv
+    start = argv.index("prepare") + 1
+    path, rest = data_file.config_path(argv[start:])
+    if path is None:
+        return argv
+    parsers = {name: functools.partial(source_parser, name) for name in available_sources()}
+    return [*argv[:start], *data_file.expand(path, rest, parsers)]
 
 
 def _add_shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +153,7 @@ def _check_shard_arguments(args: argparse.Namespace) -> None:
 
 # the flags of camn prepare that are not a source's own (and what _run adds)
 PREPARE_FLAGS = frozenset({"command", "source", "handler", "out", "protocol", "max_len", "seed",
-                           "strict", "force", "argv", "negatives_by",
+                           "strict", "force", "argv", "negatives_by", "config",
                            "vocab_only", "vocab", "shard"})
 
 
@@ -260,7 +299,8 @@ def _run(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        args = build_parser(command).parse_args(argv)  # imports torch: Ctrl-C may come here
+        expanded = expand_data_file(argv) if command == "prepare" else argv
+        args = build_parser(command).parse_args(expanded)  # imports torch: Ctrl-C may come here
         args.argv = argv  # the command as typed, which a benchmark's table.md quotes
         return args.handler(args)
     except DataError as error:

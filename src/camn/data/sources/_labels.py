@@ -217,3 +217,11 @@ def refuse_user_features(labelled: bool, labels: str) -> None:
     if not labelled:
         raise DataError(f"user features are for labelled impressions for now (a store of clicks "
                         f"takes none): pass {labels}")
+
+
+def refuse_unlabelled(option: str, labelled: bool, labels: str) -> None:
+    """A DataError when ``option``, which only labelled impressions take, is given for rows
+    without labels (``labels``: the option that gives them)."""
+    if not labelled:
+        raise DataError(f"{option} is for labelled impressions for now (a store of clicks takes "
+                        f"no side features or bags): pass {labels}")

@@ -14,14 +14,21 @@ Attributes: item_id, genre_1, genre_2, genre_3 (the item's genres in the file's 
 where it has fewer), release_decade ("1990s", from the release date, else from the "(1995)" in
 the title, else unknown). The genre markers "unknown" (100K) and "(no genres listed)" (later
 layouts) say the genres are not known: they are not genres, and an item with no other genre
-gets unknown genres rather than "none". Every rating counts as a click (implicit feedback),
+gets unknown genres rather than "none". With ``--genres multi`` the three genre slots are one
+multi-valued attribute instead, ``genres``: the bag of all the item's genres (Star Wars: Action,
+Adventure, Romance, Sci-Fi, War, where the slots keep the first three), "none" where the file
+lists none, unknown where it marks them unknown (attributes item_id, genres, release_decade).
+Every rating counts as a click (implicit feedback),
 unless ``--rating-labels T``: then every rating is a labelled impression, a click where the rating
 is T or more and a logged non-click below (:mod:`camn.data.impressions`; the clicks make the
 histories, the split is by time unless ``--split user``). With ``--user-features`` too, the user
 table (``u.user`` of 100K, ``users.dat`` of 1M; the later layouts have none) gives every user
 three categorical features: ``age`` in the 1M layout's age groups (under 18, 18-24, 25-34, 35-44,
 45-49, 50-55, 56+; 100K's ages in years are put into them, 1M's group codes read as theirs),
-``gender`` and ``occupation`` (100K: its name, 1M: its code 0-20).
+``gender`` and ``occupation`` (100K: its name, 1M: its code 0-20). ``--context hour,weekday``
+gives every impression the hour ("00" to "23") and the day of the week ("Mon" to "Sun") of its
+rating's timestamp, read as Unix seconds in UTC, as context features. ``--genres multi`` and
+``--context`` are for labelled impressions (``--rating-labels``), as are user features.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from camn.data.impressions import CONTEXT
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import (
     column_list,
     first_lines,
     line_blocks,
     null_reason,
+    parse_bucketize,
     read_delimited,
     report_rows,
     skip_rows,
@@ -48,6 +57,11 @@ NAME = "movielens"
 HELP = "MovieLens ratings and movies: 100K (u.data/u.item), 1M (.dat) or later (.csv) layout"
 
 ATTRIBUTES = ["item_id", "genre_1", "genre_2", "genre_3", "release_decade"]
+MULTI_ATTRIBUTES = ["item_id", "genres", "release_decade"]  # --genres multi
+GENRE_FORMS = ("slots", "multi")
+GENRE_SEPARATOR = "|"  # joins the genres of a bag; no genre name holds it
+GENRE_LIST = "_genres"  # the items readers' list of genre names in file order
+TIME_CONTEXT = {"hour": "%H", "weekday": "%a"}  # --context name -> its strftime format (UTC)
 NO_GENRE = "none"
 UNKNOWN_GENRES = ("unknown", "(no genres listed)")
 STANDARD_GENRES = (
@@ -76,6 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--user-features", action="store_true",
         help="with --rating-labels: the users' age group, gender and occupation (u.user, "
         "users.dat) as side features of the model's output network",
+    )
+    labels.add_argument(
+        "--genres", choices=GENRE_FORMS, default="slots",
+        help="slots: the first three genres as attributes genre_1..3; multi (with "
+        "--rating-labels): every genre of the item, one multi-valued attribute 'genres'",
+    )
+    labels.add_argument(
+        "--context", type=parse_bucketize, default=[], metavar="NAME[,NAME...]",
+        help="with --rating-labels: hour and/or weekday of the rating's timestamp (UTC) as "
+        "context features of each impression, e.g. hour,weekday",
     )
 
 
@@ -175,8 +199,7 @@ def csv_rating_names(path: Path) -> tuple[list[str], int]:
 
 def genre_slots(genres: pl.Expr) -> list[pl.Expr]:
     """genre_1..3 from a list of genre names in file order (unknown markers dropped)."""
-    known = genres.list.eval(pl.element().filter(~pl.element().is_in(UNKNOWN_GENRES)))
-    unknown = genres.list.eval(pl.element().is_in(UNKNOWN_GENRES).any()).list.first()
+    known, unknown = known_genres(genres)
     return [
         pl.when(unknown & (known.list.len() == 0))
         .then(None)
@@ -184,6 +207,29 @@ def genre_slots(genres: pl.Expr) -> list[pl.Expr]:
         .alias(f"genre_{i + 1}")
         for i in range(3)
     ]
+
+
+def genre_bag(genres: pl.Expr) -> pl.Expr:
+    """``genres``: every genre of a list of genre names in file order (unknown markers
+    dropped) joined by ``GENRE_SEPARATOR``, "none" where the list is empty, null where it
+    holds an unknown marker only."""
+    known, unknown = known_genres(genres)
+    return (pl.when(unknown & (known.list.len() == 0)).then(None)
+            .when(known.list.len() == 0).then(pl.lit(NO_GENRE))
+            .otherwise(known.list.join(GENRE_SEPARATOR)).alias("genres"))
+
+
+def known_genres(genres: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """The genres of a list of genre names that are not unknown markers, and whether the list
+    holds a marker."""
+    known = genres.list.eval(pl.element().filter(~pl.element().is_in(UNKNOWN_GENRES)))
+    unknown = genres.list.eval(pl.element().is_in(UNKNOWN_GENRES).any()).list.first()
+    return known, unknown
+
+
+def genre_columns(genres: pl.Expr, form: str) -> list[pl.Expr]:
+    """The genre attributes of ``--genres`` ``form`` from a list of genre names."""
+    return genre_slots(genres) if form == "slots" else [genre_bag(genres)]
 
 
 def decade(*texts: pl.Expr) -> pl.Expr:
@@ -212,6 +258,7 @@ def read_genre_names(folder: Path, report: BadInputReport) -> list[str]:
 
 
 def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
+    """item, its genre names in file order (``GENRE_LIST``) and release_decade of u.item."""
     path = folder / "u.item"
     genres = read_genre_names(folder, report)
     flags = [f"_g{i}" for i in range(len(genres))]
@@ -229,23 +276,25 @@ def items_100k(folder: Path, report: BadInputReport) -> pl.DataFrame:
     genre_list = pl.concat_list(list(flagged)).list.drop_nulls()
     return fields.select(
         pl.col("item").str.strip_chars(),
-        *genre_slots(genre_list),
+        genre_list.alias(GENRE_LIST),
         decade(pl.col("release").str.extract(r"(\d{4})\s*$"), title_year(pl.col("title"))),
     )
 
 
 def items_1m(folder: Path, report: BadInputReport) -> pl.DataFrame:
+    """item, its genre names in file order (``GENRE_LIST``) and release_decade of movies.dat."""
     path = folder / "movies.dat"
     names = ["item", "title", "genres"]
     fields = split_fields(read_lines(path, "latin-1", report), "::", names, path, report)
     return fields.select(
         pl.col("item").str.strip_chars(),
-        *genre_slots(pl.col("genres").str.strip_chars().str.split("|")),
+        pl.col("genres").str.strip_chars().str.split("|").alias(GENRE_LIST),
         decade(title_year(pl.col("title"))),
     )
 
 
 def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
+    """item, its genre names in file order (``GENRE_LIST``) and release_decade of movies.csv."""
     path = folder / "movies.csv"
     frame = read_delimited(path, ",", '"', report)
     columns = frame.columns[:-1]  # the last is __line
@@ -257,7 +306,7 @@ def items_csv(folder: Path, report: BadInputReport) -> pl.DataFrame:
     frame = skip_rows(frame, null_reason("movieId"), path, report)
     return frame.select(
         pl.col("movieId").str.strip_chars().alias("item"),
-        *genre_slots(pl.col("genres").str.split("|")),
+        pl.col("genres").str.split("|").alias(GENRE_LIST),
         decade(title_year(pl.col("title"))),
     )
 
@@ -298,18 +347,21 @@ def read(
     valid_from: str | None = None,
     test_from: str | None = None,
     user_features: bool = False,
+    genres: str = "slots",
+    context: list[str] | tuple[str, ...] = (),
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read a MovieLens folder (any of the three layouts) into interactions and item attributes;
     with ``rating_labels`` every rating is a labelled impression, split and completed with
     ``negatives`` as :class:`~camn.data.sources._labels.SplitOptions` says, and with
-    ``user_features`` too the users' age group, gender and occupation (``RawData.users``)."""
+    ``user_features`` too the users' age group, gender and occupation (``RawData.users``),
+    with ``genres="multi"`` the genres as one multi-valued attribute and with ``context``
+    (``hour``, ``weekday``) the rating's time as context features."""
     report = BadInputReport() if report is None else report
     splits = _labels.rating_split_options(rating_labels, negatives=negatives, split=split,
                                           valid_from=valid_from, test_from=test_from)
     labelled = rating_labels is not None
-    if user_features:
-        _labels.refuse_user_features(labelled, "--rating-labels T")
+    check_side_options(labelled, user_features, genres, context)
     folder = Path(path)
     layout = detect_layout(folder)
     ratings_file, movies_file = (folder / name for name in LAYOUTS[layout])
@@ -331,16 +383,49 @@ def read(
         origin["files"].append(str(folder / USER_FILES[layout]))
     if labelled:
         interactions = _labels.rating_labels(interactions, rating_labels)
+        interactions = interactions.with_columns(time_context(pl.col("time"), context))
         origin["labels"] = _labels.split_options(splits, "s") | {"rating_labels": rating_labels}
         notes = [f"labelled impressions: {int(interactions['label'].sum()):,} of "
                  f"{len(interactions):,} ratings are {rating_labels:g} or more (clicks)"]
     else:
         notes = [f"implicit feedback: all {len(interactions):,} ratings count as clicks"]
+    attributes = ATTRIBUTES if genres == "slots" else MULTI_ATTRIBUTES
+    if genres == "multi":
+        origin["multi_valued"] = {"genres": GENRE_SEPARATOR}
+    if context:
+        origin["context"] = list(context)
     return RawData(
         interactions=interactions,
-        items=items.select("item", *ATTRIBUTES[1:]),
-        attributes=list(ATTRIBUTES),
+        items=items.select("item", *genre_columns(pl.col(GENRE_LIST), genres),
+                           "release_decade"),
+        attributes=list(attributes),
         origin=origin,
         notes=notes,
         users=users,
     )
+
+
+def check_side_options(
+    labelled: bool, user_features: bool, genres: str, context: list[str] | tuple[str, ...]
+) -> None:
+    """Refuse (DataError) a ``genres`` form or a ``context`` name that does not exist, and the
+    options of labelled impressions without ``--rating-labels``."""
+    if genres not in GENRE_FORMS:
+        raise DataError(f"--genres {genres!r}: one of {', '.join(GENRE_FORMS)}")
+    unknown = [name for name in context if name not in TIME_CONTEXT]
+    if unknown or len(set(context)) < len(context):
+        raise DataError(f"--context {','.join(context)}: distinct names among "
+                        f"{', '.join(TIME_CONTEXT)} (of the rating's timestamp)")
+    if user_features:
+        _labels.refuse_user_features(labelled, "--rating-labels T")
+    if genres == "multi":
+        _labels.refuse_unlabelled("--genres multi", labelled, "--rating-labels T")
+    if context:
+        _labels.refuse_unlabelled("--context", labelled, "--rating-labels T")
+
+
+def time_context(seconds: pl.Expr, names: list[str] | tuple[str, ...]) -> list[pl.Expr]:
+    """The context columns ``names`` (``TIME_CONTEXT``) of Unix ``seconds``, read in UTC:
+    the hour "00".."23" and the weekday "Mon".."Sun"."""
+    moment = pl.from_epoch(seconds, time_unit="s")
+    return [moment.dt.strftime(TIME_CONTEXT[name]).alias(CONTEXT + name) for name in names]
