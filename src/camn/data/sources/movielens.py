@@ -315,7 +315,10 @@ def age_group(age: pl.Expr) -> pl.Expr:
     """The age group (``AGE_GROUPS``) of an age in years, or of a 1M age code (the first age
     of its group); null where the age is not an integer."""
     years = age.str.strip_chars().cast(pl.Int64, strict=False)
-    return years.cut(AGE_GROUP_STARTS, labels=AGE_GROUPS, left_closed=True).cast(pl.String)
+    group = pl.when(years.is_null()).then(pl.lit(None, dtype=pl.String))
+    for start, label in zip(AGE_GROUP_STARTS, AGE_GROUPS, strict=False):
+        group = group.when(years < start).then(pl.lit(label))
+    return group.otherwise(pl.lit(AGE_GROUPS[-1]))
 
 
 def read_users(folder: Path, layout: str, report: BadInputReport) -> pl.DataFrame:
