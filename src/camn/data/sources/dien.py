@@ -120,9 +120,9 @@ def read_rows(path: Path, split: int, report: BadInputReport) -> pl.DataFrame:
         pl.col("history_categories"), LIST_SEPARATOR)
     reason = pl.coalesce(
         pl.col("__fields"), empty_reason("user", "item", "category"), pl.col("__label_reason"),
+        pl.when(holes).then(pl.lit("empty value in a history list (line skipped)")),
         pl.when(lengths_differ).then(pl.lit(
             "history items and categories differ in length (line skipped)")),
-        pl.when(holes).then(pl.lit("empty value in a history list (line skipped)")),
     )
     frame = skip_rows(frame, reason, path, report)
     if len(frame) == 0:
