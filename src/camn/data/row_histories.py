@@ -288,10 +288,11 @@ def empty_value(text: pl.Expr, separator: str) -> pl.Expr:
 def item_table(pairs: pl.DataFrame, known: pl.DataFrame | None, notes: list[str],
                known_name: str = "") -> pl.DataFrame:
     """One row an item: ``item`` and its attribute columns, from ``pairs`` (the (item,
-    attributes) of every target and history position, in file order: an item's first values
-    kept) and ``known`` (an item table whose rows take precedence, e.g. DIEN's item-info; None
-    for none). A note counts the items whose values in the rows disagree (with ``known``,
-    named ``known_name``, or among themselves)."""
+    attributes) of every row's item, then of every history position, each in file order: an
+    item's first values kept, a shown item's before a history's) and ``known`` (an item table
+    whose rows take precedence, e.g. DIEN's item-info; None for none). A note counts the items
+    whose values in the rows disagree (with ``known``, named ``known_name``, or among
+    themselves)."""
     import polars as pl
 
     first = pairs.unique(subset="item", keep="first", maintain_order=True)
