@@ -229,15 +229,11 @@ def prepare_impressions(
     """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
     ``split`` columns; options in ``raw.origin["labels"]``) and build the samples: the store's
     schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes.
-    Rows that carry their own history (a ``row_history`` column) are built by
-    :func:`camn.data.row_histories.prepare_rows`."""
-    from camn.data import row_histories
+    (Rows that carry their own history are :func:`camn.data.row_histories.prepare_rows`'.)"""
     from camn.data.codes import sorted_codes  # polars: preparing only
 
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
-    if row_histories.carries_histories(raw):
-        return row_histories.prepare_rows(raw, max_len, seed, report)
     frame, options = raw.interactions, raw.origin.get("labels", {})
     user, users = sorted_codes(frame["user"])
     item, items = sorted_codes(frame["item"])

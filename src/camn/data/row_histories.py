@@ -154,6 +154,8 @@ def prepare_rows(
 
     from camn.data.codes import sorted_codes  # polars: preparing only
 
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
     frame, options = raw.interactions, raw.origin.get("labels", {})
     full = frame[ROW_HISTORY].list.len().to_numpy()
     lists = frame[ROW_HISTORY].list.tail(max_len)
