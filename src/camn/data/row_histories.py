@@ -79,18 +79,16 @@ def distinct_runs(items: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
     """Histories stored once per run of equal consecutive ones.
 
     ``items``: the n histories' items, concatenated; ``lengths`` (n,) theirs. Returns the
-    (H + 1,) int64 offsets and the items of the H kept histories, and (n,) the kept history of
-    every row. Row r equals row r - 1 when their lengths are equal and so is every item
-    ``items[j] == items[j - lengths[r]]`` of row r.
+    (H + 1,) int64 offsets and the items of the H kept histories, and (n,) int32 the kept
+    history of every row. Row r repeats row r - 1 when both have the same length and every item
+    of row r, at flat position j, equals ``items[j - lengths[r]]``.
     """
     lengths = lengths.astype(np.int64)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
-    shift = lengths[row_of]
-    comparable = (row_of > 0) & np.r_[False, lengths[1:] == lengths[:-1]][row_of]
-    differs = comparable & (items != items[np.maximum(np.arange(len(items)) - shift, 0)])
-    mismatches = np.bincount(row_of[differs], minlength=len(lengths))
-    same = np.r_[False, (lengths[1:] == lengths[:-1]) & (mismatches[1:] == 0)]
-    kept = ~same
+    equal_length = np.r_[False, lengths[1:] == lengths[:-1]]
+    before = np.maximum(np.arange(len(items)) - lengths[row_of], 0)
+    differs = equal_length[row_of] & (items != items[before])
+    kept = ~(equal_length & (np.bincount(row_of[differs], minlength=len(lengths)) == 0))
     offsets = np.concatenate([[0], np.cumsum(lengths[kept])]).astype(np.int64)
     return offsets, items[np.repeat(kept, lengths)], (np.cumsum(kept) - 1).astype(np.int32)
 
