@@ -228,8 +228,9 @@ def prepare_impressions(
 ) -> tuple[dict, dict[str, np.ndarray], dict[str, list[str]], pl.Series]:
     """Encode labelled rows (``raw.interactions`` with ``label``, ``history`` and maybe
     ``split`` columns; options in ``raw.origin["labels"]``) and build the samples: the store's
-    schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes."""
-    from camn.data.codes import encode_items, item_bags, sorted_codes  # polars: preparing only
+    schema, arrays, vocabularies and user ids, what :func:`camn.data.store.write_store` writes.
+    (Rows that carry their own history are :func:`camn.data.row_histories.prepare_rows`'.)"""
+    from camn.data.codes import sorted_codes  # polars: preparing only
 
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -242,34 +243,53 @@ def prepare_impressions(
     split_seq, negative_seq = np.random.SeedSequence(seed).spawn(2)
     split = row_splits(options, user, time, len(users), frame, split_seq)
     side, side_schema, side_vocabularies = side_features(frame)
-    if raw.users is not None:
-        table, user_schema, user_vocabularies, note = user_feature_table(raw.users, users)
-        side_schema |= user_schema
-        side_vocabularies |= user_vocabularies
-        raw.notes.append(note)
     arrays, sizes, clicks = build_impressions(
         user, (item + FIRST_ITEM_ID).astype(np.int32), time, label, history, split,
         len(users), len(items), negatives=options.get("negatives", 0),
         rng=np.random.default_rng(negative_seq), side=side,
     )
+    schema = side_schema | {
+        "num_interactions": len(user),
+        "timelines": {"users": len(users), "clicks": len(arrays["clicks"]),
+                      "time_dtype": str(arrays["click_times"].dtype)},
+    }
+    return complete_store(raw, schema, arrays, sizes, clicks, users, items, side_vocabularies,
+                          max_len, seed, report)
+
+
+def complete_store(
+    raw: RawData, schema: dict, arrays: dict[str, np.ndarray], sizes: dict[str, int],
+    clicks: dict[str, int], users: pl.Series, items: pl.Series,
+    side_vocabularies: dict[str, list[str]], max_len: int, seed: int, report: BadInputReport,
+) -> tuple[dict, dict[str, np.ndarray], dict[str, list[str]], pl.Series]:
+    """A store of impressions from its built sample ``arrays``: the numbers standardised, the
+    item table and its bags, the user features, and the schema (``schema``: the fields of its
+    kind and side features so far); what :func:`prepare_impressions` returns."""
+    from camn.data.codes import encode_items, item_bags  # polars: preparing only
+
+    side_vocabularies = dict(side_vocabularies)
+    if raw.users is not None:
+        table, user_schema, user_vocabularies, note = user_feature_table(raw.users, users)
+        schema |= user_schema
+        side_vocabularies |= user_vocabularies
+        raw.notes.append(note)
     if "impression_numeric" in arrays:
-        arrays["impression_numeric"], side_schema["numeric_standardisation"] = standardise(
-            arrays["impression_numeric"], sizes["train"], side_schema["numeric_features"])
+        arrays["impression_numeric"], schema["numeric_standardisation"] = standardise(
+            arrays["impression_numeric"], sizes["train"], schema["numeric_features"])
     item_attributes, vocabularies = encode_items(raw, items, report)
     separators = raw.origin.get("multi_valued", {})
     bags = item_bags(raw, items, separators, item_attributes, vocabularies)
     arrays |= {f"{BAGS}{name}": bag for name, bag in bags.items()}
     if bags:
-        side_schema |= {"bag_slots": [raw.attributes.index(name) for name in bags],
-                        "bag_lengths": [bag.shape[1] for bag in bags.values()]}
+        schema |= {"bag_slots": [raw.attributes.index(name) for name in bags],
+                   "bag_lengths": [bag.shape[1] for bag in bags.values()]}
     arrays["item_attributes"] = item_attributes
     if raw.users is not None:
         arrays["user_features"] = table
-    schema = side_schema | {
+    schema |= {
         "samples": KIND,
         "num_users": len(users),
         "num_items": len(items),
-        "num_interactions": len(user),
         "attributes": raw.attributes,
         "vocab_sizes": [len(vocabularies[a]) + FIRST_ITEM_ID for a in raw.attributes],
         "protocol": KIND,
@@ -277,8 +297,6 @@ def prepare_impressions(
         "max_len": max_len,
         "splits": sizes,
         "clicks_per_split": clicks,
-        "timelines": {"users": len(users), "clicks": len(arrays["clicks"]),
-                      "time_dtype": str(arrays["click_times"].dtype)},
         "origin": raw.origin,
         "bad_input": dict(sorted(report.counts.items())),
         "notes": raw.notes,
@@ -416,6 +434,13 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     n = sum(schema["splits"].values())
     arrays = {name: ((n,), np.dtype(dtype)) for name, dtype in ARRAY_DTYPES.items()}
     arrays["impression_times"] = ((n,), np.dtype(schema["timelines"]["time_dtype"]))
+    return arrays | side_arrays(schema)
+
+
+def side_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of the side features' arrays (context, numeric, user features) and of
+    the bags of multi-valued attributes, those the schema names."""
+    n, arrays = sum(schema["splits"].values()), {}
     if schema.get("context_features"):
         arrays["impression_context"] = ((n, len(schema["context_features"])), np.dtype(np.int32))
     if schema.get("numeric_features"):

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from camn.data import impressions, quality
+from camn.data import impressions, quality, row_histories
 from camn.data.codes import encode_items, sorted_codes
 from camn.data.negatives import user_keys
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
@@ -121,8 +121,9 @@ def prepare(
         if negatives_by != "stream":
             raise DataError("--negatives-by user and --shard are for logs of clicks; a log of "
                             "labelled impressions is prepared whole (not in shards) for now")
-        schema, arrays, vocabularies, users = impressions.prepare_impressions(
-            raw, max_len, seed, report)
+        build = (row_histories.prepare_rows if row_histories.carries_histories(raw)
+                 else impressions.prepare_impressions)
+        schema, arrays, vocabularies, users = build(raw, max_len, seed, report)
         write_store(out, schema, arrays, vocabularies, force=force, users=users)
         for warning in impressions.label_warnings(schema["splits"], schema["clicks_per_split"]):
             print(f"camn: warning: {out}: {warning}", file=sys.stderr)

@@ -28,7 +28,9 @@ memory-mapped, so a store larger than memory trains fine.
 
 A store of labelled impressions (``"samples": "impressions"``) has the same timelines and one
 sample a logged row instead of the pairs (:mod:`camn.data.impressions`); gathering and batches
-are the same.
+are the same. A store of rows that carry their own history (``"history": "rows"``) keeps those
+histories instead of timelines, and its samples point into them with the same (ends, lengths)
+references (:mod:`camn.data.row_histories`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camn.data import impressions
+from camn.data import impressions, row_histories
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 from camn.data.store_checks import (
@@ -143,6 +145,7 @@ class PreparedStore:
     """
 
     streams_only = False  # True: train from batches(), never from a device copy of a split
+    row_histories = False  # True: samples carry their own histories (camn.data.row_histories)
 
     def __init__(self, root: str | Path, *, validate: bool = True) -> None:
         self.root = Path(root)
@@ -152,6 +155,7 @@ class PreparedStore:
         self._table: np.ndarray | None = None
         self._wide_table: np.ndarray | None = None
         self.labelled = impressions.is_impressions(self.schema)
+        self.row_histories = row_histories.is_row_store(self.schema)
         if validate:
             raise_problems(self.root, "is a damaged store", self.layout_problems())
 
@@ -288,8 +292,11 @@ class PreparedStore:
 
     def references(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """(ends, lengths) of the samples at ``rows``, int64: the history of sample b is
-        ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``."""
+        ``clicks[ends[b] - lengths[b] : ends[b]]``, and a positive's target ``clicks[ends[b]]``
+        (in a store of pairs)."""
         samples, kind = self.sample_numbers(rows)
+        if self.row_histories:
+            return row_histories.references(self, samples)
         users = self.array(f"{kind}_users")[samples]
         timeline = np.searchsorted(self.array("timeline_users"), users)
         positions = self.array(f"{kind}_positions")[samples].astype(np.int64)
@@ -505,10 +512,11 @@ def table1_line(schema: dict) -> str:
 def size_line(store: PreparedStore) -> str:
     """The store's bytes on disk, in all and per sample, and where they lie (in a sharded
     store: summed over its shards, the item table they share counted once a shard)."""
-    parts = {"timelines": ("timeline_users", "timeline_offsets", "clicks", "click_times",
-                           *DRIVER_ARRAYS),
+    histories = "histories" if store.row_histories else "timelines"
+    parts = {histories: ("timeline_users", "timeline_offsets", "clicks", "click_times",
+                         "history_offsets", *DRIVER_ARRAYS),
              "samples": ("pair_users", "pair_positions", "pair_negatives",
-                         *impressions.SAMPLE_ARRAYS),
+                         *impressions.SAMPLE_ARRAYS, "impression_histories"),
              "item table": ("item_attributes",)}
     folders = [part.root for part in getattr(store, "shards", [])] or [store.root]  # a shard's
     sizes = {part: sum(path.stat().st_size for name in names for folder in folders

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from camn.data import impressions
+from camn.data import impressions, row_histories
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 
@@ -117,7 +117,9 @@ def schema_problems(schema: object) -> list[str]:
     """What makes a parsed ``schema.json`` unusable (each reason reads after the file name)."""
     if not isinstance(schema, dict):
         return [f"holds a JSON {type(schema).__name__}, not an object"]
-    missing = [key for key in SCHEMA_KEYS if key not in schema]
+    rows = row_histories.is_row_store(schema)
+    required = [key for key in SCHEMA_KEYS if not (rows and key == "timelines")]
+    missing = [key for key in required if key not in schema]
     if missing:
         return [f"lacks {', '.join(missing)}"]
     problems = []
@@ -142,9 +144,12 @@ def schema_problems(schema: object) -> list[str]:
             and all(_is_int(n, 0) and (n % 2 == 0 or not pairs) for n in splits.values())):
         problems.append(f"splits must give the sample counts of {', '.join(SPLITS)}, even "
                         "numbers (a click and its non-click)")
-    timelines = schema["timelines"]
-    if not (isinstance(timelines, dict) and _is_int(timelines.get("users"), 0)
-            and _is_int(timelines.get("clicks"), 0) and timelines.get("time_dtype") in TIME_DTYPES):
+    timelines = schema.get("timelines")
+    if rows:
+        problems += row_histories.schema_problems(schema)
+    elif not (isinstance(timelines, dict) and _is_int(timelines.get("users"), 0)
+              and _is_int(timelines.get("clicks"), 0)
+              and timelines.get("time_dtype") in TIME_DTYPES):
         problems.append("timelines must give the users and clicks counts and a time_dtype of "
                         + " or ".join(TIME_DTYPES))
     if not problems and sizes[0] != schema["num_items"] + FIRST_ITEM_ID:
@@ -157,6 +162,8 @@ def schema_problems(schema: object) -> list[str]:
 
 def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every array, as ``schema.json`` implies them (drivers included)."""
+    if row_histories.is_row_store(schema):
+        return row_histories.expected_arrays(schema)
     n, k, timelines = sum(schema["splits"].values()), len(schema["attributes"]), schema["timelines"]
     users, clicks = timelines["users"], timelines["clicks"]
     shapes = {
@@ -215,6 +222,8 @@ def scan_contents(store: PreparedStore) -> list[str]:
     if store.labelled:
         del rules["pair_negatives"], rules["pair_users"]
         rules |= {"impression_items": items, "impression_users": users}
+    if row_histories.is_row_store(store.schema):
+        del rules["timeline_users"]
     if store.has_drivers:
         rules["click_driver"] = (-1, k - 1, f"drivers are -1 (none) or an attribute slot "
                                  f"0..{k - 1}")
@@ -235,6 +244,9 @@ def scan_contents(store: PreparedStore) -> list[str]:
                 f"item id {row:,}, outside its vocabulary of ids 0..{vocab_top[slot]:,} "
                 "(vocab_sizes in schema.json)"
             )
+    if row_histories.is_row_store(store.schema):
+        rows = [] if damaged & {"impression_users"} else row_histories.content_problems(store)
+        return problems + rows + vocab_problems(store)
     timeline = timeline_problems(store)
     if store.labelled and not timeline and not damaged & {"impression_users", "timeline_users"}:
         timeline = impressions.content_problems(store)

@@ -23,18 +23,29 @@ is counted.
 ``--bucketize COL[,COL...]`` puts numeric attribute columns into 10 quantile buckets (deciles
 over the items of the interactions), as the amazon source does with the price; without it each
 distinct number is a category of its own (``camn prepare`` warns of such columns).
+
+Rows that carry their own history, as BARS/FuxiCTR's CSVs do (``label,user_id,item_id,cate_id,
+item_history,cate_history`` with ``^``-joined lists): ``--history-col item_history,cate_id=
+cate_history --history-sep ^`` reads each labelled row's history from the row itself, oldest
+first (:mod:`camn.data.row_histories`): the item column's history, and for an attribute column of
+the row (``cate_id``) its history alongside, position by position; such an attribute is read from
+the rows, for the row's item and for every history item. No time is read; the rows are split by
+their files (``--valid``, ``--test``) or by user. A row whose history columns differ in length,
+or hold an empty value, is bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from camn.data.impressions import CONTEXT, NUMERIC
+from camn.data import row_histories
+from camn.data.impressions import CONTEXT, LABEL, NUMERIC, SPLIT
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import (
     NOT_UTF8,
@@ -139,6 +150,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="COL[,COL...]",
                         help="columns of --users (age, gender): categorical side features of"
                         " the model's output network, unknown for a user without a row")
+    labels.add_argument("--history-col", metavar="HIST[,COL=HIST...]",
+                        help="rows that carry their history (BARS/FuxiCTR CSVs): HIST the column"
+                        " of the items the user clicked before the row, oldest first, joined by"
+                        " --history-sep; COL=HIST an attribute column of the row and its history"
+                        " column (e.g. item_history,cate_id=cate_history); no time is read")
+    labels.add_argument("--history-sep", default="^", metavar="SEP",
+                        help="with --history-col: the text joining a history's values (default"
+                        " ^)")
     _labels.add_split_arguments(labels)
 
 
@@ -501,6 +520,8 @@ def read(
     users: str | Path | None = None,
     user_features: list[str] | tuple[str, ...] = (),
     multi_valued: str | None = None,
+    history_col: str | None = None,
+    history_sep: str = "^",
     report: BadInputReport | None = None,
 ) -> RawData:
     """Read the interaction log and the item table: the ``attributes`` columns
@@ -515,7 +536,9 @@ def read(
     ``user_features`` name columns of the user table ``users`` (``RawData.users``);
     ``multi_valued`` (``genres:|``) names attributes holding several values and their separator.
     ``users_between``: read only the rows of users whose id lies between the two (a shard's,
-    ``camn prepare --shard``; Parquet logs are filtered while they are scanned)."""
+    ``camn prepare --shard``; Parquet logs are filtered while they are scanned).
+    ``history_col`` (``item_history,cate_id=cate_history``): rows that carry their history,
+    values joined by ``history_sep`` (module docstring)."""
     report = BadInputReport() if report is None else report
     items = None if items is None else Path(items)
     items_col = items_item_col or item_col
@@ -537,9 +560,17 @@ def read(
         if users is None:
             raise DataError("--user-features names columns of the user table: pass --users FILE")
         user_table = read_users(Path(users), user_col, user_features, format, report)
+    if (valid is None) != (test is None) and is_labelled(label_col, label):
+        raise DataError("a log already split needs both --valid FILE and --test FILE")
+    if history_col is not None:
+        refuse_with_history(label_col, label, splits, history_where, time_format)
+        raw = read_history_rows(
+            [Path(interactions), *split_files], HistoryColumns.parse(history_col, item_col),
+            history_sep, splits, report, user_col=user_col, item_col=item_col,
+            label_col=label_col, label=label, context=context, numeric=numeric, format=format)
+        return with_items_file(raw, items, items_col, names, format, bucketize, report,
+                               user_table, separators)
     if is_labelled(label_col, label):
-        if (valid is None) != (test is None):
-            raise DataError("a log already split needs both --valid FILE and --test FILE")
         log, label_options = read_labelled(
             [Path(interactions), *split_files], splits, report, notes, label_col=label_col,
             label=label, history_where=history_where, context=context, numeric=numeric,
@@ -586,3 +617,161 @@ def read(
         notes=notes,
         users=user_table,
     )
+
+
+# ---------------------------------------------------------------- rows that carry their history
+
+
+@dataclass(frozen=True)
+class HistoryColumns:
+    """``--history-col``: the column of the items' history, and the attribute columns of the
+    row read from the rows, each with its history column."""
+
+    items: str
+    attributes: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str, item_col: str) -> HistoryColumns:
+        """``HIST[,COL=HIST...]``: one HIST alone (the items'), the others COL=HIST."""
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        bare = [p for p in parts if "=" not in p]
+        pairs = dict(tuple(q.strip() for q in p.split("=", 1)) for p in parts if "=" in p)
+        if len(bare) != 1 or not all(pairs) or not all(pairs.values()):
+            raise DataError(f"--history-col {text!r}: name the items' history column once, and "
+                            "each attribute as COL=HIST, e.g. item_history,cate_id=cate_history")
+        if item_col in pairs:
+            raise DataError(f"--history-col {text!r}: the item column {item_col!r} takes the "
+                            "history column alone (without COL=)")
+        return cls(bare[0], pairs)
+
+    @property
+    def lists(self) -> dict[str, str]:
+        """Every history column, keyed by the row column it follows ("" for the item's)."""
+        return {"": self.items, **self.attributes}
+
+
+def refuse_with_history(label_col: str | None, label: str | None,
+                        splits: _labels.SplitOptions, history_where: str | None,
+                        time_format: str | None) -> None:
+    """A DataError for an option that rows carrying their history cannot take."""
+    if not is_labelled(label_col, label):
+        raise DataError("--history-col reads labelled rows: pass --label-col COL or --label EXPR")
+    given = [flag for flag, value in (("--history-where", history_where),
+                                      ("--time-format", time_format),
+                                      ("--negatives", splits.negatives),
+                                      ("--valid-from", splits.valid_from),
+                                      ("--test-from", splits.test_from),
+                                      ("--split time", splits.split == "time")) if value]
+    if given:
+        raise DataError(f"{', '.join(given)}: not for rows that carry their history "
+                        "(--history-col): they hold no times, and their history is their own")
+
+
+def history_reasons(columns: HistoryColumns, separator: str) -> list[pl.Expr]:
+    """Why a row's history columns cannot be read: an empty value in one, lengths that differ."""
+    reasons = [pl.when(row_histories.empty_value(pl.col(f"__text:{name}"), separator)).then(
+        pl.lit(f"empty value in history column {hist!r} (row skipped)"))
+        for name, hist in columns.lists.items()]
+    for name, hist in columns.attributes.items():
+        differ = pl.col(f"__list:{name}").list.len() != pl.col("__list:").list.len()
+        reasons.append(pl.when(differ).then(pl.lit(
+            f"history columns {columns.items!r} and {hist!r} differ in length (row skipped)")))
+    return reasons
+
+
+def read_history_file(
+    path: Path, split: int, columns: HistoryColumns, separator: str, report: BadInputReport,
+    *, user_col: str, item_col: str, label_col: str | None, label: str | None,
+    context: list[str] | tuple[str, ...], numeric: list[str] | tuple[str, ...],
+    format: str | None,
+) -> pl.DataFrame:
+    """The good rows of one file of rows that carry their history: ``user``, ``item``, the
+    attribute columns, ``label``, ``split``, side columns, ``row_history`` and the attributes'
+    history lists (``__list:<column>``)."""
+    frame = read_table(path, file_format(path, format), report)
+    require_columns(frame, [user_col, item_col, *columns.attributes,
+                            *columns.lists.values()], path)
+    frame = _labels.label_columns(frame, path, label_col, label, None)
+    side = side_columns(frame, path, context, numeric)
+    texts = {name: as_strings(frame[hist], path) for name, hist in columns.lists.items()}
+    frame = frame.select(
+        as_strings(frame[user_col], path).alias("user"),
+        as_strings(frame[item_col], path).alias("item"),
+        *(as_strings(frame[name], path).alias(name) for name in columns.attributes),
+        *(text.alias(f"__text:{name}") for name, text in texts.items()),
+        "__label", "__label_reason", *side, "__line",
+    ).with_columns(row_histories.list_column(pl.col(f"__text:{name}"), separator)
+                   .alias(f"__list:{name}") for name in texts)
+    numbers = [pl.when(pl.col(NUMERIC + name).is_null()).then(
+        pl.lit(f"numeric feature {name!r} is not a number (row skipped)")) for name in numeric]
+    reason = pl.coalesce(null_reason("user", "item"), pl.col("__label_reason"), *numbers,
+                         *history_reasons(columns, separator))
+    frame = skip_rows(frame, reason, path, report)
+    if len(frame) == 0:
+        example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
+        raise DataError(f"{path}: every row is bad input, e.g. {example}")
+    return frame.drop("__line", "__label_reason", *(f"__text:{n}" for n in columns.lists)).rename(
+        {"__label": LABEL, "__list:": row_histories.ROW_HISTORY}).with_columns(
+        pl.lit(split, dtype=pl.Int8).alias(SPLIT))
+
+
+def read_history_rows(
+    files: list[Path], columns: HistoryColumns, separator: str,
+    splits: _labels.SplitOptions, report: BadInputReport, **reading: object,
+) -> RawData:
+    """Rows that carry their history, from ``files`` (the log, or its train, validation and
+    test files), read by :func:`read_history_file`; their items' attributes from the rows."""
+    if not separator:
+        raise DataError("--history-sep must not be empty")
+    rows = pl.concat([read_history_file(path, split, columns, separator, report, **reading)
+                      for split, path in enumerate(files)], how="vertical_relaxed")
+    attributes = list(columns.attributes)
+    targets = rows.select("item", *attributes)
+    history = rows.select(
+        pl.col(row_histories.ROW_HISTORY).alias("item"),
+        *(pl.col(f"__list:{name}").alias(name) for name in attributes),
+    ).explode("item", *attributes).drop_nulls("item")
+    notes: list[str] = []
+    table = row_histories.item_table(pl.concat([targets, history]), None, notes)
+    options = {"split": "files" if len(files) > 1 else splits.split or "user", "negatives": 0}
+    row_histories.check_options(options)
+    item_col = str(reading["item_col"])
+    origin = {
+        "source": NAME, "files": [str(path) for path in files],
+        "columns": {"user": reading["user_col"], "item": item_col},
+        "history_columns": {item_col: columns.items, **columns.attributes},
+        "history_sep": separator, "labels": options | {
+            key: str(reading[key]) for key in ("label_col", "label") if reading[key]},
+    }
+    return RawData(
+        interactions=rows.drop(*attributes, *(f"__list:{n}" for n in attributes)),
+        items=table, attributes=[item_col, *attributes], origin=origin, notes=notes)
+
+
+def with_items_file(
+    raw: RawData, items: Path | None, items_col: str, names: list[str], fmt: str | None,
+    buckets: list[str] | tuple[str, ...], report: BadInputReport,
+    users: pl.DataFrame | None, separators: dict[str, str],
+) -> RawData:
+    """``raw`` (rows that carry their history) with the ``names`` attributes of the items file
+    ``items`` after those of the rows, the user table ``users`` and the multi-valued
+    attributes' ``separators``."""
+    raw.users = users
+    if separators:
+        raw.origin["multi_valued"] = separators
+    if items is None:
+        return raw
+    clash = [name for name in names if name in raw.attributes]
+    if clash:
+        raise DataError(f"--attributes {','.join(clash)}: read from the rows by --history-col "
+                        "already; name each attribute once")
+    table, notes = read_items(items, items_col, names, fmt, buckets, report, raw.items["item"])
+    raw.items = raw.items.join(table, on="item", how="left", maintain_order="left")
+    missing = raw.items.filter(~pl.col("item").is_in(table["item"].implode())).height
+    if missing:
+        notes.append(f"{missing:,} item(s) of the rows have no row in {items} (their "
+                     f"{', '.join(names)} unknown)")
+    raw.attributes += names
+    raw.notes += notes
+    raw.origin["files"].append(str(items))
+    return raw
