@@ -127,6 +127,10 @@ def build_samples(
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     by_time = np.lexsort((time, user))  # stable: ties keep the input order
     user, item = user[by_time], item[by_time]
+    timelines = {"click_times": narrowest_times(time[by_time]),
+                 **{f"click_{name}": values[by_time]
+                    for name, values in (annotations or {}).items()}}
+    del by_time, time  # the caller hands its arrays over (EncodedInteractions.take_events)
     counts = np.bincount(user)
     if len(counts) == 0 or counts.min() < 2:
         raise DataError("every user needs at least 2 interactions (drop the others first)")
@@ -168,8 +172,7 @@ def build_samples(
         "timeline_users": np.arange(len(counts), dtype=np.int32),
         "timeline_offsets": np.concatenate([starts, [len(user)]]).astype(np.int64),
         "clicks": item.astype(np.int32),
-        "click_times": narrowest_times(time[by_time]),
-        **{f"click_{name}": values[by_time] for name, values in (annotations or {}).items()},
+        **timelines,
         "pair_users": sample_user.astype(np.int32),
         "pair_positions": (pos - starts[sample_user]).astype(np.int32),
         "pair_negatives": negatives.astype(np.int32),
