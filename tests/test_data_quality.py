@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -57,15 +56,15 @@ def test_columns_without_a_problem_are_left_alone() -> None:
 
 
 def test_history_warning_names_the_longest_history_and_the_size() -> None:
-    users = np.array([0, 0, 0, 1, 1, 2, 2])  # user 0: 3 interactions, so a longest history of 2
-    assert quality.history_warning(users, 10_000, 5, 100_000) == (
+    most = 3  # the most active user: 3 interactions, so a longest history of 2
+    assert quality.history_warning(most, 10_000, 5, 100_000) == (
         "--max-len 100,000 is far above the longest history, 2 items (the most active user has 3"
         " interactions): batches pad every history to 100,000 positions, so one pass over the"
         " 10,000 samples gathers 18.6 GiB of history ids (10,000 x 100,000 x 5) where --max-len"
         " 2 would gather 390.6 KiB; pass --max-len 2 or less"
     )
-    assert quality.history_warning(users, 10_000, 5, 4) is None  # not above twice the longest
-    assert quality.history_warning(users, 4, 5, 100_000) is None  # padding under 64 MiB
+    assert quality.history_warning(most, 10_000, 5, 4) is None  # not above twice the longest
+    assert quality.history_warning(most, 4, 5, 100_000) is None  # padding under 64 MiB
 
 
 def write_table(folder: Path) -> tuple[Path, Path]:

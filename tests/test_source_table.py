@@ -51,6 +51,11 @@ def read(*argv: str, strict: bool = False):
     return table.read(report=report, **vars(args(*argv))), report
 
 
+def as_text(interactions: pl.DataFrame) -> pl.DataFrame:
+    """The ids as text (a file's integer ids are read as integers)."""
+    return interactions.with_columns(pl.col("user", "item").cast(pl.String))
+
+
 def standard(inter: Path, items: Path, *extra: str) -> list[str]:
     return [
         "--interactions", str(inter), "--items", str(items), "--user-col", "uid",
@@ -63,7 +68,7 @@ def test_every_format_reads_the_same(tmp_path: Path, ext: str) -> None:
     inter = save(INTERACTIONS, tmp_path / f"inter{ext}")
     items = save(ITEMS, tmp_path / f"items{ext}")
     raw, report = read(*standard(inter, items))
-    assert raw.interactions.rows() == EXPECTED_INTERACTIONS
+    assert as_text(raw.interactions).rows() == EXPECTED_INTERACTIONS
     assert raw.interactions["time"].dtype == pl.Int64
     assert raw.items.columns == ["item", "brand", "price"]
     assert raw.items.rows() == EXPECTED_ITEMS
@@ -79,7 +84,7 @@ def test_json_array_and_format_override(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"items\.data.*--format"):
         read(*standard(inter, items))
     raw, _ = read(*standard(inter, save(ITEMS, tmp_path / "items.jsonl")))
-    assert raw.interactions.rows() == EXPECTED_INTERACTIONS
+    assert as_text(raw.interactions).rows() == EXPECTED_INTERACTIONS
     csv_named_jsonl = tmp_path / "items_csv.jsonl"
     ITEMS.write_csv(csv_named_jsonl)
     inter_csv = save(INTERACTIONS, tmp_path / "i.csv")
@@ -120,7 +125,7 @@ def test_null_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     items = tmp_path / "items.csv"
     items.write_text("sku,brand,price\na,x,1\n,y,2\na,z,3\nb,,\n")
     raw, report = read(*standard(inter, items))
-    assert raw.interactions.rows() == [("1", "a", 5), ("3", "c", 8)]
+    assert as_text(raw.interactions).rows() == [("1", "a", 5), ("3", "c", 8)]
     assert raw.items.rows() == [("a", "x", "1"), ("b", None, None)]
     assert report.counts == {
         "no user value (row skipped)": 1,
@@ -140,12 +145,12 @@ def test_broken_json_line_is_counted(tmp_path: Path) -> None:
     lines = [json.dumps(r) for r in INTERACTIONS.to_dicts()]
     inter.write_text("\n".join([*lines[:2], "{broken", *lines[2:]]) + "\n")
     raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
-    assert raw.interactions.rows() == EXPECTED_INTERACTIONS
+    assert as_text(raw.interactions).rows() == EXPECTED_INTERACTIONS
     assert report.counts == {"broken JSON (line skipped)": 1}
     assert "inter.jsonl:3:" in report.examples[0]
     inter.write_text("\n".join([*lines[:2], "", " ", '{"uid": null, "sku": "a", "ts": 1}']))
     raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
-    assert raw.interactions.rows() == EXPECTED_INTERACTIONS[:2]
+    assert as_text(raw.interactions).rows() == EXPECTED_INTERACTIONS[:2]
     assert report.counts == {"no user value (row skipped)": 1}
     assert "inter.jsonl:5:" in report.examples[0]  # blank lines counted in the numbering
 
@@ -210,7 +215,7 @@ def test_bytes_that_are_not_utf8_are_counted_per_row(tmp_path: Path, name, separ
     rows = [b"uid,sku,ts", b"1,a,5", b"Jos\xe9,b,6", b"2,a,1", b"2,\xff\xfe,2", b"3,b,9"]
     inter.write_bytes(b"\n".join(r.replace(b",", separator.encode()) for r in rows) + b"\n")
     raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
-    assert raw.interactions.rows() == [("1", "a", 5), ("2", "a", 1), ("3", "b", 9)]
+    assert as_text(raw.interactions).rows() == [("1", "a", 5), ("2", "a", 1), ("3", "b", 9)]
     reason = "bytes that are not UTF-8 text (row skipped)"
     assert report.counts == {reason: 2}
     assert report.examples == [f"{inter}:3: {reason}", f"{inter}:5: {reason}"]
@@ -242,7 +247,7 @@ def test_gzip_files_read_as_the_plain_ones(tmp_path: Path, ext: str) -> None:
         packed.append(path.with_name(path.name + ".gz"))
         packed[-1].write_bytes(gzip.compress(path.read_bytes()))
     raw, report = read(*standard(*packed))
-    assert raw.interactions.rows() == EXPECTED_INTERACTIONS
+    assert as_text(raw.interactions).rows() == EXPECTED_INTERACTIONS
     assert raw.items.rows() == EXPECTED_ITEMS and report.total == 0
     (tmp_path / "inter.gz").write_bytes(packed[0].read_bytes())
     with pytest.raises(DataError, match=r"inter\.gz: cannot tell the format from the extension"):
@@ -274,7 +279,8 @@ def test_json_lines_of_the_wrong_shape_are_counted_per_line(tmp_path: Path) -> N
     lines.insert(3, "[1, 2]")  # valid JSON, not an object
     inter.write_bytes("\n".join(lines).encode() + b"\n" + b'{"uid": "\xff"}\n')
     raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
-    assert raw.interactions.rows() == [r for i, r in enumerate(EXPECTED_INTERACTIONS) if i != 1]
+    expected = [r for i, r in enumerate(EXPECTED_INTERACTIONS) if i != 1]
+    assert as_text(raw.interactions).rows() == expected
     assert report.counts == {"time is not a number or a date (row skipped)": 1,
                              "not a JSON object (line skipped)": 1,
                              "bytes that are not UTF-8 text (line skipped)": 1}
@@ -289,7 +295,7 @@ def test_times_that_are_not_finite_or_of_another_type(tmp_path: Path) -> None:
     inter = tmp_path / "inter.csv"
     inter.write_text("uid,sku,ts\n1,a,5\n1,b,inf\n1,c,-inf\n")
     raw, report = read(*standard(inter, save(ITEMS, tmp_path / "items.csv")))
-    assert raw.interactions.rows() == [("1", "a", 5)]
+    assert as_text(raw.interactions).rows() == [("1", "a", 5)]
     assert report.counts == {"time is not a number or a date (row skipped)": 2}
     listed = INTERACTIONS.with_columns(pl.col("ts").map_elements(lambda t: [t],
                                                                  return_dtype=pl.List(pl.Int64)))
@@ -454,3 +460,25 @@ def test_bucketize_puts_numbers_into_deciles_over_the_used_items(tmp_path: Path)
         "--bucketize price: 'price' is not among --attributes (brand); --bucketize names"
         " attribute columns to put into buckets"
     )
+
+
+def test_integer_ids_stay_integers_and_prepare_as_their_text_would(tmp_path: Path) -> None:
+    """A Parquet log's integer ids are never turned into a string per row; they are numbered
+    in sorted order of their text (9 after 100) exactly as the same ids written as text."""
+    log = pl.DataFrame({"uid": [9, 9, 100, 100, 10, 10], "sku": [30, 4, 4, 30, 200, 4],
+                        "ts": [1, 2, 1, 2, 1, 2], "unused": ["x"] * 6})
+    numbers = save(log, tmp_path / "numbers.parquet")
+    text = save(log.with_columns(pl.col("uid", "sku").cast(pl.String)), tmp_path / "text.parquet")
+    raw, _ = read("--interactions", str(numbers), "--user-col", "uid", "--item-col", "sku",
+                  "--time-col", "ts")
+    assert raw.interactions["user"].dtype == pl.Int64
+    assert "unused" not in raw.interactions.columns
+    for path, out in ((numbers, "s-numbers"), (text, "s-text")):
+        assert main(["prepare", "table", "--interactions", str(path), "--user-col", "uid",
+                     "--item-col", "sku", "--time-col", "ts", "--out", str(tmp_path / out)]) == 0
+    stores = [PreparedStore(tmp_path / out) for out in ("s-numbers", "s-text")]
+    assert stores[0].vocab("sku")[2:] == ["200", "30", "4"]
+    assert (tmp_path / "s-numbers/users.txt").read_text().split() == ["10", "100", "9"]
+    for name in ("clicks", "click_times", "timeline_offsets", "timeline_users", "pair_users",
+                 "pair_positions", "pair_negatives", "item_attributes"):
+        assert (stores[0].array(name) == stores[1].array(name)).all(), name

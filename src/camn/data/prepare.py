@@ -41,6 +41,13 @@ class EncodedInteractions:
     num_users: int
     dropped_users: int
 
+    def take_events(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """user, item and time, handed over and emptied here, so that the one who builds the
+        samples from them holds the only reference and may free them as it goes."""
+        events = self.user, self.item, self.time
+        self.user, self.item, self.time = (values[:0] for values in events)
+        return events
+
 
 def first_occurrences(*keys: np.ndarray) -> np.ndarray:
     """(n,) bool: True at the first row (in input order) of every distinct tuple of keys."""
@@ -50,6 +57,15 @@ def first_occurrences(*keys: np.ndarray) -> np.ndarray:
     keep = np.ones(len(order), dtype=bool)
     keep[order[1:][repeat]] = False
     return keep
+
+
+def renumber(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The codes in ``[0, size)`` that occur, ascending, and every code's position among them:
+    ``np.unique(codes, return_inverse=True)`` in linear time (no sort)."""
+    present = np.zeros(size, dtype=bool)
+    present[codes] = True
+    position = np.cumsum(present, dtype=np.int64) - 1
+    return np.flatnonzero(present), position[codes]
 
 
 def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteractions:
@@ -82,8 +98,8 @@ def encode_interactions(raw: RawData, report: BadInputReport) -> EncodedInteract
     counts = np.bincount(user[keep])
     keep &= counts[user] >= 2
     dropped_users = int(np.count_nonzero((counts > 0) & (counts < 2)))
-    kept_users, user = np.unique(user[keep], return_inverse=True)
-    kept_items, item = np.unique(item[keep], return_inverse=True)
+    kept_users, user = renumber(user[keep], len(user_values))
+    kept_items, item = renumber(item[keep], len(item_values))
     return EncodedInteractions(
         user=user.astype(np.int32),
         item=(item + FIRST_ITEM_ID).astype(np.int32),
@@ -140,18 +156,20 @@ def prepare(
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
     item_attributes, vocabularies = encode_items(raw, encoded.items, report)
+    num_interactions = len(encoded.user)
     arrays, splits = build_samples(
-        encoded.user, encoded.item, encoded.time, len(encoded.items),
+        *encoded.take_events(), len(encoded.items),
         protocol=protocol, seed=seed, annotations=encoded.annotations,
         user_names=encoded.users,
         user_keys=user_keys(encoded.users) if negatives_by == "user" else None,
     )
-    findings = quality.warn(raw, encoded.items, encoded.user, sum(splits.values()), max_len)
+    most_events = int(np.diff(arrays["timeline_offsets"]).max())
+    findings = quality.warn(raw, encoded.items, most_events, sum(splits.values()), max_len)
     arrays["item_attributes"] = item_attributes
     schema = {
         "num_users": encoded.num_users,
         "num_items": len(encoded.items),
-        "num_interactions": len(encoded.user),
+        "num_interactions": num_interactions,
         "attributes": raw.attributes,
         "vocab_sizes": [len(vocabularies[a]) + FIRST_ITEM_ID for a in raw.attributes],
         "protocol": protocol,
@@ -159,7 +177,7 @@ def prepare(
         "negatives_by": negatives_by,
         "max_len": max_len,
         "splits": splits,
-        "timelines": {"users": encoded.num_users, "clicks": len(encoded.user),
+        "timelines": {"users": encoded.num_users, "clicks": num_interactions,
                       "time_dtype": str(arrays["click_times"].dtype)},
         "origin": raw.origin,
         "dropped_users_under_2_interactions": encoded.dropped_users,

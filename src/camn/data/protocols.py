@@ -46,13 +46,23 @@ def sample_negatives(
     """
     stride = num_items + FIRST_ITEM_ID
     negatives = rng.integers(FIRST_ITEM_ID, stride, size=len(users))
-    todo = np.arange(len(users))
+    todo = taken(users, negatives, user_item_keys, stride)
     while len(todo):
-        keys = users[todo].astype(np.int64) * stride + negatives[todo]
-        pos = np.minimum(np.searchsorted(user_item_keys, keys), len(user_item_keys) - 1)
-        todo = todo[user_item_keys[pos] == keys]
         negatives[todo] = rng.integers(FIRST_ITEM_ID, stride, size=len(todo))
+        todo = todo[taken(users[todo], negatives[todo], user_item_keys, stride)]
     return negatives
+
+
+def taken(users: np.ndarray, items: np.ndarray, user_item_keys: np.ndarray, stride: int
+          ) -> np.ndarray:
+    """The indices of the (user, item) pairs found in ``user_item_keys`` (computed in place:
+    at most two (n,) int64 arrays in flight)."""
+    keys = users.astype(np.int64)
+    keys *= stride
+    keys += items
+    found = np.searchsorted(user_item_keys, keys)
+    np.minimum(found, len(user_item_keys) - 1, out=found)
+    return np.flatnonzero(user_item_keys[found] == keys)
 
 
 def narrowest_times(time: np.ndarray) -> np.ndarray:
@@ -70,24 +80,39 @@ def narrowest_times(time: np.ndarray) -> np.ndarray:
     return time.astype(np.int32 if fits else np.int64)
 
 
-def user_draws(num_users: int, num_items: int, seed: int, user_keys: np.ndarray | None):
-    """The user split and a negatives drawer ``(users, positions, user_item_keys, part)``:
-    from seeded streams over all users (one stream each for the split, the ``last``
+def user_draws(starts: np.ndarray, num_items: int, seed: int, user_keys: np.ndarray | None):
+    """The user split and a negatives drawer ``(users, clicks, user_item_keys, part)``
+    (``clicks``: the global index of each click, ``starts``: where each user's timeline
+    starts): from seeded streams over all users (one stream each for the split, the ``last``
     negatives and the ``sliding`` ones), or with ``user_keys`` per user."""
     if user_keys is not None:
         from camn.data.negatives import negatives_by_user, split_by_user
 
-        def by_user(users, positions, user_item_keys, part):
+        def by_user(users, clicks, user_item_keys, part):
+            positions = clicks - starts[users]
             return negatives_by_user(users, positions, user_keys, user_item_keys, num_items, seed)
 
         return split_by_user(user_keys, seed), by_user
     split_seq, *streams = np.random.SeedSequence(seed).spawn(3)
     rngs = dict(zip(("last", "sliding"), map(np.random.default_rng, streams), strict=True))
 
-    def by_stream(users, positions, user_item_keys, part):
+    def by_stream(users, clicks, user_item_keys, part):
         return sample_negatives(users, user_item_keys, num_items, rngs[part])
 
-    return split_users(num_users, np.random.default_rng(split_seq)), by_stream
+    return split_users(len(starts), np.random.default_rng(split_seq)), by_stream
+
+
+def distinct_keys(user: np.ndarray, item: np.ndarray, stride: int) -> np.ndarray:
+    """The sorted distinct ``user * stride + item`` of the events: ``np.unique`` of them, with
+    one (n,) int64 array in flight rather than three (sorted in place)."""
+    keys = user.astype(np.int64)
+    keys *= stride
+    keys += item
+    keys.sort()
+    first = np.empty(len(keys), dtype=bool)
+    first[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
 
 
 def build_samples(
@@ -127,13 +152,17 @@ def build_samples(
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     by_time = np.lexsort((time, user))  # stable: ties keep the input order
     user, item = user[by_time], item[by_time]
+    timelines = {"click_times": narrowest_times(time[by_time]),
+                 **{f"click_{name}": values[by_time]
+                    for name, values in (annotations or {}).items()}}
+    del by_time, time  # the caller hands its arrays over (EncodedInteractions.take_events)
     counts = np.bincount(user)
     if len(counts) == 0 or counts.min() < 2:
         raise DataError("every user needs at least 2 interactions (drop the others first)")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
-    user_split, draw_negatives = user_draws(len(counts), num_items, seed, user_keys)
-    user_item_keys = np.unique(user.astype(np.int64) * (num_items + FIRST_ITEM_ID) + item)
+    user_split, draw_negatives = user_draws(starts, num_items, seed, user_keys)
+    user_item_keys = distinct_keys(user, item, num_items + FIRST_ITEM_ID)
     touched = np.bincount(user_item_keys // (num_items + FIRST_ITEM_ID))
     if len(saturated := np.flatnonzero(touched >= num_items)):
         first = int(saturated[0])
@@ -144,7 +173,7 @@ def build_samples(
         )
 
     last_pos = starts + counts - 1  # global index of each user's last interaction
-    last_negatives = draw_negatives(np.arange(len(counts)), counts - 1, user_item_keys, "last")
+    last_negatives = draw_negatives(np.arange(len(counts)), last_pos, user_item_keys, "last")
     if protocol == "last":
         pos, negatives = last_pos, last_negatives
     else:
@@ -152,27 +181,27 @@ def build_samples(
         predicted[starts] = False
         train_pos = np.flatnonzero(predicted)
         del predicted
-        train_neg = draw_negatives(
-            user[train_pos], train_pos - starts[user[train_pos]], user_item_keys, "sliding"
-        )
+        train_neg = draw_negatives(user[train_pos], train_pos, user_item_keys, "sliding")
         held_out = np.flatnonzero(user_split != TRAIN)
         pos = np.concatenate([train_pos, last_pos[held_out]])
         negatives = np.concatenate([train_neg, last_negatives[held_out]])
+        del train_pos, train_neg
     del user_item_keys
     # pos ascends within each protocol's part, so within a split it ascends in (user, position)
     order = np.argsort(user_split[user[pos]], kind="stable")
-    pos, negatives = pos[order], negatives[order]
+    pos, negatives = pos[order], negatives[order].astype(np.int32)
+    del order
     sample_user = user[pos]
+    pos -= starts[sample_user]  # now each click's position in its user's timeline
 
     out = {
         "timeline_users": np.arange(len(counts), dtype=np.int32),
         "timeline_offsets": np.concatenate([starts, [len(user)]]).astype(np.int64),
         "clicks": item.astype(np.int32),
-        "click_times": narrowest_times(time[by_time]),
-        **{f"click_{name}": values[by_time] for name, values in (annotations or {}).items()},
+        **timelines,
         "pair_users": sample_user.astype(np.int32),
-        "pair_positions": (pos - starts[sample_user]).astype(np.int32),
-        "pair_negatives": negatives.astype(np.int32),
+        "pair_positions": pos.astype(np.int32),
+        "pair_negatives": negatives,
     }
     counts = 2 * np.bincount(user_split[sample_user], minlength=len(SPLITS))
     return out, dict(zip(SPLITS, counts.tolist(), strict=True))

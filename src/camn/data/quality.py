@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import polars as pl
 
 from camn.data.raw import RawData
@@ -85,15 +84,15 @@ def column_warnings(column: pl.Series) -> list[str]:
     return found
 
 
-def history_warning(users: np.ndarray, samples: int, attributes: int, max_len: int) -> str | None:
+def history_warning(most_events: int, samples: int, attributes: int, max_len: int) -> str | None:
     """The warning for a ``max_len`` far above the longest history, or None.
 
-    ``users``: (n,) user index of every interaction kept; the longest history is the most
-    active user's interactions less one (its last click's history). Far above: more than twice
+    ``most_events``: the most active user's interactions; the longest history is one less (its
+    last click's history). Far above: more than twice
     the longest, with the padding of the ``samples`` histories ((samples, max_len, attributes)
     ids, gathered into batches each epoch) past the longest at least ``PADDING_WARN_BYTES``.
     """
-    longest = int(np.bincount(users).max()) - 1
+    longest = most_events - 1
     size = samples * max_len * attributes * ID_BYTES
     needed = samples * longest * attributes * ID_BYTES
     if max_len <= 2 * longest or size - needed < PADDING_WARN_BYTES:
@@ -116,7 +115,7 @@ def size_text(size: int) -> str:
     return f"{size:,} bytes"
 
 
-def warn(raw: RawData, items: pl.Series, users: np.ndarray, samples: int, max_len: int
+def warn(raw: RawData, items: pl.Series, most_events: int, samples: int, max_len: int
          ) -> dict[str, list[str]]:
     """Print every finding on stderr (``camn: warning: ...``); return the attribute ones,
     which the schema keeps as ``attribute_warnings``."""
@@ -124,7 +123,7 @@ def warn(raw: RawData, items: pl.Series, users: np.ndarray, samples: int, max_le
     for name, messages in found.items():
         for message in messages:
             print(f"camn: warning: attribute {name!r}: {message}", file=sys.stderr)
-    if message := history_warning(users, samples, len(raw.attributes), max_len):
+    if message := history_warning(most_events, samples, len(raw.attributes), max_len):
         print(f"camn: warning: {message}", file=sys.stderr)
     return found
 

@@ -27,9 +27,10 @@ class DataError(Exception):
 class RawData:
     """A source's output, before any encoding.
 
-    interactions: columns ``user`` (str), ``item`` (str), ``time`` (i64 or f64); optional
-        planted-truth columns ``driver`` (i8, the attribute slot that drove the click) and
-        ``driver_kind`` (i8, 0 = item-level salience, 1 = user-level emphasis).
+    interactions: columns ``user`` and ``item`` (str, or integers where the file holds them:
+        encoding numbers them in sorted order of their text either way), ``time`` (i64 or
+        f64); optional planted-truth columns ``driver`` (i8, the attribute slot that drove the
+        click) and ``driver_kind`` (i8, 0 = item-level salience, 1 = user-level emphasis).
     items: column ``item`` (str), then one str column per attribute after the item id, named as
         in ``attributes[1:]``; nulls mean "unknown". Interactions on an item missing here get
         "unknown" for every attribute but the id.

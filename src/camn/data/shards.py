@@ -170,7 +170,7 @@ def prepare_shard(
         raise DataError(f"shard {index}/{count} has no users ({len(users):,} users in all): "
                         "choose fewer shards")
     bounds = pl.lit(users[first]), pl.lit(users[stop - 1])  # sorted: one range of strings
-    raw.interactions = raw.interactions.filter(pl.col("user").is_between(*bounds))
+    raw.interactions = raw.interactions.filter(pl.col("user").cast(pl.String).is_between(*bounds))
     encoded = encode_interactions(raw, report)
     if not encoded.users.equals(users.slice(first, stop - first)):
         raise DataError(f"{vocab}: the log's users of shard {index}/{count} are not those of "

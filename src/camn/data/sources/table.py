@@ -37,6 +37,7 @@ or hold an empty value, is bad input.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,11 +228,14 @@ def records_frame(records: list[dict]) -> pl.DataFrame:
 
 
 def read_table(
-    path: Path, fmt: str, report: BadInputReport, keep: pl.Expr | None = None
+    path: Path, fmt: str, report: BadInputReport, keep: pl.Expr | None = None,
+    columns: list[str] | None = None,
 ) -> pl.DataFrame:
     """One file as a DataFrame with an extra ``__line`` column (file line, or row for Parquet);
     with ``keep``, only the rows it selects (Parquet: filtered while scanning, so the other
-    rows are never held; other formats: filtered after the read)."""
+    rows are never held; other formats: filtered after the read). ``columns``: the columns
+    needed, which a Parquet file is read for alone (the others are never held; any missing
+    is left to :func:`require_columns` to name)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     first_line = None
@@ -239,12 +243,9 @@ def read_table(
         if fmt in ("csv", "tsv"):  # TSV has no quoting: a field may start with a quote
             separator, quote = ("," if fmt == "csv" else "\t"), ('"' if fmt == "csv" else None)
             frame = read_delimited(path, separator, quote, report)
-        elif fmt == "parquet" and keep is not None:
-            frame = pl.scan_parquet(polars_source(path), row_index_name="__line",
-                                    row_index_offset=1).filter(keep).collect(engine="streaming")
-            keep = None
         elif fmt == "parquet":
-            frame, first_line = pl.read_parquet(polars_source(path)), 1
+            frame = parquet_rows(polars_source(path), keep, columns)
+            keep = None
         elif first_lines(path, 1)[0][1][:1] == b"[":
             frame, first_line = pl.read_json(polars_source(path)), 1
         else:
@@ -267,6 +268,22 @@ def read_table(
     return frame
 
 
+def parquet_rows(
+    source: Path | io.BytesIO, keep: pl.Expr | None, columns: list[str] | None
+) -> pl.DataFrame:
+    """The rows ``keep`` selects (all without it) of a Parquet file, of its ``columns`` that
+    exist (all without them), and ``__line``: the row's number from 1, as 32 bits where that
+    suffices (a scan, so rows and columns left out are never read into memory)."""
+    scan = pl.scan_parquet(source)
+    if columns is not None:
+        present = set(scan.collect_schema().names())
+        scan = scan.select([name for name in dict.fromkeys(columns) if name in present])
+    scan = scan.with_row_index("__line", offset=1)
+    if keep is not None:
+        scan = scan.filter(keep)
+    return scan.collect(engine="streaming")
+
+
 def require_columns(frame: pl.DataFrame, columns: list[str], path: Path) -> None:
     available = [c for c in frame.columns if c != "__line"]
     for column in columns:
@@ -283,6 +300,13 @@ def as_strings(column: pl.Series, path: Path) -> pl.Series:
         raise DataError(
             f"{path}: column {column.name!r} ({column.dtype}) cannot be read as text values"
         ) from None
+
+
+def id_values(column: pl.Series, path: Path) -> pl.Series:
+    """User or item ids: integers as they are (coded later against their distinct values as
+    text, :func:`camn.data.codes.sorted_codes`, so a large log's rows never become strings),
+    anything else as text."""
+    return column if column.dtype.is_integer() else as_strings(column, path)
 
 
 def read_interactions(
@@ -310,23 +334,24 @@ def read_interactions(
     ``s``) to ``time_units``."""
     report = BadInputReport() if report is None else report
     path = Path(path)
-    frame = read_table(path, file_format(path, format), report,
-                       shard_rows(user_col, users_between))
     columns = [user_col, item_col, time_col]
+    labelled = is_labelled(label_col, label)
+    frame = read_table(path, file_format(path, format), report,
+                       shard_rows(user_col, users_between),
+                       None if labelled else columns)  # a label expression may read any column
     require_columns(frame, columns, path)
     time, note = parse_time(frame[time_col], path, time_format)
     if note is not None and notes is not None:
         notes.append(note)
     if time_units is not None:
         time_units.append(time_unit(frame[time_col], time))
-    labelled = is_labelled(label_col, label)
     if labelled:
         frame = _labels.label_columns(frame, path, label_col, label, history_where)
     label_columns = ["__label", "__label_reason", "__history"] if labelled else []
     side = side_columns(frame, path, context, numeric) if labelled else []
     frame = frame.select(
-        as_strings(frame[user_col], path).alias("user"),
-        as_strings(frame[item_col], path).alias("item"),
+        id_values(frame[user_col], path).alias("user"),
+        id_values(frame[item_col], path).alias("item"),
         time.alias("time"),
         frame[time_col].is_not_null().alias("__has_time"),
         *label_columns,
@@ -584,10 +609,10 @@ def read(
         log = read_interactions(interactions, report=report, notes=notes,
                                 users_between=users_between, **reading)
     if items is None:
-        table = pl.DataFrame({"item": log["item"].unique().sort()})
+        table = pl.DataFrame({"item": log["item"].unique().cast(pl.String).sort()})
     else:
         table, bucket_notes = read_items(items, items_col, names, format, bucketize, report,
-                                         log["item"].unique())
+                                         log["item"].unique().cast(pl.String))
         notes += bucket_notes
     files = [str(interactions)] + ([str(items)] if items else [])
     files += [str(path) for path in split_files]
