@@ -108,9 +108,9 @@ def test_the_expanded_command_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('path = "x"\nout = "s"\n',
-     "{f}: no key 'source': name the source, e.g. source = \"movielens\" (one of amazon, "
+     "{f}: no key 'source': name the source, e.g. source = \"movielens\" (one of amazon, dien, "
      "movielens, recbole, synthetic, table)"),
-    ('source = "movie"\n', "{f} source: 'movie' is not a source (one of amazon, movielens, "
+    ('source = "movie"\n', "{f} source: 'movie' is not a source (one of amazon, dien, movielens, "
      "recbole, synthetic, table)"),
     ('source = "movielens"\npath = "p"\nuser_col = "u"\n',
      "{f}: unknown key 'user_col' for camn prepare movielens (known: source, context, force, "),
