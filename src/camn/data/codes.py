@@ -12,7 +12,7 @@ from camn.data.raw import BadInputReport, DataError, RawData
 
 
 def sorted_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """(n,) int64 code of every value (its position among the sorted distinct values, compared
+    """(n,) int32 code of every value (its position among the sorted distinct values, compared
     as text) and the sorted distinct values as text: the dense rank, found by sorting the
     distinct values only and joining them back (sorting every string is the slow part of a
     large log). An integer column (ids read from Parquet) is joined as integers, so that its
@@ -21,7 +21,7 @@ def sorted_codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
     text = values.cast(pl.String)
     order = text.arg_sort()
     lookup = pl.DataFrame({"value": values.gather(order),
-                           "code": np.arange(len(values), dtype=np.int64)})
+                           "code": np.arange(len(values), dtype=np.int32)})
     codes = pl.DataFrame({"value": column}).join(lookup, on="value", how="left",
                                                  maintain_order="left")["code"]
     return codes.to_numpy(), text.gather(order).rename(column.name)

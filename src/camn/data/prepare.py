@@ -52,8 +52,11 @@ class EncodedInteractions:
 def first_occurrences(*keys: np.ndarray) -> np.ndarray:
     """(n,) bool: True at the first row (in input order) of every distinct tuple of keys."""
     order = np.lexsort(keys[::-1])  # stable: equal tuples keep their input order
-    sorted_keys = [key[order] for key in keys]
-    repeat = np.logical_and.reduce([k[1:] == k[:-1] for k in sorted_keys])
+    repeat = np.ones(max(len(order) - 1, 0), dtype=bool)
+    for key in keys:  # one sorted copy at a time
+        in_order = key[order]
+        repeat &= in_order[1:] == in_order[:-1]
+        del in_order
     keep = np.ones(len(order), dtype=bool)
     keep[order[1:][repeat]] = False
     return keep
