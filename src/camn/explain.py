@@ -4,7 +4,9 @@ For clicked samples of the store (label 1, with a history) the routing scores P 
 Eq. 2) of every history item are shown with the item's id and full attribute values, under the
 user's own id (``users.txt`` of the store). ``--user ID`` picks that user's clicks (the most recent
 ``--limit``, of whatever split the user is in), otherwise the first ``--limit`` clicks of
-``--split``. Formats:
+``--split``. A run trained with side features is scored with each sample's own (its user's,
+its row's context and numbers, from the store); the routing is over the item attributes only.
+Formats:
 
 - ``text``: one table a sample; ``*`` marks each item's top attribute, and on synthetic stores
   a ``planted`` column names the attribute that really drove the click; then the attention
@@ -122,11 +124,13 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
 
 
 def encoded(predictor: Predictor, rows: np.ndarray) -> Encoded:
-    """Store ``rows`` as the predictor's encoded input (item rows of history and candidate)."""
+    """Store ``rows`` as the predictor's encoded input (item rows of history and candidate,
+    and the rows' side features where the store has them)."""
     store = predictor.store
     history = store.gather("histories", rows)[:, :, 0].astype(np.int64)  # (n, L)
     lengths = store.gather("lengths", rows).astype(np.int64)
-    return Encoded(history, lengths, store.gather("targets", rows)[:, 0].astype(np.int64))
+    return Encoded(history, lengths, store.gather("targets", rows)[:, 0].astype(np.int64),
+                   side=store.side_fields(rows))
 
 
 def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
