@@ -249,13 +249,15 @@ def export_onnx(graph: ProbabilityGraph, example: Batch, path: Path, name: str,
     import onnxruntime
 
     batch = torch.export.Dim("batch")
-    side = tuple({0: batch} for _ in names[len(INPUTS):])
+    dynamic: tuple = tuple({0: batch} for _ in INPUTS)
+    if len(names) > len(INPUTS):  # the side features, one *side argument of the graph
+        dynamic += (tuple({0: batch} for _ in names[len(INPUTS):]),)
     try:
         with quiet_exporter(), torch.no_grad():
             torch.onnx.export(
                 graph, example, str(path), input_names=list(names), output_names=[OUTPUT],
                 dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=(*({0: batch} for _ in INPUTS), side),
+                dynamic_shapes=dynamic,
             )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # the exporters raise many kinds; each is named
