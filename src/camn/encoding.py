@@ -459,64 +459,75 @@ class IdEncoder:
                          for kind, names, how in kinds if names)
 
     def side_features(
-        self, features: Mapping[str, Any], users: pl.Series | None, rows: int,
+        self, features: Mapping[str, Any], users: pl.Series | None, reasons: pl.Series,
         *, unknown: UnknownIds,
     ) -> tuple[dict[str, np.ndarray], pl.Series]:
-        """The side features of ``rows`` rows -> (:class:`Encoded`'s ``side``, reasons: null for
-        a good row, else why it is bad: a numeric value that is not a finite number, no user).
+        """The side features of the rows -> (:class:`Encoded`'s ``side``, ``reasons`` with the
+        side features' bad rows added: a numeric value that is not a finite number, no user).
 
-        ``features``: a column of ``rows`` values for every name of :attr:`feature_columns`
-        (a mapping or a frame); ``users``: the rows' user ids, for the user features. Unknown
-        context values and users are counted in ``unknown`` (module docstring). A DataError
-        names what is missing."""
+        ``features``: a column of values for every name of :attr:`feature_columns` (a mapping
+        or a frame); ``users``: the rows' user ids, for the user features; ``reasons``: why
+        each row is bad so far (null for a good row: one per row). Unknown context values and
+        users of the good rows are counted in ``unknown`` (module docstring). A DataError names
+        what is missing."""
         missing = [name for name in self.feature_columns if name not in features]
         if missing:
             raise DataError(f"no column {', '.join(map(repr, missing))}: the run reads "
                             f"{self.describe_features()}")
         if self.user_features and users is None:
             raise DataError(f"no user ids: the run reads {self.describe_features()}")
-        side: dict[str, np.ndarray] = {}
-        reasons = pl.Series("reason", [None] * rows, dtype=pl.String)
+        columns = {name: as_series(name, features[name]) for name in self.feature_columns}
         if self.user_features:
-            users = as_ids(as_series("user", users))
-            reasons = pl.select(pl.when(users.is_null()).then(pl.lit(NO_USER))).to_series()
-            side["user_features"] = self.user_feature_ids(users, unknown)
-        if self.context_features:
-            side["context"] = np.stack([self.context_ids(name, features[name], unknown)
-                                        for name in self.context_features], axis=1)
-        if self.numeric_features:
-            side["numeric"], bad = self.numeric_values(features)
-            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
-        for key, values in side.items():
-            if len(values) != rows:
-                raise DataError(f"{len(values)} value(s) of the {key} features for {rows} row(s): "
+            columns["user"] = as_ids(as_series("user", users))
+        for name, column in columns.items():
+            if len(column) != len(reasons):
+                raise DataError(f"{len(column)} value(s) of {name} for {len(reasons)} row(s): "
                                 "give one per row")
-        return side, reasons.alias("reason")
+        side: dict[str, np.ndarray] = {}
+        if self.numeric_features:
+            side["numeric"], bad = self.numeric_values(columns)
+            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
+        if self.user_features:
+            no_user = pl.select(pl.when(columns["user"].is_null()).then(pl.lit(NO_USER)))
+            reasons = pl.select(pl.coalesce(reasons, no_user.to_series())).to_series()
+        good = reasons.is_null()
+        if self.user_features:
+            side["user_features"] = self.user_feature_ids(columns["user"], good, unknown)
+        if self.context_features:
+            side["context"] = np.stack([self.context_ids(name, columns[name], good, unknown)
+                                        for name in self.context_features], axis=1)
+        return {key: side[key] for key in ("user_features", "context", "numeric")
+                if key in side}, reasons.alias("reason")
 
-    def user_feature_ids(self, users: pl.Series, unknown: UnknownIds) -> np.ndarray:
+    def user_feature_ids(self, users: pl.Series, good: pl.Series,
+                         unknown: UnknownIds) -> np.ndarray:
         """User id strings -> (n, U) int64 ids of their features (the store's row of each
-        user); id 1 for every feature of a user the store does not know (counted)."""
+        user); id 1 for every feature of a user the store does not know (counted where
+        ``good``)."""
         index = self.user_index(users)
         absent = index.is_null()
-        unknown.count("feature_users", users.filter(absent & users.is_not_null()))
+        unknown.count("feature_users", users.filter(absent & users.is_not_null() & good))
         table = self.store.array("user_features")
         ids = np.asarray(table[index.fill_null(0).to_numpy()], dtype=np.int64)
         ids[absent.to_numpy()] = UNKNOWN_ID
         return ids
 
-    def context_ids(self, name: str, values: Any, unknown: UnknownIds) -> np.ndarray:
+    def context_ids(self, name: str, values: pl.Series, good: pl.Series,
+                    unknown: UnknownIds) -> np.ndarray:
         """Values of context feature ``name`` -> (n,) int64 ids of ``vocab/context.<name>.txt``;
-        id 1 for a missing value, and for a value the store does not know (counted)."""
+        id 1 for a missing value, and for a value the store does not know (counted where
+        ``good``)."""
         if name not in self._context:
             vocabulary = self.vocabulary(f"context.{name}")
             self._context[name] = Lookup(vocabulary[2:], np.arange(2, len(vocabulary)))
-        values = as_ids(as_series(name, values))
+        values = as_ids(values)
         codes = self._context[name].codes(values)
-        unknown.count(f"context {name}", values.filter(codes.is_null() & values.is_not_null()))
+        unknown.count(f"context {name}",
+                      values.filter(codes.is_null() & values.is_not_null() & good))
         return codes.fill_null(UNKNOWN_ID).to_numpy()
 
-    def numeric_values(self, features: Mapping[str, Any]) -> tuple[np.ndarray, pl.Series]:
-        """The numeric features -> ((n, M) float32 ``(x - mean) / std`` with the store's
+    def numeric_values(self, features: Mapping[str, pl.Series]) -> tuple[np.ndarray, pl.Series]:
+        """The numeric features' columns -> ((n, M) float32 ``(x - mean) / std`` with the store's
         training statistics, reasons: ``NOT_A_NUMBER`` where a value is not a finite number,
         whose row holds zeros)."""
         statistics = self.store.schema.get("numeric_standardisation", {})
@@ -527,7 +538,7 @@ class IdEncoder:
                             "is damaged; prepare it again")
         columns, reasons = [], None
         for name in self.numeric_features:
-            column = as_series(name, features[name])
+            column = features[name]
             if column.dtype == pl.String:
                 column = column.str.strip_chars()
             try:

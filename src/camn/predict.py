@@ -318,9 +318,8 @@ class Predictor:
                    for name in self.feature_columns}
         if users is not None:
             users = self._per_candidate("user", users, candidates)
-        rows.side, bad = self.ids.side_features(columns, users, len(candidates),
-                                                unknown=self.unknown)
-        return pl.select(pl.coalesce(reasons, bad)).to_series()
+        rows.side, reasons = self.ids.side_features(columns, users, reasons, unknown=self.unknown)
+        return reasons
 
 
 # ------------------------------------------------------------------------------------ loading

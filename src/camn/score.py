@@ -249,9 +249,8 @@ class ChunkScorer:
                                                       unknown=unknown)
         if self.predictor.ids.has_side_features:
             users = chunk[args.user_col] if args.user_col in chunk.columns else None
-            rows.side, bad = self.predictor.ids.side_features(chunk, users, len(chunk),
-                                                              unknown=unknown)
-            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
+            rows.side, reasons = self.predictor.ids.side_features(chunk, users, reasons,
+                                                                  unknown=unknown)
         self.unknown.merge(unknown)
         good = reasons.is_null().to_numpy()
         kept = skip_rows(chunk, reasons, args.candidates, self.report).drop(LINE)
