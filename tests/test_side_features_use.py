@@ -252,9 +252,8 @@ def test_explain_runs_on_the_store_rows_and_on_raw_rows(
 
 def test_export_takes_the_side_inputs_and_reproduces_the_model(
     inputs: tuple[Path, Path, pl.DataFrame], predictor: Predictor, tmp_path: Path,
-    capsys: pytest.CaptureFixture,
 ) -> None:
-    _, run, log = inputs
+    log = inputs[2]
     path = tmp_path / "camn.pt"
     export(predictor, "torchscript", path)
     info = json.loads(Path(f"{path}.json").read_text())
@@ -278,12 +277,25 @@ def test_export_takes_the_side_inputs_and_reproduces_the_model(
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got[1:], eager(predictor)[1:], rtol=0, atol=1e-5)
 
+
+def test_onnx_export_takes_the_side_inputs(
+    inputs: tuple[Path, Path, pl.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    """On DIN, whose ONNX export takes a few seconds (CAMN's several times that)."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    onnx = tmp_path / "camn.onnx"
-    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(onnx)]) == 0
-    assert "exported as onnx" in capsys.readouterr().out
-    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    store, _, log = inputs
+    run, path = tmp_path / "din", tmp_path / "din.onnx"
+    assert main(["train", "--data", str(store), "--model", "din", "--out", str(run),
+                 "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress",
+                 "--option", "embed_dim=4"]) == 0
+    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(path)]) == 0
+    assert "din (seed 1) exported as onnx" in capsys.readouterr().out
+    predictor = camn.load(run)
+    names = ["history", "mask", "target", "user_features", "context", "numeric"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == names
-    onnx_scores = session.run(None, {name: batch[name].numpy() for name in names})[0]
-    np.testing.assert_allclose(onnx_scores, want, rtol=0, atol=1e-5)
+    rows = store_rows_as_candidates(predictor, log)[0]
+    batch = predictor.batch(encoded(predictor, rows))
+    got = session.run(None, {name: batch[name].numpy() for name in names})[0]
+    np.testing.assert_allclose(got, eager(predictor), rtol=0, atol=1e-5)
