@@ -240,6 +240,10 @@ def test_explain_runs_on_the_store_rows_and_on_raw_rows(
     table = pl.read_csv(capsys.readouterr().out.encode())
     assert table["attribute"].unique(maintain_order=True).to_list() == ["item", "genres",
                                                                          "brand"]
+    genres = table.filter(pl.col("attribute") == "genres").select("item", "value")
+    assert genres.height > 0
+    for item, value in genres.iter_rows():  # the whole bag of the multi-valued attribute
+        assert value == (GENRES[int(item[1:]) % 4] or "<unk>")
     rows, candidates = store_rows_as_candidates(predictor, log)
     probability = dict(zip(rows.tolist(), eager(predictor).tolist(), strict=True))
     for row, p in table.select("store_row", "probability").unique().iter_rows():
@@ -248,6 +252,8 @@ def test_explain_runs_on_the_store_rows_and_on_raw_rows(
     scores = predictor.score(candidates.head(3))["score"].to_list()
     for row, p in explained.select("row", "probability").unique().iter_rows():
         assert p == pytest.approx(scores[row], abs=1e-12)
+    assert set(explained.filter(pl.col("attribute") == "genres")["value"]) <= {
+        bag or "<unk>" for bag in GENRES}
 
 
 def test_export_takes_the_side_inputs_and_reproduces_the_model(

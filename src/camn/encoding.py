@@ -556,6 +556,27 @@ class IdEncoder:
         standardised[reasons.is_not_null().to_numpy()] = 0
         return standardised, reasons
 
+    def bag_values(self) -> dict[int, np.ndarray]:
+        """Per bag slot (a multi-valued attribute), each item id's bag as text: its values
+        joined by the separator they were read with, ``<unk>`` for an empty bag (the unknown
+        item's among them), indexed by item id."""
+        schema = self.store.schema
+        separators = schema.get("origin", {}).get("multi_valued", {})
+        bags = {}
+        for slot in schema.get("bag_slots", []):
+            name = self.attributes[slot]
+            vocabulary = np.asarray(self.vocabulary(name), dtype=object)
+            ids = np.asarray(self.store.array(f"bags.{name}"))
+            items, column = np.nonzero(ids)  # row-major: each bag in its stored order
+            joined = (pl.DataFrame({"item": items, "value": vocabulary[ids[items, column]]},
+                                   schema={"item": pl.Int64, "value": pl.String})
+                      .group_by("item", maintain_order=True)
+                      .agg(pl.col("value").str.join(separators.get(name, "|"))))
+            text = np.full(len(ids), vocabulary[UNKNOWN_ID], dtype=object)
+            text[joined["item"].to_numpy()] = joined["value"].to_numpy()
+            bags[slot] = text
+        return bags
+
     def unknown_side(self, rows: int) -> dict[str, np.ndarray]:
         """Side features of ``rows`` rows that say nothing: id 1 (unknown) for every user and
         context feature, 0 (the training mean) for every numeric one."""
@@ -602,21 +623,20 @@ def routing_rows(
     attributes: list[str],
     vocabularies: list[list[str]],
     names: pl.Series | None = None,
+    bags: Mapping[int, np.ndarray] | None = None,
 ) -> pl.DataFrame:
     """One row per (sample, real history position, attribute): ``sample``, ``position``
     (1-based), ``item``, ``attribute``, ``value``, ``score`` (P), ``top``.
 
     history (n, L, k) attribute ids, lengths (n,), routing (n, L, k); ``names``: the item ids
     of the real positions in row order (default: the item vocabulary's, which names an item
-    the store does not know "<unk>")."""
+    the store does not know "<unk>"); ``bags``: see :func:`attribute_values`."""
     k = len(attributes)
     sample, position = np.nonzero(np.arange(history.shape[1])[None, :] < lengths[:, None])
     ids = history[sample, position]  # (m, k)
     scores = routing[sample, position]  # (m, k)
     top = scores.argmax(axis=1) if len(scores) else np.zeros(0, np.int64)
-    values = np.empty(ids.shape, dtype=object)
-    for slot, vocabulary in enumerate(vocabularies):
-        values[:, slot] = np.asarray(vocabulary, dtype=object)[ids[:, slot]]
+    values = attribute_values(ids, vocabularies, bags)
     return pl.DataFrame({
         "sample": np.repeat(sample, k),
         "position": np.repeat(position + 1, k),
@@ -628,3 +648,17 @@ def routing_rows(
     }, schema={"sample": pl.Int64, "position": pl.Int64, "item": pl.String,
                "attribute": pl.String, "value": pl.String, "score": pl.Float64,
                "top": pl.Boolean})
+
+
+def attribute_values(ids: np.ndarray, vocabularies: list[list[str]],
+                     bags: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+    """(m, k) attribute ids -> (m, k) their values (object array of text): line id of the
+    slot's vocabulary; for a bag slot (``bags``: slot -> each item id's bag as text,
+    :meth:`IdEncoder.bag_values`), the bag of the item whose id is in slot 0."""
+    values = np.empty(ids.shape, dtype=object)
+    for slot, vocabulary in enumerate(vocabularies):
+        if bags and slot in bags:
+            values[:, slot] = bags[slot][ids[:, 0]]
+        else:
+            values[:, slot] = np.asarray(vocabulary, dtype=object)[ids[:, slot]]
+    return values

@@ -244,7 +244,7 @@ class Predictor:
         probabilities, routing = self.run(rows, routing=True)
         table = routing_rows(self.ids.table[rows.history], rows.lengths, routing,
                              self.attributes, [self.vocabulary(a) for a in self.attributes],
-                             rows.names)
+                             rows.names, self.ids.bag_values())
         sample = table["sample"]
         return table.select(
             pl.col("sample").alias("row"),
