@@ -305,3 +305,18 @@ def test_onnx_export_takes_the_side_inputs(
     batch = predictor.batch(encoded(predictor, rows))
     got = session.run(None, {name: batch[name].numpy() for name in names})[0]
     np.testing.assert_allclose(got, eager(predictor), rtol=0, atol=1e-5)
+
+
+def test_new_items_need_no_bag_column(inputs: tuple[Path, Path, pl.DataFrame]) -> None:
+    """A multi-valued attribute's bags come with the model: an items table leaves it out, and
+    a new item is scored with an empty bag (the unknown value), its brand read as given."""
+    predictor = camn.load(inputs[1])  # a predictor of its own: add_items changes it
+    assert predictor.add_items(pl.DataFrame({"item": ["new"], "brand": ["b1"]})).total == 0
+    row = predictor.ids.items.codes(pl.Series(["new"])).to_numpy()
+    assert predictor.ids.table[row, 2].tolist() == [predictor.vocabulary("brand").index("b1")]
+    scores = predictor.score([["i1"]], ["new"], users=["u1"],
+                             features={"hour": ["3"], "device": ["phone"], "price": [9.5]})
+    assert predictor.unknown.total == 0 and 0 < float(scores[0]) < 1
+    explained = predictor.explain([["new"]], ["i1"], users=["u1"],
+                                  features={"hour": ["3"], "device": ["phone"], "price": [9.5]})
+    assert explained.filter(pl.col("attribute") == "genres")["value"].to_list() == ["<unk>"]

@@ -363,9 +363,13 @@ class IdEncoder:
         as in the store. Values are mapped through the store's vocabularies; an unseen value
         (counted in the returned :class:`UnknownIds`, and warned of) or a null is unknown. An item
         the store does not know keeps id 1 (unknown) as its item id; the first row of an item
-        listed twice wins."""
+        listed twice wins. A multi-valued attribute is not read: its bags come with the model
+        (an item the store does not know has an empty one, embedded as unknown)."""
         item_col = item_col or self.attributes[0]
-        names = [item_col, *self.attributes[1:]]
+        bag_slots = self.store.schema.get("bag_slots", [])
+        read = [(slot, name) for slot, name in enumerate(self.attributes[1:], start=1)
+                if slot not in bag_slots]
+        names = [item_col, *(name for _, name in read)]
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise DataError(f"the items table lacks column(s) {', '.join(map(repr, missing))}; "
@@ -375,7 +379,7 @@ class IdEncoder:
         items = items.filter(keep)
         unknown = UnknownIds()
         attributes = np.ones((len(items), len(self.attributes)), dtype=np.int64)
-        for slot, name in enumerate(self.attributes[1:], start=1):
+        for slot, name in read:
             values = as_ids(as_series(name, frame[name])).filter(keep)
             values_vocab = self.vocabulary(name)
             codes = Lookup(values_vocab[2:], np.arange(2, len(values_vocab))).codes(values)
@@ -477,22 +481,21 @@ class IdEncoder:
         if self.user_features and users is None:
             raise DataError(f"no user ids: the run reads {self.describe_features()}")
         columns = {name: as_series(name, features[name]) for name in self.feature_columns}
-        if self.user_features:
-            columns["user"] = as_ids(as_series("user", users))
-        for name, column in columns.items():
-            if len(column) != len(reasons):
+        user_ids = as_ids(as_series("user", users)) if self.user_features else None
+        for name, column in [*columns.items(), ("user", user_ids)]:
+            if column is not None and len(column) != len(reasons):
                 raise DataError(f"{len(column)} value(s) of {name} for {len(reasons)} row(s): "
                                 "give one per row")
         side: dict[str, np.ndarray] = {}
         if self.numeric_features:
             side["numeric"], bad = self.numeric_values(columns)
             reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
-        if self.user_features:
-            no_user = pl.select(pl.when(columns["user"].is_null()).then(pl.lit(NO_USER)))
+        if user_ids is not None:
+            no_user = pl.select(pl.when(user_ids.is_null()).then(pl.lit(NO_USER)))
             reasons = pl.select(pl.coalesce(reasons, no_user.to_series())).to_series()
         good = reasons.is_null()
-        if self.user_features:
-            side["user_features"] = self.user_feature_ids(columns["user"], good, unknown)
+        if user_ids is not None:
+            side["user_features"] = self.user_feature_ids(user_ids, good, unknown)
         if self.context_features:
             side["context"] = np.stack([self.context_ids(name, columns[name], good, unknown)
                                         for name in self.context_features], axis=1)
