@@ -13,6 +13,18 @@ The ids are those of the user's own data (the strings ``camn prepare`` read):
   does not know gets an empty history (a cold start: the model then scores from the candidate
   alone).
 
+A run trained on labelled impressions with side features (:class:`~camn.models.FeatureSpec`)
+also takes, per row (:meth:`IdEncoder.side_features`):
+
+- its **context** values (columns named as at prepare time, e.g. ``hour``, ``device``), read
+  as text and mapped through ``vocab/context.<name>.txt``: a missing value gets id 1, as it did
+  when the store was prepared; a value the store does not know gets id 1 too, and is counted;
+- its **numeric** values (``price``), standardised as the store's were, ``(x - mean) / std``
+  with the training split's mean and deviation (``numeric_standardisation`` in
+  ``schema.json``); a value that is not a finite number makes the row bad, as in ``prepare``;
+- the **user features** of its user id: the user's row of ``arrays/user_features.npy``; a user
+  the store does not know gets id 1 ("unknown") for every feature, and is counted.
+
 Unknown ids are counted, never dropped (:class:`UnknownIds`, warned of as
 :class:`UnknownIdsWarning`). A history is listed oldest first (the store's convention) and cut
 to ``max_len``, keeping the most recent items. ``camn.load``'s :class:`~camn.predict.Predictor`,
@@ -22,7 +34,7 @@ to ``max_len``, keeping the most recent items. ``camn.load``'s :class:`~camn.pre
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +50,8 @@ NOT_A_LIST = "history is not a list of item ids (row skipped)"
 EMPTY_ID = "history holds an empty or missing item id (row skipped)"
 NO_CANDIDATE = "no candidate value (row skipped)"
 NO_USER = "no user value (row skipped)"
+NOT_A_NUMBER = "numeric feature {!r} is not a number (row skipped)"
+COUNTED = ("items", "users", "feature_users")  # UnknownIds' own counts; other kinds are values
 
 
 class UnknownIdsWarning(UserWarning):
@@ -47,20 +61,23 @@ class UnknownIdsWarning(UserWarning):
 @dataclass
 class UnknownIds:
     """What the store did not know in one call: occurrences of unknown item ids (history items
-    and candidates), of unknown attribute values (of :meth:`Predictor.add_items` tables), and
-    of users without a history in the store, each with a few examples."""
+    and candidates), of unknown attribute values (of :meth:`Predictor.add_items` tables) and
+    context values (``context <name>``), of users without a history in the store, and of rows
+    whose user is not in the store and so gets unknown user features (``feature_users``), each
+    with a few examples."""
 
     items: int = 0
     users: int = 0
+    feature_users: int = 0
     values: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def count(self, kind: str, unknown: pl.Series) -> None:
-        """Add the strings of ``unknown`` (one per occurrence) under ``kind`` ("items", "users"
-        or an attribute name)."""
+        """Add the strings of ``unknown`` (one per occurrence) under ``kind`` ("items", "users",
+        "feature_users", or the name of an attribute or of a context feature)."""
         if not len(unknown):
             return
-        if kind in ("items", "users"):
+        if kind in COUNTED:
             setattr(self, kind, getattr(self, kind) + len(unknown))
         else:
             self.values[kind] = self.values.get(kind, 0) + len(unknown)
@@ -72,6 +89,7 @@ class UnknownIds:
     def merge(self, other: UnknownIds) -> None:
         self.items += other.items
         self.users += other.users
+        self.feature_users += other.feature_users
         for name, n in other.values.items():
             self.values[name] = self.values.get(name, 0) + n
         for kind, values in other.examples.items():
@@ -80,7 +98,7 @@ class UnknownIds:
 
     @property
     def total(self) -> int:
-        return self.items + self.users + sum(self.values.values())
+        return self.items + self.users + self.feature_users + sum(self.values.values())
 
     def summary(self) -> str:
         """One line, e.g. ``unknown ids: 3 item id(s) not in the store (e.g. 'x', 'y'), scored
@@ -101,6 +119,9 @@ class UnknownIds:
         if self.users:
             parts.append(f"{self.users:,} user(s) without a history (e.g. {examples('users')}), "
                          "scored with an empty history")
+        if self.feature_users:
+            parts.append(f"{self.feature_users:,} row(s) of a user not in the store (e.g. "
+                         f"{examples('feature_users')}), scored with unknown user features")
         return "unknown ids: " + "; ".join(parts) if parts else ""
 
     def warn(self) -> None:
@@ -112,15 +133,24 @@ class UnknownIds:
 class Encoded:
     """Rows ready for the model: ``history`` (n, L) and ``candidate`` (n,) rows of the
     predictor's item table (0 = padding), ``lengths`` (n,), left-aligned histories;
-    ``names``: the history items' ids as given, row by row (histories given as ids only)."""
+    ``names``: the history items' ids as given, row by row (histories given as ids only);
+    ``side``: the batch keys of the side features the model reads (``user_features`` (n, U)
+    and ``context`` (n, C) int64 ids, ``numeric`` (n, M) float32), empty for a model without
+    them."""
 
     history: np.ndarray
     lengths: np.ndarray
     candidate: np.ndarray
     names: pl.Series | None = None
+    side: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.candidate)
+
+    def take(self, keep: np.ndarray) -> Encoded:
+        """The rows selected by ``keep`` (a boolean mask or row numbers), without ``names``."""
+        return Encoded(self.history[keep], self.lengths[keep], self.candidate[keep],
+                       side={key: values[keep] for key, values in self.side.items()})
 
 
 class Lookup:
@@ -243,7 +273,9 @@ class IdEncoder:
 
     ``table`` is the item table: row r holds the attribute ids of item row r; rows 0..V-1 are
     the store's item ids (``arrays/item_attributes.npy``), rows from V the items that
-    :meth:`add_items` adds and the store does not know.
+    :meth:`add_items` adds and the store does not know. ``user_features``,
+    ``context_features`` and ``numeric_features``: the side features of the store (none for
+    most stores), encoded by :meth:`side_features`.
     """
 
     def __init__(self, store: PreparedStore) -> None:
@@ -256,6 +288,10 @@ class IdEncoder:
         self.items = Lookup(item_values[2:], np.arange(2, len(item_values)))
         self._users: Lookup | None = None
         self._latest: np.ndarray | None = None
+        self.user_features: list[str] = list(store.schema.get("user_features", []))
+        self.context_features: list[str] = list(store.schema.get("context_features", []))
+        self.numeric_features: list[str] = list(store.schema.get("numeric_features", []))
+        self._context: dict[str, Lookup] = {}
 
     def vocabulary(self, attribute: str) -> list[str]:
         """The values of one attribute; value i has id i (0 padding, 1 unknown)."""
@@ -293,13 +329,18 @@ class IdEncoder:
             self._latest = latest
         return self._latest
 
-    def user_histories(self, users: pl.Series, unknown: UnknownIds) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-        """User id strings -> (n, L) item rows of their latest histories and the lengths."""
+    def user_index(self, users: pl.Series) -> pl.Series:
+        """User id strings -> their user index in the store; null where the store does not
+        know the user (or the id is null)."""
         if self._users is None:
             ids = self.user_ids()
             self._users = Lookup(ids, np.arange(len(ids)))
-        index = self._users.codes(users)
+        return self._users.codes(users)
+
+    def user_histories(self, users: pl.Series, unknown: UnknownIds) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+        """User id strings -> (n, L) item rows of their latest histories and the lengths."""
+        index = self.user_index(users)
         unknown.count("users", users.filter(index.is_null() & users.is_not_null()))
         rows = self.latest_rows()[index.fill_null(0).to_numpy()]
         known = index.is_not_null().to_numpy() & (rows >= 0)
@@ -322,9 +363,13 @@ class IdEncoder:
         as in the store. Values are mapped through the store's vocabularies; an unseen value
         (counted in the returned :class:`UnknownIds`, and warned of) or a null is unknown. An item
         the store does not know keeps id 1 (unknown) as its item id; the first row of an item
-        listed twice wins."""
+        listed twice wins. A multi-valued attribute is not read: its bags come with the model
+        (an item the store does not know has an empty one, embedded as unknown)."""
         item_col = item_col or self.attributes[0]
-        names = [item_col, *self.attributes[1:]]
+        bag_slots = self.store.schema.get("bag_slots", [])
+        read = [(slot, name) for slot, name in enumerate(self.attributes[1:], start=1)
+                if slot not in bag_slots]
+        names = [item_col, *(name for _, name in read)]
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise DataError(f"the items table lacks column(s) {', '.join(map(repr, missing))}; "
@@ -334,7 +379,7 @@ class IdEncoder:
         items = items.filter(keep)
         unknown = UnknownIds()
         attributes = np.ones((len(items), len(self.attributes)), dtype=np.int64)
-        for slot, name in enumerate(self.attributes[1:], start=1):
+        for slot, name in read:
             values = as_ids(as_series(name, frame[name])).filter(keep)
             values_vocab = self.vocabulary(name)
             codes = Lookup(values_vocab[2:], np.arange(2, len(values_vocab))).codes(values)
@@ -397,6 +442,158 @@ class IdEncoder:
         return Encoded(history, lengths, candidate, names), reasons.alias("reason")
 
 
+    # ------------------------------------------------------------------ side features
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The values each row gives for the side features, named as at prepare time: the
+        context features, then the numeric ones (the user features come from the user id)."""
+        return [*self.context_features, *self.numeric_features]
+
+    @property
+    def has_side_features(self) -> bool:
+        return bool(self.user_features or self.feature_columns)
+
+    def describe_features(self) -> str:
+        """What the run reads beside the ids, e.g. ``context features hour, device; numeric
+        features price; user features age (by the user id)``."""
+        kinds = (("context", self.context_features, ""), ("numeric", self.numeric_features, ""),
+                 ("user", self.user_features, " (by the user id)"))
+        return "; ".join(f"{kind} features {', '.join(names)}{how}"
+                         for kind, names, how in kinds if names)
+
+    def side_features(
+        self, features: Mapping[str, Any], users: pl.Series | None, reasons: pl.Series,
+        *, unknown: UnknownIds,
+    ) -> tuple[dict[str, np.ndarray], pl.Series]:
+        """The side features of the rows -> (:class:`Encoded`'s ``side``, ``reasons`` with the
+        side features' bad rows added: a numeric value that is not a finite number, no user).
+
+        ``features``: a column of values for every name of :attr:`feature_columns` (a mapping
+        or a frame); ``users``: the rows' user ids, for the user features; ``reasons``: why
+        each row is bad so far (null for a good row: one per row). Unknown context values and
+        users of the good rows are counted in ``unknown`` (module docstring). A DataError names
+        what is missing."""
+        missing = [name for name in self.feature_columns if name not in features]
+        if missing:
+            raise DataError(f"no column {', '.join(map(repr, missing))}: the run reads "
+                            f"{self.describe_features()}")
+        if self.user_features and users is None:
+            raise DataError(f"no user ids: the run reads {self.describe_features()}")
+        columns = {name: as_series(name, features[name]) for name in self.feature_columns}
+        user_ids = as_ids(as_series("user", users)) if self.user_features else None
+        for name, column in [*columns.items(), ("user", user_ids)]:
+            if column is not None and len(column) != len(reasons):
+                raise DataError(f"{len(column)} value(s) of {name} for {len(reasons)} row(s): "
+                                "give one per row")
+        side: dict[str, np.ndarray] = {}
+        if self.numeric_features:
+            side["numeric"], bad = self.numeric_values(columns)
+            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
+        if user_ids is not None:
+            no_user = pl.select(pl.when(user_ids.is_null()).then(pl.lit(NO_USER)))
+            reasons = pl.select(pl.coalesce(reasons, no_user.to_series())).to_series()
+        good = reasons.is_null()
+        if user_ids is not None:
+            side["user_features"] = self.user_feature_ids(user_ids, good, unknown)
+        if self.context_features:
+            side["context"] = np.stack([self.context_ids(name, columns[name], good, unknown)
+                                        for name in self.context_features], axis=1)
+        return {key: side[key] for key in ("user_features", "context", "numeric")
+                if key in side}, reasons.alias("reason")
+
+    def user_feature_ids(self, users: pl.Series, good: pl.Series,
+                         unknown: UnknownIds) -> np.ndarray:
+        """User id strings -> (n, U) int64 ids of their features (the store's row of each
+        user); id 1 for every feature of a user the store does not know (counted where
+        ``good``)."""
+        index = self.user_index(users)
+        absent = index.is_null()
+        unknown.count("feature_users", users.filter(absent & users.is_not_null() & good))
+        table = self.store.array("user_features")
+        ids = np.asarray(table[index.fill_null(0).to_numpy()], dtype=np.int64)
+        ids[absent.to_numpy()] = UNKNOWN_ID
+        return ids
+
+    def context_ids(self, name: str, values: pl.Series, good: pl.Series,
+                    unknown: UnknownIds) -> np.ndarray:
+        """Values of context feature ``name`` -> (n,) int64 ids of ``vocab/context.<name>.txt``;
+        id 1 for a missing value, and for a value the store does not know (counted where
+        ``good``)."""
+        if name not in self._context:
+            vocabulary = self.vocabulary(f"context.{name}")
+            self._context[name] = Lookup(vocabulary[2:], np.arange(2, len(vocabulary)))
+        values = as_ids(values)
+        codes = self._context[name].codes(values)
+        unknown.count(f"context {name}",
+                      values.filter(codes.is_null() & values.is_not_null() & good))
+        return codes.fill_null(UNKNOWN_ID).to_numpy()
+
+    def numeric_values(self, features: Mapping[str, pl.Series]) -> tuple[np.ndarray, pl.Series]:
+        """The numeric features' columns -> ((n, M) float32 ``(x - mean) / std`` with the store's
+        training statistics, reasons: ``NOT_A_NUMBER`` where a value is not a finite number,
+        whose row holds zeros)."""
+        statistics = self.store.schema.get("numeric_standardisation", {})
+        lacking = [name for name in self.numeric_features if name not in statistics]
+        if lacking:
+            raise DataError(f"{self.store.root}/schema.json lacks numeric_standardisation of "
+                            f"{', '.join(lacking)} (the training mean and deviation): the store "
+                            "is damaged; prepare it again")
+        columns, reasons = [], None
+        for name in self.numeric_features:
+            column = features[name]
+            if column.dtype == pl.String:
+                column = column.str.strip_chars()
+            try:
+                number = column.cast(pl.Float64, strict=False)
+            except pl.exceptions.PolarsError:
+                raise DataError(f"column {name!r} ({column.dtype}) does not hold numbers") from None
+            finite = number.is_finite().fill_null(False)
+            bad = pl.select(pl.when(~finite).then(pl.lit(NOT_A_NUMBER.format(name)))).to_series()
+            reasons = bad if reasons is None else pl.select(pl.coalesce(reasons, bad)).to_series()
+            columns.append(np.where(finite.to_numpy(), number.fill_null(0).to_numpy(), 0.0))
+        mean, std = (np.array([statistics[name][i] for name in self.numeric_features])
+                     for i in (0, 1))
+        values = np.stack(columns, axis=1)
+        standardised = ((values - mean) / std).astype(np.float32)
+        standardised[reasons.is_not_null().to_numpy()] = 0
+        return standardised, reasons
+
+    def bag_values(self) -> dict[int, np.ndarray]:
+        """Per bag slot (a multi-valued attribute), each item id's bag as text: its values
+        joined by the separator they were read with, ``<unk>`` for an empty bag (the unknown
+        item's among them), indexed by item id."""
+        schema = self.store.schema
+        separators = schema.get("origin", {}).get("multi_valued", {})
+        bags = {}
+        for slot in schema.get("bag_slots", []):
+            name = self.attributes[slot]
+            vocabulary = np.asarray(self.vocabulary(name), dtype=object)
+            ids = np.asarray(self.store.array(f"bags.{name}"))
+            items, column = np.nonzero(ids)  # row-major: each bag in its stored order
+            joined = (pl.DataFrame({"item": items, "value": vocabulary[ids[items, column]]},
+                                   schema={"item": pl.Int64, "value": pl.String})
+                      .group_by("item", maintain_order=True)
+                      .agg(pl.col("value").str.join(separators.get(name, "|"))))
+            text = np.full(len(ids), vocabulary[UNKNOWN_ID], dtype=object)
+            text[joined["item"].to_numpy()] = joined["value"].to_numpy()
+            bags[slot] = text
+        return bags
+
+    def unknown_side(self, rows: int) -> dict[str, np.ndarray]:
+        """Side features of ``rows`` rows that say nothing: id 1 (unknown) for every user and
+        context feature, 0 (the training mean) for every numeric one."""
+        side = {}
+        if self.user_features:
+            side["user_features"] = np.full((rows, len(self.user_features)), UNKNOWN_ID,
+                                            np.int64)
+        if self.context_features:
+            side["context"] = np.full((rows, len(self.context_features)), UNKNOWN_ID, np.int64)
+        if self.numeric_features:
+            side["numeric"] = np.zeros((rows, len(self.numeric_features)), np.float32)
+        return side
+
+
 def is_frame(value: Any) -> bool:
     """A polars DataFrame, or a pandas one (recognised without importing pandas)."""
     return isinstance(value, pl.DataFrame) or (
@@ -429,21 +626,20 @@ def routing_rows(
     attributes: list[str],
     vocabularies: list[list[str]],
     names: pl.Series | None = None,
+    bags: Mapping[int, np.ndarray] | None = None,
 ) -> pl.DataFrame:
     """One row per (sample, real history position, attribute): ``sample``, ``position``
     (1-based), ``item``, ``attribute``, ``value``, ``score`` (P), ``top``.
 
     history (n, L, k) attribute ids, lengths (n,), routing (n, L, k); ``names``: the item ids
     of the real positions in row order (default: the item vocabulary's, which names an item
-    the store does not know "<unk>")."""
+    the store does not know "<unk>"); ``bags``: see :func:`attribute_values`."""
     k = len(attributes)
     sample, position = np.nonzero(np.arange(history.shape[1])[None, :] < lengths[:, None])
     ids = history[sample, position]  # (m, k)
     scores = routing[sample, position]  # (m, k)
     top = scores.argmax(axis=1) if len(scores) else np.zeros(0, np.int64)
-    values = np.empty(ids.shape, dtype=object)
-    for slot, vocabulary in enumerate(vocabularies):
-        values[:, slot] = np.asarray(vocabulary, dtype=object)[ids[:, slot]]
+    values = attribute_values(ids, vocabularies, bags)
     return pl.DataFrame({
         "sample": np.repeat(sample, k),
         "position": np.repeat(position + 1, k),
@@ -455,3 +651,17 @@ def routing_rows(
     }, schema={"sample": pl.Int64, "position": pl.Int64, "item": pl.String,
                "attribute": pl.String, "value": pl.String, "score": pl.Float64,
                "top": pl.Boolean})
+
+
+def attribute_values(ids: np.ndarray, vocabularies: list[list[str]],
+                     bags: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+    """(m, k) attribute ids -> (m, k) their values (object array of text): line id of the
+    slot's vocabulary; for a bag slot (``bags``: slot -> each item id's bag as text,
+    :meth:`IdEncoder.bag_values`), the bag of the item whose id is in slot 0."""
+    values = np.empty(ids.shape, dtype=object)
+    for slot, vocabulary in enumerate(vocabularies):
+        if bags and slot in bags:
+            values[:, slot] = bags[slot][ids[:, 0]]
+        else:
+            values[:, slot] = np.asarray(vocabulary, dtype=object)[ids[:, slot]]
+    return values

@@ -4,7 +4,10 @@ For clicked samples of the store (label 1, with a history) the routing scores P 
 Eq. 2) of every history item are shown with the item's id and full attribute values, under the
 user's own id (``users.txt`` of the store). ``--user ID`` picks that user's clicks (the most recent
 ``--limit``, of whatever split the user is in), otherwise the first ``--limit`` clicks of
-``--split``. Formats:
+``--split``. A run trained with side features is scored with each sample's own (its user's,
+its row's context and numbers, from the store); the routing is over the item attributes only,
+and a multi-valued attribute shows the item's whole bag (``Drama|Comedy``).
+Formats:
 
 - ``text``: one table a sample; ``*`` marks each item's top attribute, and on synthetic stores
   a ``planted`` column names the attribute that really drove the click; then the attention
@@ -33,7 +36,7 @@ from camn.cli import add_run_arguments
 from camn.data.protocols import SPLITS
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.encoding import Encoded, routing_rows
+from camn.encoding import Encoded, attribute_values, routing_rows
 from camn.predict import Predictor, load
 
 FORMATS = ("text", "csv", "json")
@@ -122,11 +125,13 @@ def chosen_rows(predictor: Predictor, user: str | None, split: str, limit: int) 
 
 
 def encoded(predictor: Predictor, rows: np.ndarray) -> Encoded:
-    """Store ``rows`` as the predictor's encoded input (item rows of history and candidate)."""
+    """Store ``rows`` as the predictor's encoded input (item rows of history and candidate,
+    and the rows' side features where the store has them)."""
     store = predictor.store
     history = store.gather("histories", rows)[:, :, 0].astype(np.int64)  # (n, L)
     lengths = store.gather("lengths", rows).astype(np.int64)
-    return Encoded(history, lengths, store.gather("targets", rows)[:, 0].astype(np.int64))
+    return Encoded(history, lengths, store.gather("targets", rows)[:, 0].astype(np.int64),
+                   side=store.side_fields(rows))
 
 
 def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
@@ -138,7 +143,8 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
     lengths = store.gather("lengths", rows).astype(np.int64)
     targets = store.gather("targets", rows).astype(np.int64)  # (n, k)
     probabilities, routing = predictor.run(encoded(predictor, rows), routing=True)
-    table = routing_rows(history, lengths, routing, attributes, vocabularies)
+    bags = predictor.ids.bag_values()
+    table = routing_rows(history, lengths, routing, attributes, vocabularies, bags=bags)
     users = store.gather("users", rows)
     names = predictor.user_ids()
     user = [names[u] for u in users]
@@ -150,10 +156,7 @@ def explain_rows(predictor: Predictor, rows: np.ndarray) -> pl.DataFrame:
         "user": user,
         "candidate": [vocabularies[0][i] for i in targets[:, 0]],
         "probability": probabilities,
-        "candidate_values": [
-            [vocabularies[slot][target[slot]] for slot in range(len(attributes))]
-            for target in targets
-        ],
+        "candidate_values": attribute_values(targets, vocabularies, bags).tolist(),
     }, schema_overrides={"candidate_values": pl.List(pl.String), "user": pl.String,
                          "split": pl.String, "candidate": pl.String})
     if store.has_drivers:

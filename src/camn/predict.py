@@ -4,7 +4,9 @@ The predictor takes ids as the user's own data names them and maps them through 
 vocabularies of the store the run was trained on (:mod:`camn.encoding`: item ids to their
 attribute ids, user ids to their latest history in the store; unknown ids are counted, never
 dropped: :attr:`Predictor.unknown` holds the counts of the last call, and a
-:class:`~camn.encoding.UnknownIdsWarning` names them).
+:class:`~camn.encoding.UnknownIdsWarning` names them). A run trained with side features also
+takes each row's context and numeric values (``features=``, or frame columns, named as at
+prepare time) and reads the user features of the row's user id from the store.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class Predictor:
     Made by :func:`load`. ``score`` and ``explain`` take a history of item ids per row plus a
     candidate item id per row (``histories=``, ``candidates=``), or a user id per row
     (``users=``) whose latest history comes from the store (module docstring), or a polars or
-    pandas frame with such columns. Attributes: ``model``, ``config``, ``store``, ``name``
-    (registry name), ``seed``, ``attributes``, ``max_len``, ``ids`` (the store's
-    :class:`~camn.encoding.IdEncoder`), ``unknown`` (the last call's :class:`UnknownIds`).
+    pandas frame with such columns. A run with side features also takes, per row, the values
+    of :attr:`feature_columns` (``features=``: a mapping or frame of columns; or columns of
+    the frame) and, for user features, the user id (``users=``, beside ``histories=`` too).
+    Attributes: ``model``, ``config``, ``store``, ``name`` (registry name), ``seed``,
+    ``attributes``, ``max_len``, ``ids`` (the store's :class:`~camn.encoding.IdEncoder`),
+    ``unknown`` (the last call's :class:`UnknownIds`).
     """
 
     def __init__(
@@ -82,6 +87,12 @@ class Predictor:
         """The store's user ids: user index i is element i."""
         return self.ids.user_ids()
 
+    @property
+    def feature_columns(self) -> list[str]:
+        """The context and numeric features each row gives, named as at prepare time (empty
+        for a run without them)."""
+        return self.ids.feature_columns
+
     def add_items(self, frame: Any, item_col: str | None = None) -> UnknownIds:
         """Attributes of items, used instead of the store's: see :meth:`IdEncoder.add_items`."""
         return self.ids.add_items(frame, item_col)
@@ -89,16 +100,18 @@ class Predictor:
     # --------------------------------------------------------------------------- the model
 
     def batch(self, rows: Encoded, start: int = 0, stop: int | None = None) -> dict:
-        """The model's batch of rows[start:stop] (history, mask, target) on the device."""
+        """The model's batch of rows[start:stop] (history, mask, target and the side
+        features) on the device."""
         history, lengths = rows.history[start:stop], rows.lengths[start:stop]
         mask = np.arange(self.max_len)[None, :] < lengths[:, None]
 
         def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(self.device)
+            return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
         table = self.ids.table
         return {"history": tensor(table[history]), "mask": tensor(mask),
-                "target": tensor(table[rows.candidate[start:stop]])}
+                "target": tensor(table[rows.candidate[start:stop]]),
+                **{key: tensor(values[start:stop]) for key, values in rows.side.items()}}
 
     @torch.no_grad()
     def run(self, rows: Encoded, routing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -133,7 +146,8 @@ class Predictor:
         if self._routing is None:
             history = np.zeros((1, self.max_len), np.int64)
             history[0, 0] = UNKNOWN_ID
-            one = Encoded(history, np.ones(1, np.int64), np.full(1, UNKNOWN_ID, np.int64))
+            one = Encoded(history, np.ones(1, np.int64), np.full(1, UNKNOWN_ID, np.int64),
+                          side=self.ids.unknown_side(1))
             with torch.no_grad():
                 self._routing = self.model(self.batch(one)).routing is not None
         return self._routing
@@ -150,6 +164,7 @@ class Predictor:
         candidates: Any = None,
         *,
         users: Any = None,
+        features: Any = None,
         history_col: str = "history",
         candidate_col: str = "candidate",
         user_col: str = "user",
@@ -163,18 +178,24 @@ class Predictor:
         history the store holds. One history or user with many candidates is repeated for
         each. Returns a numpy float64 array (n,).
 
+        A run with side features also needs ``features``: a mapping (or frame) of a column of
+        values per name of :attr:`feature_columns`, one value per row (or one for all); with
+        user features, ``users`` gives the rows' user ids (beside ``histories`` too).
+
         ``score(frame)``: a polars or pandas DataFrame with a ``candidate_col`` column and a
-        ``history_col`` (list or text) or, lacking it, a ``user_col`` column; returns the
-        frame (same kind) with a ``score`` column added.
+        ``history_col`` (list or text) or, lacking it, a ``user_col`` column (and the side
+        features' columns: :attr:`feature_columns`, and ``user_col`` for user features);
+        returns the frame (same kind) with a ``score`` column added.
 
         Raises DataError naming the first bad row (a missing candidate, a history that does
-        not parse); unknown ids are scored as unknown and counted in :attr:`unknown`.
+        not parse, a numeric feature that is not a number) or the missing feature columns;
+        unknown ids and context values are scored as unknown and counted in :attr:`unknown`.
         """
         if is_frame(histories):
             return self.score_frame(histories, history_col=history_col,
                                     candidate_col=candidate_col, user_col=user_col,
                                     separator=separator)
-        rows = self._encode_arguments(histories, candidates, users, separator)
+        rows = self._encode_arguments(histories, candidates, users, separator, features)
         return self.run(rows)[0]
 
     def score_frame(
@@ -187,8 +208,9 @@ class Predictor:
         separator: str | None = None,
     ) -> Any:
         """``frame`` (polars or pandas) with a ``score`` column added; see :meth:`score`."""
-        histories, candidates, users = frame_columns(frame, history_col, candidate_col, user_col)
-        rows = self._encode_arguments(histories, candidates, users, separator)
+        histories, candidates, users = self._frame_columns(frame, history_col, candidate_col,
+                                                           user_col)
+        rows = self._encode_arguments(histories, candidates, users, separator, frame)
         scores = self.run(rows)[0]
         if isinstance(frame, pl.DataFrame):
             return frame.with_columns(pl.Series("score", scores))
@@ -200,6 +222,7 @@ class Predictor:
         candidates: Any = None,
         *,
         users: Any = None,
+        features: Any = None,
         history_col: str = "history",
         candidate_col: str = "candidate",
         user_col: str = "user",
@@ -214,13 +237,14 @@ class Predictor:
         if not self.has_routing:
             raise DataError(self.no_routing())
         if is_frame(histories):
-            histories, candidates, users = frame_columns(
+            features = histories
+            histories, candidates, users = self._frame_columns(
                 histories, history_col, candidate_col, user_col)
-        rows = self._encode_arguments(histories, candidates, users, separator)
+        rows = self._encode_arguments(histories, candidates, users, separator, features)
         probabilities, routing = self.run(rows, routing=True)
         table = routing_rows(self.ids.table[rows.history], rows.lengths, routing,
                              self.attributes, [self.vocabulary(a) for a in self.attributes],
-                             rows.names)
+                             rows.names, self.ids.bag_values())
         sample = table["sample"]
         return table.select(
             pl.col("sample").alias("row"),
@@ -229,28 +253,35 @@ class Predictor:
             pl.exclude("sample"),
         )
 
+    def _frame_columns(self, frame: Any, history_col: str, candidate_col: str,
+                       user_col: str) -> tuple[Any, Any, Any]:
+        """:func:`frame_columns`, and for a run with user features the user column beside a
+        history column."""
+        histories, candidates, users = frame_columns(frame, history_col, candidate_col, user_col)
+        if self.ids.user_features and users is None and user_col in frame.columns:
+            users = frame[user_col]
+        return histories, candidates, users
+
     def _encode_arguments(self, histories: Any, candidates: Any, users: Any,
-                          separator: str | None) -> Encoded:
+                          separator: str | None, features: Any = None) -> Encoded:
         """Sequences -> encoded rows; bad rows are one DataError, unknown ids a warning."""
         if candidates is None:
             raise DataError("give the candidates: one item id per row")
-        if (histories is None) == (users is None):
+        both = histories is not None and users is not None
+        if (histories is None and users is None) or (both and not self.ids.user_features):
             raise DataError("give either histories (item ids per row) or users (user ids per "
                             "row), not both")
         candidates = as_series("candidate", candidates)
-        given = as_series("history" if users is None else "user",
-                          histories if users is None else users)
-        if len(given) == 1 and len(candidates) > 1:  # one user's candidates
-            given = given.gather(np.zeros(len(candidates), dtype=np.int64))
-        if len(given) != len(candidates):
-            raise DataError(f"{len(given)} {given.name}(s) for {len(candidates)} candidate(s): "
-                            "give one per candidate (or one for all)")
+        given = self._per_candidate("history" if histories is not None else "user",
+                                    histories if histories is not None else users, candidates)
         self.unknown = UnknownIds()
         rows, reasons = self.ids.encode(
-            candidates, histories=given if users is None else None,
-            users=given if users is not None else None, separator=separator,
+            candidates, histories=given if histories is not None else None,
+            users=given if histories is None else None, separator=separator,
             unknown=self.unknown,
         )
+        if self.ids.has_side_features:
+            reasons = self._add_side_features(rows, reasons, features, users, candidates)
         bad = reasons.is_not_null()
         if bad.any():
             first = int(bad.arg_true()[0])
@@ -259,6 +290,36 @@ class Predictor:
                             + (f" (and {more} more bad row(s))" if more else ""))
         self.unknown.warn()
         return rows
+
+    def _per_candidate(self, name: str, values: Any, candidates: pl.Series) -> pl.Series:
+        """``values`` as a Series of one value per candidate (one value is repeated for all)."""
+        given = as_series(name, values)
+        if len(given) == 1 and len(candidates) > 1:  # one user's candidates
+            given = given.gather(np.zeros(len(candidates), dtype=np.int64))
+        if len(given) != len(candidates):
+            raise DataError(f"{len(given)} {name}(s) for {len(candidates)} candidate(s): "
+                            "give one per candidate (or one for all)")
+        return given
+
+    def _add_side_features(self, rows: Encoded, reasons: pl.Series, features: Any, users: Any,
+                           candidates: pl.Series) -> pl.Series:
+        """Set ``rows.side`` from ``features`` (a mapping or frame of the feature columns) and
+        ``users``; return ``reasons`` with the side features' bad rows added."""
+        features = {} if features is None else features
+        missing = [name for name in self.feature_columns if name not in features]
+        if missing:
+            raise DataError(f"the run reads {self.ids.describe_features()}: give "
+                            f"{', '.join(map(repr, missing))} (features=, or columns of the "
+                            "frame), one value per row")
+        if self.ids.user_features and users is None:
+            raise DataError(f"the run reads {self.ids.describe_features()}: give the rows' "
+                            "user ids (users=, or a user column of the frame)")
+        columns = {name: self._per_candidate(name, features[name], candidates)
+                   for name in self.feature_columns}
+        if users is not None:
+            users = self._per_candidate("user", users, candidates)
+        rows.side, reasons = self.ids.side_features(columns, users, reasons, unknown=self.unknown)
+        return reasons
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -307,19 +368,6 @@ def model_inputs(run: str | Path, seed: int | None, store: str | Path | None) ->
         return paths
 
 
-def refuse_side_features(spec: FeatureSpec, directory: Path) -> None:
-    """A DataError for a model that reads user, context or numeric features: scoring,
-    explaining and exporting take raw ids only so far (``camn evaluate`` scores such a run on
-    its store)."""
-    if spec.has_side_features:
-        names = [*spec.user_features, *spec.context_features, *spec.numeric_features]
-        raise DataError(
-            f"{directory} was trained with side features ({', '.join(names)}); scoring, "
-            "explaining and exporting such a run from raw ids is not built yet: camn evaluate "
-            "scores it on its store"
-        )
-
-
 def load(
     run: str | Path,
     seed: int | None = None,
@@ -349,7 +397,6 @@ def load(
         raise DataError(f"{root} does not match the store the run was trained on "
                         "(attributes, vocabulary sizes or history length differ)")
     check_vocabularies(config, prepared)
-    refuse_side_features(model.spec, directory)
     if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     return Predictor(model, config, prepared, resolved, batch_size)

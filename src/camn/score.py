@@ -5,7 +5,12 @@ score it against: a history column (``--history-col``: a list, a JSON array as t
 ids joined by ``--separator``, oldest first), or else a user (``--user-col``), whose history is
 taken from ``--history`` (an interaction log with user, item and time columns, as ``camn
 prepare table`` reads one: each user's items in time order) or, without it, from the store the
-run was trained on (the user's latest history: see :mod:`camn.encoding`).
+run was trained on (the user's latest history: see :mod:`camn.encoding`). A run trained with
+side features also reads each row's context and numeric features from the columns named as the
+log's columns were at prepare time, and the user features of the row's user (``--user-col``,
+needed then beside a history column too) from the store; a context value or a user the store
+does not know is scored as unknown and counted, a numeric value that is not a number makes the
+row bad.
 
 The output is the input rows plus ``score`` (the click probability) and, for models with
 routing scores, ``top_attribute``: the attribute with the largest routing score P summed over
@@ -212,12 +217,21 @@ class ChunkScorer:
             if self.histories is not None:
                 raise DataError(f"{args.candidates} has a history column ({args.history_col!r}) "
                                 "and --history names another source of histories: drop one")
-            return "history"
-        if args.user_col in columns:
-            return "user"
-        raise DataError(f"{args.candidates}: needs a history column ({args.history_col!r}, "
-                        f"--history-col) or a user column ({args.user_col!r}, --user-col); "
-                        f"{names}")
+            mode = "history"
+        elif args.user_col in columns:
+            mode = "user"
+        else:
+            raise DataError(f"{args.candidates}: needs a history column ({args.history_col!r}, "
+                            f"--history-col) or a user column ({args.user_col!r}, --user-col); "
+                            f"{names}")
+        ids = self.predictor.ids
+        missing = [name for name in ids.feature_columns if name not in columns]
+        if ids.user_features and args.user_col not in columns:
+            missing.append(args.user_col)
+        if missing:
+            raise DataError(f"{args.candidates}: no column {', '.join(map(repr, missing))}; the "
+                            f"run reads {ids.describe_features()}; {names}")
+        return mode
 
     def score(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """The chunk's good rows with ``score`` (and ``top_attribute``), without ``__line``."""
@@ -233,10 +247,14 @@ class ChunkScorer:
         else:
             rows, reasons = self.predictor.ids.encode(candidates, users=chunk[args.user_col],
                                                       unknown=unknown)
+        if self.predictor.ids.has_side_features:
+            users = chunk[args.user_col] if args.user_col in chunk.columns else None
+            rows.side, reasons = self.predictor.ids.side_features(chunk, users, reasons,
+                                                                  unknown=unknown)
         self.unknown.merge(unknown)
         good = reasons.is_null().to_numpy()
         kept = skip_rows(chunk, reasons, args.candidates, self.report).drop(LINE)
-        rows = Encoded(rows.history[good], rows.lengths[good], rows.candidate[good])
+        rows = rows.take(good)
         probabilities, routing = self.predictor.run(rows, routing=self.routing)
         self.scored += len(kept)
         kept = kept.with_columns(pl.Series("score", probabilities))
