@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import beauty_as_rows
 import numpy as np
 import polars as pl
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from camn.cli import main
 from camn.data.raw import DataError
-from camn.data.sources import dien, recbole
+from camn.data.sources import dien
 from camn.data.store import PreparedStore
 from camn.train.loop import ResidentSplit
 
@@ -266,57 +267,6 @@ def test_stats_train_evaluate_and_benchmark_on_dien_rows(
 # ---------------------------------------------------------------- DIEN's files from Amazon Beauty
 
 
-def beauty_rows(seed: int = 0) -> pl.DataFrame:
-    """One click and one sampled non-click a user of Amazon Beauty, as DIEN builds its rows: the
-    user's last review is the click, the reviews before it (oldest first) its history, and the
-    non-click a random other item; categories are the items' leaf categories. Columns: user,
-    item, category, label, history, history_categories (lists), and ``part``: 10% of the users
-    (seeded) are ``test``, 10% ``valid``, the rest ``train``."""
-    raw = recbole.read(inter=BEAUTY_INTER, item=BEAUTY_ITEMS, recipe="amazon")
-    inter = raw.interactions
-    items = raw.items.select("item", pl.col("category_leaf").fill_null("none").alias("category"))
-    category = dict(zip(items["item"], items["category"], strict=True))
-    sequences = inter.sort("user", "time", "item").group_by("user", maintain_order=True).agg(
-        pl.col("item"))
-    rng = np.random.default_rng(seed)
-    last = sequences["item"].list.last()
-    catalogue = items["item"].to_numpy()
-    negative = catalogue[rng.integers(len(catalogue), size=len(sequences))]
-    negative = np.where(negative == last.to_numpy(), catalogue[0], negative)
-    part = np.asarray(["train", "valid", "test"])[
-        np.searchsorted([0.8, 0.9], rng.random(len(sequences)), side="right")]
-    base = sequences.select("user", history=pl.col("item").list.head(pl.col("item").list.len() - 1),
-                            part=pl.Series(part))
-    clicks = base.with_columns(item=last, label=pl.lit(1))
-    skips = base.with_columns(item=pl.Series(negative), label=pl.lit(0))
-    rows = pl.concat([clicks, skips]).with_row_index("order")
-    rows = rows.sort(pl.col("order") % len(sequences), "order").drop("order")
-    lookup = {"return_dtype": pl.String}
-    return rows.with_columns(
-        pl.col("item").replace_strict(category, **lookup).alias("category"),
-        pl.col("history").list.eval(pl.element().replace_strict(category, **lookup))
-        .alias("history_categories"),
-    ).select("user", "item", "category", "label", "history", "history_categories", "part")
-
-
-def write_beauty_dien(rows: pl.DataFrame, folder: Path) -> Path:
-    """DIEN's files: the train and valid parts make the train file, the test part the test
-    file; item-info every item's category."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = rows.select(pl.concat_str(
-        pl.col("label").cast(pl.String), "user", "item", "category",
-        pl.col("history").list.join(SEP), pl.col("history_categories").list.join(SEP),
-        separator="\t").alias("line"), "part")
-    for name, parts in ((dien.TRAIN_FILE, ["train", "valid"]), (dien.TEST_FILE, ["test"])):
-        text = lines.filter(pl.col("part").is_in(parts))["line"]
-        (folder / name).write_text("\n".join(text) + "\n")
-    info = rows.select("item", "category").unique(maintain_order=True)
-    (folder / dien.ITEM_FILE).write_text(
-        "\n".join(info.select(pl.concat_str("item", "category", separator="\t"))
-                  .to_series()) + "\n")
-    return folder
-
-
 def check_histories(store: PreparedStore, rows: pl.DataFrame, max_len: int) -> None:
     """Every sample's history is its row's list, the last ``max_len`` items, with their
     categories; its label is its row's."""
@@ -341,12 +291,12 @@ def check_histories(store: PreparedStore, rows: pl.DataFrame, max_len: int) -> N
 def beauty() -> pl.DataFrame:
     if not (BEAUTY_INTER.exists() and BEAUTY_ITEMS.exists()):
         pytest.skip(f"Amazon Beauty's RecBole files not found under {BEAUTY}")
-    return beauty_rows()
+    return beauty_as_rows.beauty_rows(BEAUTY_INTER, BEAUTY_ITEMS)
 
 
 def test_beauty_written_as_dien_files(beauty: pl.DataFrame, tmp_path: Path,
                                       capsys: pytest.CaptureFixture) -> None:
-    folder = write_beauty_dien(beauty, tmp_path / "dien")
+    folder = beauty_as_rows.write_dien(beauty, tmp_path / "dien")
     store = prepare(folder, tmp_path / "store", "--max-len", "10")
     check_histories(store, beauty, 10)
     users = beauty["user"].n_unique()

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_dien import BEAUTY_INTER, BEAUTY_ITEMS, beauty_rows, check_histories, decoded
+from beauty_as_rows import beauty_rows, write_bars
+from test_dien import BEAUTY_INTER, BEAUTY_ITEMS, check_histories, decoded
 
 from camn.cli import main
 from camn.data.raw import DataError
@@ -267,13 +268,8 @@ BEAUTY_COLUMNS = ("--label-col", "label", "--user-col", "user", "--item-col", "i
 def test_beauty_written_as_bars_csvs(tmp_path: Path) -> None:
     if not (BEAUTY_INTER.exists() and BEAUTY_ITEMS.exists()):
         pytest.skip(f"Amazon Beauty's RecBole files not found under {BEAUTY_INTER.parent}")
-    rows = beauty_rows()
-    files = {}
-    for part in ("train", "valid", "test"):
-        frame = rows.filter(pl.col("part") == part).select(
-            "label", "user", "item", "category", pl.col("history").list.join("^"),
-            pl.col("history_categories").list.join("^"))
-        frame.write_csv(files.setdefault(part, tmp_path / f"{part}.csv"))
+    rows = beauty_rows(BEAUTY_INTER, BEAUTY_ITEMS)
+    files = write_bars(rows, tmp_path)
     store = prepare(tmp_path, "--interactions", str(files["train"]), "--valid",
                     str(files["valid"]), "--test", str(files["test"]), *BEAUTY_COLUMNS)
     check_histories(store, rows, 20)
