@@ -204,18 +204,22 @@ def store_figures(store: Path) -> dict:
 
 def batch_speed(store: Path, steps: int, rounds: int = 3) -> dict:
     """Samples/s of the batches alone, one torch thread, best of ``rounds`` (see the module
-    docstring), without and with the history negatives."""
+    docstring), without and with the history negatives; the resident split only where the
+    trainer would hold it (``RESIDENT_LIMIT_BYTES``; a larger one streams)."""
     import torch
 
     from camn.data.store import PreparedStore
-    from camn.train.loop import ResidentSplit
+    from camn.train.loop import RESIDENT_LIMIT_BYTES, ResidentSplit
 
     torch.set_num_threads(1)
     prepared = PreparedStore(store)
-    resident = ResidentSplit(prepared, "train", torch.device("cpu"))
+    kinds = ["streamed"]
+    if ResidentSplit.size_bytes(prepared, "train") <= RESIDENT_LIMIT_BYTES:
+        resident = ResidentSplit(prepared, "train", torch.device("cpu"))
+        kinds.append("resident")
     speeds = {}
     for negatives in (False, True):
-        for kind in ("streamed", "resident"):
+        for kind in kinds:
             best = 0.0
             for seed in range(rounds):
                 options = {"shuffle": True, "seed": seed, "history_negatives": negatives}
