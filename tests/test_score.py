@@ -160,6 +160,13 @@ def test_users_from_the_store_or_a_history_log(run: Path, predictor: Predictor,
     expected = predictor.score([[items[3], items[2]], []], [items[5], items[5]])
     np.testing.assert_allclose(out["score"].to_numpy(), expected, atol=1e-7)
     assert "1 user(s) without a history (e.g. 'u-b')" in capsys.readouterr().out
+    numbered = tmp_path / "log.parquet"  # integer user ids in a Parquet log match the text "7"
+    pl.DataFrame({"user": [7, 7], "item": [items[2], items[3]], "time": [20, 10]}).write_parquet(
+        numbered)
+    pl.DataFrame({"user": ["7"], "candidate": [items[5]]}).write_csv(asks)
+    assert score(run, asks, tmp_path / "numbered.csv", "--history", str(numbered)) == 0
+    out = pl.read_csv(tmp_path / "numbered.csv")
+    np.testing.assert_allclose(out["score"].to_numpy(), expected[:1], atol=1e-7)
 
 
 def test_models_without_routing_give_no_top_attribute(trained_run: Callable[[str], Path],

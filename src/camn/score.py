@@ -186,6 +186,7 @@ def user_histories(args: argparse.Namespace, predictor: Predictor,
     user's last ``max_len`` items in time order (ties keep the file's order)."""
     frame = read_interactions(args.history, user_col=args.user_col, item_col=args.item_col,
                               time_col=args.time_col, report=report)
+    frame = frame.with_columns(pl.col("user", "item").cast(pl.String))  # ids as the store's text
     return (frame.sort("user", "time", maintain_order=True)
             .group_by("user", maintain_order=True)
             .agg(pl.col("item").tail(predictor.max_len).alias(HISTORY)))
