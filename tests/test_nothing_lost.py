@@ -7,7 +7,6 @@ trap; a run meets only the store it was trained on. Every refusal is checked by 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from test_outputs import snapshot
 
 from camn.cli import build_parser, main
 from camn.data.fingerprint import fingerprint
@@ -28,20 +28,6 @@ STORE_ARGS = ["prepare", "synthetic", "--users", "200", "--items", "60", "--attr
 TRAIN = ["--model", "wide-deep", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
          "--no-progress", "--option", "embed_dim=4"]
 DAMAGED = "the run is damaged; train it again"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: a file's SHA-256, a link's target, "dir" for a folder."""
-    state = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            state[key] = "link -> " + os.readlink(path)
-        elif path.is_dir():
-            state[key] = "dir"
-        else:
-            state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
 
 
 def error_line(capsys: pytest.CaptureFixture) -> str:
