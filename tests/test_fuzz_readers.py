@@ -3,8 +3,8 @@ or a DataError naming the input, never another exception, and never a partial st
 
 Each example writes small files in which some records are broken in one of the ways real files
 break: random bytes, a line cut short, a value of the wrong type, a missing field, a huge field,
-a blank line. Where a reader is line based (Amazon reviews, MovieLens ratings, RecBole's .inter)
-every line must end up either read or counted as bad input.
+a blank line. Where a reader is line based (Amazon reviews, MovieLens ratings, RecBole's .inter,
+DIEN's sample files) every line must end up either read or counted as bad input.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from camn.data.prepare import prepare
+from camn.data.protocols import TRAIN
 from camn.data.raw import BadInputReport, DataError
-from camn.data.sources import amazon, movielens, recbole, table
+from camn.data.sources import amazon, dien, movielens, recbole, table
 
 FUZZ = settings(
     max_examples=30, deadline=None, derandomize=True,
@@ -431,6 +432,67 @@ def parquet_file(draw, names: list[str]) -> bytes:
 @given(parquet_file(["user", "item", "time"]), parquet_file(["item", "brand"]), st.booleans())
 def test_fuzz_table_parquet(inter, items, strict):
     fuzz_table(".parquet", inter, items, "plain", strict)
+
+
+CATEGORIES = ["c1", "c2"]
+PAST = st.lists(st.tuples(st.sampled_from(ITEMS), st.sampled_from(CATEGORIES)), max_size=3)
+
+
+def past_row(label: str, user: str, item: str, category: str, past: list[tuple[str, str]],
+             separator: str) -> dict:
+    """A row that carries its history: the past (item, category) pairs, oldest first, as two
+    lists joined by ``separator``."""
+    return {"label": label, "user": user, "item": item, "category": category,
+            "history_items": separator.join(i for i, _ in past),
+            "history_categories": separator.join(c for _, c in past)}
+
+
+def past_rows(separator: str) -> st.SearchStrategy[dict]:
+    return st.builds(past_row, st.sampled_from(["0", "1"]), st.sampled_from(USERS),
+                     st.sampled_from(ITEMS), st.sampled_from(CATEGORIES), PAST,
+                     st.just(separator))
+
+
+ITEM_INFO = st.fixed_dictionaries({"item": st.sampled_from(ITEMS),
+                                   "category": st.sampled_from(CATEGORIES)})
+
+
+@FUZZ
+@given(broken_lines(past_rows(dien.LIST_SEPARATOR), joined("\t")),
+       broken_lines(past_rows(dien.LIST_SEPARATOR), joined("\t")),
+       st.none() | broken_lines(ITEM_INFO, joined("\t")), PACKING, st.booleans(),
+       st.sampled_from([(), ("--valid-fraction", "0.5")]))
+def test_fuzz_dien(train, test, item_info, packing, strict, options):
+    holder, root = folders()
+    with holder:
+        data = file_bytes(train)
+        train_path = write(root / "in" / dien.TRAIN_FILE, data, packing)
+        write(root / "in" / dien.TEST_FILE, file_bytes(test), second(packing))
+        if item_info is not None:
+            write(root / "in" / dien.ITEM_FILE, file_bytes(item_info), second(packing))
+        check_prepare(dien, ["--path", str(root / "in"), *options], root, strict)
+        if packing == "cut gzip":
+            return
+        report = BadInputReport()
+        try:
+            read = len(dien.read_rows(train_path, TRAIN, report))
+        except DataError:
+            return  # e.g. not DIEN's layout, or every line bad: nothing to account for
+        assert read + report.total == polars_nonblank(data)
+
+
+BARS_HEADER = b"label,user_id,item_id,cate_id,item_history,cate_history"
+BARS_COLUMNS = ("--label-col", "label", "--user-col", "user_id", "--item-col", "item_id",
+                "--items-item-col", "item", "--history-col", "item_history,cate_id=cate_history")
+
+
+@FUZZ
+@given(broken_lines(past_rows("^"), joined(",")), headers(BARS_HEADER, b","),
+       broken_lines(ITEM, joined(",")), PACKING, st.booleans(),
+       st.sampled_from([(), ("--split", "user")]))
+def test_fuzz_table_row_histories(rows, header, items, packing, strict, options):
+    fuzz_table(".csv", file_bytes(rows, header), file_bytes(items, b"item,brand"), packing,
+               strict, options=(*BARS_COLUMNS, *options))
 
 
 def test_accounting_helpers_agree_with_a_hand_count():

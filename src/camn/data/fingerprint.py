@@ -2,10 +2,16 @@
 
 Two stores with the same attributes and vocabulary sizes may still give their ids to other
 values (prepared from other data, or from another version of it); a model trained on one reads
-the other's ids without any error and scores noise. The trainer records the fingerprints of its
-store in each seed's ``config.json`` (``vocabularies``), and every command that applies a run to
-a store compares them (:func:`check_vocabularies`). Runs trained before camn recorded them are
-accepted as they are.
+the other's ids without any error and scores noise. The vocabularies are those of the item
+attributes (``vocab/<attribute>.txt``) and, in a store of labelled impressions with side
+features, of the context and user features (``vocab/context.<name>.txt``,
+``vocab/user.<name>.txt``, fingerprinted under ``context.<name>`` and ``user.<name>``).
+
+The trainer records the fingerprints of its store in each seed's ``config.json``
+(``vocabularies``), and every command that applies a run to a store compares them
+(:func:`check_vocabularies`). Runs trained before camn recorded them are accepted as they are,
+and so are runs that recorded only the item attributes' (before the side features' were
+recorded): a vocabulary a run did not record is not compared.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class HasVocabularies(Protocol):
     """What a fingerprint reads of a store (:class:`camn.data.store.PreparedStore`)."""
 
     root: Path
+    schema: dict
 
     @property
     def attributes(self) -> list[str]: ...
@@ -39,9 +46,17 @@ def fingerprint(values: Sequence[str]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def vocabulary_names(store: HasVocabularies) -> list[str]:
+    """The store's vocabularies, as ``vocab/<name>.txt`` names them: the attributes in order,
+    then ``context.<name>`` of each context feature and ``user.<name>`` of each user feature."""
+    schema = store.schema
+    return [*store.attributes, *(f"context.{name}" for name in schema.get("context_features", [])),
+            *(f"user.{name}" for name in schema.get("user_features", []))]
+
+
 def store_fingerprints(store: HasVocabularies) -> dict[str, str]:
-    """Each attribute's vocabulary fingerprint, in the store's attribute order."""
-    return {attribute: fingerprint(store.vocab(attribute)) for attribute in store.attributes}
+    """Each vocabulary's fingerprint (:func:`vocabulary_names`, in that order)."""
+    return {name: fingerprint(store.vocab(name)) for name in vocabulary_names(store)}
 
 
 def check_vocabularies(config: dict, store: HasVocabularies) -> None:
@@ -54,9 +69,10 @@ def check_vocabularies(config: dict, store: HasVocabularies) -> None:
     differ = [name for name, value in found.items() if recorded.get(name, value) != value]
     if differ:
         trained = config.get("data", "the store it was trained on")
+        read_as = "items" if set(differ) <= set(store.attributes) else "values"
         raise DataError(
             f"{store.root} is not the store the run was trained on ({trained}): its "
             f"vocabulary of {', '.join(differ)} gives the ids to other values, so the model "
-            f"would read them as other items; pass --data {trained}, or a store prepared from "
-            "the same data"
+            f"would read them as other {read_as}; pass --data {trained}, or a store prepared "
+            "from the same data"
         )
