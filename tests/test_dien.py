@@ -111,6 +111,18 @@ def test_hand_written_rows_keep_their_own_history_cut_to_the_most_recent(
                                                 "valid_fraction": 0.5}
 
 
+def test_a_first_row_without_history_is_read_as_dien_layout(tmp_path: Path) -> None:
+    """The layout check counts the first line's fields as written: a user's first row has an
+    empty history (two empty fields at the end of the line)."""
+    train = [dien_line(1, "u1", "a", "X", [], []), dien_line(0, "u1", "b", "Y", [], []),
+             dien_line(1, "u2", "b", "Y", ["a"], ["X"])]
+    assert train[0].endswith("\t\t")
+    folder = write_dien(tmp_path / "dien", train, [dien_line(1, "u3", "a", "X", ["b"], ["Y"])],
+                        None)
+    store = prepare(folder, tmp_path / "store", "--valid-fraction", "0.5")
+    assert store.num_samples == 4 and store.schema["bad_input"] == {}
+
+
 def test_a_category_the_rows_disagree_on_is_item_infos_and_noted(tmp_path: Path) -> None:
     train = [*HAND_TRAIN, dien_line(1, "u4", "a", "Y", ["c"], ["Z"])]  # a is X, c is X
     store = prepare(write_dien(tmp_path / "dien", train, HAND_TEST, ITEM_INFO),

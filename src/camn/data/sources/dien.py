@@ -37,7 +37,7 @@ import polars as pl
 from camn.data.impressions import LABEL, SPLIT
 from camn.data.protocols import TEST, TRAIN, VALID
 from camn.data.raw import BadInputReport, DataError, RawData
-from camn.data.reading import first_lines, line_blocks, skip_rows
+from camn.data.reading import DETECT_BYTES, first_lines, line_blocks, open_binary, skip_rows
 from camn.data.row_histories import (
     DEFAULT_VALID_FRACTION,
     ROW_HISTORY,
@@ -71,9 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def layout_problem(path: Path, fields: tuple[str, ...]) -> None:
-    """A DataError when the first line of ``path`` lacks the ``fields`` tab-separated fields."""
-    _, line = first_lines(path, 1)[0]
-    count = line.count(b"\t") + 1
+    """A DataError when the first line of ``path`` lacks the ``fields`` tab-separated fields
+    (counted on the line as written: its trailing fields may be empty, a history not yet
+    begun)."""
+    number, _ = first_lines(path, 1)[0]
+    with open_binary(path) as stream:
+        for _ in range(number):
+            line = stream.readline(DETECT_BYTES)
+    count = line.rstrip(b"\r\n").count(b"\t") + 1
     if count != len(fields):
         raise DataError(f"{path}: not DIEN's layout: line 1 has {count} tab-separated field(s); "
                         f"expected {len(fields)} ({', '.join(fields)})")
