@@ -28,8 +28,9 @@ from camn.data.shards import (
     prepare_vocabularies,
 )
 from camn.data.sources import available_sources
+from camn.data.sources._files import read_table
 from camn.data.sources.synthetic import generate
-from camn.data.sources.table import read_table, shard_rows
+from camn.data.sources.table import shard_rows
 from camn.data.store import PreparedStore
 from camn.train.loop import TrainConfig, train_one
 

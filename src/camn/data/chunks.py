@@ -2,7 +2,7 @@
 
 The formats are those of ``camn prepare table`` (CSV, TSV, Parquet, JSON lines; text may be
 gzip-compressed, recognised from its content), told apart the same way
-(:func:`camn.data.sources.table.file_format`). Text is read in blocks of complete lines
+(:func:`camn.data.sources._files.file_format`). Text is read in blocks of complete lines
 (:func:`camn.data.reading.iter_blocks`; a CSV block never ends inside a quoted field:
 it is extended while its count of quote characters is odd) and each block is parsed by polars;
 Parquet is sliced by rows. Every chunk is a DataFrame of the file's columns (CSV and TSV all as

@@ -37,33 +37,37 @@ or hold an empty value, is bad input.
 from __future__ import annotations
 
 import argparse
-import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from camn.data import row_histories
-from camn.data.impressions import CONTEXT, LABEL, NUMERIC, SPLIT
+from camn.data.impressions import NUMERIC
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import (
-    NOT_UTF8,
     check_bucketize,
     column_list,
-    first_lines,
-    iter_lines,
-    line_blocks,
     null_reason,
     parse_bucketize,
-    polars_reason,
-    polars_source,
-    read_delimited,
     skip_rows,
 )
-from camn.data.reading import bucketize as bucketize_columns
 from camn.data.sources import _labels
+from camn.data.sources._files import (
+    FORMATS,
+    as_strings,
+    file_format,
+    id_values,
+    is_labelled,
+    read_items,
+    read_table,
+    require_columns,
+    side_columns,
+)
+from camn.data.sources._history_columns import (
+    HistoryColumns,
+    read_history_rows,
+    refuse_with_history,
+    with_items_file,
+)
 from camn.data.sources._times import parse_time, time_unit
 
 NAME = "table"
@@ -71,17 +75,6 @@ HELP = (
     "your own logs: interactions (user, item, time) and items (item, attributes) "
     "as CSV, TSV, Parquet or JSON lines"
 )
-
-FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".txt": "tsv",
-    ".parquet": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interactions", required=True, type=Path, help="interaction log file")
@@ -162,153 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _labels.add_split_arguments(labels)
 
 
-def file_format(path: Path, override: str | None) -> str:
-    """The format named by ``--format``, else by the extension (before a final ``.gz``)."""
-    if override:
-        return override
-    suffixes = [s.lower() for s in path.suffixes]
-    if len(suffixes) > 1 and suffixes[-1] == ".gz":
-        suffixes.pop()
-    suffix = suffixes[-1] if suffixes else ""
-    try:
-        return FORMATS[suffix]
-    except KeyError:
-        raise DataError(
-            f"{path}: cannot tell the format from the extension {suffix!r}; "
-            f"pass --format ({', '.join(sorted(set(FORMATS.values())))})"
-        ) from None
-
-
-def _read_jsonl_lines(path: Path, report: BadInputReport) -> pl.DataFrame:
-    """Slow path for JSON lines that polars refuses: parse line by line, skipping broken ones."""
-    records, line_numbers = [], []
-    for number, line in iter_lines(path):
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            report.bad(path, number, NOT_UTF8.format("line"))
-            continue
-        except (ValueError, RecursionError):
-            report.bad(path, number, "broken JSON (line skipped)")
-            continue
-        if not isinstance(record, dict):
-            report.bad(path, number, "not a JSON object (line skipped)")
-            continue
-        records.append(record)
-        line_numbers.append(number)
-    if not records:
-        raise DataError(f"{path}: no JSON object could be read")
-    frame = records_frame(records)
-    return frame.with_columns(pl.Series("__line", line_numbers, dtype=pl.Int64))
-
-
-def records_frame(records: list[dict]) -> pl.DataFrame:
-    """JSON objects as a frame, a column a key (null where a record lacks it).
-
-    A column keeps its values when they are all integers (that fit in 64 bits), all numbers
-    or all booleans; otherwise it is text, with lists, objects and numbers written as JSON,
-    so a value of the wrong type is a row-level problem (an unparsable time, say), not a
-    column that cannot be built.
-    """
-    columns = {}
-    for key in dict.fromkeys(key for record in records for key in record):
-        values = [record.get(key) for record in records]
-        kinds = {type(v) for v in values if v is not None}
-        if kinds <= {int} and all(v is None or -(2**63) <= v < 2**63 for v in values):
-            columns[key] = pl.Series(key, values, dtype=pl.Int64)
-        elif kinds <= {int, float}:
-            columns[key] = pl.Series(key, [v if v is None else float(v) for v in values],
-                                     dtype=pl.Float64)
-        elif kinds == {bool}:
-            columns[key] = pl.Series(key, values, dtype=pl.Boolean)
-        else:
-            text = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
-            columns[key] = pl.Series(key, text, dtype=pl.String)
-    return pl.DataFrame(columns)
-
-
-def read_table(
-    path: Path, fmt: str, report: BadInputReport, keep: pl.Expr | None = None,
-    columns: list[str] | None = None,
-) -> pl.DataFrame:
-    """One file as a DataFrame with an extra ``__line`` column (file line, or row for Parquet);
-    with ``keep``, only the rows it selects (Parquet: filtered while scanning, so the other
-    rows are never held; other formats: filtered after the read). ``columns``: the columns
-    needed, which a Parquet file is read for alone (the others are never held; any missing
-    is left to :func:`require_columns` to name)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    first_line = None
-    try:
-        if fmt in ("csv", "tsv"):  # TSV has no quoting: a field may start with a quote
-            separator, quote = ("," if fmt == "csv" else "\t"), ('"' if fmt == "csv" else None)
-            frame = read_delimited(path, separator, quote, report)
-        elif fmt == "parquet":
-            frame = parquet_rows(polars_source(path), keep, columns)
-            keep = None
-        elif first_lines(path, 1)[0][1][:1] == b"[":
-            frame, first_line = pl.read_json(polars_source(path)), 1
-        else:
-            try:
-                frame = pl.read_ndjson(polars_source(path))  # skips blank lines
-                lines = [block["line"] for block in line_blocks(path, "utf-8", report)]
-                frame = frame.with_columns(__line=pl.concat(lines))
-            except pl.exceptions.PolarsError:  # a broken line or mixed types
-                frame = _read_jsonl_lines(path, report)
-    except pl.exceptions.NoDataError:
-        raise DataError(f"{path}: the file is empty") from None
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise DataError(f"{path}: cannot read it as {fmt} ({polars_reason(error)})") from None
-    if keep is not None:
-        frame = frame.filter(keep)
-    if len(frame) == 0:
-        raise DataError(f"{path}: the file has no rows")
-    if first_line is not None:
-        frame = frame.with_columns(__line=np.arange(len(frame), dtype=np.int64) + first_line)
-    return frame
-
-
-def parquet_rows(
-    source: Path | io.BytesIO, keep: pl.Expr | None, columns: list[str] | None
-) -> pl.DataFrame:
-    """The rows ``keep`` selects (all without it) of a Parquet file, of its ``columns`` that
-    exist (all without them), and ``__line``: the row's number from 1, as 32 bits where that
-    suffices (a scan, so rows and columns left out are never read into memory)."""
-    scan = pl.scan_parquet(source)
-    if columns is not None:
-        present = set(scan.collect_schema().names())
-        scan = scan.select([name for name in dict.fromkeys(columns) if name in present])
-    scan = scan.with_row_index("__line", offset=1)
-    if keep is not None:
-        scan = scan.filter(keep)
-    return scan.collect(engine="streaming")
-
-
-def require_columns(frame: pl.DataFrame, columns: list[str], path: Path) -> None:
-    available = [c for c in frame.columns if c != "__line"]
-    for column in columns:
-        if column not in available:
-            raise DataError(
-                f"{path}: no column {column!r}; available columns: {column_list(available)}"
-            )
-
-
-def as_strings(column: pl.Series, path: Path) -> pl.Series:
-    try:
-        return column.cast(pl.String)
-    except pl.exceptions.PolarsError:
-        raise DataError(
-            f"{path}: column {column.name!r} ({column.dtype}) cannot be read as text values"
-        ) from None
-
-
-def id_values(column: pl.Series, path: Path) -> pl.Series:
-    """User or item ids: integers as they are (coded later against their distinct values as
-    text, :func:`camn.data.codes.sorted_codes`, so a large log's rows never become strings),
-    anything else as text."""
-    return column if column.dtype.is_integer() else as_strings(column, path)
-
-
 def read_interactions(
     path: str | Path,
     *,
@@ -378,29 +224,6 @@ def read_interactions(
     return frame
 
 
-def side_columns(
-    frame: pl.DataFrame, path: Path, context: list[str] | tuple[str, ...],
-    numeric: list[str] | tuple[str, ...],
-) -> list[pl.Series]:
-    """The ``context`` columns as text and the ``numeric`` ones as finite numbers (null where
-    not), named with their prefixes (:mod:`camn.data.impressions`)."""
-    require_columns(frame, [*context, *numeric], path)
-    columns = [as_strings(frame[name], path).alias(CONTEXT + name) for name in context]
-    for name in numeric:
-        column = frame[name]
-        if column.dtype == pl.String:
-            column = column.str.strip_chars()
-        number = column.cast(pl.Float64, strict=False)
-        columns.append(pl.select(pl.when(number.is_finite()).then(number)).to_series()
-                       .alias(NUMERIC + name))
-    return columns
-
-
-def is_labelled(label_col: str | None, label: str | None) -> bool:
-    """Whether the rows are labelled impressions (a ``label_col`` or a ``label`` expression)."""
-    return label_col is not None or label is not None
-
-
 def read_labelled(
     files: list[Path], splits: _labels.SplitOptions, report: BadInputReport, notes: list[str],
     **reading: object,
@@ -424,32 +247,6 @@ def shard_rows(user_col: str, users_between: tuple[str, str] | None) -> pl.Expr 
     if users_between is None:
         return None
     return pl.col(user_col).cast(pl.String).is_between(*map(pl.lit, users_between))
-
-
-def read_items(
-    path: Path, item_col: str, attributes: list[str], fmt: str | None,
-    buckets: list[str] | tuple[str, ...], report: BadInputReport,
-    used_items: pl.Series | None = None,
-) -> tuple[pl.DataFrame, list[str]]:
-    """The item column and the attribute columns (as text) of the items file, one row an item
-    (the first kept), its ``buckets`` columns bucketed over ``used_items`` (the items of the
-    interactions), and a note on each bucketed column."""
-    frame = read_table(path, file_format(path, fmt), report)
-    require_columns(frame, [item_col, *attributes], path)
-    frame = frame.select(
-        as_strings(frame[item_col], path).alias("item"),
-        *(as_strings(frame[name], path).alias(name) for name in attributes),
-        "__line",
-    )
-    repeated = pl.col("item").is_duplicated() & ~pl.col("item").is_first_distinct()
-    reason = pl.when(repeated & pl.col("item").is_not_null()).then(
-        pl.lit("item listed again in the items file (first kept)")
-    )
-    frame = skip_rows(frame, reason.otherwise(null_reason("item")), path, report)
-    if used_items is None:
-        used_items = frame["item"]
-    frame, notes = bucketize_columns(frame, buckets, "item", used_items, path, report)
-    return frame.drop("__line"), notes
 
 
 def read_users(
@@ -642,161 +439,3 @@ def read(
         notes=notes,
         users=user_table,
     )
-
-
-# ---------------------------------------------------------------- rows that carry their history
-
-
-@dataclass(frozen=True)
-class HistoryColumns:
-    """``--history-col``: the column of the items' history, and the attribute columns of the
-    row read from the rows, each with its history column."""
-
-    items: str
-    attributes: dict[str, str]
-
-    @classmethod
-    def parse(cls, text: str, item_col: str) -> HistoryColumns:
-        """``HIST[,COL=HIST...]``: one HIST alone (the items'), the others COL=HIST."""
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        bare = [p for p in parts if "=" not in p]
-        pairs = dict(tuple(q.strip() for q in p.split("=", 1)) for p in parts if "=" in p)
-        if len(bare) != 1 or not all(pairs) or not all(pairs.values()):
-            raise DataError(f"--history-col {text!r}: name the items' history column once, and "
-                            "each attribute as COL=HIST, e.g. item_history,cate_id=cate_history")
-        if item_col in pairs:
-            raise DataError(f"--history-col {text!r}: the item column {item_col!r} takes the "
-                            "history column alone (without COL=)")
-        return cls(bare[0], pairs)
-
-    @property
-    def lists(self) -> dict[str, str]:
-        """Every history column, keyed by the row column it follows ("" for the item's)."""
-        return {"": self.items, **self.attributes}
-
-
-def refuse_with_history(label_col: str | None, label: str | None,
-                        splits: _labels.SplitOptions, history_where: str | None,
-                        time_format: str | None) -> None:
-    """A DataError for an option that rows carrying their history cannot take."""
-    if not is_labelled(label_col, label):
-        raise DataError("--history-col reads labelled rows: pass --label-col COL or --label EXPR")
-    given = [flag for flag, value in (("--history-where", history_where),
-                                      ("--time-format", time_format),
-                                      ("--negatives", splits.negatives),
-                                      ("--valid-from", splits.valid_from),
-                                      ("--test-from", splits.test_from),
-                                      ("--split time", splits.split == "time")) if value]
-    if given:
-        raise DataError(f"{', '.join(given)}: not for rows that carry their history "
-                        "(--history-col): they hold no times, and their history is their own")
-
-
-def history_reasons(columns: HistoryColumns, separator: str) -> list[pl.Expr]:
-    """Why a row's history columns cannot be read: an empty value in one, lengths that differ."""
-    reasons = [pl.when(row_histories.empty_value(pl.col(f"__text:{name}"), separator)).then(
-        pl.lit(f"empty value in history column {hist!r} (row skipped)"))
-        for name, hist in columns.lists.items()]
-    for name, hist in columns.attributes.items():
-        differ = pl.col(f"__list:{name}").list.len() != pl.col("__list:").list.len()
-        reasons.append(pl.when(differ).then(pl.lit(
-            f"history columns {columns.items!r} and {hist!r} differ in length (row skipped)")))
-    return reasons
-
-
-def read_history_file(
-    path: Path, split: int, columns: HistoryColumns, separator: str, report: BadInputReport,
-    *, user_col: str, item_col: str, label_col: str | None, label: str | None,
-    context: list[str] | tuple[str, ...], numeric: list[str] | tuple[str, ...],
-    format: str | None,
-) -> pl.DataFrame:
-    """The good rows of one file of rows that carry their history: ``user``, ``item``, the
-    attribute columns, ``label``, ``split``, side columns, ``row_history`` and the attributes'
-    history lists (``__list:<column>``)."""
-    frame = read_table(path, file_format(path, format), report)
-    require_columns(frame, [user_col, item_col, *columns.attributes,
-                            *columns.lists.values()], path)
-    frame = _labels.label_columns(frame, path, label_col, label, None)
-    side = side_columns(frame, path, context, numeric)
-    texts = {name: as_strings(frame[hist], path) for name, hist in columns.lists.items()}
-    frame = frame.select(
-        as_strings(frame[user_col], path).alias("user"),
-        as_strings(frame[item_col], path).alias("item"),
-        *(as_strings(frame[name], path).alias(name) for name in columns.attributes),
-        *(text.alias(f"__text:{name}") for name, text in texts.items()),
-        "__label", "__label_reason", *side, "__line",
-    ).with_columns(row_histories.list_column(pl.col(f"__text:{name}"), separator)
-                   .alias(f"__list:{name}") for name in texts)
-    numbers = [pl.when(pl.col(NUMERIC + name).is_null()).then(
-        pl.lit(f"numeric feature {name!r} is not a number (row skipped)")) for name in numeric]
-    reason = pl.coalesce(null_reason("user", "item"), pl.col("__label_reason"), *numbers,
-                         *history_reasons(columns, separator))
-    frame = skip_rows(frame, reason, path, report)
-    if len(frame) == 0:
-        example = next((e for e in report.examples if e.startswith(f"{path}:")), "")
-        raise DataError(f"{path}: every row is bad input, e.g. {example}")
-    return frame.drop("__line", "__label_reason", *(f"__text:{n}" for n in columns.lists)).rename(
-        {"__label": LABEL, "__list:": row_histories.ROW_HISTORY}).with_columns(
-        pl.lit(split, dtype=pl.Int8).alias(SPLIT))
-
-
-def read_history_rows(
-    files: list[Path], columns: HistoryColumns, separator: str,
-    splits: _labels.SplitOptions, report: BadInputReport, **reading: object,
-) -> RawData:
-    """Rows that carry their history, from ``files`` (the log, or its train, validation and
-    test files), read by :func:`read_history_file`; their items' attributes from the rows."""
-    if not separator:
-        raise DataError("--history-sep must not be empty")
-    rows = pl.concat([read_history_file(path, split, columns, separator, report, **reading)
-                      for split, path in enumerate(files)], how="vertical_relaxed")
-    attributes = list(columns.attributes)
-    targets = rows.select("item", *attributes)
-    history = rows.select(
-        pl.col(row_histories.ROW_HISTORY).alias("item"),
-        *(pl.col(f"__list:{name}").alias(name) for name in attributes),
-    ).explode("item", *attributes).drop_nulls("item")
-    notes: list[str] = []
-    table = row_histories.item_table(pl.concat([targets, history]), None, notes)
-    options = {"split": "files" if len(files) > 1 else splits.split or "user", "negatives": 0}
-    row_histories.check_options(options)
-    item_col = str(reading["item_col"])
-    origin = {
-        "source": NAME, "files": [str(path) for path in files],
-        "columns": {"user": reading["user_col"], "item": item_col},
-        "history_columns": {item_col: columns.items, **columns.attributes},
-        "history_sep": separator, "labels": options | {
-            key: str(reading[key]) for key in ("label_col", "label") if reading[key]},
-    }
-    return RawData(
-        interactions=rows.drop(*attributes, *(f"__list:{n}" for n in attributes)),
-        items=table, attributes=[item_col, *attributes], origin=origin, notes=notes)
-
-
-def with_items_file(
-    raw: RawData, items: Path | None, items_col: str, names: list[str], fmt: str | None,
-    buckets: list[str] | tuple[str, ...], report: BadInputReport,
-    users: pl.DataFrame | None, separators: dict[str, str],
-) -> RawData:
-    """``raw`` (rows that carry their history) with the ``names`` attributes of the items file
-    ``items`` after those of the rows, the user table ``users`` and the multi-valued
-    attributes' ``separators``."""
-    raw.users = users
-    if separators:
-        raw.origin["multi_valued"] = separators
-    if items is None:
-        return raw
-    clash = [name for name in names if name in raw.attributes]
-    if clash:
-        raise DataError(f"--attributes {','.join(clash)}: read from the rows by --history-col "
-                        "already; name each attribute once")
-    table, notes = read_items(items, items_col, names, fmt, buckets, report, raw.items["item"])
-    raw.items = raw.items.join(table, on="item", how="left", maintain_order="left")
-    missing = raw.items.filter(~pl.col("item").is_in(table["item"].implode())).height
-    if missing:
-        notes.append(f"{missing:,} item(s) of the rows have no row in {items} (their "
-                     f"{', '.join(names)} unknown)")
-    raw.attributes += names
-    raw.notes += notes
-    raw.origin["files"].append(str(items))
-    return raw
