@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +24,10 @@ from camn.data.sources.synthetic import generate
 from camn.models.base import CTRModel, FeatureSpec
 from camn.models.registry import (
     DOMAINS,
+    at_least,
     check_options,
     model_entries,
+    option_domains,
     option_types,
     register,
     resolved_options,
@@ -353,7 +356,8 @@ def test_store_bounds_are_checked_only_with_a_store() -> None:
 
 
 def test_every_numeric_option_of_the_package_models_has_a_domain() -> None:
-    """A new int/float option must declare its range in DOMAINS; no entry is left unused."""
+    """A new int/float option must declare its range (DOMAINS, or its class's
+    option_domains); no entry of DOMAINS is left unused."""
     numeric = {int, float, int | None, float | None}
     used = set()
     for name, entry in model_entries().items():
@@ -363,7 +367,7 @@ def test_every_numeric_option_of_the_package_models_has_a_domain() -> None:
             used.add(key)
             sequence = str(hint).startswith("collections.abc.Sequence")
             if hint in numeric or sequence:
-                assert key in DOMAINS, f"{name}: option {key} has no declared domain"
+                assert key in option_domains(name), f"{name}: option {key} has no domain"
     assert set(DOMAINS) <= used
 
 
@@ -378,6 +382,31 @@ class Untyped(CTRModel):
 UNTYPED = "untyped-options-test"
 if UNTYPED not in model_entries():
     register(UNTYPED)(Untyped)
+
+
+class OwnDomains(CTRModel):
+    """Test-only model with an option of its own, its domain declared in its own class."""
+
+    option_domains: ClassVar = {"depth": at_least(2)}
+
+    def __init__(self, spec, embed_dim: int = 4, depth: int = 3) -> None:
+        super().__init__(spec, embed_dim)
+        self.depth = depth
+
+
+OWN_DOMAINS = "own-domains-options-test"
+if OWN_DOMAINS not in model_entries():
+    register(OWN_DOMAINS)(OwnDomains)
+
+
+def test_a_model_declares_the_domain_of_its_own_option_in_its_class() -> None:
+    assert "depth" not in DOMAINS and option_domains(OWN_DOMAINS)["depth"] is not None
+    with pytest.raises(DataError, match=f"model '{OWN_DOMAINS}': option depth=1: must be at "
+                                        "least 2"):
+        check_options(OWN_DOMAINS, {"depth": 1})
+    assert check_options(OWN_DOMAINS, {"depth": 2})["depth"] == 2
+    with pytest.raises(DataError, match="option embed_dim=0: must be at least 1"):
+        check_options(OWN_DOMAINS, {"embed_dim": 0})  # the shared names' domains still hold
 
 
 @pytest.mark.parametrize(

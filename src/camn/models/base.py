@@ -11,6 +11,7 @@ trainer's loss; extra losses may use the history and the drawn ``history_negativ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -132,6 +133,9 @@ class CTRModel(nn.Module):
     # what ``camn tune`` searches of the model's options, beside the shared training settings
     # (``config.SEARCH_SPACE``): option -> a list of choices or a range {low, high, log}
     search_space: ClassVar[dict[str, object]] = {}
+    # the allowed values of the model's own numeric options, beside the shared names'
+    # (``registry.DOMAINS``): option -> (value, spec or None) -> why it is refused, or None
+    option_domains: ClassVar[dict[str, Callable[[float, FeatureSpec | None], str | None]]] = {}
 
     def __init__(self, spec: FeatureSpec, embed_dim: int = 18) -> None:
         super().__init__()

@@ -10,8 +10,9 @@ full set with defaults, which the trainer saves next to the weights.
 User-given options (``camn train --option``, ``camn benchmark --option``) go through
 :func:`check_options` before any work: each value against the type of its ``__init__`` parameter
 (the annotation, else the type of the default), then against the domain that :data:`DOMAINS`
-declares for the option's name, then, given the store's spec, by building the model once. Every
-problem becomes one :class:`~camn.data.raw.DataError` that names the model and the option.
+(or the model class's ``option_domains``) declares for the option's name, then, given the
+store's spec, by building the model once. Every problem becomes one
+:class:`~camn.data.raw.DataError` that names the model and the option.
 """
 
 from __future__ import annotations
@@ -147,15 +148,15 @@ def build_model(name: str, spec: FeatureSpec, **options) -> CTRModel:
 Domain = Callable[[float, FeatureSpec | None], str | None]
 
 
-def _at_least(low: float) -> Domain:
+def at_least(low: float) -> Domain:
     return lambda value, spec: None if value >= low else f"must be at least {low}"
 
 
-def _above(low: float) -> Domain:
+def above(low: float) -> Domain:
     return lambda value, spec: None if value > low else f"must be above {low}"
 
 
-def _slot_range(low: int, below_k: int) -> Domain:
+def slot_range(low: int, below_k: int) -> Domain:
     """``low <= value <= k - below_k``, k the store's number of attributes (known from a spec)."""
     top = "k" if below_k == 0 else f"k - {below_k}"
 
@@ -168,30 +169,32 @@ def _slot_range(low: int, below_k: int) -> Domain:
     return check
 
 
-def _widths(value: float, spec: FeatureSpec | None) -> str | None:
+def widths(value: float, spec: FeatureSpec | None) -> str | None:
     return None if value >= 1 else "every layer width must be at least 1"
 
 
 # What an option of this name may be, in every model that has it (an option name means one
-# thing across models). Every numeric option of the package's models has an entry (a test checks).
+# thing across models). A model declares the domains of its own other numeric options in its
+# class's ``option_domains`` (built with at_least, above, slot_range, widths), so that a new
+# model is one new file; every numeric option of the package's models has one (a test checks).
 DOMAINS: dict[str, Domain] = {
-    "embed_dim": _at_least(1),
-    "q": _slot_range(1, 0),  # routing keeps the q top attributes
-    "alpha": _at_least(0),
-    "aux_weight": _at_least(0),
-    "tie_weight": _at_least(0),
-    "refiner_heads": _at_least(1),
-    "num_interests": _at_least(1),
-    "interest_dim": _at_least(1),
-    "hidden_factor": _at_least(1),
-    "iterations": _at_least(1),
-    "init_std": _above(0),
-    "pow_p": _at_least(0),
-    "group_slot": _slot_range(0, 1),  # a slot index
-    "cross_buckets": _at_least(0),
-    "mlp_hidden": _widths,
-    "attention_hidden": _widths,
-    "aux_hidden": _widths,
+    "embed_dim": at_least(1),
+    "q": slot_range(1, 0),  # routing keeps the q top attributes
+    "alpha": at_least(0),
+    "aux_weight": at_least(0),
+    "tie_weight": at_least(0),
+    "refiner_heads": at_least(1),
+    "num_interests": at_least(1),
+    "interest_dim": at_least(1),
+    "hidden_factor": at_least(1),
+    "iterations": at_least(1),
+    "init_std": above(0),
+    "pow_p": at_least(0),
+    "group_slot": slot_range(0, 1),  # a slot index
+    "cross_buckets": at_least(0),
+    "mlp_hidden": widths,
+    "attention_hidden": widths,
+    "aux_hidden": widths,
 }
 
 
@@ -273,12 +276,16 @@ def _shown(key: str, value: object) -> str:
     return f"{key}={value if isinstance(value, str) else json.dumps(value, default=str)}"
 
 
+def option_domains(name: str) -> dict[str, Domain]:
+    """The domains of model ``name``'s options: :data:`DOMAINS`, then its class's own."""
+    return DOMAINS | get_entry(name).cls.option_domains
+
+
 def _problem(key: str, value: object, hint: object, default: object,
-             spec: FeatureSpec | None) -> str | None:
+             spec: FeatureSpec | None, domain: Domain | None) -> str | None:
     """Why option ``key=value`` is refused, or None."""
     if not _accepts(hint, value):
         return f"expected {_expected(hint, default)}, got {_described(value)}"
-    domain = DOMAINS.get(key)
     numbers = value if isinstance(value, list | tuple) else [value]
     for number in numbers:
         if domain is not None and isinstance(number, int | float) and not isinstance(number, bool):
@@ -306,10 +313,11 @@ def check_options(
     if unknown:
         raise DataError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
                         f"it takes {', '.join(sorted(defaults))}")
+    domains = option_domains(name)
     problems = [
         f"option {_shown(key, value)}: {reason}"
         for key, value in options.items()
-        if (reason := _problem(key, value, hints[key], defaults[key], spec))
+        if (reason := _problem(key, value, hints[key], defaults[key], spec, domains.get(key)))
     ]
     if problems:
         raise DataError(f"model {name!r}: " + "; ".join(problems))
