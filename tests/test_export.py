@@ -13,7 +13,7 @@ import torch
 import camn
 from camn import __version__
 from camn.cli import main
-from camn.encoding import Encoded
+from camn.encoded_rows import Encoded
 from camn.export import export
 from camn.predict import Predictor
 

@@ -38,6 +38,7 @@ PLACES = {
     "camn.results": "train",
     "camn.stats": "train",
     "camn.provenance": "train",
+    "camn.encoded_rows": "api",
     "camn.encoding": "api",
     "camn.predict": "api",
     "camn.experiments": "api",

@@ -17,7 +17,7 @@ import camn
 from camn.data.prepare import prepare
 from camn.data.raw import DataError, RawData
 from camn.data.store import PreparedStore
-from camn.encoding import Lookup, UnknownIds, UnknownIdsWarning
+from camn.encoded_rows import Lookup, UnknownIds, UnknownIdsWarning
 from camn.models.base import FeatureSpec
 from camn.models.registry import build_model
 from camn.predict import Predictor

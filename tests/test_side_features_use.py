@@ -16,7 +16,7 @@ import torch
 import camn
 from camn.cli import main
 from camn.data.raw import DataError
-from camn.encoding import UnknownIdsWarning
+from camn.encoded_rows import UnknownIdsWarning
 from camn.explain import encoded
 from camn.export import export
 from camn.predict import Predictor

@@ -36,7 +36,8 @@ from camn.cli import add_run_arguments
 from camn.data.protocols import SPLITS
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.encoding import Encoded, attribute_values, routing_rows
+from camn.encoded_rows import Encoded
+from camn.encoding import attribute_values, routing_rows
 from camn.predict import Predictor, load
 
 FORMATS = ("text", "csv", "json")

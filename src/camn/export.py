@@ -52,7 +52,7 @@ from camn import __version__
 from camn.cli import add_run_arguments
 from camn.data.raw import DataError
 from camn.data.store import USERS
-from camn.encoding import Encoded
+from camn.encoded_rows import Encoded
 from camn.outputs import check_output_file, writing
 from camn.predict import Predictor, load, model_inputs
 

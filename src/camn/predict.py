@@ -4,7 +4,7 @@ The predictor takes ids as the user's own data names them and maps them through 
 vocabularies of the store the run was trained on (:mod:`camn.encoding`: item ids to their
 attribute ids, user ids to their latest history in the store; unknown ids are counted, never
 dropped: :attr:`Predictor.unknown` holds the counts of the last call, and a
-:class:`~camn.encoding.UnknownIdsWarning` names them). A run trained with side features also
+:class:`~camn.encoded_rows.UnknownIdsWarning` names them). A run trained with side features also
 takes each row's context and numeric values (``features=``, or frame columns, named as at
 prepare time) and reads the user features of the row's user id from the store.
 """
@@ -23,17 +23,8 @@ from camn.data.fingerprint import check_vocabularies
 from camn.data.raw import ACTION, DataError
 from camn.data.shards import MANIFEST, open_store
 from camn.data.store import PreparedStore
-from camn.encoding import (
-    UNKNOWN_ID,
-    Encoded,
-    IdEncoder,
-    UnknownIds,
-    as_ids,
-    as_series,
-    frame_columns,
-    is_frame,
-    routing_rows,
-)
+from camn.encoded_rows import UNKNOWN_ID, Encoded, UnknownIds, as_ids, as_series
+from camn.encoding import IdEncoder, frame_columns, is_frame, routing_rows
 from camn.models.base import CTRModel, FeatureSpec
 from camn.run_folder import CONFIG, RUN_RESULTS, RunFolder, SeedFolder
 from camn.train.checkpoints import DAMAGED, load_model, read_results, seed_folder

@@ -50,7 +50,7 @@ from camn.data.raw import BadInputReport, DataError
 from camn.data.reading import column_list, skip_rows
 from camn.data.sources._files import file_format, read_table
 from camn.data.sources.table import read_interactions
-from camn.encoding import NO_USER, Encoded, UnknownIds, as_ids
+from camn.encoded_rows import NO_USER, Encoded, UnknownIds, as_ids
 from camn.outputs import check_output_file, writing
 from camn.predict import Predictor, load, model_inputs
 
