@@ -203,6 +203,18 @@ def test_history_negatives(tmp_path: Path) -> None:
     assert "history_negative" not in next(store.batches("train", 64))
 
 
+def test_history_negatives_are_the_draws_of_the_seeded_generator() -> None:
+    """Each position gets the item of the generator's next draw (padding: zeros), so a seed
+    gives the same negatives whatever the lookup's implementation."""
+    table = torch.tensor([[0, 0], [1, 1], [12, 5], [13, 6], [14, 7], [15, 5]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    drawn = store_module.draw_items(np.random.default_rng(7), table, mask)
+    ids = np.random.default_rng(7).integers(2, 6, size=(2, 3))
+    expected = table[torch.from_numpy(ids)] * mask[..., None]
+    assert drawn.dtype == torch.int64
+    assert torch.equal(drawn, expected)
+
+
 def test_store_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a prepared store"):
         PreparedStore(tmp_path)

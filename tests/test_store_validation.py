@@ -170,6 +170,8 @@ def test_a_store_without_its_user_ids_is_damaged(store: Path) -> None:
         ("item_attributes", (7, 0), -1, "arrays/item_attributes.npy holds id -1 of attribute "
          "'item_id' at item id 7, outside its vocabulary of ids 0..61 (vocab_sizes in "
          "schema.json)"),
+        ("item_attributes", (0, 1), 4, "arrays/item_attributes.npy row 0 (the padding item) "
+         "holds [0, 4, 0]; it must be all 0"),
         ("pair_users", (8,), 200, "arrays/pair_users.npy holds 200 at row 8; users are "
          "0..num_users - 1 (199)"),
         ("timeline_users", (199,), 200, "arrays/timeline_users.npy holds 200 at row 199; users "

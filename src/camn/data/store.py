@@ -118,8 +118,10 @@ def history_items(clicks, ends, lengths, slots):
 def item_rows(table, items):
     """``table[items]``: the (..., k) rows of a (V, k) table for an index array of any shape,
     numpy arrays or torch tensors alike (the faster take, not fancy indexing)."""
-    if isinstance(table, torch.Tensor):
+    if isinstance(table, torch.Tensor) and table.device.type != "cpu":
         return table.index_select(0, items.reshape(-1).long()).view(*items.shape, table.shape[1])
+    if isinstance(table, torch.Tensor):  # numpy's take beats index_select on the host
+        return torch.from_numpy(np.take(table.numpy(), items.numpy(), axis=0))
     return np.take(table, items, axis=0)
 
 
@@ -492,10 +494,14 @@ def draw_items(
     rng: np.random.Generator, item_attributes: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """A uniformly drawn item for every position of ``mask`` (B, L): (B, L, k) attribute ids,
-    zeros at padding. ``item_attributes`` (num_items + 2, k) is on the batch's device."""
+    zeros at padding. ``item_attributes`` (num_items + 2, k) is on the batch's device.
+
+    A draw at a padding position is replaced by item 0, whose row is all zeros (the store
+    checks it), before the lookup: cheaper than zeroing the (B, L, k) rows after it.
+    """
     ids = rng.integers(FIRST_ITEM_ID, len(item_attributes), size=tuple(mask.shape))
-    drawn = item_rows(item_attributes, torch.from_numpy(ids).to(item_attributes.device)).long()
-    return drawn * mask[..., None]
+    ids = torch.from_numpy(ids).to(item_attributes.device).mul_(mask)
+    return item_rows(item_attributes, ids).long()
 
 
 def table1_line(schema: dict) -> str:

@@ -229,6 +229,10 @@ def scan_contents(store: PreparedStore) -> list[str]:
                                  f"0..{k - 1}")
         rules["click_driver_kind"] = (-1, 1, "driver kinds are -1 (none), 0 or 1")
     problems: list[str] = []
+    padding = np.asarray(store.array("item_attributes")[0])
+    if padding.any():
+        problems.append(f"arrays/item_attributes.npy row 0 (the padding item) holds "
+                        f"{padding.tolist()}; it must be all 0")
     damaged: set[str] = set()  # arrays with a value out of range
     for name, (lowest, highest, rule) in rules.items():
         found = first_outside(store.array(name), lowest, highest)
