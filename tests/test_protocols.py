@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import camn.data.protocols as protocols
 from camn.data.prepare import prepare
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, build_samples, sample_negatives
 from camn.data.raw import BadInputReport, DataError, RawData
@@ -212,6 +213,22 @@ def test_negatives_are_uniform_over_the_untouched_items() -> None:
     assert counts[:4].sum() == 0
     assert np.abs(counts[4:] / 30_000 - 1 / 3).max() < 0.015
 
+
+
+def test_pairs_are_looked_up_in_chunks_with_the_same_answer(monkeypatch) -> None:
+    """Chunking bounds the memory of the collision lookup; the pairs found and the negatives
+    drawn (same generator calls) stay the same."""
+    rng = np.random.default_rng(4)
+    users, items = rng.integers(0, 20, 500), rng.integers(2, 12, 500)
+    keys = np.unique(rng.integers(0, 20, 300) * 12 + rng.integers(2, 12, 300))
+    expected = np.flatnonzero(np.isin(users * 12 + items, keys))
+    whole = protocols.sample_negatives(users, keys, 10, np.random.default_rng(9))
+    monkeypatch.setattr(protocols, "TAKEN_CHUNK", 7)
+    np.testing.assert_array_equal(protocols.taken(users, items, keys, 12), expected)
+    np.testing.assert_array_equal(
+        protocols.sample_negatives(users, keys, 10, np.random.default_rng(9)), whole)
+    assert not np.isin(users * 12 + whole, keys).any()
+    assert protocols.taken(users[:0], items[:0], keys, 12).tolist() == []
 
 def test_same_seed_same_samples_other_seed_other_split() -> None:
     data = random_interactions(0, num_users=50, max_count=6, repeats=True)

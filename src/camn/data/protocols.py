@@ -53,10 +53,21 @@ def sample_negatives(
     return negatives
 
 
+TAKEN_CHUNK = 1 << 22  # pairs looked up at a time: three (chunk,) int64 arrays in flight
+
+
 def taken(users: np.ndarray, items: np.ndarray, user_item_keys: np.ndarray, stride: int
           ) -> np.ndarray:
-    """The indices of the (user, item) pairs found in ``user_item_keys`` (computed in place:
-    at most two (n,) int64 arrays in flight)."""
+    """The indices of the (user, item) pairs found in ``user_item_keys``, looked up
+    ``TAKEN_CHUNK`` pairs at a time, so that the memory in flight does not grow with the log."""
+    found = [start + taken_chunk(users[start : start + TAKEN_CHUNK],
+                                 items[start : start + TAKEN_CHUNK], user_item_keys, stride)
+             for start in range(0, len(users), TAKEN_CHUNK)]
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def taken_chunk(users: np.ndarray, items: np.ndarray, user_item_keys: np.ndarray, stride: int
+                ) -> np.ndarray:
     keys = users.astype(np.int64)
     keys *= stride
     keys += items
@@ -113,6 +124,12 @@ def distinct_keys(user: np.ndarray, item: np.ndarray, stride: int) -> np.ndarray
     first[:1] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     return keys[first]
+
+
+def by_split(values: np.ndarray, split_of: np.ndarray) -> np.ndarray:
+    """``values`` with the train ones first, then valid, then test, each in its order:
+    ``values[np.argsort(split_of, kind="stable")]`` without an (n,) int64 order in memory."""
+    return np.concatenate([values[split_of == code] for code in range(len(SPLITS))])
 
 
 def build_samples(
@@ -174,6 +191,7 @@ def build_samples(
 
     last_pos = starts + counts - 1  # global index of each user's last interaction
     last_negatives = draw_negatives(np.arange(len(counts)), last_pos, user_item_keys, "last")
+    last_negatives = last_negatives.astype(np.int32)
     if protocol == "last":
         pos, negatives = last_pos, last_negatives
     else:
@@ -182,15 +200,18 @@ def build_samples(
         train_pos = np.flatnonzero(predicted)
         del predicted
         train_neg = draw_negatives(user[train_pos], train_pos, user_item_keys, "sliding")
+        train_neg = train_neg.astype(np.int32)
         held_out = np.flatnonzero(user_split != TRAIN)
         pos = np.concatenate([train_pos, last_pos[held_out]])
+        del train_pos
         negatives = np.concatenate([train_neg, last_negatives[held_out]])
-        del train_pos, train_neg
+        del train_neg
     del user_item_keys
     # pos ascends within each protocol's part, so within a split it ascends in (user, position)
-    order = np.argsort(user_split[user[pos]], kind="stable")
-    pos, negatives = pos[order], negatives[order].astype(np.int32)
-    del order
+    split_of = user_split[user[pos]]
+    pos = by_split(pos, split_of)
+    negatives = by_split(negatives, split_of)
+    del split_of
     sample_user = user[pos]
     pos -= starts[sample_user]  # now each click's position in its user's timeline
 
