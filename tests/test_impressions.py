@@ -340,3 +340,18 @@ def test_the_library_reads_labelled_rows_with_keyword_arguments(tmp_path: Path) 
         movielens.read(path=tmp_path, negatives=2, split="user")
     with pytest.raises(DataError, match=r"^--valid-from: for labelled impressions"):
         amazon.read(reviews=log, meta=log, valid_from="0.5")
+
+
+def test_comparable_times_order_as_the_times_without_sorting_integer_ones() -> None:
+    from camn.data.impressions import comparable_times
+
+    seconds = np.array([1_700_000_300, 1_700_000_000, 1_700_000_300, 1_700_000_007])
+    assert comparable_times(seconds, num_users=3).tolist() == [300, 0, 300, 7]
+    assert comparable_times(seconds.astype(np.int32), 3).dtype == np.int64
+    fractional = np.array([2.5, -1.0, 2.5, 0.25])
+    assert comparable_times(fractional, 3).tolist() == [2, 0, 2, 1]
+    # a span that would overflow user * span + time: dense ranks instead
+    wide = np.array([0, 2**40, 5, 2**40])
+    assert comparable_times(wide, num_users=2**23).tolist() == [0, 2, 1, 2]
+    assert comparable_times(wide, num_users=2).tolist() == [0, 2**40, 5, 2**40]
+    assert comparable_times(np.array([], dtype=np.int64), 3).tolist() == []

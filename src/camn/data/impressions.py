@@ -139,17 +139,28 @@ def time_splits(time: np.ndarray, valid_from: float, test_from: float) -> np.nda
 
 
 def history_positions(
-    user: np.ndarray, time_rank: np.ndarray, click_user: np.ndarray, click_rank: np.ndarray,
+    user: np.ndarray, time: np.ndarray, click_user: np.ndarray, click_time: np.ndarray,
     starts: np.ndarray,
 ) -> np.ndarray:
     """(n,) the number of the user's history events strictly before each impression.
 
-    Times are given as dense ranks over all times (int64), clicks sorted by (user, rank);
-    one searchsorted on the key user * R + rank finds every count at once."""
-    stride = int(max(time_rank.max(initial=0), click_rank.max(initial=0))) + 1
-    click_keys = click_user.astype(np.int64) * stride + click_rank
-    keys = user.astype(np.int64) * stride + time_rank
+    Clicks sorted by (user, time); one searchsorted on the key user * span + time finds every
+    count at once, the times being :func:`comparable_times`."""
+    stride = int(max(time.max(initial=0), click_time.max(initial=0))) + 1
+    click_keys = click_user.astype(np.int64) * stride + click_time
+    keys = user.astype(np.int64) * stride + time
     return np.searchsorted(click_keys, keys, side="left") - starts[user]
+
+
+def comparable_times(time: np.ndarray, num_users: int) -> np.ndarray:
+    """(n,) int64 that order as ``time`` does, from 0: integer times less the earliest, where
+    num_users x their span fits a key of 63 bits (Unix seconds do for a billion users), else
+    the dense rank of each time (a sort of all of them: memory for fractional times only)."""
+    if time.dtype.kind in "iu" and len(time):
+        earliest = time.min()
+        if num_users * (int(time.max()) - int(earliest) + 1) < 2**62:
+            return (time - earliest).astype(np.int64, copy=False)
+    return np.unique(time, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def build_impressions(
@@ -185,21 +196,22 @@ def build_impressions(
     click_user = user[by_time]
     counts = np.bincount(click_user, minlength=num_users)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    all_times, ranks = np.unique(np.concatenate([time, time[by_time]]), return_inverse=True)
-    positions = history_positions(user, ranks[: len(time)], click_user, ranks[len(time):],
-                                  starts)
+    comparable = comparable_times(time, num_users)
+    positions = history_positions(user, comparable, click_user, comparable[by_time], starts)
+    positions = positions.astype(np.int32)  # at most the longest timeline
+    del comparable, click_user
     order = np.lexsort((time, user, split))
-    stored_times = narrowest_times(all_times)
+    stored_times = narrowest_times(time)
     arrays = {
         "timeline_users": np.arange(num_users, dtype=np.int32),
         "timeline_offsets": starts,
-        "clicks": item[by_time].astype(np.int32),
-        "click_times": time[by_time].astype(stored_times.dtype),
-        "impression_users": user[order].astype(np.int32),
-        "impression_positions": positions[order].astype(np.int32),
-        "impression_items": item[order].astype(np.int32),
+        "clicks": item[by_time].astype(np.int32, copy=False),
+        "click_times": stored_times[by_time],
+        "impression_users": user[order].astype(np.int32, copy=False),
+        "impression_positions": positions[order],
+        "impression_items": item[order].astype(np.int32, copy=False),
         "impression_labels": label[order],
-        "impression_times": time[order].astype(stored_times.dtype),
+        "impression_times": stored_times[order],
         **{f"impression_{name}": values[order] for name, values in side.items()},
     }
     sizes = np.bincount(split, minlength=len(SPLITS))
