@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from camn.cli import main
+from camn.data.sources import _files
 from camn.data.store import PreparedStore
 from camn.train.loop import ResidentSplit
 
@@ -161,6 +163,35 @@ def test_label_and_history_expressions(tmp_path: Path, capsys: pytest.CaptureFix
         capsys, tmp_path, "--interactions", str(log), "--label", "rating > 1", "--label-col",
         "clicked")
 
+
+
+def test_a_parquet_log_is_read_for_the_columns_its_expressions_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = random_log(tmp_path / "log.csv", users=6, rows=10)
+    log = tmp_path / "log.parquet"
+    pl.read_csv(csv).with_columns(unused=pl.lit("x")).write_parquet(log)
+    read: list[list[str]] = []
+    scan = _files.parquet_rows
+
+    def recorded(source, keep, columns):
+        frame = scan(source, keep, columns)
+        read.append([c for c in frame.columns if c != "__line"])
+        return frame
+
+    monkeypatch.setattr(_files, "parquet_rows", recorded)
+    store = prepare(tmp_path, "--interactions", str(log), "--label",
+                    "behavior IN ('cart', 'buy')", "--history-where", "rating > 2",
+                    "--split", "user", name="parquet")
+    assert read == [["user", "item", "time", "behavior", "rating"]]
+    expected = prepare(tmp_path, "--interactions", str(csv), "--label",
+                       "behavior IN ('cart', 'buy')", "--history-where", "rating > 2",
+                       "--split", "user", name="csv")
+    for name in ("clicks", "impression_items", "impression_labels", "impression_positions"):
+        assert store.array(name).tolist() == expected.array(name).tolist()
+    assert refusal(capsys, tmp_path, "--interactions", str(log), "--label", "price > 1") == (
+        f"camn: error: --label 'price > 1': {log} has no column 'price'; available columns: "
+        "user, item, time, clicked, rating, behavior, unused\n")
 
 def test_a_log_already_split_keeps_its_files(
     tmp_path: Path, capsys: pytest.CaptureFixture

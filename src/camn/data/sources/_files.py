@@ -148,13 +148,13 @@ def read_table(
 def parquet_rows(
     source: Path | io.BytesIO, keep: pl.Expr | None, columns: list[str] | None
 ) -> pl.DataFrame:
-    """The rows ``keep`` selects (all without it) of a Parquet file, of its ``columns`` that
-    exist (all without them), and ``__line``: the row's number from 1, as 32 bits where that
-    suffices (a scan, so rows and columns left out are never read into memory)."""
+    """The rows ``keep`` selects (all without it) of a Parquet file, of its ``columns`` (all
+    without them, or where one is missing, so that the message naming it can list every
+    column), and ``__line``: the row's number from 1, as 32 bits where that suffices (a scan,
+    so rows and columns left out are never read into memory)."""
     scan = pl.scan_parquet(source)
-    if columns is not None:
-        present = set(scan.collect_schema().names())
-        scan = scan.select([name for name in dict.fromkeys(columns) if name in present])
+    if columns is not None and set(columns) <= set(scan.collect_schema().names()):
+        scan = scan.select(list(dict.fromkeys(columns)))
     scan = scan.with_row_index("__line", offset=1)
     if keep is not None:
         scan = scan.filter(keep)

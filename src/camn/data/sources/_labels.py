@@ -133,6 +133,15 @@ def numeric_text(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     return frame.with_columns(cast)
 
 
+def expression_columns(expression: str) -> list[str] | None:
+    """The columns a SQL ``expression`` reads; None where polars does not parse it (the
+    reader then reads every column and :func:`evaluate` says what is wrong)."""
+    try:
+        return pl.sql_expr(expression).meta.root_names()
+    except pl.exceptions.PolarsError:
+        return None
+
+
 def evaluate(frame: pl.DataFrame, expression: str, option: str, path: Path) -> pl.Series:
     """The SQL ``expression`` (of ``option``) evaluated on every row of ``frame``."""
     try:

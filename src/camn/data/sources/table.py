@@ -182,9 +182,10 @@ def read_interactions(
     path = Path(path)
     columns = [user_col, item_col, time_col]
     labelled = is_labelled(label_col, label)
+    needed = (labelled_columns(columns, label_col, label, history_where, [*context, *numeric])
+              if labelled else columns)
     frame = read_table(path, file_format(path, format), report,
-                       shard_rows(user_col, users_between),
-                       None if labelled else columns)  # a label expression may read any column
+                       shard_rows(user_col, users_between), needed)
     require_columns(frame, columns, path)
     time, note = parse_time(frame[time_col], path, time_format)
     if note is not None and notes is not None:
@@ -222,6 +223,20 @@ def read_interactions(
     if labelled:
         frame = _labels.labelled(frame.drop("__label_reason"))
     return frame
+
+
+def labelled_columns(
+    columns: list[str], label_col: str | None, label: str | None, history_where: str | None,
+    side: list[str],
+) -> list[str] | None:
+    """The columns a labelled log is read for: ids and time, the label column or those its
+    expression reads, those of --history-where, the side features; None (every column) where
+    an expression does not parse."""
+    read = [_labels.expression_columns(text) for text in (label, history_where) if text]
+    if None in read:
+        return None
+    return [*columns, *([label_col] if label_col else []),
+            *(name for names in read for name in names), *side]
 
 
 def read_labelled(
