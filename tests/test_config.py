@@ -423,6 +423,21 @@ def test_a_committed_grids_rows_are_its_configs_runs_under_todays_model_names(gr
         assert changes(row.config, planned) == [], (row.model, row.seed)
 
 
+
+def test_the_tuned_verdicts_rows_are_its_configs_runs() -> None:
+    """The tuned verdict's rows (one folder a model, each run from that model's best.toml)
+    are exactly configs/tuned-beauty-last.toml's runs, each with the configuration it gives:
+    the one config reproduces them and resumes past them."""
+    config = ConfigFile.read(CONFIGS / "tuned-beauty-last.toml")
+    models = config.command["models"]
+    rows = [row for model in models
+            for row in ResultsLog(TABLES / "tuned-beauty-last" / model / "results.jsonl").load()]
+    assert sorted((r.model, r.seed) for r in rows) == sorted(
+        (m, s) for m in models for s in range(1, 1 + config.command["seeds"]))
+    for row in rows:
+        planned = resolved_config(resolve(config.layers, "stores/beauty-last", row.model))
+        assert changes(row.config, planned) == [], (row.model, row.seed)
+
 def test_every_committed_row_names_a_registered_model() -> None:
     """The committed rows are written under today's model names (nothing renames them on
     read): every model a docs/bench table or grid names is registered, and a grid row's
