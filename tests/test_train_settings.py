@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from camn.config import TrainConfig
-from camn.data.prepare import prepare
 from camn.data.raw import DataError
 from camn.data.store import PreparedStore
 from camn.models.base import FeatureSpec
@@ -25,25 +24,11 @@ from camn.train.objective import embedding_penalty, make_optimizer
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+import test_resume  # noqa: E402
 from test_resume import BATCH, FAST, MODEL, Stop, StopAfter  # noqa: E402
-from test_train import make_raw  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> PreparedStore:
-    path = tmp_path_factory.mktemp("store") / "store"
-    prepare(make_raw(users=300), path, protocol="sliding", max_len=8, seed=3)
-    return PreparedStore(path)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Fixed threads: the same float sums in every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+store = test_resume.store  # its fixtures: the store of its test model, one thread
+one_thread = test_resume.one_thread
 
 
 @pytest.mark.parametrize(("monitor", "best"), [("auc", 3), ("logloss", 2), ("auc-logloss", 1)])
