@@ -3,12 +3,14 @@ SOURCE``; typed flags override it; a bad file is one line naming the file and th
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from camn.cli import expand_data_file, main
+from camn.cli import expand_data_file, main, source_parser
+from camn.data.sources import available_sources
 from camn.data.store import PreparedStore
 
 LOG = "user,item,time,click,hour,price\n" + "".join(
@@ -168,3 +170,18 @@ def test_the_example_data_file_lists_only_keys_of_its_source() -> None:
     assert argv == ["prepare", "movielens", "--path=../shared/data/movielens_100k",
                     "--rating-labels=4", "--user-features", "--genres=multi",
                     "--context=hour,weekday", "--out=stores/ml100k-ctr-full"]
+
+
+@pytest.mark.parametrize("source", available_sources())
+def test_every_list_flag_shows_a_list_metavar_so_a_data_file_may_give_an_array(
+    source: str,
+) -> None:
+    # a data file takes an array for a flag whose metavar reads COL[,COL...]
+    for action in source_parser(source)._actions:
+        if callable(action.type) and action.nargs is None and action.option_strings:
+            try:
+                parsed = action.type("a,b")
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                continue
+            if isinstance(parsed, list | dict):
+                assert "[," in str(action.metavar), (source, action.option_strings)

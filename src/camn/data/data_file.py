@@ -153,8 +153,8 @@ def _checked(path: str, key: str, action: argparse.Action, value: object) -> obj
 
 def _text(path: str, key: str, action: argparse.Action, value: object) -> str:
     """The flag's text form of a TOML value, or a DataError naming the type it expected."""
-    metavar = str(action.metavar or "")
-    takes_list = "[," in metavar or "comma-separated" in (action.help or "")
+    metavar = str(action.metavar or "")  # a list flag shows it: COL[,COL...]
+    takes_list = "[," in metavar
     takes_pairs = takes_list and ":" in metavar
     if isinstance(value, str):
         return value

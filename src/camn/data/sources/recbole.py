@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--item", required=True, help="items file (<dataset>.item)")
     attributes = parser.add_mutually_exclusive_group(required=True)
     attributes.add_argument(
-        "--attributes", type=lambda s: [c for c in s.split(",") if c],
-        help="comma-separated .item columns used as attributes after the item id",
+        "--attributes", type=lambda s: [c for c in s.split(",") if c], metavar="COL[,COL...]",
+        help=".item columns used as attributes after the item id",
     )
     attributes.add_argument(
         "--recipe", choices=RECIPES,

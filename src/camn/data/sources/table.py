@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--items-item-col", help="item column of the items file, if named differently"
     )
     parser.add_argument(
-        "--attributes", default="",
-        help="comma-separated attribute columns of the items file (needs --items)",
+        "--attributes", default="", metavar="COL[,COL...]",
+        help="attribute columns of the items file (needs --items)",
     )
     parser.add_argument(
         "--format", choices=sorted(set(FORMATS.values())),
