@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from camn.cli import main
-from camn.data.sources import _files
+from camn.data import impressions
+from camn.data.sources import _files, _labels
 from camn.data.store import PreparedStore
 from camn.train.loop import ResidentSplit
 
@@ -141,6 +142,36 @@ def test_bad_labels_are_counted_with_file_and_line(
     assert main(["prepare", "table", "--interactions", str(log), "--label-col", "click",
                  "--strict", "--out", str(tmp_path / "strict")]) == 2
     assert capsys.readouterr().err == f"camn: error: {log}:11: label is not 0 or 1\n"
+
+
+def test_history_counts_in_chunks_are_the_events_strictly_before_each_impression(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(5)
+    user, time = rng.integers(0, 4, 200), rng.integers(0, 30, 200)
+    clicked = rng.random(200) < 0.5
+    order = np.lexsort((time[clicked], user[clicked]))
+    click_user, click_time = user[clicked][order], time[clicked][order]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(click_user, minlength=4))])
+    expected = [np.sum((user[clicked] == u) & (time[clicked] < t))
+                for u, t in zip(user, time, strict=True)]
+    monkeypatch.setattr(impressions, "POSITIONS_CHUNK", 7)
+    counts = impressions.history_positions(user, time, click_user, click_time, starts)
+    assert counts.dtype == np.int32 and counts.tolist() == expected
+
+
+@pytest.mark.parametrize("column", [
+    pl.Series([1.0, 0.0, 0.5, float("nan"), None, 2.0]),
+    pl.Series([1, 0, 3, -1, None, 2], dtype=pl.Int16),
+    pl.Series([True, False, None]),
+])
+def test_labels_of_numbers_and_booleans_read_as_their_text_does(column: pl.Series) -> None:
+    as_numbers, as_text = _labels.label_values(column), _labels.label_values(column.cast(pl.String))
+    assert [s.to_list() for s in as_numbers] == [s.to_list() for s in as_text]
+    labels, reasons = _labels.label_values(pl.Series([1.0, 0.0, 0.5, float("nan"), None]))
+    assert labels.to_list() == [1, 0, None, None, None]
+    assert reasons.to_list() == [None, None, _labels.LABEL_REASONS["other"],
+                                 _labels.LABEL_REASONS["nan"], _labels.LABEL_REASONS["null"]]
 
 
 def test_label_and_history_expressions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

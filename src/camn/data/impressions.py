@@ -82,6 +82,7 @@ class StoreArrays(Protocol):
 
 
 KIND = "impressions"  # schema.json "samples"
+POSITIONS_CHUNK = 1 << 22  # impressions whose history counts are looked up at a time
 BAGS = "bags."  # arrays/bags.<attribute>.npy: a multi-valued attribute's values per item id
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
@@ -142,14 +143,20 @@ def history_positions(
     user: np.ndarray, time: np.ndarray, click_user: np.ndarray, click_time: np.ndarray,
     starts: np.ndarray,
 ) -> np.ndarray:
-    """(n,) the number of the user's history events strictly before each impression.
+    """(n,) int32, the number of the user's history events strictly before each impression.
 
-    Clicks sorted by (user, time); one searchsorted on the key user * span + time finds every
-    count at once, the times being :func:`comparable_times`."""
+    Clicks sorted by (user, time); a searchsorted on the key user * span + time finds the
+    counts, the times being :func:`comparable_times`, ``POSITIONS_CHUNK`` impressions at a
+    time so that the keys in flight do not grow with the log."""
     stride = int(max(time.max(initial=0), click_time.max(initial=0))) + 1
     click_keys = click_user.astype(np.int64) * stride + click_time
-    keys = user.astype(np.int64) * stride + time
-    return np.searchsorted(click_keys, keys, side="left") - starts[user]
+    positions = np.empty(len(user), dtype=np.int32)  # at most the longest timeline
+    for start in range(0, len(user), POSITIONS_CHUNK):
+        users = user[start : start + POSITIONS_CHUNK].astype(np.int64)
+        keys = users * stride + time[start : start + POSITIONS_CHUNK]
+        positions[start : start + POSITIONS_CHUNK] = (
+            np.searchsorted(click_keys, keys, side="left") - starts[users])
+    return positions
 
 
 def comparable_times(time: np.ndarray, num_users: int) -> np.ndarray:
@@ -198,7 +205,6 @@ def build_impressions(
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     comparable = comparable_times(time, num_users)
     positions = history_positions(user, comparable, click_user, comparable[by_time], starts)
-    positions = positions.astype(np.int32)  # at most the longest timeline
     del comparable, click_user
     order = np.lexsort((time, user, split))
     stored_times = narrowest_times(time)
@@ -255,6 +261,7 @@ def prepare_impressions(
     split_seq, negative_seq = np.random.SeedSequence(seed).spawn(2)
     split = row_splits(options, user, time, len(users), frame, split_seq)
     side, side_schema, side_vocabularies = side_features(frame)
+    del frame  # its id columns, coded above, are not needed while the samples are built
     arrays, sizes, clicks = build_impressions(
         user, (item + FIRST_ITEM_ID).astype(np.int32), time, label, history, split,
         len(users), len(items), negatives=options.get("negatives", 0),

@@ -189,13 +189,17 @@ def skip_rows(
 ) -> pl.DataFrame:
     """Drop the rows where ``reason`` (a string expression, null = good row) is set, reporting
     them under their reason; with a strict report the first bad row in file order raises."""
-    frame = frame.with_columns(__reason=reason)
-    bad = frame.filter(pl.col("__reason").is_not_null()).sort("__line")
-    if report.strict and len(bad):
+    reasons = frame.select(reason).to_series()
+    good = reasons.is_null()
+    if good.all():
+        return frame  # no copy of a log without bad rows
+    bad = frame.filter(~good).with_columns(reasons.filter(~good).alias("__reason"))
+    bad = bad.sort("__line")
+    if report.strict:
         report.bad(path, bad["__line"][0], bad["__reason"][0])
     for (why,), rows in bad.group_by("__reason", maintain_order=True):
         report_rows(report, path, rows["__line"].to_numpy(), why)
-    return frame.filter(pl.col("__reason").is_null()).drop("__reason")
+    return frame.filter(good)
 
 
 def null_reason(*columns: str) -> pl.Expr:

@@ -21,6 +21,7 @@ from camn.data.raw import BadInputReport, DataError
 from camn.data.reading import column_list, null_reason, polars_reason, skip_rows
 
 TRUE_TEXT, FALSE_TEXT = ["1", "1.0", "true"], ["0", "0.0", "false"]
+NUMBER_PROBE = 1000  # a text column's first values, tried as numbers before all of them
 LABEL_REASONS = {
     "null": "no label value (row skipped)",
     "nan": "label is NaN (row skipped)",
@@ -125,12 +126,17 @@ def numeric_text(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     cast = []
     for name in names:
         column = frame[name]
-        if column.dtype != pl.String:
-            continue
-        number = column.str.strip_chars().cast(pl.Float64, strict=False)
-        if number.null_count() == column.null_count():
-            cast.append(number)
+        if column.dtype != pl.String or not _numbers(column.drop_nulls().head(NUMBER_PROBE)):
+            continue  # the probe spares a log of text values a cast of every row
+        if _numbers(column):
+            cast.append(column.str.strip_chars().cast(pl.Float64, strict=False))
     return frame.with_columns(cast)
+
+
+def _numbers(column: pl.Series) -> bool:
+    """Whether every value of a text column that is not null reads as a number."""
+    number = column.str.strip_chars().cast(pl.Float64, strict=False)
+    return number.null_count() == column.null_count()
 
 
 def expression_columns(expression: str) -> list[str] | None:
@@ -165,15 +171,26 @@ def evaluate(frame: pl.DataFrame, expression: str, option: str, path: Path) -> p
 def label_values(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """(label as Int8, null where bad; the reason of each bad value, null where good) of a
     column of 0/1 values written as numbers, booleans or text."""
-    text = pl.col("text")
-    label = (pl.when(text.is_in(TRUE_TEXT)).then(1).when(text.is_in(FALSE_TEXT)).then(0)
-             .otherwise(None).cast(pl.Int8))
-    reason = (pl.when(text.is_null()).then(pl.lit(LABEL_REASONS["null"]))
-              .when(text == "nan").then(pl.lit(LABEL_REASONS["nan"]))
-              .when(label.is_null()).then(pl.lit(LABEL_REASONS["other"])))
-    written = column.cast(pl.String).str.strip_chars().str.to_lowercase()
-    found = pl.DataFrame({"text": written}).select(label=label, reason=reason)
+    if column.dtype == pl.Boolean or column.dtype.is_numeric():
+        value = pl.col("value")
+        nan = value.is_nan() if column.dtype.is_float() else pl.lit(False)
+        found = pl.DataFrame({"value": column}).select(_label_found(value == 1, value == 0, nan))
+    else:
+        text = pl.col("value")
+        written = column.cast(pl.String).str.strip_chars().str.to_lowercase()
+        found = pl.DataFrame({"value": written}).select(_label_found(
+            text.is_in(TRUE_TEXT), text.is_in(FALSE_TEXT), text == "nan"))
     return found["label"], found["reason"]
+
+
+def _label_found(one: pl.Expr, zero: pl.Expr, nan: pl.Expr) -> list[pl.Expr]:
+    """The ``label`` and ``reason`` columns of :func:`label_values` from whether each value
+    reads as 1, as 0 or as NaN."""
+    label = pl.when(one).then(1).when(zero).then(0).otherwise(None).cast(pl.Int8)
+    reason = (pl.when(pl.col("value").is_null()).then(pl.lit(LABEL_REASONS["null"]))
+              .when(nan).then(pl.lit(LABEL_REASONS["nan"]))
+              .when(label.is_null()).then(pl.lit(LABEL_REASONS["other"])))
+    return [label.alias("label"), reason.alias("reason")]
 
 
 def label_columns(
