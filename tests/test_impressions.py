@@ -148,15 +148,17 @@ def test_history_counts_in_chunks_are_the_events_strictly_before_each_impression
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = np.random.default_rng(5)
-    user, time = rng.integers(0, 4, 200), rng.integers(0, 30, 200)
+    user, time = rng.integers(0, 4, 200), rng.integers(1_500_000_000, 1_500_000_030, 200)
     clicked = rng.random(200) < 0.5
-    order = np.lexsort((time[clicked], user[clicked]))
-    click_user, click_time = user[clicked][order], time[clicked][order]
-    starts = np.concatenate([[0], np.cumsum(np.bincount(click_user, minlength=4))])
     expected = [np.sum((user[clicked] == u) & (time[clicked] < t))
                 for u, t in zip(user, time, strict=True)]
-    monkeypatch.setattr(impressions, "POSITIONS_CHUNK", 7)
-    counts = impressions.history_positions(user, time, click_user, click_time, starts)
+    monkeypatch.setattr(impressions, "KEY_CHUNK", 7)
+    keys = impressions.user_time_keys(user, time, num_users=4)
+    stride = time.max() - time.min() + 1
+    assert keys.tolist() == (user * stride + time - time.min()).tolist()
+    click_keys = np.sort(keys[clicked])
+    starts = np.concatenate([[0], np.cumsum(np.bincount(user[clicked], minlength=4))])
+    counts = impressions.history_positions(user, keys, click_keys, starts)
     assert counts.dtype == np.int32 and counts.tolist() == expected
 
 

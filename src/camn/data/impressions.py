@@ -82,7 +82,7 @@ class StoreArrays(Protocol):
 
 
 KIND = "impressions"  # schema.json "samples"
-POSITIONS_CHUNK = 1 << 22  # impressions whose history counts are looked up at a time
+KEY_CHUNK = 1 << 22  # rows whose (user, time) keys are built or looked up at a time
 BAGS = "bags."  # arrays/bags.<attribute>.npy: a multi-valued attribute's values per item id
 LABEL, HISTORY, SPLIT = "label", "history", "split"  # RawData.interactions columns
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
@@ -139,23 +139,28 @@ def time_splits(time: np.ndarray, valid_from: float, test_from: float) -> np.nda
     return split
 
 
-def history_positions(
-    user: np.ndarray, time: np.ndarray, click_user: np.ndarray, click_time: np.ndarray,
-    starts: np.ndarray,
-) -> np.ndarray:
-    """(n,) int32, the number of the user's history events strictly before each impression.
+def user_time_keys(user: np.ndarray, time: np.ndarray, num_users: int) -> np.ndarray:
+    """(n,) int64 keys user * stride + t that order rows by (user, time), t the
+    :func:`comparable_times`, built ``KEY_CHUNK`` rows at a time so that no other (n,) int64
+    array is in flight."""
+    keys = comparable_times(time, num_users)
+    stride = int(keys.max(initial=0)) + 1
+    for start in range(0, len(keys), KEY_CHUNK):
+        keys[start : start + KEY_CHUNK] += user[start : start + KEY_CHUNK].astype(np.int64) * stride
+    return keys
 
-    Clicks sorted by (user, time); a searchsorted on the key user * span + time finds the
-    counts, the times being :func:`comparable_times`, ``POSITIONS_CHUNK`` impressions at a
-    time so that the keys in flight do not grow with the log."""
-    stride = int(max(time.max(initial=0), click_time.max(initial=0))) + 1
-    click_keys = click_user.astype(np.int64) * stride + click_time
+
+def history_positions(
+    user: np.ndarray, keys: np.ndarray, click_keys: np.ndarray, starts: np.ndarray,
+) -> np.ndarray:
+    """(n,) int32, the number of the user's history events strictly before each impression:
+    a searchsorted of the rows' :func:`user_time_keys` among the clicks' (sorted), less the
+    user's first click, ``KEY_CHUNK`` rows at a time."""
     positions = np.empty(len(user), dtype=np.int32)  # at most the longest timeline
-    for start in range(0, len(user), POSITIONS_CHUNK):
-        users = user[start : start + POSITIONS_CHUNK].astype(np.int64)
-        keys = users * stride + time[start : start + POSITIONS_CHUNK]
-        positions[start : start + POSITIONS_CHUNK] = (
-            np.searchsorted(click_keys, keys, side="left") - starts[users])
+    for start in range(0, len(user), KEY_CHUNK):
+        rows = slice(start, start + KEY_CHUNK)
+        positions[rows] = (np.searchsorted(click_keys, keys[rows], side="left")
+                           - starts[user[rows]])
     return positions
 
 
@@ -198,21 +203,26 @@ def build_impressions(
         side = dict(zip(side, values, strict=True))
         item = np.concatenate([item, drawn])
         label = np.concatenate([label, np.zeros(len(copied), dtype=np.int8)])
+    keys = user_time_keys(user, time, num_users)
     events = np.flatnonzero(history)
-    by_time = events[np.lexsort((item[events], time[events], user[events]))]
-    click_user = user[by_time]
-    counts = np.bincount(click_user, minlength=num_users)
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    comparable = comparable_times(time, num_users)
-    positions = history_positions(user, comparable, click_user, comparable[by_time], starts)
-    del comparable, click_user
-    order = np.lexsort((time, user, split))
+    event_keys = keys[events]
+    in_time_order = np.lexsort((item[events], event_keys))  # equal times: by item id
+    by_time, click_keys = events[in_time_order], event_keys[in_time_order]
+    del events, event_keys, in_time_order
+    starts = np.concatenate([[0], np.cumsum(np.bincount(user[by_time], minlength=num_users))])
+    positions = history_positions(user, keys, click_keys, starts)
+    del click_keys
     stored_times = narrowest_times(time)
     arrays = {
         "timeline_users": np.arange(num_users, dtype=np.int32),
-        "timeline_offsets": starts,
+        "timeline_offsets": starts.astype(np.int64),
         "clicks": item[by_time].astype(np.int32, copy=False),
         "click_times": stored_times[by_time],
+    }
+    del by_time
+    order = np.lexsort((keys, split))  # (split, user, time)
+    del keys
+    arrays |= {
         "impression_users": user[order].astype(np.int32, copy=False),
         "impression_positions": positions[order],
         "impression_items": item[order].astype(np.int32, copy=False),
