@@ -203,12 +203,19 @@ def build_impressions(
         side = dict(zip(side, values, strict=True))
         item = np.concatenate([item, drawn])
         label = np.concatenate([label, np.zeros(len(copied), dtype=np.int8)])
+    in_split = [split == number for number in range(len(SPLITS))]  # 1 byte a row each
+    sizes = {name: int(np.count_nonzero(rows)) for name, rows in zip(SPLITS, in_split, strict=True)}
+    clicks = {name: int(np.count_nonzero(label[rows]))
+              for name, rows in zip(SPLITS, in_split, strict=True)}
+    del in_split
     keys = user_time_keys(user, time, num_users)
     events = np.flatnonzero(history)
     event_keys = keys[events]
     in_time_order = np.lexsort((item[events], event_keys))  # equal times: by item id
-    by_time, click_keys = events[in_time_order], event_keys[in_time_order]
-    del events, event_keys, in_time_order
+    click_keys = event_keys[in_time_order]
+    del event_keys  # one (events,) array freed before the next is made, at 8 bytes an event
+    by_time = events[in_time_order]
+    del events, in_time_order
     starts = np.concatenate([[0], np.cumsum(np.bincount(user[by_time], minlength=num_users))])
     positions = history_positions(user, keys, click_keys, starts)
     del click_keys
@@ -230,10 +237,7 @@ def build_impressions(
         "impression_times": stored_times[order],
         **{f"impression_{name}": values[order] for name, values in side.items()},
     }
-    sizes = np.bincount(split, minlength=len(SPLITS))
-    clicks = np.bincount(split, weights=label, minlength=len(SPLITS)).astype(np.int64)
-    return (arrays, dict(zip(SPLITS, sizes.tolist(), strict=True)),
-            dict(zip(SPLITS, clicks.tolist(), strict=True)))
+    return arrays, sizes, clicks
 
 
 def draw_negatives(
