@@ -24,7 +24,10 @@ Then, each as its own process:
    pass (``--vocab-only``) and each of the N shards (``--vocab DIR --shard I/N``) as its own
    process, one after the other, each with its wall time and peak memory, and each shard's
    samples, users and bytes;
-4. with ``--train-steps N``: the training samples/s of DIN and DMIN for N steps, by
+4. with ``--labelled``: the same log as labelled impressions (a cart or a buy is a click, a page
+   view a shown and skipped item that enters the histories, split by time): wall time, peak
+   memory, the store's bytes and bytes an impression;
+5. with ``--train-steps N``: the training samples/s of DIN and DMIN for N steps, by
    ``benchmarks/throughput.py --threads 1``, on this store and, with ``--beside STORE``, on that
    store in the same run (Amazon Beauty ``sliding``).
 
@@ -32,6 +35,7 @@ Then, each as its own process:
     python benchmarks/prepare_scale.py --events 1e7 --work /tmp/scale --shards 4 --threads 1
     python benchmarks/prepare_scale.py --events 1e7 --work /tmp/scale --train-steps 30 \\
         --beside stores/beauty-sliding
+    python benchmarks/prepare_scale.py --events 1e8 --work /tmp/scale --batch-steps 0 --labelled
 
 The last line printed is one JSON object with every figure.
 """
@@ -57,6 +61,9 @@ START, DAYS = 1_511_539_200, 9  # 2017-11-25 00:00 UTC
 EVENTS_PER_ITEM, ITEMS_PER_CATEGORY, CATEGORIES_PER_GROUP = 25, 400, 20
 CHUNK_USERS = 200_000  # users generated at a time: the generator's memory stays bounded
 HERE = Path(__file__).resolve().parent
+SLIDING = ("--protocol", "sliding")
+LABELLED = ("--label", "behavior_type IN ('cart', 'buy')",
+            "--history-where", "behavior_type = 'pv'")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events-per-user", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-steps", type=int, default=100,
-                        help="batches timed without a model (best of 3 rounds)")
+                        help="batches timed without a model (best of 3 rounds; 0: none)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="training steps of DIN and DMIN timed (0: none)")
     parser.add_argument("--beside", type=Path, default=None,
@@ -77,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also prepare the log as a sharded store of this many shards "
                         "(the vocabulary pass, then each shard as its own process) and "
                         "measure each step (0: not)")
+    parser.add_argument("--labelled", action="store_true",
+                        help="also prepare the log as labelled impressions and measure it")
     parser.add_argument("--threads", type=int, default=0,
                         help="polars threads of each prepare (POLARS_MAX_THREADS; 0: all)")
     return parser.parse_args(argv)
@@ -159,12 +168,12 @@ def run_measured(command: list[str]) -> dict:
             "output": output}
 
 
-def prepare(log: Path, items: Path, store: Path, options: tuple[str, ...] = ()) -> dict:
+def prepare(log: Path, items: Path, store: Path, options: tuple[str, ...] = SLIDING) -> dict:
     camn = Path(sys.executable).with_name("camn")
     command = [str(camn), "prepare", "table", "--interactions", str(log), "--items", str(items),
                "--user-col", "user_id", "--item-col", "item_id", "--time-col", "timestamp",
-               "--attributes", "category_id,category_group", "--protocol", "sliding",
-               "--out", str(store), "--force", *options]
+               "--attributes", "category_id,category_group", "--out", str(store), "--force",
+               *options]
     measured = run_measured(command)
     return {"command": " ".join(command[1:]), **measured}
 
@@ -174,10 +183,11 @@ def prepare_sharded(log: Path, items: Path, big: Path, count: int) -> dict:
     would run them), each measured; the shards' sizes."""
     from camn.data.shards import ShardedStore
 
-    steps = {"vocabulary_pass": prepare(log, items, big, ("--vocab-only",))}
+    steps = {"vocabulary_pass": prepare(log, items, big, (*SLIDING, "--vocab-only"))}
     for index in range(count):
-        steps[f"shard_{index}"] = prepare(log, items, big / f"shard-{index}",
-                                          ("--vocab", str(big), "--shard", f"{index}/{count}"))
+        steps[f"shard_{index}"] = prepare(
+            log, items, big / f"shard-{index}",
+            (*SLIDING, "--vocab", str(big), "--shard", f"{index}/{count}"))
     for step in steps.values():
         step.pop("output")
     sharded = ShardedStore(big)
@@ -186,6 +196,20 @@ def prepare_sharded(log: Path, items: Path, big: Path, count: int) -> dict:
                                     "users": shard.schema["timelines"]["users"],
                                     "store_bytes": shard.size_bytes()}
     return {"steps": steps, "samples": sharded.num_samples, "store_bytes": sharded.size_bytes()}
+
+
+def prepare_labelled(log: Path, items: Path, store: Path, keep: bool) -> dict:
+    """The log prepared as labelled impressions, measured: wall time, peak memory, bytes."""
+    from camn.data.store import PreparedStore
+
+    measured = prepare(log, items, store, LABELLED)
+    measured.pop("output")
+    prepared = PreparedStore(store)
+    figures = {"impressions": prepared.num_samples, "store_bytes": prepared.size_bytes(),
+               "bytes_per_impression": prepared.size_bytes() / prepared.num_samples}
+    if not keep:
+        subprocess.run(["rm", "-r", str(store)], check=True)
+    return measured | figures
 
 
 def store_figures(store: Path) -> dict:
@@ -262,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     print(prepared.pop("output"), flush=True)
     result["prepare"] = prepared
     result |= store_figures(store)
-    result["batches"] = batch_speed(store, args.batch_steps)
+    if args.batch_steps:
+        result["batches"] = batch_speed(store, args.batch_steps)
+    if args.labelled:
+        result["labelled"] = prepare_labelled(log, items, args.work / f"labelled-{events}",
+                                              args.keep)
     if args.shards:
         result["sharded"] = prepare_sharded(log, items, args.work / f"big-{events}", args.shards)
         if not args.keep:
