@@ -203,26 +203,16 @@ def build_impressions(
         side = dict(zip(side, values, strict=True))
         item = np.concatenate([item, drawn])
         label = np.concatenate([label, np.zeros(len(copied), dtype=np.int8)])
-    in_split = [split == number for number in range(len(SPLITS))]  # 1 byte a row each
-    sizes = {name: int(np.count_nonzero(rows)) for name, rows in zip(SPLITS, in_split, strict=True)}
-    clicks = {name: int(np.count_nonzero(label[rows]))
-              for name, rows in zip(SPLITS, in_split, strict=True)}
-    del in_split
+    sizes, clicks = split_counts(split, label)
     keys = user_time_keys(user, time, num_users)
-    events = np.flatnonzero(history)
-    event_keys = keys[events]
-    in_time_order = np.lexsort((item[events], event_keys))  # equal times: by item id
-    click_keys = event_keys[in_time_order]
-    del event_keys  # one (events,) array freed before the next is made, at 8 bytes an event
-    by_time = events[in_time_order]
-    del events, in_time_order
+    by_time, click_keys = history_in_time_order(keys, item, history)
     starts = np.concatenate([[0], np.cumsum(np.bincount(user[by_time], minlength=num_users))])
     positions = history_positions(user, keys, click_keys, starts)
     del click_keys
     stored_times = narrowest_times(time)
     arrays = {
         "timeline_users": np.arange(num_users, dtype=np.int32),
-        "timeline_offsets": starts.astype(np.int64),
+        "timeline_offsets": starts.astype(np.int64, copy=False),
         "clicks": item[by_time].astype(np.int32, copy=False),
         "click_times": stored_times[by_time],
     }
@@ -238,6 +228,28 @@ def build_impressions(
         **{f"impression_{name}": values[order] for name, values in side.items()},
     }
     return arrays, sizes, clicks
+
+
+def split_counts(split: np.ndarray, label: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
+    """The samples and the clicks (label 1) of each split."""
+    sizes, clicks = {}, {}
+    for number, name in enumerate(SPLITS):
+        rows = split == number  # a byte a row, where a bincount would widen every row to 8
+        sizes[name], clicks[name] = int(np.count_nonzero(rows)), int(np.count_nonzero(label[rows]))
+    return sizes, clicks
+
+
+def history_in_time_order(
+    keys: np.ndarray, item: np.ndarray, history: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that enter histories in timeline order, by (user, time) and then item id for
+    events of equal time, and their :func:`user_time_keys` (ascending)."""
+    events = np.flatnonzero(history)
+    event_keys = keys[events]
+    in_time_order = np.lexsort((item[events], event_keys))
+    click_keys = event_keys[in_time_order]
+    del event_keys  # freed before the next (events,) array is made
+    return events[in_time_order], click_keys
 
 
 def draw_negatives(
