@@ -438,6 +438,23 @@ def test_the_tuned_verdicts_rows_are_its_configs_runs() -> None:
         planned = resolved_config(resolve(config.layers, "stores/beauty-last", row.model))
         assert changes(row.config, planned) == [], (row.model, row.seed)
 
+def test_the_real_label_grids_rows_are_its_configs_runs_on_both_stores() -> None:
+    """configs/ml100k-labels.toml's rows (four models on two stores, one folder): each store
+    holds exactly the config's (model, seed) runs with the configuration it gives them, so the
+    one config reproduces them and resumes past them."""
+    config = ConfigFile.read(CONFIGS / "ml100k-labels.toml")
+    rows = ResultsLog(TABLES / "ml100k-labels" / "results.jsonl").load()
+    seeds = range(config.command["seed"], config.command["seed"] + config.command["seeds"])
+    assert sorted(config.stores.values()) == sorted({row.store for row in rows})
+    for store in config.stores.values():
+        runs = [row for row in rows if row.store == store]
+        assert sorted((r.model, r.seed) for r in runs) == sorted(
+            (m, s) for m in config.command["models"] for s in seeds), store
+        for row in runs:
+            planned = resolved_config(resolve(config.layers, store, row.model))
+            assert changes(row.config, planned) == [], (store, row.model, row.seed)
+
+
 def test_every_committed_row_names_a_registered_model() -> None:
     """The committed rows are written under today's model names (nothing renames them on
     read): every model a docs/bench table or grid names is registered, and a grid row's
