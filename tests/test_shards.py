@@ -234,3 +234,23 @@ def test_torchrun_ranks_train_on_their_own_shards(tmp_path) -> None:
     assert metrics["world_size"] == 2 and shares[0] != shares[1]
     # each rank its own shard, wrapped to the larger (interleaving all rows: sum(shares) (+ 1))
     assert metrics["train_samples"] == 2 * max(shares)
+
+
+def test_a_log_of_labelled_impressions_is_refused_in_shards(tmp_path, capsys) -> None:
+    """Shards hold clicks: a labelled log's vocabulary pass or shard job stops with one line
+    rather than prepare its impressions as clicks with the labels dropped."""
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,time,click\n" + "".join(
+        f"u{u},i{(u + r) % 5},{r},{r % 2}\n" for u in range(6) for r in range(4)))
+    table = ["prepare", "table", "--interactions", str(log), "--protocol", "sliding"]
+    big = tmp_path / "big"
+    assert main([*table, "--vocab-only", "--out", str(big)]) == 0  # as a log of clicks
+    labelled = [*table[:-2], "--label-col", "click"]
+    assert main([*labelled, "--vocab-only", "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "camn: error: --vocab-only is for logs of clicks; a log of labelled impressions is "
+        "prepared whole (not in shards) for now: leave out --vocab-only\n")
+    assert main([*labelled, "--vocab", str(big), "--shard", "0/2",
+                 "--out", str(big / "shard-0")]) == 2
+    assert "--shard is for logs of clicks" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists() and not (big / "shard-0").exists()

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from camn.data.impressions import is_labelled
 from camn.data.negatives import user_keys
 from camn.data.prepare import encode_interactions, encode_items, split_warnings
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, Protocol, build_samples
@@ -71,6 +72,13 @@ def shard_users(num_users: int, index: int, count: int) -> tuple[int, int]:
     return index * num_users // count, (index + 1) * num_users // count
 
 
+def refuse_labelled(raw: RawData, flag: str) -> None:
+    """Shards hold logs of clicks: a DataError for a log of labelled impressions."""
+    if is_labelled(raw):
+        raise DataError(f"{flag} is for logs of clicks; a log of labelled impressions is "
+                        f"prepared whole (not in shards) for now: leave out {flag}")
+
+
 # ------------------------------------------------------------------------ the vocabulary pass
 
 
@@ -78,6 +86,7 @@ def prepare_vocabularies(
     raw: RawData, out: str | Path, report: BadInputReport, force: bool = False
 ) -> dict:
     """Write BIG's shared part (module docstring) from the whole log; return ``shards.json``."""
+    refuse_labelled(raw, "--vocab-only")
     out = Path(out)
     check_vocabulary_output(out, force)
     encoded = encode_interactions(raw, report)
@@ -160,6 +169,7 @@ def prepare_shard(
     The log must be the one the vocabulary pass at ``vocab`` read (its rows of other users
     may be left out): a user or item it does not know is an error.
     """
+    refuse_labelled(raw, "--shard")
     report = report or BadInputReport()
     vocab = Path(vocab)
     manifest = read_manifest(vocab)
