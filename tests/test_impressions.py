@@ -195,6 +195,10 @@ def test_label_and_history_expressions(tmp_path: Path, capsys: pytest.CaptureFix
     assert "one of --label-col COL or --label EXPR" in refusal(
         capsys, tmp_path, "--interactions", str(log), "--label", "rating > 1", "--label-col",
         "clicked")
+    assert refusal(capsys, tmp_path, "--interactions", str(log), "--label-col", "clicked",
+                   "--context", "hour") == (  # the file's columns, not the reader's own
+        f"camn: error: {log}: no column 'hour'; available columns: "
+        "user, item, time, clicked, rating, behavior\n")
 
 
 

@@ -162,7 +162,7 @@ def parquet_rows(
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], path: Path) -> None:
-    available = [c for c in frame.columns if c != "__line"]
+    available = [c for c in frame.columns if not c.startswith("__")]  # not the reader's own
     for column in columns:
         if column not in available:
             raise DataError(
