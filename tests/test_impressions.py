@@ -196,6 +196,10 @@ def test_label_and_history_expressions(tmp_path: Path, capsys: pytest.CaptureFix
         capsys, tmp_path, "--interactions", str(log), "--label", "rating > 1", "--label-col",
         "clicked")
     assert refusal(capsys, tmp_path, "--interactions", str(log), "--label-col", "clicked",
+                   "--protocol", "sliding") == (
+        "camn: error: --protocol sliding is for logs of clicks: each row of a labelled log is "
+        "one sample; leave out --protocol\n")
+    assert refusal(capsys, tmp_path, "--interactions", str(log), "--label-col", "clicked",
                    "--context", "hour") == (  # the file's columns, not the reader's own
         f"camn: error: {log}: no column 'hour'; available columns: "
         "user, item, time, clicked, rating, behavior\n")

@@ -95,10 +95,11 @@ def _add_source_arguments(parser: argparse.ArgumentParser, module) -> None:
 
     module.add_arguments(parser)
     parser.add_argument("--out", required=True, help="directory of the prepared store")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="last",
-                        help="samples: last (each user's last click and a sampled "
-                        "non-click, as the paper) or sliding (also every earlier click "
-                        "of the train users)")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="samples of a log of clicks: last (each user's last click and a "
+                        "sampled non-click, as the paper; the default) or sliding (also every "
+                        "earlier click of the train users); a labelled log's rows are its "
+                        "samples")
     parser.add_argument("--max-len", type=positive_int, default=20, help="history length L")
     parser.add_argument("--seed", type=seed_int, default=2022,
                         help="seed of the user split and the sampled negatives")
@@ -178,8 +179,8 @@ def read_source(args: argparse.Namespace, report: BadInputReport, **extra) -> Ra
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from camn.data.impressions import is_labelled
     from camn.data.prepare import prepare
-    from camn.data.raw import BadInputReport
     from camn.data.store import table1_line
 
     _check_shard_arguments(args)
@@ -191,9 +192,12 @@ def run_prepare(args: argparse.Namespace) -> int:
     check_output(args.out, STORE, force=args.force, inputs=_input_paths(args))  # before reading
     report = BadInputReport(strict=args.strict)
     raw = read_source(args, report)
+    if args.protocol and is_labelled(raw):
+        raise DataError(f"--protocol {args.protocol} is for logs of clicks: each row of a "
+                        "labelled log is one sample; leave out --protocol")
     with writing(args.out):  # the store is written into a temporary folder, removed on failure
         schema = prepare(
-            raw, args.out, protocol=args.protocol, max_len=args.max_len, seed=args.seed,
+            raw, args.out, protocol=args.protocol or "last", max_len=args.max_len, seed=args.seed,
             report=report, force=args.force, negatives_by=args.negatives_by or "stream",
         )
     print(table1_line(schema))

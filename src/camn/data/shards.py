@@ -294,8 +294,8 @@ def run_sharded_prepare(
         else:
             index, count = args.shard
             schema = prepare_shard(raw, args.out, args.vocab, index, count,
-                                   protocol=args.protocol, max_len=args.max_len, seed=args.seed,
-                                   report=report, force=args.force)
+                                   protocol=args.protocol or "last", max_len=args.max_len,
+                                   seed=args.seed, report=report, force=args.force)
             print(table1_line(schema).replace("users", f"shard {index}/{count}: users", 1))
             for warning in split_warnings(schema["splits"], schema["timelines"]["users"]):
                 print(f"camn: note: {args.out}: {warning} (in this shard)")
