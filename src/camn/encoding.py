@@ -22,6 +22,8 @@ also takes, per row (:meth:`IdEncoder.side_features`):
 - its **numeric** values (``price``), standardised as the store's were, ``(x - mean) / std``
   with the training split's mean and deviation (``numeric_standardisation`` in
   ``schema.json``); a value that is not a finite number makes the row bad, as in ``prepare``;
+  a numeric feature put into buckets at prepare time (``--bucketize``) is a context feature
+  whose id is its bucket among the store's edges (``numeric_buckets`` in ``schema.json``);
 - the **user features** of its user id: the user's row of ``arrays/user_features.npy``; a user
   the store does not know gets id 1 ("unknown") for every feature, and is counted.
 
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from camn.data.impressions import bucket_ids
 from camn.data.raw import DataError
 from camn.data.store import USERS, PreparedStore
 from camn.encoded_rows import (
@@ -279,6 +282,11 @@ class IdEncoder:
         if self.numeric_features:
             side["numeric"], bad = self.numeric_values(columns)
             reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
+        bucketed = {}
+        for name, edges in self.store.schema.get("numeric_buckets", {}).items():
+            numbers, bad = finite_numbers(name, columns[name])
+            bucketed[name] = bucket_ids(numbers, edges)
+            reasons = pl.select(pl.coalesce(reasons, bad)).to_series()
         if user_ids is not None:
             no_user = pl.select(pl.when(user_ids.is_null()).then(pl.lit(NO_USER)))
             reasons = pl.select(pl.coalesce(reasons, no_user.to_series())).to_series()
@@ -286,8 +294,10 @@ class IdEncoder:
         if user_ids is not None:
             side["user_features"] = self.user_feature_ids(user_ids, good, unknown)
         if self.context_features:
-            side["context"] = np.stack([self.context_ids(name, columns[name], good, unknown)
-                                        for name in self.context_features], axis=1)
+            side["context"] = np.stack([
+                bucketed[name] if name in bucketed else
+                self.context_ids(name, columns[name], good, unknown)
+                for name in self.context_features], axis=1)
         return {key: side[key] for key in ("user_features", "context", "numeric")
                 if key in side}, reasons.alias("reason")
 
@@ -330,17 +340,9 @@ class IdEncoder:
                             "is damaged; prepare it again")
         columns, reasons = [], None
         for name in self.numeric_features:
-            column = features[name]
-            if column.dtype == pl.String:
-                column = column.str.strip_chars()
-            try:
-                number = column.cast(pl.Float64, strict=False)
-            except pl.exceptions.PolarsError:
-                raise DataError(f"column {name!r} ({column.dtype}) does not hold numbers") from None
-            finite = number.is_finite().fill_null(False)
-            bad = pl.select(pl.when(~finite).then(pl.lit(NOT_A_NUMBER.format(name)))).to_series()
+            numbers, bad = finite_numbers(name, features[name])
             reasons = bad if reasons is None else pl.select(pl.coalesce(reasons, bad)).to_series()
-            columns.append(np.where(finite.to_numpy(), number.fill_null(0).to_numpy(), 0.0))
+            columns.append(numbers)
         mean, std = (np.array([statistics[name][i] for name in self.numeric_features])
                      for i in (0, 1))
         values = np.stack(columns, axis=1)
@@ -381,6 +383,20 @@ class IdEncoder:
         if self.numeric_features:
             side["numeric"] = np.zeros((rows, len(self.numeric_features)), np.float32)
         return side
+
+
+def finite_numbers(name: str, column: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """A numeric feature's values -> ((n,) float64, 0 where not a finite number; the reason,
+    ``NOT_A_NUMBER``, of each such row, null elsewhere)."""
+    if column.dtype == pl.String:
+        column = column.str.strip_chars()
+    try:
+        number = column.cast(pl.Float64, strict=False)
+    except pl.exceptions.PolarsError:
+        raise DataError(f"column {name!r} ({column.dtype}) does not hold numbers") from None
+    finite = number.is_finite().fill_null(False)
+    bad = pl.select(pl.when(~finite).then(pl.lit(NOT_A_NUMBER.format(name)))).to_series()
+    return np.where(finite.to_numpy(), number.fill_null(0).to_numpy(), 0.0), bad
 
 
 def is_frame(value: Any) -> bool:

@@ -355,6 +355,10 @@ def side_sidecar(predictor: Predictor) -> dict:
                        "id i; 1 for a missing or unknown value)"})
         info["context_vocabularies"] = {
             name: str(store / "vocab" / f"context.{name}.txt") for name in ids.context_features}
+        if schema.get("numeric_buckets"):
+            info["numeric_buckets"] = {  # a number's id: 2 + the edges at or below it
+                name: {"edges": edges, "id": "2 + the number of edges <= the value"}
+                for name, edges in schema["numeric_buckets"].items()}
     if ids.numeric_features:
         info["inputs"].append({
             "name": "numeric", "shape": ["batch", len(ids.numeric_features)],

@@ -318,6 +318,9 @@ def complete_store(
         schema |= user_schema
         side_vocabularies |= user_vocabularies
         raw.notes.append(note)
+    if raw.origin.get("numeric_buckets"):
+        bucket_numeric(arrays, schema, side_vocabularies, raw.origin["numeric_buckets"],
+                       sizes["train"])
     if "impression_numeric" in arrays:
         arrays["impression_numeric"], schema["numeric_standardisation"] = standardise(
             arrays["impression_numeric"], sizes["train"], schema["numeric_features"])
@@ -421,6 +424,47 @@ def standardise(
     std = np.where(std > 0, std, 1.0)
     statistics = {name: [float(m), float(d)] for name, m, d in zip(names, mean, std, strict=True)}
     return ((values - mean) / std).astype(np.float32), statistics
+
+
+def bucket_numeric(
+    arrays: dict[str, np.ndarray], schema: dict, vocabularies: dict[str, list[str]],
+    names: list[str], train_rows: int,
+) -> None:
+    """``--bucketize`` of numeric features: each of ``names`` leaves the numbers for the context
+    features, its value the decile it falls in among the first ``train_rows`` rows (the
+    training split): ``q0`` .. ``q9``, ids 2 .. 11 (:func:`bucket_ids`); the edges go to the
+    schema's ``numeric_buckets``, for scoring. ``arrays``, ``schema`` and ``vocabularies``
+    are changed in place."""
+    from camn.data.reading import QUANTILE_BUCKETS
+
+    numeric, values = schema["numeric_features"], arrays.pop("impression_numeric")
+    train = values[:train_rows] if train_rows else values
+    edges = {name: np.quantile(train[:, numeric.index(name)],
+                               np.arange(1, QUANTILE_BUCKETS) / QUANTILE_BUCKETS).tolist()
+             for name in names}
+    ids = np.stack([bucket_ids(values[:, numeric.index(name)], edges[name]) for name in names],
+                   axis=1)
+    context = arrays.get("impression_context")
+    arrays["impression_context"] = ids if context is None else np.concatenate([context, ids], 1)
+    vocabularies |= {f"context.{name}": [f"q{k}" for k in range(QUANTILE_BUCKETS)]
+                     for name in names}
+    schema["context_features"] = [*schema.get("context_features", []), *names]
+    schema["context_sizes"] = [*schema.get("context_sizes", []),
+                               *[QUANTILE_BUCKETS + FIRST_ITEM_ID] * len(names)]
+    schema["numeric_buckets"] = edges
+    kept = [j for j, name in enumerate(numeric) if name not in names]
+    schema["numeric_features"] = [numeric[j] for j in kept]
+    if kept:
+        arrays["impression_numeric"] = values[:, kept]
+    else:
+        del schema["numeric_features"]
+
+
+def bucket_ids(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """(n,) int32 context ids of numbers in the buckets between ``edges``: 2 + k for bucket k
+    (a value equal to an edge goes to the upper bucket)."""
+    return (np.searchsorted(np.asarray(edges), values, side="right") + FIRST_ITEM_ID).astype(
+        np.int32)
 
 
 def side_fields(store: StoreArrays, rows: np.ndarray) -> dict[str, np.ndarray]:

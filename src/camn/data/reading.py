@@ -436,15 +436,20 @@ def parse_bucketize(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def check_bucketize(columns: list[str], attributes: list[str]) -> None:
-    """``--bucketize`` names attribute columns only."""
-    stray = [column for column in columns if column not in attributes]
+def check_bucketize(columns: list[str], attributes: list[str],
+                    numeric: list[str] | tuple[str, ...] | None = None) -> None:
+    """``--bucketize`` names attribute columns only (or, where ``numeric`` is given, numeric
+    features too)."""
+    stray = [column for column in columns
+             if column not in attributes and column not in (numeric or ())]
     if stray:
+        among, kinds = f"--attributes ({', '.join(attributes) or 'none'})", "attribute"
+        if numeric is not None:
+            among += f" or --numeric ({', '.join(numeric) or 'none'})"
+            kinds = "attribute or numeric"
         raise DataError(
             f"--bucketize {','.join(columns)}: {', '.join(map(repr, stray))} is not among"
-            f" --attributes ({', '.join(attributes) or 'none'}); --bucketize names attribute"
-            " columns to put into buckets"
-        )
+            f" {among}; --bucketize names {kinds} columns to put into buckets")
 
 
 def map_unique(series: pl.Series, function, dtype: pl.DataType) -> pl.Series:

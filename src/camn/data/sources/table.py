@@ -22,7 +22,9 @@ is counted.
 
 ``--bucketize COL[,COL...]`` puts numeric attribute columns into 10 quantile buckets (deciles
 over the items of the interactions), as the amazon source does with the price; without it each
-distinct number is a category of its own (``camn prepare`` warns of such columns).
+distinct number is a category of its own (``camn prepare`` warns of such columns). A labelled
+log's ``--numeric`` column named by it becomes a context feature of deciles of the training split
+(:func:`camn.data.impressions.bucket_numeric`) instead of a standardised number.
 
 Rows that carry their own history, as BARS/FuxiCTR's CSVs do (``label,user_id,item_id,cate_id,
 item_history,cate_history`` with ``^``-joined lists): ``--history-col item_history,cate_id=
@@ -108,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucketize", type=parse_bucketize, default=[], metavar="COL[,COL...]",
         help="--attributes columns of numbers to put into 10 quantile buckets (deciles over the"
         " items of the interactions) (default: none; each distinct number is then a category of"
-        " its own)",
+        " its own); --numeric columns too, as context features of the training split's deciles",
     )
     labels = parser.add_argument_group(
         "labelled impressions",
@@ -302,8 +304,8 @@ def parse_multi_valued(text: str, attributes: list[str]) -> dict[str, str]:
     return separators
 
 
-def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None,
-                     buckets: list[str] | tuple[str, ...]) -> list[str]:
+def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None
+                     ) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
 
     ``--items`` without ``--attributes`` is refused: the item id always comes from the
@@ -326,7 +328,6 @@ def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | No
             f"--attributes {text!r}: names must be distinct and differ from the item "
             f"column {item_col!r} (the item id is always attribute 1) and from 'item'"
         )
-    check_bucketize(buckets, attributes)
     return attributes
 
 
@@ -379,7 +380,10 @@ def read(
     report = BadInputReport() if report is None else report
     items = None if items is None else Path(items)
     items_col = items_item_col or item_col
-    names = parse_attributes(attributes, items, items_col, format, bucketize)
+    names = parse_attributes(attributes, items, items_col, format)
+    check_bucketize(list(bucketize), names, numeric if is_labelled(label_col, label) else None)
+    numeric_buckets = [name for name in bucketize if name not in names]
+    bucketize = [name for name in bucketize if name in names]
     notes: list[str] = []
     reading = {"user_col": user_col, "item_col": item_col, "time_col": time_col,
                "format": format, "time_format": time_format}
@@ -405,8 +409,11 @@ def read(
             [Path(interactions), *split_files], HistoryColumns.parse(history_col, item_col),
             history_sep, splits, report, user_col=user_col, item_col=item_col,
             label_col=label_col, label=label, context=context, numeric=numeric, format=format)
-        return with_items_file(raw, items, items_col, names, format, bucketize, report,
-                               user_table, separators)
+        raw = with_items_file(raw, items, items_col, names, format, bucketize, report,
+                              user_table, separators)
+        if numeric_buckets:
+            raw.origin["numeric_buckets"] = numeric_buckets
+        return raw
     if is_labelled(label_col, label):
         log, label_options = read_labelled(
             [Path(interactions), *split_files], splits, report, notes, label_col=label_col,
@@ -439,6 +446,8 @@ def read(
         origin["time_format"] = time_format
     if bucketize:
         origin["bucketize"] = list(bucketize)
+    if numeric_buckets:
+        origin["numeric_buckets"] = numeric_buckets
     if separators:
         origin["multi_valued"] = separators
     if is_labelled(label_col, label):
