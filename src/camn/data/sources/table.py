@@ -304,8 +304,7 @@ def parse_multi_valued(text: str, attributes: list[str]) -> dict[str, str]:
     return separators
 
 
-def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None
-                     ) -> list[str]:
+def parse_attributes(text: str, items: Path | None, item_col: str, fmt: str | None) -> list[str]:
     """The ``--attributes`` names, checked against ``--items`` before any file is read in full.
 
     ``--items`` without ``--attributes`` is refused: the item id always comes from the
