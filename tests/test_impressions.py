@@ -427,3 +427,17 @@ def test_comparable_times_order_as_the_times_without_sorting_integer_ones() -> N
     assert comparable_times(wide, num_users=2**23).tolist() == [0, 2, 1, 2]
     assert comparable_times(wide, num_users=2).tolist() == [0, 2**40, 5, 2**40]
     assert comparable_times(np.array([], dtype=np.int64), 3).tolist() == []
+
+
+def test_a_store_with_an_empty_split_is_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    log = write(tmp_path / "log.csv", "user,item,time,click\nu1,a,5,1\nu1,b,5,0\nu2,a,5,1\n"
+                "u2,c,5,0\n")  # one time: every impression falls in the test period
+    store = prepare(tmp_path, "--interactions", str(log), "--label-col", "click")
+    assert store.schema["splits"] == {"train": 0, "valid": 0, "test": 4}
+    capsys.readouterr()
+    assert main(["train", "--data", str(store.root), "--model", "din", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "the train split has no impressions: camn train will refuse this store" in (
+        capsys.readouterr().err)

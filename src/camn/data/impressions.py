@@ -600,6 +600,8 @@ def content_problems(store: StoreArrays) -> list[str]:
         return [f"arrays/impression_positions.npy holds {positions[row]} at row {row:,}: its "
                 "history would hold an event at or after the impression's time"]
     for first, stop in zip(store.split_bounds[:-1], store.split_bounds[1:], strict=True):
+        if stop - first < 2:  # nothing to order (and stop - 1 would count from the end)
+            continue
         same = users[first + 1 : stop] == users[first : stop - 1]
         unordered = (users[first + 1 : stop] < users[first : stop - 1]) | (
             same & (times[first + 1 : stop] < times[first : stop - 1]))
