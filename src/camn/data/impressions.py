@@ -48,6 +48,7 @@ by the sample's user into the batch key ``user_features``: ``arrays/user_feature
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -599,9 +600,7 @@ def content_problems(store: StoreArrays) -> list[str]:
         row = int(np.argmax(late))
         return [f"arrays/impression_positions.npy holds {positions[row]} at row {row:,}: its "
                 "history would hold an event at or after the impression's time"]
-    for first, stop in zip(store.split_bounds[:-1], store.split_bounds[1:], strict=True):
-        if stop - first < 2:  # nothing to order (and stop - 1 would count from the end)
-            continue
+    for first, stop in orderable_splits(store):
         same = users[first + 1 : stop] == users[first : stop - 1]
         unordered = (users[first + 1 : stop] < users[first : stop - 1]) | (
             same & (times[first + 1 : stop] < times[first : stop - 1]))
@@ -609,3 +608,10 @@ def content_problems(store: StoreArrays) -> list[str]:
             return [f"arrays/impression_users.npy: the impressions are not sorted by (user, "
                     f"time) within each split at row {first + int(np.argmax(unordered)) + 1:,}"]
     return []
+
+
+def orderable_splits(store: StoreArrays) -> list[tuple[int, int]]:
+    """The row range [first, stop) of each split of two rows or more, whose order a scan
+    checks (an empty split's ``stop - 1`` would count from the end)."""
+    return [(int(first), int(stop)) for first, stop in pairwise(store.split_bounds)
+            if stop - first >= 2]

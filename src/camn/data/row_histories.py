@@ -259,7 +259,7 @@ def content_problems(store: impressions.StoreArrays) -> list[str]:
     if problem := impressions.user_feature_problem(store.schema, store):
         return [problem]
     users = np.asarray(store.array("impression_users"))
-    for first, stop in zip(store.split_bounds[:-1], store.split_bounds[1:], strict=True):
+    for first, stop in impressions.orderable_splits(store):
         unordered = users[first + 1 : stop] < users[first : stop - 1]
         if unordered.any():
             return [f"arrays/impression_users.npy: the samples are not sorted by user within "
