@@ -144,3 +144,30 @@ def test_torchrun_resumes_every_rank_from_rank_0s_checkpoint(
     ours, theirs = (load_file(tmp / run / "seed_1" / "model.safetensors")
                     for run in ("resumed", "run"))
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+def test_torchrun_trains_on_labelled_impressions_with_side_features(tmp_path: Path) -> None:
+    """Two ranks share a store of labelled impressions whose batches carry context, a number
+    and user features: each rank its half of the training rows, rank 0 the scores."""
+    from camn.cli import main
+
+    log, users = tmp_path / "log.csv", tmp_path / "users.csv"
+    log.write_text("user,item,time,clicked,hour,price\n" + "".join(
+        f"u{u},i{(u * 5 + r) % 17},{10 * r + u},{(u + r) % 3 == 0:d},h{r % 4},{r + u / 7:.2f}\n"
+        for u in range(30) for r in range(10)))
+    users.write_text("user,age\n" + "".join(f"u{u},{20 + u % 3}\n" for u in range(30)))
+    assert main(["prepare", "table", "--interactions", str(log), "--label-col", "clicked",
+                 "--context", "hour", "--numeric", "price", "--users", str(users),
+                 "--user-features", "age", "--split", "user", "--out",
+                 str(tmp_path / "store")]) == 0
+    command = [*TORCHRUN, "-m", "camn", "train", "--data", str(tmp_path / "store"), "--model",
+               "din", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "64",
+               "--device", "cpu", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=110, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "seed_1" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and 0 <= results["test_auc"]["mean"] <= 1
+    train_rows = results["data"]["splits"]["train"]
+    assert metrics["train_samples"] == train_rows + train_rows % 2
+    assert done.stdout.count("test AUC") == 1
