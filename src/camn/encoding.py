@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from camn.data.impressions import bucket_ids
+from camn.data.features import bucket_ids
 from camn.data.raw import DataError
 from camn.data.store import USERS, PreparedStore
 from camn.encoded_rows import (

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from camn.data import impressions
+from camn.data import features, impressions
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS, TRAIN, VALID, split_users
 from camn.data.raw import BadInputReport, DataError, RawData
 
@@ -166,7 +166,7 @@ def prepare_rows(
     label = frame[impressions.LABEL].to_numpy()
     raw.interactions = frame.clear()
     split = rows_split(options, user, len(users), frame, np.random.SeedSequence(seed))
-    side, side_schema, side_vocabularies = impressions.side_features(frame)
+    side, side_schema, side_vocabularies = features.side_features(frame)
     arrays, sizes, clicks = build_rows(user, item, label, split, history, lengths, side)
     if (cut := int((full > max_len).sum())) > 0:
         raw.notes.append(f"{cut:,} of {shown:,} row histories hold more than max_len {max_len} "
@@ -204,7 +204,7 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
         "clicks": ((histories["items"],), np.dtype(np.int32)),
         "history_offsets": ((histories["distinct"] + 1,), np.dtype(np.int64)),
     }
-    return arrays | impressions.side_arrays(schema)
+    return arrays | features.side_arrays(schema)
 
 
 def references(store: impressions.StoreArrays, samples: np.ndarray
@@ -256,7 +256,7 @@ def content_problems(store: impressions.StoreArrays) -> list[str]:
         if bad.any():
             row = int(np.argmax(bad))
             return [f"arrays/{name}.npy holds {values[row]} at row {row:,}: {rule}"]
-    if problem := impressions.user_feature_problem(store.schema, store):
+    if problem := features.user_feature_problem(store.schema, store):
         return [problem]
     users = np.asarray(store.array("impression_users"))
     for first, stop in impressions.orderable_splits(store):

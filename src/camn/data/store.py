@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camn.data import impressions, row_histories
+from camn.data import features, impressions, row_histories
 from camn.data.protocols import FIRST_ITEM_ID, SPLITS
 from camn.data.raw import DataError
 from camn.data.store_checks import (
@@ -378,7 +378,7 @@ class PreparedStore:
     def side_fields(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch keys of the side features of ``rows`` (``context``, ``numeric``), those
         the store has (:mod:`camn.data.impressions`); none for a store of pairs."""
-        return impressions.side_fields(self, rows) if self.labelled else {}
+        return features.side_fields(self, rows) if self.labelled else {}
 
     def epoch_rows(self, split: str, shuffle: bool, rng: np.random.Generator, rank: int = 0,
                    world_size: int = 1) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from camn.data.impressions import CONTEXT, NUMERIC
+from camn.data.features import CONTEXT, NUMERIC
 from camn.data.raw import BadInputReport, DataError
 from camn.data.reading import (
     NOT_UTF8,
@@ -191,7 +191,7 @@ def side_columns(
     numeric: list[str] | tuple[str, ...],
 ) -> list[pl.Series]:
     """The ``context`` columns as text and the ``numeric`` ones as finite numbers (null where
-    not), named with their prefixes (:mod:`camn.data.impressions`)."""
+    not), named with their prefixes (:mod:`camn.data.features`)."""
     require_columns(frame, [*context, *numeric], path)
     columns = [as_strings(frame[name], path).alias(CONTEXT + name) for name in context]
     for name in numeric:

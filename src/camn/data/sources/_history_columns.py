@@ -12,7 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from camn.data import row_histories
-from camn.data.impressions import LABEL, NUMERIC, SPLIT
+from camn.data.features import NUMERIC
+from camn.data.impressions import LABEL, SPLIT
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import null_reason, skip_rows
 from camn.data.sources import _labels

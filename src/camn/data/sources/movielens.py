@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from camn.data.impressions import CONTEXT
+from camn.data.features import CONTEXT
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import (
     column_list,

@@ -24,7 +24,7 @@ is counted.
 over the items of the interactions), as the amazon source does with the price; without it each
 distinct number is a category of its own (``camn prepare`` warns of such columns). A labelled
 log's ``--numeric`` column named by it becomes a context feature of deciles of the training split
-(:func:`camn.data.impressions.bucket_numeric`) instead of a standardised number.
+(:func:`camn.data.features.bucket_numeric`) instead of a standardised number.
 
 Rows that carry their own history, as BARS/FuxiCTR's CSVs do (``label,user_id,item_id,cate_id,
 item_history,cate_history`` with ``^``-joined lists): ``--history-col item_history,cate_id=
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import polars as pl
 
-from camn.data.impressions import NUMERIC
+from camn.data.features import NUMERIC
 from camn.data.raw import BadInputReport, DataError, RawData
 from camn.data.reading import (
     check_bucketize,
