@@ -109,13 +109,11 @@ def bucket_numeric(
     training split): ``q0`` .. ``q9``, ids 2 .. 11 (:func:`bucket_ids`); the edges go to the
     schema's ``numeric_buckets``, for scoring. ``arrays``, ``schema`` and ``vocabularies``
     are changed in place."""
-    from camn.data.reading import QUANTILE_BUCKETS
+    from camn.data.reading import QUANTILE_BUCKETS, quantile_edges
 
     numeric, values = schema["numeric_features"], arrays.pop("impression_numeric")
     train = values[:train_rows] if train_rows else values
-    edges = {name: np.quantile(train[:, numeric.index(name)],
-                               np.arange(1, QUANTILE_BUCKETS) / QUANTILE_BUCKETS).tolist()
-             for name in names}
+    edges = {name: quantile_edges(train[:, numeric.index(name)]).tolist() for name in names}
     ids = np.stack([bucket_ids(values[:, numeric.index(name)], edges[name]) for name in names],
                    axis=1)
     context = arrays.get("impression_context")
@@ -127,9 +125,9 @@ def bucket_numeric(
                                *[QUANTILE_BUCKETS + FIRST_ITEM_ID] * len(names)]
     schema["numeric_buckets"] = edges
     kept = [j for j, name in enumerate(numeric) if name not in names]
-    schema["numeric_features"] = [numeric[j] for j in kept]
     if kept:
         arrays["impression_numeric"] = values[:, kept]
+        schema["numeric_features"] = [numeric[j] for j in kept]
     else:
         del schema["numeric_features"]
 

@@ -384,14 +384,19 @@ def parse_price(value: object) -> float | None:
     return float(value) if math.isfinite(value) and value >= 0 else None
 
 
+def quantile_edges(reference: np.ndarray) -> np.ndarray:
+    """The ``QUANTILE_BUCKETS - 1`` inner quantiles of ``reference``: the edges of its deciles."""
+    return np.quantile(reference, np.arange(1, QUANTILE_BUCKETS) / QUANTILE_BUCKETS)
+
+
 def quantile_buckets(values: pl.Series, reference: np.ndarray) -> pl.Series:
     """``"q0"`` .. ``"q9"``: the decile of each value among ``reference`` (its 9 inner
     quantiles are the bucket edges; a value equal to an edge goes to the upper bucket); null
     stays null."""
     if len(reference) == 0:
         return pl.Series(values.name, [None] * len(values), dtype=pl.String)
-    edges = np.quantile(reference, np.arange(1, QUANTILE_BUCKETS) / QUANTILE_BUCKETS)
-    bucket = np.searchsorted(edges, values.fill_null(0.0).to_numpy(), side="right")
+    bucket = np.searchsorted(quantile_edges(reference), values.fill_null(0.0).to_numpy(),
+                             side="right")
     labels = pl.Series(values.name, np.char.add("q", bucket.astype(str)), dtype=pl.String)
     return pl.select(pl.when(values.is_not_null()).then(labels)).to_series().alias(values.name)
 

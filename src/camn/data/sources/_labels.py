@@ -126,17 +126,17 @@ def numeric_text(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     cast = []
     for name in names:
         column = frame[name]
-        if column.dtype != pl.String or not _numbers(column.drop_nulls().head(NUMBER_PROBE)):
+        if column.dtype != pl.String or _as_numbers(column.drop_nulls().head(NUMBER_PROBE)) is None:
             continue  # the probe spares a log of text values a cast of every row
-        if _numbers(column):
-            cast.append(column.str.strip_chars().cast(pl.Float64, strict=False))
+        if (number := _as_numbers(column)) is not None:
+            cast.append(number)
     return frame.with_columns(cast)
 
 
-def _numbers(column: pl.Series) -> bool:
-    """Whether every value of a text column that is not null reads as a number."""
+def _as_numbers(column: pl.Series) -> pl.Series | None:
+    """A text column as numbers, where every value that is not null reads as one; else None."""
     number = column.str.strip_chars().cast(pl.Float64, strict=False)
-    return number.null_count() == column.null_count()
+    return number if number.null_count() == column.null_count() else None
 
 
 def expression_columns(expression: str) -> list[str] | None:
