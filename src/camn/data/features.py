@@ -11,7 +11,7 @@ stored once per user (:func:`user_feature_table`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,10 +20,21 @@ from camn.data.protocols import FIRST_ITEM_ID
 if TYPE_CHECKING:
     import polars as pl
 
-    from camn.data.impressions import StoreArrays
-
 BAGS = "bags."  # arrays/bags.<attribute>.npy: a multi-valued attribute's values per item id
 CONTEXT, NUMERIC = "context:", "numeric:"  # prefixes of the side feature columns of RawData
+
+
+class StoreArrays(Protocol):
+    """What the side features and the content scan read of a
+    :class:`camn.data.store.PreparedStore` (named by its members, so that this module need not
+    import the store that imports it)."""
+
+    schema: dict
+
+    @property
+    def split_bounds(self) -> np.ndarray: ...
+
+    def array(self, name: str) -> np.ndarray: ...
 
 
 def side_features(frame) -> tuple[dict[str, np.ndarray], dict, dict[str, list[str]]]:

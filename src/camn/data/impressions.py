@@ -49,11 +49,12 @@ by the sample's user into the batch key ``user_features``: ``arrays/user_feature
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from camn.data import features
+from camn.data.features import StoreArrays
 from camn.data.protocols import (
     FIRST_ITEM_ID,
     SPLITS,
@@ -68,19 +69,6 @@ from camn.data.raw import BadInputReport, DataError, RawData
 
 if TYPE_CHECKING:
     import polars as pl
-
-
-class StoreArrays(Protocol):
-    """What the side features and the content scan read of a
-    :class:`camn.data.store.PreparedStore` (named by its members, so that this module need not
-    import the store that imports it)."""
-
-    schema: dict
-
-    @property
-    def split_bounds(self) -> np.ndarray: ...
-
-    def array(self, name: str) -> np.ndarray: ...
 
 
 KIND = "impressions"  # schema.json "samples"

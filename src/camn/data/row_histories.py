@@ -207,7 +207,7 @@ def expected_arrays(schema: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     return arrays | features.side_arrays(schema)
 
 
-def references(store: impressions.StoreArrays, samples: np.ndarray
+def references(store: features.StoreArrays, samples: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """(ends, lengths) int64 of the histories of ``samples``: history b is
     ``clicks[ends[b] - lengths[b] : ends[b]]``."""
@@ -232,7 +232,7 @@ def schema_problems(schema: dict) -> list[str]:
     return problems
 
 
-def content_problems(store: impressions.StoreArrays) -> list[str]:
+def content_problems(store: features.StoreArrays) -> list[str]:
     """Stored histories that cannot be read: offsets not ascending from 0 to the item count, a
     history longer than max_len, a sample's history index outside the stored ones, a label
     other than 0 or 1, samples out of user order within a split."""
